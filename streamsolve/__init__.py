@@ -1,0 +1,28 @@
+"""streamsolve: single-layer softmax models without backpropagation.
+
+Stream a corpus once into sparse co-occurrence counts, then turn them into the model's
+explicit weights (see DESIGN: sparse + rank-one weight blocks, optional calibration).
+"""
+
+__version__ = "0.1.0"
+
+from .api import count, evaluate, export_counts, finalize, info, solve  # noqa: E402
+from .counting import CountConfig, Counts, count_token_documents  # noqa: E402
+from .model import LanguageModel  # noqa: E402
+from .storage import ModelStore  # noqa: E402
+from .weights import ExplicitWeights, finalize as finalize_counts  # noqa: E402
+
+__all__ = [
+    "CountConfig", "Counts", "ExplicitWeights", "LanguageModel", "ModelStore",
+    "count", "count_token_documents", "evaluate", "export_counts", "finalize",
+    "finalize_counts", "info", "solve", "__version__",
+]
+
+
+def __getattr__(name):
+    # The classifier pulls in nothing heavy, but keep it lazy so the LM path stays lean.
+    if name == "ExplicitSoftmaxClassifier":
+        from .classifier import ExplicitSoftmaxClassifier
+
+        return ExplicitSoftmaxClassifier
+    raise AttributeError(name)
