@@ -1,0 +1,252 @@
+"""Counting: token ids to the sufficient statistics of DESIGN §2, as a mergeable monoid.
+
+For target position t and offset r = 1..R the context token is ``w[t - r]``; positions
+before the start of a document see the BOS id (every target has exactly R context tokens,
+so the model is one softmax layer over D = R·V one-hot features for ``cat``). A pair is
+encoded as the key ``context * V + target`` (int64); counts are exact int64.
+
+`Counts` objects add: ``a + b`` is associative and commutative with `Counts.empty` as the
+identity, so the result does not depend on sharding, order, or number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+AGGREGATIONS = ("cat", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class CountConfig:
+    """What is counted.
+
+    Parameters
+    ----------
+    vocab_size : int
+        Number of token ids V (targets and context tokens are in 0..V-1).
+    radius : int
+        Number of context offsets R (1 = bigram).
+    aggregation : {"cat", "sum"}
+        ``cat``: one V x V block per offset; ``sum``: one V x V block, the bag of context.
+    bos_id : int
+        Id padding the context before a document's first tokens.
+    """
+
+    vocab_size: int
+    radius: int = 3
+    aggregation: str = "cat"
+    bos_id: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
+            raise ValueError(f"radius must be an integer >= 1, got {self.radius!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"aggregation must be 'cat' or 'sum', got {self.aggregation!r}")
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        if self.vocab_size > 3_000_000_000:
+            raise ValueError("vocab_size too large for int64 pair keys")
+        if not 0 <= self.bos_id < self.vocab_size:
+            raise ValueError(f"bos_id {self.bos_id} outside the vocabulary 0..{self.vocab_size - 1}")
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of V x V count blocks: R for ``cat``, 1 for ``sum``."""
+        return self.radius if self.aggregation == "cat" else 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sum_duplicates(keys: np.ndarray, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sort keys and add the values of equal keys (values default to 1 per key)."""
+    if keys.size == 0:
+        return keys.astype(np.int64), np.zeros(0, dtype=np.int64)
+    if values is None:
+        unique, counts = np.unique(keys, return_counts=True)
+        return unique, counts.astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(values, starts).astype(np.int64)
+
+
+def merge_sorted(keys_a, values_a, keys_b, values_b) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two sorted (key, count) lists, adding counts of equal keys."""
+    if keys_a.size == 0:
+        return keys_b, values_b
+    if keys_b.size == 0:
+        return keys_a, values_a
+    return sum_duplicates(np.concatenate([keys_a, keys_b]), np.concatenate([values_a, values_b]))
+
+
+@dataclasses.dataclass
+class Counts:
+    """Sparse co-occurrence counts, unigram counts and provenance of one or more shards.
+
+    Attributes
+    ----------
+    config : CountConfig
+    keys : list of ndarray
+        Per block (offset for ``cat``), sorted unique int64 keys ``context * V + target``.
+    values : list of ndarray
+        Per block, the int64 count of each key.
+    unigram : ndarray
+        Target counts n_j (int64, length V).
+    stats : dict
+        Summed reading statistics (bytes, lines, documents, invalid_bytes, ...).
+    shards : list of dict
+        Manifest entries of the shards counted.
+    """
+
+    config: CountConfig
+    keys: list
+    values: list
+    unigram: np.ndarray
+    stats: dict = dataclasses.field(default_factory=dict)
+    shards: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def empty(cls, config: CountConfig) -> "Counts":
+        """The identity of ``+``."""
+        zero = np.zeros(0, dtype=np.int64)
+        return cls(config, [zero] * config.n_blocks, [zero] * config.n_blocks,
+                   np.zeros(config.vocab_size, dtype=np.int64))
+
+    @property
+    def tokens(self) -> int:
+        """Number of targets counted (N)."""
+        return int(self.unigram.sum())
+
+    @property
+    def nnz(self) -> list[int]:
+        """Distinct (context, target) pairs per block."""
+        return [int(k.size) for k in self.keys]
+
+    def __add__(self, other: "Counts") -> "Counts":
+        if not isinstance(other, Counts):
+            return NotImplemented
+        if self.config != other.config:
+            raise ValueError(f"cannot add counts of different configurations: "
+                             f"{self.config} vs {other.config}")
+        keys, values = [], []
+        for ka, va, kb, vb in zip(self.keys, self.values, other.keys, other.values):
+            k, v = merge_sorted(ka, va, kb, vb)
+            keys.append(k)
+            values.append(v)
+        stats = dict(self.stats)
+        for name, value in other.stats.items():
+            stats[name] = stats.get(name, 0) + value
+        return Counts(self.config, keys, values, self.unigram + other.unigram, stats,
+                      self.shards + other.shards)
+
+    def equal_counts(self, other: "Counts") -> bool:
+        """Whether the count statistics (not the provenance) are identical, bit for bit."""
+        return (self.config == other.config
+                and np.array_equal(self.unigram, other.unigram)
+                and all(np.array_equal(a, b) for a, b in zip(self.keys, other.keys))
+                and all(np.array_equal(a, b) for a, b in zip(self.values, other.values)))
+
+    def block_csr(self, block: int):
+        """Block ``block`` as a ``scipy.sparse.csr_array`` of shape (V, V), int64."""
+        import scipy.sparse as sp
+
+        V = self.config.vocab_size
+        k = self.keys[block]
+        return sp.csr_array((self.values[block], (k // V, k % V)), shape=(V, V))
+
+    def dense(self, block: int) -> np.ndarray:
+        """Block ``block`` as a dense V x V array (small vocabularies only)."""
+        V = self.config.vocab_size
+        out = np.zeros(V * V, dtype=np.int64)
+        out[self.keys[block]] = self.values[block]
+        return out.reshape(V, V)
+
+
+def merge_counts(*parts: Counts) -> Counts:
+    """Add any number of `Counts` (one node of a tree reduction)."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+class ContextCarry:
+    """The last R ids of an unfinished document, carried from one block to the next."""
+
+    def __init__(self, config: CountConfig):
+        self.config = config
+        self.tail = np.full(config.radius, config.bos_id, dtype=np.int64)
+
+    def reset(self):
+        self.tail[:] = self.config.bos_id
+
+
+def count_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: CountConfig,
+                    carry: ContextCarry | None = None) -> Counts:
+    """Count the pairs of a block of token-id sequences, vectorised.
+
+    Parameters
+    ----------
+    sequences : sequence of (ids, starts_document)
+        Token ids of each document (or piece of one). A piece with ``starts_document``
+        False continues the previous piece (only the first piece of a block may).
+    config : CountConfig
+    carry : ContextCarry, optional
+        Context of an unfinished document from the previous block; updated in place.
+
+    Returns
+    -------
+    Counts
+    """
+    R, V = config.radius, config.vocab_size
+    lengths = np.fromiter((len(ids) for ids, _ in sequences), dtype=np.int64,
+                          count=len(sequences))
+    n_targets = int(lengths.sum())
+    total = n_targets + R * len(sequences)
+    padded = np.full(total, config.bos_id, dtype=np.int64)
+    is_target = np.ones(total, dtype=bool)
+    seg_starts = np.concatenate([[0], np.cumsum(lengths + R)[:-1]]) if len(sequences) else np.zeros(0, np.int64)
+    for offset in range(R):
+        is_target[seg_starts + offset] = False
+    if n_targets:
+        flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in sequences])
+        if flat.min() < 0 or flat.max() >= V:
+            raise ValueError(f"token id outside 0..{V - 1}: the tokenizer does not match the vocabulary size")
+        padded[is_target] = flat
+    if carry is not None and sequences:
+        if not sequences[0][1]:
+            padded[:R] = carry.tail
+        for ids, starts in sequences[1:]:
+            if not starts:
+                raise ValueError("only the first piece of a block may continue a document")
+        last_start = seg_starts[-1]
+        tail = padded[last_start:last_start + R + lengths[-1]][-R:]
+        carry.tail[:] = tail
+    positions = np.flatnonzero(is_target)
+    targets = padded[positions]
+    keys, values = [], []
+    per_offset = [padded[positions - r] * V + targets for r in range(1, R + 1)]
+    if config.aggregation == "cat":
+        for offset_keys in per_offset:
+            k, v = sum_duplicates(offset_keys)
+            keys.append(k)
+            values.append(v)
+    else:
+        k, v = sum_duplicates(np.concatenate(per_offset) if per_offset else np.zeros(0, np.int64))
+        keys.append(k)
+        values.append(v)
+    unigram = np.bincount(targets, minlength=V).astype(np.int64)
+    return Counts(config, keys, values, unigram, {"tokens": n_targets})
+
+
+def count_token_documents(documents: Iterable[Sequence[int]], config: CountConfig) -> Counts:
+    """Count whole documents given as token-id sequences (in-memory convenience)."""
+    return count_sequences([(np.asarray(d, dtype=np.int64), True) for d in documents], config)
