@@ -1,0 +1,265 @@
+"""The finalized language model: logits, log-probabilities, perplexity, generation, calibration.
+
+Evaluation streams documents in batches of positions: the logits of a batch are a dense
+(B, V) array built from R sparse rows and the rank-one terms, never a V x V matrix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .weights import ExplicitWeights
+
+logger = logging.getLogger(__name__)
+
+#: Floats of dense logits per evaluation batch (B * V); bounds evaluation memory.
+EVAL_BATCH_FLOATS = 1 << 20
+#: Bytes of cached per-block features for calibration.
+CALIBRATION_BUDGET_BYTES = 512 << 20
+
+
+def logsumexp(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """log(sum(exp(x))) along ``axis`` (a lean version of scipy's, for hot loops)."""
+    peak = np.max(x, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
+    return out.squeeze(axis) if axis is not None else out.reshape(())
+
+
+def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
+                         bos_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(contexts (n, R), targets (n,))`` for each document, BOS-padded."""
+    for doc in documents:
+        doc = np.asarray(doc, dtype=np.int64)
+        if doc.size == 0:
+            continue
+        padded = np.concatenate([np.full(radius, bos_id, dtype=np.int64), doc])
+        positions = np.arange(radius, padded.size)
+        contexts = np.stack([padded[positions - r] for r in range(1, radius + 1)], axis=1)
+        yield contexts, doc
+
+
+def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    ctx_buf, tgt_buf, size = [], [], 0
+    for contexts, targets in contexts_and_targets(documents, radius, bos_id):
+        start = 0
+        while start < targets.size:
+            take = min(batch - size, targets.size - start)
+            ctx_buf.append(contexts[start:start + take])
+            tgt_buf.append(targets[start:start + take])
+            size += take
+            start += take
+            if size == batch:
+                yield np.concatenate(ctx_buf), np.concatenate(tgt_buf)
+                ctx_buf, tgt_buf, size = [], [], 0
+    if size:
+        yield np.concatenate(ctx_buf), np.concatenate(tgt_buf)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Held-out evaluation figures."""
+
+    tokens: int
+    bytes: int
+    cross_entropy: float  # nats per token
+    perplexity: float
+    bits_per_byte: float | None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class LanguageModel:
+    """A single-layer softmax language model with explicit weights.
+
+    Parameters
+    ----------
+    weights : ExplicitWeights
+    tokenizer : tokenizers.Tokenizer, optional
+        Needed for text input and generation.
+    bos_id : int, optional
+        Beginning-of-document id (defaults to the counting configuration's).
+    """
+
+    def __init__(self, weights: ExplicitWeights, tokenizer=None, bos_id: int | None = None):
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.config = weights.config
+        self.bos_id = self.config.bos_id if bos_id is None else bos_id
+
+    @classmethod
+    def open(cls, store: str, storage_options: dict | None = None,
+             allow_stale: bool = False) -> "LanguageModel":
+        """Load the finalized model of a store (refuses stale weights)."""
+        from .storage import ModelStore
+        from .tokenizer import tokenizer_from_json
+
+        model_store = store if hasattr(store, "read_weights") else ModelStore(store, storage_options)
+        weights = model_store.read_weights(allow_stale=allow_stale)
+        tokenizer = tokenizer_from_json(model_store.tokenizer_text())
+        return cls(weights, tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def batch_size(self) -> int:
+        return max(16, EVAL_BATCH_FLOATS // self.vocab_size)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of a text (tokenized line by line, as when counting)."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids")
+        lines = text.splitlines(keepends=True)
+        encodings = self.tokenizer.encode_batch_fast(lines, add_special_tokens=False)
+        return np.asarray([i for enc in encodings for i in enc.ids], dtype=np.int64)
+
+    def context(self, ids: Sequence[int]) -> np.ndarray:
+        """The context row (R,) for predicting the token after ``ids`` (BOS-padded)."""
+        R = self.config.radius
+        ids = list(ids)[-R:]
+        padded = [self.bos_id] * (R - len(ids)) + ids
+        return np.asarray(padded[::-1], dtype=np.int64)
+
+    def logits(self, contexts) -> np.ndarray:
+        """Logits for contexts ``(B, R)`` (offset 1 first) or for one id sequence (a prompt)."""
+        contexts = np.asarray(contexts)
+        if contexts.ndim == 1:
+            return self.weights.logits(self.context(contexts)[None, :])[0]
+        return self.weights.logits(contexts)
+
+    def log_prob(self, text_or_ids) -> float:
+        """Total log-probability (nats) of a document, from its start."""
+        ids = self.encode(text_or_ids) if isinstance(text_or_ids, str) else np.asarray(text_or_ids)
+        total = 0.0
+        for ctx, tgt in _batches([ids], self.config.radius, self.bos_id, self.batch_size):
+            logits = self.weights.logits(ctx)
+            total += float(np.sum(logits[np.arange(tgt.size), tgt] - logsumexp(logits, axis=1)))
+        return total
+
+    def evaluate_ids(self, documents: Iterable[np.ndarray], n_bytes: int | None = None) -> Evaluation:
+        """Streaming cross-entropy over documents of token ids."""
+        total, tokens = 0.0, 0
+        for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, self.batch_size):
+            logits = self.weights.logits(ctx)
+            total -= float(np.sum(logits[np.arange(tgt.size), tgt] - logsumexp(logits, axis=1)))
+            tokens += tgt.size
+        if tokens == 0:
+            raise ValueError("no tokens to evaluate")
+        ce = total / tokens
+        bpb = total / math.log(2) / n_bytes if n_bytes else None
+        return Evaluation(tokens, int(n_bytes or 0), ce, math.exp(ce), bpb)
+
+    def perplexity(self, texts: Iterable[str]) -> float:
+        """Perplexity of texts (each one document)."""
+        docs = [self.encode(t) for t in texts]
+        return self.evaluate_ids(docs).perplexity
+
+    def next_token_distribution(self, prompt: str, top_k: int = 10) -> list[tuple[str, float]]:
+        """The ``top_k`` most likely next tokens after ``prompt`` and their probabilities."""
+        logits = self.logits(self.encode(prompt))
+        probs = np.exp(logits - logsumexp(logits))
+        top = np.argsort(-probs)[:top_k]
+        return [(self.tokenizer.decode([int(i)], skip_special_tokens=False), float(probs[i]))
+                for i in top]
+
+    def generate(self, prompt: str = "", max_tokens: int = 20, temperature: float = 0.0,
+                 seed: int | None = 0) -> str:
+        """Continue ``prompt``: greedy when ``temperature`` is 0, else sampled."""
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        rng = np.random.default_rng(seed)
+        ids = list(self.encode(prompt)) if prompt else []
+        start = len(ids)
+        for _ in range(max_tokens):
+            logits = self.logits(np.asarray(ids, dtype=np.int64))
+            logits[self.bos_id] = -np.inf
+            if temperature == 0:
+                nxt = int(np.argmax(logits))
+            else:
+                z = logits / temperature
+                p = np.exp(z - logsumexp(z))
+                nxt = int(rng.choice(p.size, p=p / p.sum()))
+            ids.append(nxt)
+        return self.tokenizer.decode([int(i) for i in ids[start:]])
+
+    def calibrate(self, documents: Sequence[np.ndarray], sample_size: int = 4096,
+                  seed: int = 0) -> "LanguageModel":
+        """Fit the R + 1 calibration scalars (DESIGN §3) on held-out documents.
+
+        Positions are drawn uniformly across all the documents. L-BFGS starts at the
+        uncalibrated point, so the loss on the sample can only go down.
+
+        Returns
+        -------
+        LanguageModel
+            A model with calibrated weights.
+        """
+        weights = self.weights.uncalibrated()
+        ctx, tgt = sample_positions(documents, self.config.radius, self.bos_id, sample_size, seed)
+        n_blocks = len(weights.blocks)
+        max_rows = max(64, CALIBRATION_BUDGET_BYTES // (4 * n_blocks * self.vocab_size))
+        if tgt.size > max_rows:
+            ctx, tgt = ctx[:max_rows], tgt[:max_rows]
+        features = np.empty((n_blocks, tgt.size, self.vocab_size), dtype=np.float32)
+        step = self.batch_size
+        for s in range(0, tgt.size, step):
+            features[:, s:s + step] = weights.block_features(ctx[s:s + step])
+        u = weights.log_unigram
+        rows = np.arange(tgt.size)
+
+        def loss_and_grad(theta):
+            beta, gamma = theta[:-1], theta[-1]
+            loss = 0.0
+            grad = np.zeros_like(theta)
+            for s in range(0, tgt.size, step):
+                Z = features[:, s:s + step].astype(np.float64)
+                y = tgt[s:s + step]
+                r = rows[:y.size]
+                logits = np.tensordot(beta, Z, axes=1) + gamma * u
+                lse = logsumexp(logits, axis=1)
+                loss += float(np.sum(lse - logits[r, y]))
+                p = np.exp(logits - lse[:, None])
+                grad[:-1] += (Z.reshape(len(beta), -1) @ p.reshape(-1)) - Z[:, r, y].sum(axis=1)
+                grad[-1] += float(np.sum(p @ u) - u[y].sum())
+            return loss / tgt.size, grad / tgt.size
+
+        theta0 = np.r_[weights.beta, weights.gamma]
+        start_loss = loss_and_grad(theta0)[0]
+        result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
+                          options={"maxiter": 100})
+        theta = result.x if result.fun <= start_loss else theta0
+        logger.info("calibration on %d positions: %.4f -> %.4f nats/token (beta=%s, gamma=%.3f)",
+                    tgt.size, start_loss, min(result.fun, start_loss),
+                    np.round(theta[:-1], 3).tolist(), theta[-1])
+        return LanguageModel(weights.with_calibration(theta[:-1], theta[-1]), self.tokenizer,
+                             self.bos_id)
+
+
+def sample_positions(documents: Sequence[np.ndarray], radius: int, bos_id: int,
+                     sample_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Draw up to ``sample_size`` (context, target) positions uniformly across documents."""
+    lengths = np.asarray([len(d) for d in documents], dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        raise ValueError("no held-out tokens to calibrate on")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(total, size=min(sample_size, total), replace=False))
+    doc_index = np.searchsorted(np.cumsum(lengths), chosen, side="right")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    ctx = np.empty((chosen.size, radius), dtype=np.int64)
+    tgt = np.empty(chosen.size, dtype=np.int64)
+    for n, (d, pos) in enumerate(zip(doc_index, chosen - starts[doc_index])):
+        doc = documents[d]
+        tgt[n] = doc[pos]
+        for r in range(1, radius + 1):
+            ctx[n, r - 1] = doc[pos - r] if pos - r >= 0 else bos_id
+    return ctx, tgt

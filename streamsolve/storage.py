@@ -1,0 +1,386 @@
+"""Storage: counts and explicit weights in a Zarr v3 group (local path or fsspec URL).
+
+Layout (``g`` = counts generation, ``w`` = weights id)::
+
+    STORE/zarr.json                      attrs["streamsolve"]: format, config, tokenizer hash,
+                                         versions, manifest of shards, totals, pointers
+    STORE/tokenizer                      uint8: the tokenizer JSON
+    STORE/counts/g{g}/unigram            int64 [V]
+    STORE/counts/g{g}/r{r}/b{k}/indptr   int64 [rows in block + 1]   (CSR of row block k
+    STORE/counts/g{g}/r{r}/b{k}/indices  int32 [nnz]                  of count block r;
+    STORE/counts/g{g}/r{r}/b{k}/data     int64 [nnz]                  never dense V x V)
+    STORE/weights/w{w}/...               the same CSR layout (float64 sparse part S) plus
+                                         row_terms, col_terms [blocks, V], bias, log_unigram [V]
+
+Each row block is written by exactly one writer. New counts go to a new generation; the
+attributes are switched to it only once every array is written, and the old generation is
+deleted afterwards, so a reader never sees half-written counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+
+from .counting import CountConfig, Counts
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "streamsolve"
+FORMAT_VERSION = 1
+DEFAULT_ROWS_PER_BLOCK = 4096
+_CHUNK = 1 << 22
+
+
+class StoreError(ValueError):
+    """A store cannot be opened or used as asked; the message names the store and the fix."""
+
+
+class StoreMismatchError(StoreError):
+    """An existing store was built with another tokenizer, radius, aggregation, ..."""
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that produced a store (provenance)."""
+    import dask
+    import scipy
+    import tokenizers
+    import zarr
+
+    from . import __version__
+
+    return {"streamsolve": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "dask": dask.__version__, "zarr": zarr.__version__,
+            "tokenizers": tokenizers.__version__}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_array(group, name: str, data: np.ndarray):
+    rows_per_chunk = max(1, _CHUNK // max(1, int(np.prod(data.shape[1:]))))
+    chunks = (max(1, min(len(data), rows_per_chunk)),) + tuple(data.shape[1:])
+    array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+                               overwrite=True)
+    if data.size:
+        array[:] = data
+    return array
+
+
+def row_blocks(vocab_size: int, rows_per_block: int) -> list[tuple[int, int]]:
+    """The (start, stop) row ranges of the store's row blocks."""
+    return [(start, min(start + rows_per_block, vocab_size))
+            for start in range(0, vocab_size, rows_per_block)]
+
+
+def csr_of_rows(keys: np.ndarray, values: np.ndarray, vocab_size: int, start: int, stop: int):
+    """CSR arrays (indptr, indices, data) of rows start..stop from sorted pair keys."""
+    lo, hi = np.searchsorted(keys, [start * vocab_size, stop * vocab_size])
+    k = keys[lo:hi]
+    rows = k // vocab_size - start
+    indptr = np.zeros(stop - start + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=stop - start), out=indptr[1:])
+    return indptr, (k % vocab_size).astype(np.int32), values[lo:hi]
+
+
+class ModelStore:
+    """A streamsolve store: counts, tokenizer, provenance and explicit weights.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL of the Zarr group.
+    storage_options : dict, optional
+        Passed to fsspec / Zarr.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = str(url)
+        self.storage_options = storage_options or None
+        self._group = None
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open(self, mode: str):
+        import zarr
+
+        kwargs = {"mode": mode}
+        if self.storage_options and "://" in self.url:
+            kwargs["storage_options"] = self.storage_options
+        return zarr.open_group(self.url, **kwargs)
+
+    @property
+    def group(self):
+        if self._group is None:
+            try:
+                self._group = self._open("r+")
+            except (FileNotFoundError, KeyError) as exc:
+                raise StoreError(f"no streamsolve store at {self.url}") from exc
+            except Exception as exc:
+                if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError"):
+                    raise StoreError(f"no streamsolve store at {self.url}") from exc
+                raise
+        return self._group
+
+    def exists(self) -> bool:
+        """Whether a streamsolve store with committed counts is at this URL."""
+        try:
+            return "counts" in self.meta
+        except StoreError:
+            return False
+
+    @property
+    def meta(self) -> dict:
+        """The store's attributes (``attrs["streamsolve"]``)."""
+        attrs = dict(self.group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise StoreError(f"{self.url} is a Zarr group but not a streamsolve store")
+        return attrs
+
+    def _set_meta(self, meta: dict):
+        self.group.attrs.put(meta) if hasattr(self.group.attrs, "put") else self.group.attrs.update(meta)
+
+    # -- creation and compatibility ----------------------------------------------------------
+    @classmethod
+    def create(cls, url: str, config: CountConfig, tokenizer_text: str, tokenizer_sha256: str,
+               bos_token: str, read_options: dict, storage_options: dict | None = None,
+               rows_per_block: int = DEFAULT_ROWS_PER_BLOCK) -> "ModelStore":
+        """Create an empty store (refuses to overwrite an existing streamsolve store)."""
+        store = cls(url, storage_options)
+        if store.exists():
+            raise StoreError(f"a streamsolve store already exists at {url}")
+        group = store._open("w")
+        store._group = group
+        _write_array(group, "tokenizer", np.frombuffer(tokenizer_text.encode("utf-8"), dtype=np.uint8))
+        group.attrs.update({
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _now(),
+            "config": config.to_dict(),
+            "read_options": read_options,
+            "tokenizer": {"sha256": tokenizer_sha256, "bos_token": bos_token,
+                          "vocab_size": config.vocab_size},
+            "rows_per_block": int(rows_per_block),
+            "versions": library_versions(),
+            "shards": [],
+            "totals": {},
+        })
+        return store
+
+    @property
+    def config(self) -> CountConfig:
+        return CountConfig(**self.meta["config"])
+
+    def tokenizer_text(self) -> str:
+        """The tokenizer JSON stored with the counts."""
+        return bytes(self.group["tokenizer"][:]).decode("utf-8")
+
+    def check_compatible(self, config: CountConfig, tokenizer_sha256: str,
+                         read_options: dict | None = None):
+        """Refuse to add counts made with another tokenizer, radius or aggregation.
+
+        Raises
+        ------
+        StoreMismatchError
+            Naming the store's value and the requested one.
+        """
+        meta = self.meta
+        stored = meta["config"]
+        problems = []
+        if meta["tokenizer"]["sha256"] != tokenizer_sha256:
+            problems.append(f"tokenizer: store has sha256 {meta['tokenizer']['sha256'][:12]}..., "
+                            f"this run has {tokenizer_sha256[:12]}...")
+        for name in ("radius", "aggregation", "vocab_size", "bos_id"):
+            if stored[name] != getattr(config, name):
+                problems.append(f"{name}: store has {stored[name]!r}, this run has "
+                                f"{getattr(config, name)!r}")
+        if read_options:
+            for name in ("documents", "text_field"):
+                if name in meta.get("read_options", {}) and meta["read_options"][name] != read_options.get(name):
+                    problems.append(f"{name}: store has {meta['read_options'][name]!r}, this run has "
+                                    f"{read_options.get(name)!r}")
+        if problems:
+            raise StoreMismatchError(f"store {self.url} was built differently; refusing to mix "
+                                     "counts:\n  " + "\n  ".join(problems))
+
+    # -- counts ----------------------------------------------------------------------------
+    def commit_counts(self, counts: Counts, new_shards: list[dict], totals: dict):
+        """Write ``counts`` (the store's complete new counts) as a new generation and switch to it.
+
+        The previous generation stays intact until the attributes point at the new one.
+        """
+        meta = self.meta
+        config = counts.config
+        rows_per_block = meta["rows_per_block"]
+        previous = meta.get("counts")
+        generation = (previous["generation"] + 1) if previous else 1
+        root = f"counts/g{generation}"
+        if root in self.group:
+            del self.group[root]
+        gen_group = self.group.require_group(root)
+        _write_array(gen_group, "unigram", counts.unigram.astype(np.int64))
+        V = config.vocab_size
+        for r in range(config.n_blocks):
+            for k, (start, stop) in enumerate(row_blocks(V, rows_per_block)):
+                indptr, indices, data = csr_of_rows(counts.keys[r], counts.values[r], V, start, stop)
+                block = gen_group.require_group(f"r{r + 1}/b{k}")
+                _write_array(block, "indptr", indptr)
+                _write_array(block, "indices", indices)
+                _write_array(block, "data", data.astype(np.int64))
+        meta = dict(meta)
+        meta["counts"] = {"generation": generation, "id": uuid.uuid4().hex,
+                          "nnz": counts.nnz, "tokens": counts.tokens, "committed": _now()}
+        meta["shards"] = list(meta.get("shards", [])) + list(new_shards)
+        meta["totals"] = totals
+        meta["versions"] = library_versions()
+        self._set_meta(meta)
+        if previous and f"counts/g{previous['generation']}" in self.group:
+            del self.group[f"counts/g{previous['generation']}"]
+        logger.info("committed counts generation %d to %s (%d tokens, nnz %s)",
+                    generation, self.url, counts.tokens, counts.nnz)
+
+    def _counts_group(self):
+        meta = self.meta
+        if "counts" not in meta:
+            raise StoreError(f"store {self.url} has no counts yet: run `streamsolve count` first")
+        return self.group[f"counts/g{meta['counts']['generation']}"]
+
+    def read_unigram(self) -> np.ndarray:
+        return self._counts_group()["unigram"][:]
+
+    def iter_count_blocks(self, r: int) -> Iterator[tuple[int, int, tuple]]:
+        """Yield ``(start, stop, (indptr, indices, data))`` row blocks of count block ``r`` (0-based)."""
+        group = self._counts_group()
+        V = self.config.vocab_size
+        for k, (start, stop) in enumerate(row_blocks(V, self.meta["rows_per_block"])):
+            block = group[f"r{r + 1}/b{k}"]
+            yield start, stop, (block["indptr"][:], block["indices"][:], block["data"][:])
+
+    def read_count_block(self, r: int):
+        """Count block ``r`` (0-based) as a ``scipy.sparse.csr_array`` (V x V, int64)."""
+        import scipy.sparse as sp
+
+        V = self.config.vocab_size
+        indptrs, indices, data = [np.zeros(1, np.int64)], [], []
+        for start, stop, (ip, ix, d) in self.iter_count_blocks(r):
+            indptrs.append(ip[1:] + indptrs[-1][-1])
+            indices.append(ix)
+            data.append(d)
+        indptr = np.concatenate(indptrs)
+        return sp.csr_array((np.concatenate(data) if data else np.zeros(0, np.int64),
+                             np.concatenate(indices) if indices else np.zeros(0, np.int32),
+                             indptr), shape=(V, V))
+
+    def read_counts(self) -> Counts:
+        """All counts of the store as a `Counts` (sorted keys), with the manifest."""
+        config = self.config
+        V = config.vocab_size
+        keys, values = [], []
+        for r in range(config.n_blocks):
+            csr = self.read_count_block(r)
+            rows = np.repeat(np.arange(V, dtype=np.int64), np.diff(csr.indptr))
+            keys.append(rows * V + csr.indices.astype(np.int64))
+            values.append(csr.data.astype(np.int64))
+        meta = self.meta
+        return Counts(config, keys, values, self.read_unigram(), dict(meta.get("totals", {})),
+                      list(meta.get("shards", [])))
+
+    # -- weights ---------------------------------------------------------------------------
+    def write_weights(self, weights) -> str:
+        """Write explicit weights (an `ExplicitWeights`); returns the weights id."""
+        meta = self.meta
+        weights_id = uuid.uuid4().hex[:12]
+        root = self.group.require_group(f"weights/w{weights_id}")
+        V = self.config.vocab_size
+        for r, block in enumerate(weights.blocks):
+            for k, (start, stop) in enumerate(row_blocks(V, meta["rows_per_block"])):
+                sub = block.sparse[start:stop]
+                g = root.require_group(f"r{r + 1}/b{k}")
+                _write_array(g, "indptr", sub.indptr.astype(np.int64))
+                _write_array(g, "indices", sub.indices.astype(np.int32))
+                _write_array(g, "data", sub.data.astype(np.float64))
+        _write_array(root, "row_terms", np.stack([b.row_terms for b in weights.blocks]))
+        _write_array(root, "col_terms", np.stack([b.col_terms for b in weights.blocks]))
+        _write_array(root, "bias", weights.bias)
+        _write_array(root, "log_unigram", weights.log_unigram)
+        previous = meta.get("weights")
+        meta = dict(meta)
+        meta["weights"] = {"id": weights_id, "counts_id": meta["counts"]["id"],
+                           "written": _now(), **weights.params()}
+        self._set_meta(meta)
+        if previous and f"weights/w{previous['id']}" in self.group:
+            del self.group[f"weights/w{previous['id']}"]
+        return weights_id
+
+    def set_calibration(self, calibration: dict | None):
+        """Record calibration scalars on the current weights."""
+        meta = dict(self.meta)
+        if "weights" not in meta:
+            raise StoreError(f"store {self.url} has no weights to calibrate")
+        meta["weights"] = {**meta["weights"], "calibration": calibration}
+        self._set_meta(meta)
+
+    def read_weights(self, allow_stale: bool = False):
+        """The store's explicit weights as an `ExplicitWeights`.
+
+        Raises
+        ------
+        StoreError
+            If there are no weights, or they were computed from older counts (stale).
+        """
+        import scipy.sparse as sp
+
+        from .weights import ExplicitWeights, SparseRankOne
+
+        meta = self.meta
+        info = meta.get("weights")
+        if not info:
+            raise StoreError(f"store {self.url} has no weights: run `streamsolve finalize {self.url}`")
+        if info["counts_id"] != meta.get("counts", {}).get("id") and not allow_stale:
+            raise StoreError(f"the weights in {self.url} are stale (counts changed since they were "
+                             f"computed): run `streamsolve finalize {self.url}` again")
+        root = self.group[f"weights/w{info['id']}"]
+        V = self.config.vocab_size
+        row_terms = root["row_terms"][:]
+        col_terms = root["col_terms"][:]
+        blocks = []
+        for r in range(row_terms.shape[0]):
+            indptrs, indices, data = [np.zeros(1, np.int64)], [], []
+            for k, (start, stop) in enumerate(row_blocks(V, meta["rows_per_block"])):
+                g = root[f"r{r + 1}/b{k}"]
+                indptrs.append(g["indptr"][1:] + indptrs[-1][-1])
+                indices.append(g["indices"][:])
+                data.append(g["data"][:])
+            sparse = sp.csr_array((np.concatenate(data), np.concatenate(indices),
+                                   np.concatenate(indptrs)), shape=(V, V))
+            blocks.append(SparseRankOne(sparse, row_terms[r], col_terms[r]))
+        params = {k: v for k, v in info.items() if k not in ("id", "counts_id", "written")}
+        return ExplicitWeights.from_params(blocks, root["bias"][:], root["log_unigram"][:],
+                                           self.config, params)
+
+
+def nbytes_of_store(url: str, storage_options: dict | None = None) -> int:
+    """Total size in bytes of all objects under a store URL."""
+    import fsspec
+
+    fs, _, (root,) = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
+    return sum(fs.du(root, total=False).values()) if fs.exists(root) else 0
+
+
+@dataclasses.dataclass
+class StoreSummary:
+    """What `ModelStore.summary` reports."""
+
+    url: str
+    vocab_size: int
+    radius: int
+    aggregation: str
+    tokens: int
+    nnz: list
+    shards: int
+    weights: dict | None

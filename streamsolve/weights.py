@@ -1,0 +1,343 @@
+"""Finalize: counts to the explicit weights of DESIGN §3, kept as sparse + rank-one.
+
+Every weight block (one per offset for ``cat``, one for ``sum``) has the form
+
+    W_ij = S_ij + row_terms_i + col_terms_j,     S_ij != 0 only where F_ij > 0,
+
+so storage is O(nnz + V). The logits of one context are a dense V-vector plus R sparse rows:
+
+    logit_j = sum_r beta_r W^(r)[c_r, j] + gamma * log p_j
+
+with (beta, gamma) = (1, -(R - 1)) for the row (published) form, (1, 1) for the column
+(naive-Bayes) form, or the calibrated scalars.
+
+Row form, Dirichlet:  P_r(j | i) = (F_ij + mu p_j) / (f_i + mu)
+    S_ij = log1p(F_ij / (mu p_j)),  row_i = -log(f_i + mu),  col_j = log(mu p_j)
+Row form, additive:   P_r(j | i) = (F_ij + alpha) / (f_i + alpha V)
+    S_ij = log1p(F_ij / alpha),     row_i = -log(f_i + alpha V), col_j = log(alpha)
+Row form, none:       P_r(j | i) = F_ij / f_i (needs every F_ij > 0: the exact R = 1 optimum)
+Column form, Dirichlet: P_r(i | j) = (F_ij + mu q_i) / (g_j + mu), q the smoothed context unigram
+Column form, additive:  P_r(i | j) = (F_ij + alpha) / (g_j + alpha V)
+
+with f_i = sum_j F_ij, g_j = sum_i F_ij and p_j = (n_j + 1) / (N + V) the smoothed unigram.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+
+from .counting import CountConfig, Counts
+
+logger = logging.getLogger(__name__)
+
+FORMS = ("row", "column")
+SMOOTHINGS = ("dirichlet", "additive", "none")
+UNIGRAM_ALPHA = 1.0
+
+
+@dataclasses.dataclass
+class SparseRankOne:
+    """One weight block ``W = S + row_terms 1^T + 1 col_terms^T`` (S sparse, CSR)."""
+
+    sparse: sp.csr_array
+    row_terms: np.ndarray
+    col_terms: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.sparse.shape
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Dense rows ``W[index]`` as a (len(index), V) float64 array."""
+        out = self.sparse[index].toarray()
+        out += self.row_terms[index][:, None]
+        out += self.col_terms[None, :]
+        return out
+
+    def dense(self) -> np.ndarray:
+        """The whole block as a dense array (small vocabularies only)."""
+        return self.rows(np.arange(self.shape[0]))
+
+
+def smoothed_unigram(unigram: np.ndarray, alpha: float = UNIGRAM_ALPHA) -> np.ndarray:
+    """Additively smoothed unigram distribution p_j = (n_j + alpha) / (N + alpha V)."""
+    unigram = np.asarray(unigram, dtype=np.float64)
+    return (unigram + alpha) / (unigram.sum() + alpha * unigram.size)
+
+
+def check_smoothing(smoothing: str, mu: float | None, alpha: float | None, form: str = "row"):
+    """Validate smoothing parameters; raise ValueError with the fix."""
+    if form not in FORMS:
+        raise ValueError(f"form must be 'row' or 'column', got {form!r}")
+    if smoothing not in SMOOTHINGS:
+        raise ValueError(f"smoothing must be one of {', '.join(SMOOTHINGS)}, got {smoothing!r}")
+    if mu is not None and not (np.isfinite(mu) and mu > 0):
+        raise ValueError(f"--mu must be a positive number, got {mu}")
+    if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"--alpha must be a positive number, got {alpha}")
+    if smoothing == "dirichlet" and alpha is not None:
+        raise ValueError("--alpha applies to additive smoothing; use --mu with dirichlet")
+    if smoothing == "additive" and mu is not None:
+        raise ValueError("--mu applies to dirichlet smoothing; use --alpha with additive")
+
+
+def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float, alpha: float,
+                  log_p: np.ndarray, log_q: np.ndarray | None = None,
+                  col_sums: np.ndarray | None = None, row_sums: np.ndarray | None = None) -> SparseRankOne:
+    """Weights of one count block (or one row block of it: F may have fewer rows than V).
+
+    Parameters
+    ----------
+    F : csr_array, int64
+        Counts, rows = context tokens, columns = targets.
+    form, smoothing, mu, alpha
+        See `finalize`.
+    log_p : ndarray
+        Log smoothed target unigram (length V).
+    log_q : ndarray, optional
+        Log smoothed context unigram for the rows of ``F`` (column form, Dirichlet).
+    col_sums : ndarray, optional
+        g_j of the whole block (column form; F may be a row block).
+    row_sums : ndarray, optional
+        f_i of the rows of F (default: computed from F).
+    """
+    F = sp.csr_array(F)
+    V = F.shape[1]
+    counts = F.data.astype(np.float64)
+    cols = F.indices
+    rows_of_nz = np.repeat(np.arange(F.shape[0]), np.diff(F.indptr))
+    f = np.asarray(F.sum(axis=1)).ravel().astype(np.float64) if row_sums is None else row_sums
+    if form == "row":
+        if smoothing == "dirichlet":
+            data = np.log1p(counts / (mu * np.exp(log_p[cols])))
+            row_terms = -np.log(f + mu)
+            col_terms = np.log(mu) + log_p
+        elif smoothing == "additive":
+            data = np.log1p(counts / alpha)
+            row_terms = -np.log(f + alpha * V)
+            col_terms = np.full(V, np.log(alpha))
+        else:
+            nnz_per_row = np.diff(F.indptr)
+            if np.any(nnz_per_row[f > 0] < V) or np.any(counts <= 0):
+                raise ValueError("smoothing='none' needs every count F_ij > 0 in the observed rows; "
+                                 "use dirichlet or additive smoothing")
+            data = np.log(counts)
+            with np.errstate(divide="ignore"):
+                row_terms = np.where(f > 0, -np.log(np.maximum(f, 1)), 0.0)
+            col_terms = np.zeros(V)
+    else:
+        if col_sums is None:
+            col_sums = np.asarray(F.sum(axis=0)).ravel()
+        g = col_sums.astype(np.float64)
+        if smoothing == "dirichlet":
+            q = np.exp(log_q)
+            data = np.log1p(counts / (mu * q[rows_of_nz]))
+            row_terms = np.log(mu) + log_q
+            col_terms = -np.log(g + mu)
+        elif smoothing == "additive":
+            data = np.log1p(counts / alpha)
+            row_terms = np.full(F.shape[0], np.log(alpha))
+            col_terms = -np.log(g + alpha * V)  # V context rows (F may be a row block)
+        else:
+            raise ValueError("the column form needs smoothing (dirichlet or additive)")
+    sparse = sp.csr_array((data, F.indices.copy(), F.indptr.copy()), shape=F.shape)
+    return SparseRankOne(sparse, np.asarray(row_terms, dtype=np.float64),
+                         np.asarray(col_terms, dtype=np.float64))
+
+
+@dataclasses.dataclass
+class ExplicitWeights:
+    """Explicit weights of a single-layer softmax language model.
+
+    Attributes
+    ----------
+    blocks : list of SparseRankOne
+        One per offset (``cat``) or one (``sum``).
+    log_unigram : ndarray
+        log p_j, the smoothed target unigram.
+    config : CountConfig
+    form, smoothing : str
+    mu, alpha : float or None
+    beta : ndarray
+        Weight of each block's log-probability (length = number of blocks).
+    gamma : float
+        Weight of log p_j; the bias is ``gamma * log_unigram``.
+    calibrated : bool
+    """
+
+    blocks: list
+    log_unigram: np.ndarray
+    config: CountConfig
+    form: str = "row"
+    smoothing: str = "dirichlet"
+    mu: float | None = None
+    alpha: float | None = None
+    beta: np.ndarray = None
+    gamma: float = 0.0
+    calibrated: bool = False
+
+    def __post_init__(self):
+        if self.beta is None:
+            self.beta = np.ones(len(self.blocks))
+            self.gamma = self.default_gamma()
+
+    def default_gamma(self) -> float:
+        """The uncalibrated prior weight: -(R - 1) (row form) or 1 (column form)."""
+        return float(-(self.config.radius - 1)) if self.form == "row" else 1.0
+
+    @property
+    def bias(self) -> np.ndarray:
+        return self.gamma * self.log_unigram
+
+    def params(self) -> dict:
+        """JSON-able description (stored in the store's attributes)."""
+        calibration = None
+        if self.calibrated:
+            calibration = {**getattr(self, "calibration_info", {}),
+                           "beta": [float(b) for b in self.beta], "gamma": float(self.gamma)}
+        return {"form": self.form, "smoothing": self.smoothing, "mu": self.mu, "alpha": self.alpha,
+                "calibration": calibration}
+
+    @classmethod
+    def from_params(cls, blocks, bias, log_unigram, config, params) -> "ExplicitWeights":
+        weights = cls(blocks, np.asarray(log_unigram), config, params["form"], params["smoothing"],
+                      params.get("mu"), params.get("alpha"))
+        calibration = params.get("calibration")
+        if calibration:
+            weights = weights.with_calibration(np.asarray(calibration["beta"]), calibration["gamma"])
+            weights.calibration_info = dict(calibration)
+        return weights
+
+    def with_calibration(self, beta, gamma) -> "ExplicitWeights":
+        """A copy using calibration scalars (beta per block, gamma)."""
+        beta = np.asarray(beta, dtype=np.float64).reshape(-1)
+        if beta.size != len(self.blocks):
+            raise ValueError(f"need {len(self.blocks)} beta values, got {beta.size}")
+        return dataclasses.replace(self, beta=beta, gamma=float(gamma), calibrated=True)
+
+    def uncalibrated(self) -> "ExplicitWeights":
+        return dataclasses.replace(self, beta=np.ones(len(self.blocks)),
+                                   gamma=self.default_gamma(), calibrated=False)
+
+    def block_of_offset(self, r: int) -> int:
+        """Index of the weight block used by offset r (0-based)."""
+        return r if self.config.aggregation == "cat" else 0
+
+    def block_features(self, contexts: np.ndarray) -> np.ndarray:
+        """Per-block summed log-probabilities, shape (n_blocks, B, V) (for calibration)."""
+        contexts = np.asarray(contexts)
+        B, V = contexts.shape[0], self.config.vocab_size
+        out = np.zeros((len(self.blocks), B, V))
+        for r in range(self.config.radius):
+            out[self.block_of_offset(r)] += self.blocks[self.block_of_offset(r)].rows(contexts[:, r])
+        return out
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        """Logits for a batch of contexts.
+
+        Parameters
+        ----------
+        contexts : int array, shape (B, R)
+            ``contexts[b, r]`` is the token at offset r + 1 before the target.
+
+        Returns
+        -------
+        ndarray, shape (B, V)
+        """
+        contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
+        if contexts.shape[1] != self.config.radius:
+            raise ValueError(f"contexts must have {self.config.radius} columns (the radius), "
+                             f"got {contexts.shape[1]}")
+        out = np.broadcast_to(self.bias, (contexts.shape[0], self.config.vocab_size)).copy()
+        for r in range(self.config.radius):
+            b = self.block_of_offset(r)
+            out += self.beta[b] * self.blocks[b].rows(contexts[:, r])
+        return out
+
+    def dense_blocks(self) -> list[np.ndarray]:
+        """Dense W^(r) (V x V each); small vocabularies only."""
+        return [block.dense() for block in self.blocks]
+
+
+def _resolve(smoothing: str, mu, alpha, V: int) -> tuple[float | None, float | None]:
+    if smoothing == "dirichlet":
+        return (float(mu) if mu is not None else float(V)), None
+    if smoothing == "additive":
+        return None, (float(alpha) if alpha is not None else 0.1)
+    return None, None
+
+
+def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
+             mu: float | None = None, alpha: float | None = None) -> ExplicitWeights:
+    """Explicit weights from in-memory counts.
+
+    Parameters
+    ----------
+    counts : Counts
+    form : {"row", "column"}
+        Row (published, default) or column (multinomial naive-Bayes) form.
+    smoothing : {"dirichlet", "additive", "none"}
+        Dirichlet towards the unigram (default, ``mu`` defaults to V), additive (``alpha``
+        defaults to 0.1), or none (exact maximum likelihood; needs every count positive).
+    mu, alpha : float, optional
+
+    Returns
+    -------
+    ExplicitWeights
+    """
+    check_smoothing(smoothing, mu, alpha, form)
+    config = counts.config
+    V = config.vocab_size
+    mu, alpha = _resolve(smoothing, mu, alpha, V)
+    log_p = np.log(smoothed_unigram(counts.unigram))
+    blocks = []
+    for r in range(config.n_blocks):
+        F = counts.block_csr(r)
+        log_q = None
+        if form == "column":
+            log_q = np.log(smoothed_unigram(np.asarray(F.sum(axis=1)).ravel()))
+        blocks.append(block_weights(F, form, smoothing, mu, alpha, log_p, log_q))
+    return ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
+
+
+def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
+                   mu: float | None = None, alpha: float | None = None) -> ExplicitWeights:
+    """Explicit weights from a `ModelStore`, row block by row block (counts never densified).
+
+    The weights are returned and written to the store.
+    """
+    check_smoothing(smoothing, mu, alpha, form)
+    config = store.config
+    V = config.vocab_size
+    mu, alpha = _resolve(smoothing, mu, alpha, V)
+    log_p = np.log(smoothed_unigram(store.read_unigram()))
+    blocks = []
+    for r in range(config.n_blocks):
+        pieces_S, row_terms, col_terms = [], [], None
+        col_sums = None
+        log_q_all = None
+        if form == "column":
+            col_sums = np.zeros(V)
+            row_sums = np.zeros(V)
+            for start, stop, (ip, ix, d) in store.iter_count_blocks(r):
+                np.add.at(col_sums, ix, d)
+                rows = np.repeat(np.arange(stop - start), np.diff(ip))
+                row_sums[start:stop] = np.bincount(rows, weights=d, minlength=stop - start)
+            log_q_all = np.log(smoothed_unigram(row_sums))
+        for start, stop, (ip, ix, d) in store.iter_count_blocks(r):
+            F = sp.csr_array((d, ix, ip), shape=(stop - start, V))
+            log_q = log_q_all[start:stop] if log_q_all is not None else None
+            block = block_weights(F, form, smoothing, mu, alpha, log_p, log_q, col_sums)
+            pieces_S.append(block.sparse)
+            row_terms.append(block.row_terms)
+            col_terms = block.col_terms
+        S = sp.csr_array(sp.vstack(pieces_S, format="csr"))
+        blocks.append(SparseRankOne(S, np.concatenate(row_terms), col_terms))
+        logger.info("finalized block %d/%d (%d nonzeros)", r + 1, config.n_blocks, S.nnz)
+    weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
+    store.write_weights(weights)
+    return weights
