@@ -1,0 +1,32 @@
+# streamsolve — one-command setup, solve, tests and benchmarks.
+#   make solve                       the main job on the embedded default corpus
+#   make solve CORPUS='a.txt.gz b/'  the same on your shards (files, dirs, globs, URLs)
+#   make test                        the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STORE  ?= out/model.zarr
+CORPUS ?=
+ARGS   ?=
+
+.PHONY: setup solve test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+solve: setup
+	@mkdir -p $(dir $(STORE))
+	$(BIN)/streamsolve solve $(CORPUS) --store $(STORE) --overwrite $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench $(if $(FULL),--full,)
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

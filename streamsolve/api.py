@@ -1,0 +1,379 @@
+"""The Python API behind the command line: count, finalize, evaluate, info, export, solve.
+
+Each function does one stage and returns plain results (and writes the store), so a Python
+user can run stages separately, add shards later, and re-finalize::
+
+    import streamsolve as ss
+    ss.count(["shard-0.txt.gz"], store="model.zarr", radius=3)
+    ss.count(["shard-1.txt.gz"], store="model.zarr")          # adds to the store
+    model = ss.finalize("model.zarr")
+    model.perplexity(["Some held-out text."])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .counting import CountConfig, Counts
+from .model import Evaluation, LanguageModel
+from .pipeline import HoldOut, ShardResult, count_corpus
+from .reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, ReadStats, expand_corpus,
+                      iter_document_pieces, read_sample)
+from .storage import ModelStore, StoreError
+from .tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
+                        tokenizer_json, train_bpe, vocab_size_of)
+from .weights import check_smoothing, finalize_store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_RADIUS = 3
+TOKENIZER_SAMPLE_BYTES = 16 << 20
+#: Dense export is refused above this vocabulary size (V x V int64 per block).
+MAX_DENSE_EXPORT_VOCAB = 8192
+
+
+@dataclasses.dataclass
+class CountResult:
+    """What `count` did."""
+
+    store: str
+    shards: list
+    tokens: int
+    new_tokens: int
+    nnz: list
+    seconds: float
+    heldout: list = dataclasses.field(default_factory=list, repr=False)
+    heldout_bytes: int = 0
+    skipped: list = dataclasses.field(default_factory=list)
+    invalid_bytes: int = 0
+
+    def summary(self) -> dict:
+        return {"store": self.store, "shards": len(self.shards), "tokens": self.tokens,
+                "new_tokens": self.new_tokens, "distinct_pairs": self.nnz,
+                "seconds": round(self.seconds, 3),
+                "tokens_per_second": round(self.new_tokens / self.seconds) if self.seconds else None,
+                "skipped_shards": self.skipped, "invalid_bytes": self.invalid_bytes}
+
+
+def _client_for(scheduler_address: str | None, timeout: float = 10.0):
+    if not scheduler_address:
+        return None
+    from distributed import Client
+
+    try:
+        return Client(scheduler_address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler_address} "
+                           f"within {timeout:.0f}s: {exc}") from exc
+
+
+def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer: str | None,
+                      vocab_size: int, read_options: ReadOptions,
+                      bos_token: str | None, sample_bytes: int = TOKENIZER_SAMPLE_BYTES):
+    """The tokenizer for a count run: the store's, a given file, or a BPE trained on a sample."""
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer, read_options.storage_options)
+    elif store is not None and store.exists():
+        tok = tokenizer_from_json(store.tokenizer_text())
+    else:
+        logger.info("training a byte-level BPE tokenizer (vocab-size %d) on a %d MB sample",
+                    vocab_size, sample_bytes >> 20)
+        tok = train_bpe(read_sample(paths, sample_bytes, read_options), vocab_size)
+    bos, bos_id = find_bos(tok, bos_token)
+    return tok, bos, bos_id
+
+
+def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = None,
+          vocab_size: int = DEFAULT_VOCAB_SIZE, radius: int | None = None,
+          aggregation: str | None = None, documents: str = "blank-line",
+          text_field: str = "text", bos_token: str | None = None, heldout_fraction: float = 0.0,
+          scheduler: str | None = None, workers: int | None = None,
+          storage_options: dict | None = None, block_bytes: int | None = None,
+          rows_per_block: int | None = None) -> CountResult:
+    """Stream a corpus into sparse counts and add them to a store (created if absent).
+
+    Parameters
+    ----------
+    corpus : str or sequence of str
+        Files, directories, globs or fsspec URLs; each file is a shard.
+    store : str
+        Store path or URL. An existing store is added to (same tokenizer, radius and
+        aggregation are required).
+    tokenizer : str, optional
+        A ``tokenizer.json``; default: the store's, or a byte-level BPE trained on a sample.
+    vocab_size : int
+        Size of the trained BPE (ignored with ``tokenizer`` or an existing store).
+    radius : int
+        Context offsets R (default 3, or the store's).
+    aggregation : {"cat", "sum"}
+    documents : {"blank-line", "line", "file"}
+        Document boundaries (they reset the context).
+    heldout_fraction : float
+        Fraction of line runs held out of counting and returned (for `solve`).
+    scheduler : str, optional
+        ``threads`` (default), ``processes``, ``sync`` or a ``dask.distributed`` address.
+    workers : int, optional
+        Local worker count.
+
+    Returns
+    -------
+    CountResult
+    """
+    started = time.perf_counter()
+    read_kwargs = {"documents": documents, "text_field": text_field,
+                   "storage_options": storage_options}
+    if block_bytes:
+        read_kwargs["block_bytes"] = block_bytes
+    read_options = ReadOptions(**read_kwargs)
+    paths = expand_corpus(corpus, storage_options)
+    model_store = ModelStore(store, storage_options)
+    existing = model_store.exists()
+    if existing:
+        stored = model_store.config
+        radius = stored.radius if radius is None else radius
+        aggregation = stored.aggregation if aggregation is None else aggregation
+    radius = DEFAULT_RADIUS if radius is None else radius
+    aggregation = aggregation or "cat"
+    if not isinstance(radius, int) or radius < 1:
+        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
+    tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None, tokenizer,
+                                         vocab_size, read_options, bos_token)
+    text = tokenizer_json(tok) if not existing or tokenizer is not None else model_store.tokenizer_text()
+    sha = tokenizer_hash(text)
+    config = CountConfig(vocab_size_of(tok), radius, aggregation, bos_id)
+    read_meta = {"documents": documents, "text_field": text_field}
+    if existing:
+        model_store.check_compatible(config, sha, read_meta)
+    logger.info("counting %d shard(s): V=%d, radius=%d, aggregation=%s", len(paths),
+                config.vocab_size, radius, aggregation)
+    client = None
+    if scheduler and "://" in scheduler:
+        client = _client_for(scheduler)
+        scheduler = None
+    try:
+        result: ShardResult = count_corpus(paths, text, config, read_options,
+                                           HoldOut(heldout_fraction), scheduler=scheduler,
+                                           workers=workers, client=client)
+    finally:
+        if client is not None:
+            client.close()
+    new = result.counts
+    skipped = [s["path"] for s in new.shards if s["skipped"]]
+    if new.tokens == 0 and not result.heldout:
+        raise CorpusError("no text found in the corpus (all shards empty or binary): "
+                          + ", ".join(paths))
+    if existing:
+        total = model_store.read_counts() + new
+    else:
+        model_store = ModelStore.create(store, config, text, sha, bos, read_meta,
+                                        storage_options, **({"rows_per_block": rows_per_block}
+                                                            if rows_per_block else {}))
+        total = new
+    totals = {k: int(v) for k, v in total.stats.items()} if existing else {
+        k: int(v) for k, v in new.stats.items()}
+    totals["tokens"] = total.tokens
+    model_store.commit_counts(total, new.shards, totals)
+    seconds = time.perf_counter() - started
+    return CountResult(store, new.shards, total.tokens, new.tokens, total.nnz, seconds,
+                       result.heldout, result.heldout_bytes, skipped,
+                       int(new.stats.get("invalid_bytes", 0)))
+
+
+def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",
+                   text_field: str = "text", storage_options: dict | None = None):
+    """Tokenize text files into documents of ids; returns ``(documents, n_bytes)``."""
+    options = ReadOptions(documents=documents, text_field=text_field,
+                          storage_options=storage_options)
+    docs, n_bytes = [], 0
+    for path in expand_corpus(paths, storage_options):
+        stats = ReadStats()
+        for pieces in iter_document_pieces(path, options, stats):
+            for lines, starts in pieces:
+                ids = model.encode("".join(lines))
+                if not starts and docs:
+                    docs[-1] = np.concatenate([docs[-1], ids])
+                else:
+                    docs.append(ids)
+                n_bytes += sum(len(line.encode("utf-8")) for line in lines)
+    return docs, n_bytes
+
+
+def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
+             mu: float | None = None, alpha: float | None = None,
+             calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
+             calibration_sample: int = 4096) -> LanguageModel:
+    """Compute the explicit weights of a store's counts (and optionally calibrate them).
+
+    Parameters
+    ----------
+    store : str
+        Store path or URL (with counts).
+    form : {"row", "column"}
+    smoothing : {"dirichlet", "additive", "none"}
+    mu, alpha : float, optional
+        Dirichlet strength (default V) / additive pseudo-count (default 0.1).
+    calibrate : list of str, optional
+        Held-out text files; fit the R + 1 calibration scalars on them.
+
+    Returns
+    -------
+    LanguageModel
+    """
+    check_smoothing(smoothing, mu, alpha, form)
+    model_store = ModelStore(store, storage_options)
+    if not model_store.exists():
+        raise StoreError(f"no streamsolve store with counts at {store}")
+    weights = finalize_store(model_store, form, smoothing, mu, alpha)
+    model = LanguageModel(weights, tokenizer_from_json(model_store.tokenizer_text()))
+    if calibrate:
+        read_meta = model_store.meta.get("read_options", {})
+        docs, n_bytes = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
+                                       read_meta.get("text_field", "text"), storage_options)
+        model, raw, cal = calibrate_checked(model, docs, n_bytes, calibration_sample)
+        if model.weights.calibrated:
+            model_store.set_calibration(model.weights.params()["calibration"])
+    return model
+
+
+def calibrate_checked(model: LanguageModel, docs, n_bytes: int, sample: int = 4096):
+    """Calibrate on ``docs`` and keep it only if held-out cross-entropy does not get worse.
+
+    Returns ``(model, raw Evaluation, calibrated Evaluation)``.
+    """
+    raw = model.evaluate_ids(docs, n_bytes)
+    calibrated_model = model.calibrate(docs, sample_size=sample)
+    calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
+    if calibrated.cross_entropy > raw.cross_entropy:
+        logger.warning("calibration made held-out cross-entropy worse (%.4f > %.4f); keeping "
+                       "the uncalibrated weights", calibrated.cross_entropy, raw.cross_entropy)
+        return model, raw, raw
+    calibrated_model.weights.calibration_info = {
+        "heldout_tokens": raw.tokens, "raw_cross_entropy": raw.cross_entropy,
+        "calibrated_cross_entropy": calibrated.cross_entropy}
+    return calibrated_model, raw, calibrated
+
+
+def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = None,
+             uncalibrated: bool = False) -> Evaluation:
+    """Streaming held-out cross-entropy of a finalized store on text files."""
+    model_store = ModelStore(store, storage_options)
+    model = LanguageModel.open(model_store)
+    if uncalibrated:
+        model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
+    read_meta = model_store.meta.get("read_options", {})
+    docs, n_bytes = read_documents(texts, model, read_meta.get("documents", "blank-line"),
+                                   read_meta.get("text_field", "text"), storage_options)
+    return model.evaluate_ids(docs, n_bytes)
+
+
+def info(store: str, storage_options: dict | None = None) -> dict:
+    """A summary of a store: configuration, sizes, shards and weights."""
+    model_store = ModelStore(store, storage_options)
+    if not model_store.exists():
+        raise StoreError(f"no streamsolve store with counts at {store}")
+    meta = model_store.meta
+    config = meta["config"]
+    weights = meta.get("weights")
+    return {
+        "store": store,
+        "vocab_size": config["vocab_size"],
+        "radius": config["radius"],
+        "aggregation": config["aggregation"],
+        "bos_id": config["bos_id"],
+        "tokens": meta["counts"]["tokens"],
+        "nnz": meta["counts"]["nnz"],
+        "shards": len(meta.get("shards", [])),
+        "shard_list": [s["path"] for s in meta.get("shards", [])],
+        "totals": meta.get("totals", {}),
+        "tokenizer_sha256": meta["tokenizer"]["sha256"],
+        "read_options": meta.get("read_options", {}),
+        "versions": meta.get("versions", {}),
+        "weights": None if not weights else {
+            **{k: v for k, v in weights.items() if k != "counts_id"},
+            "stale": weights["counts_id"] != meta["counts"]["id"]},
+    }
+
+
+def export_counts(store: str, out: str, storage_options: dict | None = None,
+                  max_vocab: int = MAX_DENSE_EXPORT_VOCAB) -> dict:
+    """Write dense ``counts_1..counts_R`` (V x V) and ``unigram`` to an ``.npz`` file.
+
+    Raises
+    ------
+    ValueError
+        If V exceeds ``max_vocab`` (the dense arrays would not fit comfortably).
+    """
+    import fsspec
+
+    model_store = ModelStore(store, storage_options)
+    config = model_store.config
+    V = config.vocab_size
+    if V > max_vocab:
+        gib = config.n_blocks * V * V * 8 / 2**30
+        raise ValueError(f"vocabulary {V} is too large to export densely ({config.n_blocks} x "
+                         f"{V} x {V} int64 = {gib:.1f} GiB; the limit is V <= {max_vocab}); "
+                         "read the sparse blocks from the Zarr store instead")
+    arrays = {"unigram": model_store.read_unigram()}
+    for r in range(config.n_blocks):
+        arrays[f"counts_{r + 1}"] = model_store.read_count_block(r).toarray()
+    with fsspec.open(out, "wb", **(storage_options or {})) as handle:
+        np.savez_compressed(handle, **arrays)
+    return {"out": out, "arrays": sorted(arrays), "vocab_size": V}
+
+
+def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
+          calibrate: bool = True, form: str = "row", smoothing: str = "dirichlet",
+          mu: float | None = None, alpha: float | None = None, **count_kwargs) -> dict:
+    """Count + finalize + calibrate + evaluate on a part of the corpus held out by `count`.
+
+    Returns
+    -------
+    dict
+        Summary: tokens, distinct pairs, seconds, tokens/s, held-out perplexity (raw and
+        calibrated), store path.
+    """
+    check_smoothing(smoothing, mu, alpha, form)
+    started = time.perf_counter()
+    counted = count(corpus, store, heldout_fraction=heldout_fraction, **count_kwargs)
+    count_seconds = counted.seconds
+    t0 = time.perf_counter()
+    model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha,
+                     storage_options=count_kwargs.get("storage_options"))
+    finalize_seconds = time.perf_counter() - t0
+    summary = counted.summary()
+    summary.update({"count_seconds": round(count_seconds, 3),
+                    "finalize_seconds": round(finalize_seconds, 3)})
+    if counted.heldout:
+        t0 = time.perf_counter()
+        docs = counted.heldout
+        if calibrate:
+            calibrated_model, raw, cal = calibrate_checked(model, docs, counted.heldout_bytes)
+            if calibrated_model is not model:
+                ModelStore(store, count_kwargs.get("storage_options")).set_calibration(
+                    calibrated_model.weights.params()["calibration"])
+            model = calibrated_model
+        else:
+            raw = cal = model.evaluate_ids(docs, counted.heldout_bytes)
+        summary.update({
+            "heldout_tokens": raw.tokens,
+            "heldout_cross_entropy": round(raw.cross_entropy, 4),
+            "heldout_perplexity": round(raw.perplexity, 3),
+            "heldout_bits_per_byte": round(raw.bits_per_byte, 4) if raw.bits_per_byte else None,
+            "calibrated_cross_entropy": round(cal.cross_entropy, 4),
+            "calibrated_perplexity": round(cal.perplexity, 3),
+            "calibration": model.weights.params()["calibration"],
+            "eval_seconds": round(time.perf_counter() - t0, 3),
+        })
+    else:
+        logger.warning("nothing was held out (corpus too small?): no held-out evaluation")
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["tokens_per_second"] = round(counted.new_tokens / count_seconds) if count_seconds else None
+    summary["sample"] = model.generate("The ", max_tokens=12) if model.tokenizer else None
+    return summary

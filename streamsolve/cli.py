@@ -1,0 +1,282 @@
+"""Command line: ``streamsolve count|finalize|eval|info|export|generate|solve``.
+
+Every command takes ``--json`` to print exactly one JSON object on stdout; logs and progress
+go to stderr. Errors print one line naming the problem and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+
+from . import api
+from .reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
+from .storage import StoreError
+from .tokenizer import TokenizerError
+
+logger = logging.getLogger("streamsolve")
+
+USER_ERRORS = (CorpusError, StoreError, TokenizerError, ValueError, FileNotFoundError,
+               PermissionError, RuntimeError)
+
+
+def _storage_options(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage-options is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError("--storage-options must be a JSON object")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser):
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--storage-options", metavar="JSON",
+                        help="fsspec storage options (JSON object) for URLs")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True):
+    parser.add_argument("corpus", nargs="+" if corpus_required else "*", metavar="CORPUS",
+                        help="files, directories, globs or fsspec URLs; each file is a shard "
+                             "(.txt, .gz, .bz2, .xz, .zst, .jsonl)")
+    parser.add_argument("--store", required=True, help="store path or fsspec URL (Zarr v3)")
+    tok = parser.add_mutually_exclusive_group()
+    tok.add_argument("--tokenizer", metavar="PATH", help="a HuggingFace tokenizer.json to use")
+    tok.add_argument("--vocab-size", type=int, default=api.DEFAULT_VOCAB_SIZE,
+                     help="vocabulary of the byte-level BPE trained on a corpus sample "
+                          "(default %(default)s)")
+    parser.add_argument("--bos-token", help="token padding the context at document starts "
+                                            "(default: <|doc|>, or a known special token)")
+    parser.add_argument("--radius", type=int, default=None,
+                        help=f"context offsets R (default {api.DEFAULT_RADIUS}, or the store's)")
+    parser.add_argument("--aggregation", choices=("cat", "sum"), default=None,
+                        help="cat: one block per offset (default); sum: bag of context")
+    parser.add_argument("--documents", choices=DOCUMENT_MODES, default="blank-line",
+                        help="document boundaries that reset the context (default %(default)s)")
+    parser.add_argument("--text-field", default="text", help="text field of .jsonl records")
+    parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+                        help="threads (default), processes, sync, or a dask.distributed "
+                             "address tcp://HOST:PORT (also DASK_SCHEDULER_ADDRESS)")
+    parser.add_argument("--workers", type=_positive_int, help="local workers (default: cores)")
+
+
+def _add_finalizing(parser: argparse.ArgumentParser):
+    parser.add_argument("--form", choices=("row", "column"), default="row",
+                        help="row (published, default) or column (naive Bayes) form")
+    parser.add_argument("--smoothing", choices=("dirichlet", "additive", "none"),
+                        default="dirichlet", help="default %(default)s")
+    parser.add_argument("--mu", type=_positive_float, help="Dirichlet strength (default V)")
+    parser.add_argument("--alpha", type=_positive_float, help="additive pseudo-count (default 0.1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamsolve",
+        description="Train single-layer softmax language models without backpropagation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("count", help="stream a corpus into sparse counts (adds to an existing store)")
+    _add_counting(p)
+    _add_common(p)
+
+    p = sub.add_parser("finalize", help="compute explicit weights from a store's counts")
+    p.add_argument("store")
+    _add_finalizing(p)
+    p.add_argument("--calibrate", nargs="+", metavar="HELDOUT",
+                   help="held-out text to fit the R + 1 calibration scalars on")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="held-out cross-entropy / perplexity of a finalized store")
+    p.add_argument("store")
+    p.add_argument("text", nargs="+", metavar="TEXT")
+    p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
+    _add_common(p)
+
+    p = sub.add_parser("info", help="describe a store")
+    p.add_argument("store")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="export dense counts to .npz (small vocabularies)")
+    p.add_argument("store")
+    p.add_argument("out", metavar="OUT.npz")
+    p.add_argument("--counts", action="store_true", required=True,
+                   help="export counts_1..counts_R (V x V) and unigram")
+    _add_common(p)
+
+    p = sub.add_parser("generate", help="continue a prompt with a finalized store")
+    p.add_argument("store")
+    p.add_argument("prompt", nargs="?", default="")
+    p.add_argument("--tokens", type=_positive_int, default=20)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=_positive_int, default=5,
+                   help="also show the top next tokens after the prompt")
+    _add_common(p)
+
+    p = sub.add_parser("solve", help="count + finalize + calibrate + evaluate on a held-out part")
+    _add_counting(p, corpus_required=False)
+    _add_finalizing(p)
+    p.add_argument("--heldout", type=float, default=0.05,
+                   help="fraction of 64-line runs held out (default %(default)s)")
+    p.add_argument("--no-calibrate", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    _add_common(p)
+    return parser
+
+
+def _setup_logging(args):
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if args.verbose < 2:
+        for noisy in ("distributed", "asyncio", "fsspec", "botocore", "s3fs", "numcodecs"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _count_kwargs(args, storage_options) -> dict:
+    return dict(tokenizer=args.tokenizer, vocab_size=args.vocab_size, radius=args.radius,
+                aggregation=args.aggregation, documents=args.documents,
+                text_field=args.text_field, bos_token=args.bos_token,
+                scheduler=args.scheduler, workers=args.workers,
+                storage_options=storage_options)
+
+
+def _remove_store(url: str, storage_options):
+    import fsspec
+
+    fs, _, (root,) = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
+    if fs.exists(root):
+        if "://" not in url:
+            shutil.rmtree(root)
+        else:
+            fs.rm(root, recursive=True)
+
+
+def run(args) -> dict:
+    """Run a parsed command; returns its JSON-able result."""
+    so = _storage_options(args.storage_options)
+    if args.command == "count":
+        return api.count(args.corpus, args.store, **_count_kwargs(args, so)).summary()
+    if args.command == "finalize":
+        model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
+                             alpha=args.alpha, calibrate=args.calibrate, storage_options=so)
+        return {"store": args.store, **model.weights.params()}
+    if args.command == "eval":
+        result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated)
+        return {"store": args.store, **result.to_dict()}
+    if args.command == "info":
+        return api.info(args.store, so)
+    if args.command == "export":
+        return api.export_counts(args.store, args.out, so)
+    if args.command == "generate":
+        from .model import LanguageModel
+
+        model = LanguageModel.open(args.store, so)
+        return {"prompt": args.prompt,
+                "top_next": [{"token": t, "p": round(p, 5)}
+                             for t, p in model.next_token_distribution(args.prompt, args.top)]
+                if args.prompt else None,
+                "continuation": model.generate(args.prompt, args.tokens, args.temperature, args.seed)}
+    if args.command == "solve":
+        corpus = args.corpus or [BUILTIN_CORPUS]
+        if not args.corpus:
+            logger.info("no CORPUS given: using the embedded default corpus, CPython's own "
+                        "pydoc topic texts (pydoc_data.topics, about 0.5 MB)")
+        if args.overwrite:
+            _remove_store(args.store, so)
+        elif api.ModelStore(args.store, so).exists():
+            raise StoreError(f"a store already exists at {args.store}: pass --overwrite to "
+                             "replace it, or `streamsolve count` to add shards to it")
+        return api.solve(corpus, args.store, heldout_fraction=args.heldout,
+                         calibrate=not args.no_calibrate, form=args.form,
+                         smoothing=args.smoothing, mu=args.mu, alpha=args.alpha,
+                         **_count_kwargs(args, so))
+    raise AssertionError(args.command)
+
+
+def _print_human(command: str, result: dict):
+    if command == "solve":
+        lines = [
+            "streamsolve solve — summary",
+            f"  store                 {result['store']}",
+            f"  tokens counted        {result['new_tokens']:,}",
+            f"  distinct pairs        {', '.join(f'{n:,}' for n in result['distinct_pairs'])} (per block)",
+            f"  seconds               {result['seconds']} (count {result['count_seconds']}, "
+            f"finalize {result['finalize_seconds']}, eval {result.get('eval_seconds')})",
+            f"  tokens/s (counting)   {result['tokens_per_second']:,}",
+        ]
+        if "heldout_perplexity" in result:
+            lines += [
+                f"  held-out tokens       {result['heldout_tokens']:,}",
+                f"  held-out perplexity   {result['heldout_perplexity']} raw "
+                f"({result['heldout_cross_entropy']} nats/token, {result['heldout_bits_per_byte']} bits/byte)",
+                f"  calibrated            {result['calibrated_perplexity']} "
+                f"({result['calibrated_cross_entropy']} nats/token)",
+            ]
+        if result.get("invalid_bytes"):
+            lines.append(f"  invalid UTF-8 bytes   {result['invalid_bytes']:,} (replaced)")
+        if result.get("skipped_shards"):
+            lines.append(f"  skipped shards        {', '.join(result['skipped_shards'])}")
+        if result.get("sample") is not None:
+            lines.append(f"  sample ('The ' ...)   {result['sample']!r}")
+        print("\n".join(lines))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``streamsolve`` command."""
+    # Tokenizers run in Dask threads (and spawned, not forked, processes): keep the
+    # tokenizer's own thread pool, and say so explicitly to silence its fork warning.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        result = run(args)
+    except USER_ERRORS as exc:
+        logger.debug("error", exc_info=True)
+        print(f"streamsolve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"streamsolve {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        _print_human(args.command, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
