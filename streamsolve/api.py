@@ -169,19 +169,21 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     if new.tokens == 0 and not result.heldout:
         raise CorpusError("no text found in the corpus (all shards empty or binary): "
                           + ", ".join(paths))
+    new_stats = {k: int(v) for k, v in new.stats.items()}
     if existing:
-        total = model_store.read_counts() + new
+        totals = dict(model_store.meta.get("totals", {}))
+        for key, value in new_stats.items():
+            totals[key] = int(totals.get(key, 0)) + value
+        model_store.add_counts(new, new.shards, totals)
     else:
         model_store = ModelStore.create(store, config, text, sha, bos, read_meta,
                                         storage_options, **({"rows_per_block": rows_per_block}
                                                             if rows_per_block else {}))
-        total = new
-    totals = {k: int(v) for k, v in total.stats.items()} if existing else {
-        k: int(v) for k, v in new.stats.items()}
-    totals["tokens"] = total.tokens
-    model_store.commit_counts(total, new.shards, totals)
+        model_store.commit_counts(new, new.shards, new_stats)
+    meta = model_store.meta
     seconds = time.perf_counter() - started
-    return CountResult(store, new.shards, total.tokens, new.tokens, total.nnz, seconds,
+    return CountResult(store, new.shards, meta["counts"]["tokens"], new.tokens,
+                       meta["counts"]["nnz"], seconds,
                        result.heldout, result.heldout_bytes, skipped,
                        int(new.stats.get("invalid_bytes", 0)))
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .counting import CountConfig, Counts
+from .counting import CountConfig, Counts, merge_sorted
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,20 @@ def row_blocks(vocab_size: int, rows_per_block: int) -> list[tuple[int, int]]:
     """The (start, stop) row ranges of the store's row blocks."""
     return [(start, min(start + rows_per_block, vocab_size))
             for start in range(0, vocab_size, rows_per_block)]
+
+
+def merge_csr_block(a: tuple, b: tuple) -> tuple:
+    """Add two CSR row blocks of the same shape: ``(indptr, indices, data)`` each."""
+    n_rows = a[0].size - 1
+    width = 1 << 32
+    rows_a = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(a[0]))
+    rows_b = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(b[0]))
+    keys, values = merge_sorted(rows_a * width + a[1], np.asarray(a[2], dtype=np.int64),
+                                rows_b * width + b[1], np.asarray(b[2], dtype=np.int64))
+    rows = keys // width
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return indptr, (keys % width).astype(np.int32), values
 
 
 def csr_of_rows(keys: np.ndarray, values: np.ndarray, vocab_size: int, start: int, stop: int):
@@ -137,13 +151,15 @@ class ModelStore:
     @property
     def meta(self) -> dict:
         """The store's attributes (``attrs["streamsolve"]``)."""
+        self._group = None  # re-read: another process may have committed since
         attrs = dict(self.group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{self.url} is a Zarr group but not a streamsolve store")
         return attrs
 
     def _set_meta(self, meta: dict):
-        self.group.attrs.put(meta) if hasattr(self.group.attrs, "put") else self.group.attrs.update(meta)
+        """Replace the attributes in one write (zarr writes zarr.json atomically)."""
+        self.group.attrs.put(meta)
 
     # -- creation and compatibility ----------------------------------------------------------
     @classmethod
@@ -209,32 +225,56 @@ class ModelStore:
                                      "counts:\n  " + "\n  ".join(problems))
 
     # -- counts ----------------------------------------------------------------------------
-    def commit_counts(self, counts: Counts, new_shards: list[dict], totals: dict):
-        """Write ``counts`` (the store's complete new counts) as a new generation and switch to it.
+    def begin_counts_generation(self) -> int:
+        """Create an empty, uncommitted counts generation; returns its number.
 
-        The previous generation stays intact until the attributes point at the new one.
+        Row blocks are then written by `write_count_block` (one writer per block, from any
+        process) and made visible by `commit_counts_generation`. An uncommitted generation
+        left by a crash is never read, and is removed by the next one.
         """
         meta = self.meta
-        config = counts.config
-        rows_per_block = meta["rows_per_block"]
         previous = meta.get("counts")
-        generation = (previous["generation"] + 1) if previous else 1
-        root = f"counts/g{generation}"
-        if root in self.group:
-            del self.group[root]
-        gen_group = self.group.require_group(root)
-        _write_array(gen_group, "unigram", counts.unigram.astype(np.int64))
-        V = config.vocab_size
+        current = previous["generation"] if previous else 0
+        existing = [int(name[1:]) for name in self._group_names("counts") if name[1:].isdigit()]
+        generation = max([current, *existing]) + 1
+        for name in existing:
+            if name != current:
+                del self.group[f"counts/g{name}"]  # debris of an interrupted ingest
+        config = CountConfig(**meta["config"])
+        gen_group = self.group.require_group(f"counts/g{generation}")
         for r in range(config.n_blocks):
-            for k, (start, stop) in enumerate(row_blocks(V, rows_per_block)):
-                indptr, indices, data = csr_of_rows(counts.keys[r], counts.values[r], V, start, stop)
-                block = gen_group.require_group(f"r{r + 1}/b{k}")
-                _write_array(block, "indptr", indptr)
-                _write_array(block, "indices", indices)
-                _write_array(block, "data", data.astype(np.int64))
-        meta = dict(meta)
+            for k, _ in enumerate(row_blocks(config.vocab_size, meta["rows_per_block"])):
+                gen_group.require_group(f"r{r + 1}/b{k}")
+        return generation
+
+    def _group_names(self, path: str) -> list[str]:
+        if path not in self.group:
+            return []
+        return [name for name, _ in self.group[path].groups()]
+
+    def write_count_block(self, generation: int, r: int, k: int, indptr: np.ndarray,
+                          indices: np.ndarray, data: np.ndarray):
+        """Write row block ``k`` of count block ``r`` (0-based) into an uncommitted generation."""
+        block = self.group[f"counts/g{generation}/r{r + 1}/b{k}"]
+        _write_array(block, "indptr", np.asarray(indptr, dtype=np.int64))
+        _write_array(block, "indices", np.asarray(indices, dtype=np.int32))
+        _write_array(block, "data", np.asarray(data, dtype=np.int64))
+
+    def read_count_block_csr(self, generation: int, r: int, k: int):
+        """Raw CSR arrays ``(indptr, indices, data)`` of one row block of a generation."""
+        block = self.group[f"counts/g{generation}/r{r + 1}/b{k}"]
+        return block["indptr"][:], block["indices"][:], block["data"][:]
+
+    def commit_counts_generation(self, generation: int, unigram: np.ndarray, nnz: list[int],
+                                 new_shards: list[dict], totals: dict):
+        """Make a fully written generation the store's counts (one atomic metadata write)."""
+        gen_group = self.group[f"counts/g{generation}"]
+        _write_array(gen_group, "unigram", np.asarray(unigram, dtype=np.int64))
+        meta = dict(self.meta)
+        previous = meta.get("counts")
         meta["counts"] = {"generation": generation, "id": uuid.uuid4().hex,
-                          "nnz": counts.nnz, "tokens": counts.tokens, "committed": _now()}
+                          "nnz": [int(n) for n in nnz], "tokens": int(np.sum(unigram)),
+                          "committed": _now()}
         meta["shards"] = list(meta.get("shards", [])) + list(new_shards)
         meta["totals"] = totals
         meta["versions"] = library_versions()
@@ -242,7 +282,40 @@ class ModelStore:
         if previous and f"counts/g{previous['generation']}" in self.group:
             del self.group[f"counts/g{previous['generation']}"]
         logger.info("committed counts generation %d to %s (%d tokens, nnz %s)",
-                    generation, self.url, counts.tokens, counts.nnz)
+                    generation, self.url, meta["counts"]["tokens"], meta["counts"]["nnz"])
+
+    def commit_counts(self, counts: Counts, new_shards: list[dict], totals: dict):
+        """Write ``counts`` (the store's complete new counts) as a new generation and switch to it."""
+        generation = self.begin_counts_generation()
+        config = counts.config
+        V = config.vocab_size
+        for r in range(config.n_blocks):
+            for k, (start, stop) in enumerate(row_blocks(V, self.meta["rows_per_block"])):
+                self.write_count_block(generation, r, k,
+                                       *csr_of_rows(counts.keys[r], counts.values[r], V, start, stop))
+        self.commit_counts_generation(generation, counts.unigram, counts.nnz, new_shards, totals)
+
+    def add_counts(self, new: Counts, new_shards: list[dict], totals: dict):
+        """Add ``new`` to the committed counts, row block by row block, as a new generation.
+
+        Memory: the new counts plus one stored row block at a time.
+        """
+        meta = self.meta
+        base = meta["counts"]["generation"]
+        generation = self.begin_counts_generation()
+        config = new.config
+        V = config.vocab_size
+        nnz = []
+        for r in range(config.n_blocks):
+            total = 0
+            for k, (start, stop) in enumerate(row_blocks(V, meta["rows_per_block"])):
+                merged = merge_csr_block(self.read_count_block_csr(base, r, k),
+                                         csr_of_rows(new.keys[r], new.values[r], V, start, stop))
+                self.write_count_block(generation, r, k, *merged)
+                total += merged[1].size
+            nnz.append(total)
+        unigram = self.group[f"counts/g{base}/unigram"][:] + new.unigram
+        self.commit_counts_generation(generation, unigram, nnz, new_shards, totals)
 
     def _counts_group(self):
         meta = self.meta
@@ -370,17 +443,3 @@ def nbytes_of_store(url: str, storage_options: dict | None = None) -> int:
 
     fs, _, (root,) = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
     return sum(fs.du(root, total=False).values()) if fs.exists(root) else 0
-
-
-@dataclasses.dataclass
-class StoreSummary:
-    """What `ModelStore.summary` reports."""
-
-    url: str
-    vocab_size: int
-    radius: int
-    aggregation: str
-    tokens: int
-    nnz: list
-    shards: int
-    weights: dict | None

@@ -236,3 +236,22 @@ def test_export_refuses_large_vocabulary(tmp_path, corpus, tokenizer_file):
     api.count([str(corpus[0])], str(store), tokenizer=tokenizer_file, radius=1)
     with pytest.raises(ValueError, match="too large to export densely"):
         api.export_counts(str(store), str(tmp_path / "x.npz"), max_vocab=100)
+
+
+def test_incremental_count_equals_one_build(tmp_path, corpus, tokenizer_file):
+    from streamsolve import api
+    from streamsolve.storage import ModelStore
+
+    one = tmp_path / "one.zarr"
+    api.count([str(p) for p in corpus], str(one), tokenizer=tokenizer_file, radius=3,
+              rows_per_block=37)
+    inc = tmp_path / "inc.zarr"
+    api.count([str(corpus[2])], str(inc), tokenizer=tokenizer_file, radius=3, rows_per_block=37)
+    api.count([str(corpus[0])], str(inc))
+    api.count([str(corpus[1])], str(inc))
+    a, b = ModelStore(str(one)).read_counts(), ModelStore(str(inc)).read_counts()
+    assert a.equal_counts(b)
+    assert a.stats["tokens"] == b.stats["tokens"] and a.stats["bytes"] == b.stats["bytes"]
+    assert sorted(s["path"] for s in a.shards) == sorted(s["path"] for s in b.shards)
+    # only the committed generation remains on disk
+    assert sorted(name for name, _ in ModelStore(str(inc)).group["counts"].groups()) == ["g3"]
