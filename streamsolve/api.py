@@ -188,23 +188,40 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
                        int(new.stats.get("invalid_bytes", 0)))
 
 
-def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",
-                   text_field: str = "text", storage_options: dict | None = None):
-    """Tokenize text files into documents of ids; returns ``(documents, n_bytes)``."""
+def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",
+                         text_field: str = "text", storage_options: dict | None = None,
+                         stats: ReadStats | None = None):
+    """Yield documents of token ids from text files, streaming (block by block).
+
+    A document split across read blocks is yielded in pieces that each restart the context
+    only if ``starts`` says so; to keep evaluation exact, pieces of one document are joined.
+    ``stats.bytes`` ends up holding the UTF-8 bytes of the tokenized lines.
+    """
     options = ReadOptions(documents=documents, text_field=text_field,
                           storage_options=storage_options)
-    docs, n_bytes = [], 0
+    stats = stats if stats is not None else ReadStats()
     for path in expand_corpus(paths, storage_options):
-        stats = ReadStats()
-        for pieces in iter_document_pieces(path, options, stats):
+        pending = None
+        for pieces in iter_document_pieces(path, options, ReadStats()):
             for lines, starts in pieces:
                 ids = model.encode("".join(lines))
-                if not starts and docs:
-                    docs[-1] = np.concatenate([docs[-1], ids])
-                else:
-                    docs.append(ids)
-                n_bytes += sum(len(line.encode("utf-8")) for line in lines)
-    return docs, n_bytes
+                stats.bytes += sum(len(line.encode("utf-8")) for line in lines)
+                if pending is not None and not starts:
+                    pending = np.concatenate([pending, ids])
+                    continue
+                if pending is not None:
+                    yield pending
+                pending = ids
+        if pending is not None:
+            yield pending
+
+
+def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",
+                   text_field: str = "text", storage_options: dict | None = None):
+    """Tokenize text files into a list of documents of ids; returns ``(documents, n_bytes)``."""
+    stats = ReadStats()
+    docs = list(iter_token_documents(paths, model, documents, text_field, storage_options, stats))
+    return docs, stats.bytes
 
 
 def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
@@ -270,9 +287,13 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
     if uncalibrated:
         model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
     read_meta = model_store.meta.get("read_options", {})
-    docs, n_bytes = read_documents(texts, model, read_meta.get("documents", "blank-line"),
-                                   read_meta.get("text_field", "text"), storage_options)
-    return model.evaluate_ids(docs, n_bytes)
+    stats = ReadStats()
+    docs = iter_token_documents(texts, model, read_meta.get("documents", "blank-line"),
+                                read_meta.get("text_field", "text"), storage_options, stats)
+    result = model.evaluate_ids(docs)
+    result.bytes = stats.bytes
+    result.bits_per_byte = result.cross_entropy * result.tokens / math.log(2) / stats.bytes
+    return result
 
 
 def info(store: str, storage_options: dict | None = None) -> dict:

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 #: Floats of dense logits per evaluation batch (B * V); bounds evaluation memory.
 EVAL_BATCH_FLOATS = 1 << 20
+#: Positions per batch of the sparse evaluation path.
+SPARSE_EVAL_BATCH = 4096
 #: Bytes of cached per-block features for calibration.
 CALIBRATION_BUDGET_BYTES = 512 << 20
 
@@ -146,11 +148,10 @@ class LanguageModel:
         return total
 
     def evaluate_ids(self, documents: Iterable[np.ndarray], n_bytes: int | None = None) -> Evaluation:
-        """Streaming cross-entropy over documents of token ids."""
+        """Streaming cross-entropy over documents of token ids (sparse: O(nnz) per token)."""
         total, tokens = 0.0, 0
-        for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, self.batch_size):
-            logits = self.weights.logits(ctx)
-            total -= float(np.sum(logits[np.arange(tgt.size), tgt] - logsumexp(logits, axis=1)))
+        for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, SPARSE_EVAL_BATCH):
+            total -= float(np.sum(self.weights.target_log_probs(ctx, tgt)))
             tokens += tgt.size
         if tokens == 0:
             raise ValueError("no tokens to evaluate")

@@ -258,6 +258,45 @@ class ExplicitWeights:
             out += self.beta[b] * self.blocks[b].rows(contexts[:, r])
         return out
 
+    def target_log_probs(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """log softmax(logits)[target] for a batch, in O(nnz of the context rows), not O(V).
+
+        The logits are ``D_j + T_j`` plus a per-context constant, where
+        ``D = sum_r beta_r col_terms_r + gamma log p`` is the same for every context and
+        ``T = sum_r beta_r S_r[c_r]`` is sparse. So
+        ``sum_j exp(D_j + T_j) = Z0 + sum_{j in supp T} exp(D_j) expm1(T_j)`` with the constant
+        ``Z0 = sum_j exp(D_j)``. Contexts where that sum cancels badly fall back to dense logits.
+        """
+        contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
+        targets = np.asarray(targets, dtype=np.int64)
+        B = contexts.shape[0]
+        dense_part = self.bias.copy()
+        for b, block in enumerate(self.blocks):
+            uses = self.config.radius if self.config.aggregation == "sum" else 1
+            dense_part += self.beta[b] * uses * block.col_terms
+        peak = dense_part.max()
+        E = np.exp(dense_part - peak)
+        Z0 = E.sum()
+        T = None
+        for r in range(self.config.radius):
+            b = self.block_of_offset(r)
+            rows = self.blocks[b].sparse[contexts[:, r]] * self.beta[b]
+            T = rows if T is None else T + rows
+        T = sp.csr_array(T)
+        T.sum_duplicates()
+        row_of = np.repeat(np.arange(B), np.diff(T.indptr))
+        correction = np.bincount(row_of, weights=E[T.indices] * np.expm1(T.data), minlength=B)
+        total = Z0 + correction
+        target_T = np.asarray(T[np.arange(B), targets]).ravel()
+        out = dense_part[targets] + target_T - peak - np.log(np.maximum(total, 1e-300))
+        bad = total < 1e-9 * Z0
+        if np.any(bad):
+            logits = self.logits(contexts[bad])
+            peak_b = logits.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(logits - peak_b).sum(axis=1)) + peak_b[:, 0]
+            out[bad] = logits[np.arange(bad.sum()), targets[bad]] - lse
+        return out
+
     def dense_blocks(self) -> list[np.ndarray]:
         """Dense W^(r) (V x V each); small vocabularies only."""
         return [block.dense() for block in self.blocks]

@@ -187,3 +187,20 @@ def test_generation_and_log_prob_consistency(documents, tokenizer_text):
     assert len(set(sampled)) > 1
     top = model.next_token_distribution(text, top_k=3)
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+
+
+@pytest.mark.parametrize("form,smoothing", [("row", "dirichlet"), ("row", "additive"),
+                                            ("column", "dirichlet")])
+@pytest.mark.parametrize("aggregation", ["cat", "sum"])
+def test_sparse_target_log_probs_equal_dense(form, smoothing, aggregation):
+    V, R = 31, 3
+    docs = random_docs(7, V, n_docs=40)
+    weights = finalize(counts_of(docs, V, R, aggregation), form=form, smoothing=smoothing)
+    rng = np.random.default_rng(1)
+    contexts = rng.integers(0, V, size=(200, R))
+    targets = rng.integers(0, V, size=200)
+    for w in (weights, weights.with_calibration(rng.uniform(-0.5, 2, len(weights.blocks)), -1.3)):
+        logits = w.logits(contexts)
+        expected = logits[np.arange(200), targets] - logsumexp(logits, axis=1)
+        np.testing.assert_allclose(w.target_log_probs(contexts, targets), expected,
+                                   rtol=1e-10, atol=1e-10)
