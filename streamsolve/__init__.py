@@ -8,12 +8,13 @@ __version__ = "0.1.0"
 
 from .api import count, evaluate, export_counts, finalize, info, solve  # noqa: E402
 from .counting import CountConfig, Counts, count_token_documents  # noqa: E402
+from .incremental import Model  # noqa: E402
 from .model import LanguageModel  # noqa: E402
 from .storage import ModelStore  # noqa: E402
 from .weights import ExplicitWeights, finalize as finalize_counts  # noqa: E402
 
 __all__ = [
-    "CountConfig", "Counts", "ExplicitWeights", "LanguageModel", "ModelStore",
+    "CountConfig", "Counts", "ExplicitWeights", "LanguageModel", "Model", "ModelStore",
     "count", "count_token_documents", "evaluate", "export_counts", "finalize",
     "finalize_counts", "info", "solve", "__version__",
 ]

@@ -13,8 +13,10 @@ user can run stages separately, add shards later, and re-finalize::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -23,8 +25,9 @@ import numpy as np
 from .counting import CountConfig, Counts
 from .model import Evaluation, LanguageModel
 from .pipeline import HoldOut, ShardResult, count_corpus
+from .locking import StoreLock
 from .reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, ReadStats, expand_corpus,
-                      iter_document_pieces, read_sample)
+                      file_digest, iter_document_pieces, read_sample)
 from .storage import ModelStore, StoreError
 from .tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                         tokenizer_json, train_bpe, vocab_size_of)
@@ -53,9 +56,13 @@ class CountResult:
     heldout_bytes: int = 0
     skipped: list = dataclasses.field(default_factory=list)
     invalid_bytes: int = 0
+    already: list = dataclasses.field(default_factory=list)
+    changed: list = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict:
         return {"store": self.store, "shards": len(self.shards), "tokens": self.tokens,
+                "already_ingested": [a["path"] for a in self.already],
+                "changed_added": [c["path"] for c in self.changed],
                 "new_tokens": self.new_tokens, "distinct_pairs": self.nnz,
                 "seconds": round(self.seconds, 3),
                 "tokens_per_second": round(self.new_tokens / self.seconds) if self.seconds else None,
@@ -96,8 +103,15 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           text_field: str = "text", bos_token: str | None = None, heldout_fraction: float = 0.0,
           scheduler: str | None = None, workers: int | None = None,
           storage_options: dict | None = None, block_bytes: int | None = None,
-          rows_per_block: int | None = None) -> CountResult:
+          rows_per_block: int | None = None, allow_changed: bool = False,
+          wait: bool = False, break_lock: bool = False) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
+
+    The ingest is all or nothing: the store's counts change in one atomic step at the end,
+    or not at all. Shards whose bytes were already ingested are skipped (no-op); a path
+    already ingested whose bytes changed is refused unless ``allow_changed``, which adds
+    the new bytes as new content (the old version's counts stay: counts cannot be
+    subtracted). One writer at a time: another live writer makes this fail (or wait).
 
     Parameters
     ----------
@@ -121,11 +135,63 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         ``threads`` (default), ``processes``, ``sync`` or a ``dask.distributed`` address.
     workers : int, optional
         Local worker count.
+    allow_changed : bool
+        Add shards whose path was ingested with other bytes, as new content.
+    wait, break_lock : bool
+        Wait for another writer's lock; break a lock held from another host.
 
     Returns
     -------
     CountResult
     """
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="count"):
+        return _ingest(corpus, store, tokenizer=tokenizer, vocab_size=vocab_size, radius=radius,
+                       aggregation=aggregation, documents=documents, text_field=text_field,
+                       bos_token=bos_token, heldout_fraction=heldout_fraction,
+                       scheduler=scheduler, workers=workers, storage_options=storage_options,
+                       block_bytes=block_bytes, rows_per_block=rows_per_block,
+                       allow_changed=allow_changed)
+
+
+def plan_ingest(paths: Sequence[str], digests: Sequence[str], manifest: list[dict],
+                allow_changed: bool = False) -> tuple[list[str], list[dict], list[dict]]:
+    """Decide which shards to count: ``(to_count, already_ingested, changed)``.
+
+    A shard whose bytes (SHA-256) are in the manifest, or earlier in this run, is skipped.
+    A path in the manifest with other bytes is "changed": counted only with ``allow_changed``.
+    """
+    known = {entry.get("sha256"): entry["path"] for entry in manifest if entry.get("sha256")}
+    by_path = {entry["path"]: entry.get("sha256") for entry in manifest}
+    to_count, already, changed = [], [], []
+    for path, digest in zip(paths, digests):
+        if digest in known:
+            already.append({"path": path, "sha256": digest, "same_as": known[digest]})
+            continue
+        if path in by_path and by_path[path] != digest:
+            changed.append({"path": path, "old_sha256": by_path[path], "sha256": digest})
+            if not allow_changed:
+                continue
+        known[digest] = path
+        to_count.append(path)
+    return to_count, already, changed
+
+
+def shard_digests(paths: Sequence[str], storage_options, scheduler, workers, client) -> list[str]:
+    """SHA-256 of every shard's bytes, computed where the shards are read (Dask tasks)."""
+    import dask
+
+    tasks = [dask.delayed(file_digest, pure=True)(p, storage_options) for p in paths]
+    if client is not None:
+        return list(client.gather(client.compute(tasks)))
+    kwargs = {"scheduler": scheduler or "threads"}
+    if kwargs["scheduler"] in ("threads", "processes"):
+        kwargs["num_workers"] = workers or os.cpu_count() or 1
+    return list(dask.compute(*tasks, **kwargs))
+
+
+def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, documents,
+            text_field, bos_token, heldout_fraction, scheduler, workers, storage_options,
+            block_bytes, rows_per_block, allow_changed) -> CountResult:
     started = time.perf_counter()
     read_kwargs = {"documents": documents, "text_field": text_field,
                    "storage_options": storage_options}
@@ -151,41 +217,73 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     read_meta = {"documents": documents, "text_field": text_field}
     if existing:
         model_store.check_compatible(config, sha, read_meta)
-    logger.info("counting %d shard(s): V=%d, radius=%d, aggregation=%s", len(paths),
-                config.vocab_size, radius, aggregation)
     client = None
     if scheduler and "://" in scheduler:
         client = _client_for(scheduler)
         scheduler = None
     try:
-        result: ShardResult = count_corpus(paths, text, config, read_options,
+        logger.info("ingest stage: hashing %d shard(s)", len(paths))
+        digests = shard_digests(paths, storage_options, scheduler, workers, client)
+        manifest = model_store.meta.get("shards", []) if existing else []
+        to_count, already, changed = plan_ingest(paths, digests, manifest, allow_changed)
+        for entry in already:
+            logger.info("skipping %s: already ingested (same bytes as %s)", entry["path"],
+                        entry["same_as"])
+        if changed and not allow_changed:
+            raise StoreError(
+                "shard(s) already ingested with different content: "
+                + ", ".join(f"{c['path']} (was sha256 {c['old_sha256'][:12]}..., now "
+                            f"{c['sha256'][:12]}...)" for c in changed)
+                + ". Nothing was added. Pass --allow-changed to add the new content as well "
+                  "(the old content's counts stay), or use a new store.")
+        if not to_count:
+            logger.info("nothing new to count: every shard was already ingested")
+            meta = model_store.meta
+            return CountResult(store, [], meta["counts"]["tokens"], 0, meta["counts"]["nnz"],
+                               time.perf_counter() - started, already=already)
+        logger.info("ingest stage: counting %d shard(s): V=%d, radius=%d, aggregation=%s",
+                    len(to_count), config.vocab_size, radius, aggregation)
+        result: ShardResult = count_corpus(to_count, text, config, read_options,
                                            HoldOut(heldout_fraction), scheduler=scheduler,
                                            workers=workers, client=client)
     finally:
         if client is not None:
             client.close()
+    digest_of = dict(zip(paths, digests))
     new = result.counts
+    for entry in new.shards:
+        entry["content_sha256"] = entry.pop("sha256", None)
+        entry["sha256"] = digest_of[entry["path"]]
     skipped = [s["path"] for s in new.shards if s["skipped"]]
     if new.tokens == 0 and not result.heldout:
         raise CorpusError("no text found in the corpus (all shards empty or binary): "
                           + ", ".join(paths))
     new_stats = {k: int(v) for k, v in new.stats.items()}
-    if existing:
-        totals = dict(model_store.meta.get("totals", {}))
-        for key, value in new_stats.items():
-            totals[key] = int(totals.get(key, 0)) + value
-        model_store.add_counts(new, new.shards, totals)
-    else:
-        model_store = ModelStore.create(store, config, text, sha, bos, read_meta,
-                                        storage_options, **({"rows_per_block": rows_per_block}
-                                                            if rows_per_block else {}))
-        model_store.commit_counts(new, new.shards, new_stats)
+    logger.info("ingest stage: writing %d new tokens to %s", new.tokens, store)
+    try:
+        if existing:
+            totals = dict(model_store.meta.get("totals", {}))
+            for key, value in new_stats.items():
+                totals[key] = int(totals.get(key, 0)) + value
+            model_store.add_counts(new, new.shards, totals)
+        else:
+            model_store = ModelStore.create(store, config, text, sha, bos, read_meta,
+                                            storage_options, **({"rows_per_block": rows_per_block}
+                                                                if rows_per_block else {}))
+            model_store.commit_counts(new, new.shards, new_stats)
+    except OSError as exc:
+        model_store.discard_uncommitted()
+        reason = "the disk is full" if getattr(exc, "errno", None) == errno.ENOSPC else str(exc)
+        raise StoreError(f"writing the counts to {store} failed: {reason}. The store is "
+                         "unchanged (the partial data was removed); free space and run the "
+                         "same command again.") from exc
+    logger.info("ingest stage: committed")
     meta = model_store.meta
     seconds = time.perf_counter() - started
     return CountResult(store, new.shards, meta["counts"]["tokens"], new.tokens,
                        meta["counts"]["nnz"], seconds,
                        result.heldout, result.heldout_bytes, skipped,
-                       int(new.stats.get("invalid_bytes", 0)))
+                       int(new.stats.get("invalid_bytes", 0)), already=already, changed=changed)
 
 
 def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",
@@ -227,7 +325,8 @@ def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = 
 def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
              mu: float | None = None, alpha: float | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
-             calibration_sample: int = 4096) -> LanguageModel:
+             calibration_sample: int = 4096, wait: bool = False,
+             break_lock: bool = False) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
     Parameters
@@ -249,6 +348,13 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     model_store = ModelStore(store, storage_options)
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="finalize"):
+        return _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate,
+                                storage_options, calibration_sample)
+
+
+def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
+                     calibration_sample) -> LanguageModel:
     weights = finalize_store(model_store, form, smoothing, mu, alpha)
     model = LanguageModel(weights, tokenizer_from_json(model_store.tokenizer_text()))
     if calibrate:

@@ -14,14 +14,16 @@ import shutil
 import sys
 
 from . import api
+from . import cluster
 from .reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
+from .locking import StoreLockedError
 from .storage import StoreError
 from .tokenizer import TokenizerError
 
 logger = logging.getLogger("streamsolve")
 
-USER_ERRORS = (CorpusError, StoreError, TokenizerError, ValueError, FileNotFoundError,
-               PermissionError, RuntimeError)
+USER_ERRORS = (CorpusError, StoreError, StoreLockedError, TokenizerError, ValueError,
+               FileNotFoundError, PermissionError, RuntimeError)
 
 
 def _storage_options(text: str | None) -> dict | None:
@@ -87,6 +89,17 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
                         help="threads (default), processes, sync, or a dask.distributed "
                              "address tcp://HOST:PORT (also DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--workers", type=_positive_int, help="local workers (default: cores)")
+    parser.add_argument("--allow-changed", action="store_true",
+                        help="add shards whose path was ingested before with other bytes, as "
+                             "new content (the old version's counts stay)")
+    _add_locking(parser)
+
+
+def _add_locking(parser: argparse.ArgumentParser):
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for another writer of the store to finish instead of failing")
+    parser.add_argument("--break-lock", action="store_true",
+                        help="remove a writer lock held from another host (only if that job is gone)")
 
 
 def _add_finalizing(parser: argparse.ArgumentParser):
@@ -106,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("count", help="stream a corpus into sparse counts (adds to an existing store)")
     _add_counting(p)
+    cluster.add_cluster_arguments(p)
     _add_common(p)
 
     p = sub.add_parser("finalize", help="compute explicit weights from a store's counts")
@@ -113,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finalizing(p)
     p.add_argument("--calibrate", nargs="+", metavar="HELDOUT",
                    help="held-out text to fit the R + 1 calibration scalars on")
+    _add_locking(p)
+    cluster.add_cluster_arguments(p, scheduler=True)
     _add_common(p)
 
     p = sub.add_parser("eval", help="held-out cross-entropy / perplexity of a finalized store")
@@ -149,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of 64-line runs held out (default %(default)s)")
     p.add_argument("--no-calibrate", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    cluster.add_cluster_arguments(p)
+    _add_common(p)
+
+    p = sub.add_parser("cluster-script", help="print the batch job script --cluster would submit")
+    cluster.add_jobqueue_arguments(p, required=True)
     _add_common(p)
     return parser
 
@@ -158,7 +179,8 @@ def _setup_logging(args):
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     if args.verbose < 2:
-        for noisy in ("distributed", "asyncio", "fsspec", "botocore", "s3fs", "numcodecs"):
+        for noisy in ("distributed", "asyncio", "fsspec", "botocore", "aiobotocore", "s3fs",
+                      "numcodecs"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -167,7 +189,8 @@ def _count_kwargs(args, storage_options) -> dict:
                 aggregation=args.aggregation, documents=args.documents,
                 text_field=args.text_field, bos_token=args.bos_token,
                 scheduler=args.scheduler, workers=args.workers,
-                storage_options=storage_options)
+                storage_options=storage_options, allow_changed=args.allow_changed,
+                wait=args.wait, break_lock=args.break_lock)
 
 
 def _remove_store(url: str, storage_options):
@@ -188,7 +211,8 @@ def run(args) -> dict:
         return api.count(args.corpus, args.store, **_count_kwargs(args, so)).summary()
     if args.command == "finalize":
         model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
-                             alpha=args.alpha, calibrate=args.calibrate, storage_options=so)
+                             alpha=args.alpha, calibrate=args.calibrate, storage_options=so,
+                             wait=args.wait, break_lock=args.break_lock)
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated)
@@ -249,6 +273,8 @@ def _print_human(command: str, result: dict):
         if result.get("sample") is not None:
             lines.append(f"  sample ('The ' ...)   {result['sample']!r}")
         print("\n".join(lines))
+    elif command == "cluster-script":
+        print(result["job_script"])
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
@@ -263,7 +289,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        result = run(args)
+        result = cluster.execute(args, run)
     except USER_ERRORS as exc:
         logger.debug("error", exc_info=True)
         print(f"streamsolve {args.command}: error: {exc}", file=sys.stderr)

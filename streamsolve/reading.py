@@ -169,6 +169,36 @@ def _expand_one(path: str, storage_options: dict) -> list[str]:
     return [p if "://" in p else f"{protocol}://{p}" for p in found]
 
 
+def file_digest(path: str, storage_options: dict | None = None, chunk: int = 8 << 20) -> str:
+    """SHA-256 of a shard's bytes as stored (compressed files are not decompressed).
+
+    This is the shard's identity in a store's manifest: re-adding the same bytes is a no-op.
+    """
+    import hashlib
+
+    hasher = hashlib.sha256()
+    if path == BUILTIN_CORPUS:
+        from pydoc_data.topics import topics
+
+        for name in sorted(topics):
+            hasher.update(topics[name].encode("utf-8"))
+        return hasher.hexdigest()
+    if "://" not in path and not os.path.exists(path):
+        raise CorpusError(f"shard not found: {path}")
+    try:
+        with fsspec.open(path, "rb", **(storage_options or {})) as handle:
+            while True:
+                data = handle.read(chunk)
+                if not data:
+                    break
+                hasher.update(data)
+    except FileNotFoundError as exc:
+        raise CorpusError(f"shard not found: {path}") from exc
+    except OSError as exc:
+        raise CorpusError(f"shard not readable: {path}: {exc}") from exc
+    return hasher.hexdigest()
+
+
 def open_binary(path: str, storage_options: dict | None = None):
     """Open a shard for reading decompressed bytes (a context manager)."""
     if "://" not in path and not os.path.exists(path):

@@ -247,6 +247,32 @@ class ModelStore:
                 gen_group.require_group(f"r{r + 1}/b{k}")
         return generation
 
+    def discard_uncommitted(self):
+        """Remove counts generations that are not committed (after a failed write).
+
+        A store created by the failed run itself (no committed counts) is removed whole.
+        """
+        try:
+            meta = self.meta
+        except StoreError:
+            return
+        previous = meta.get("counts")
+        if previous is None:
+            try:
+                import fsspec
+
+                fs, _, (root,) = fsspec.get_fs_token_paths(self.url, storage_options=self.storage_options or {})
+                fs.rm(root, recursive=True)
+            except Exception:  # best effort: an uncommitted store is never read anyway
+                logger.warning("could not remove the unfinished store %s", self.url)
+            return
+        for name in self._group_names("counts"):
+            if name != f"g{previous['generation']}":
+                try:
+                    del self.group[f"counts/{name}"]
+                except Exception:
+                    logger.warning("could not remove uncommitted %s/counts/%s", self.url, name)
+
     def _group_names(self, path: str) -> list[str]:
         if path not in self.group:
             return []
@@ -259,6 +285,7 @@ class ModelStore:
         _write_array(block, "indptr", np.asarray(indptr, dtype=np.int64))
         _write_array(block, "indices", np.asarray(indices, dtype=np.int32))
         _write_array(block, "data", np.asarray(data, dtype=np.int64))
+        block.attrs.put({"digest": block_digest(indptr, indices, data)})
 
     def read_count_block_csr(self, generation: int, r: int, k: int):
         """Raw CSR arrays ``(indptr, indices, data)`` of one row block of a generation."""
@@ -364,31 +391,60 @@ class ModelStore:
                       list(meta.get("shards", [])))
 
     # -- weights ---------------------------------------------------------------------------
-    def write_weights(self, weights) -> str:
-        """Write explicit weights (an `ExplicitWeights`); returns the weights id."""
+    # Weight row blocks are content-addressed: a block's key hashes the digest of the count
+    # block it came from and every global input of its formula (see weights.finalize_store),
+    # so re-finalizing after an update recomputes only blocks whose inputs changed.
+    def count_block_digest(self, r: int, k: int) -> str:
+        """Digest of row block ``k`` of count block ``r`` in the committed generation."""
+        generation = self.meta["counts"]["generation"]
+        block = self.group[f"counts/g{generation}/r{r + 1}/b{k}"]
+        digest = block.attrs.get("digest")
+        if digest is None:  # stores written before digests were recorded
+            digest = block_digest(*self.read_count_block_csr(generation, r, k))
+        return digest
+
+    def has_weight_block(self, key: str) -> bool:
+        path = f"weights/blocks/{key}"
+        return path in self.group and bool(self.group[path].attrs.get("complete"))
+
+    def write_weight_block(self, key: str, indptr, indices, data, row_terms):
+        """Write one weight row block (marked complete only after all its arrays)."""
+        group = self.group.require_group(f"weights/blocks/{key}")
+        _write_array(group, "indptr", np.asarray(indptr, dtype=np.int64))
+        _write_array(group, "indices", np.asarray(indices, dtype=np.int32))
+        _write_array(group, "data", np.asarray(data, dtype=np.float64))
+        _write_array(group, "row_terms", np.asarray(row_terms, dtype=np.float64))
+        group.attrs.put({"complete": True})
+
+    def read_weight_block(self, key: str):
+        """``(indptr, indices, data, row_terms)`` of a weight row block."""
+        group = self.group[f"weights/blocks/{key}"]
+        return group["indptr"][:], group["indices"][:], group["data"][:], group["row_terms"][:]
+
+    def commit_weights(self, params: dict, block_keys: list[list[str]], col_terms: np.ndarray,
+                       bias: np.ndarray, log_unigram: np.ndarray) -> str:
+        """Make written weight blocks plus the rank-one vectors the store's weights."""
         meta = self.meta
         weights_id = uuid.uuid4().hex[:12]
-        root = self.group.require_group(f"weights/w{weights_id}")
-        V = self.config.vocab_size
-        for r, block in enumerate(weights.blocks):
-            for k, (start, stop) in enumerate(row_blocks(V, meta["rows_per_block"])):
-                sub = block.sparse[start:stop]
-                g = root.require_group(f"r{r + 1}/b{k}")
-                _write_array(g, "indptr", sub.indptr.astype(np.int64))
-                _write_array(g, "indices", sub.indices.astype(np.int32))
-                _write_array(g, "data", sub.data.astype(np.float64))
-        _write_array(root, "row_terms", np.stack([b.row_terms for b in weights.blocks]))
-        _write_array(root, "col_terms", np.stack([b.col_terms for b in weights.blocks]))
-        _write_array(root, "bias", weights.bias)
-        _write_array(root, "log_unigram", weights.log_unigram)
-        previous = meta.get("weights")
+        root = self.group.require_group(f"weights/v{weights_id}")
+        _write_array(root, "col_terms", np.asarray(col_terms, dtype=np.float64))
+        _write_array(root, "bias", np.asarray(bias, dtype=np.float64))
+        _write_array(root, "log_unigram", np.asarray(log_unigram, dtype=np.float64))
         meta = dict(meta)
         meta["weights"] = {"id": weights_id, "counts_id": meta["counts"]["id"],
-                           "written": _now(), **weights.params()}
+                           "written": _now(), "blocks": block_keys, **params}
         self._set_meta(meta)
-        if previous and f"weights/w{previous['id']}" in self.group:
-            del self.group[f"weights/w{previous['id']}"]
+        self._collect_weight_garbage(weights_id, block_keys)
         return weights_id
+
+    def _collect_weight_garbage(self, weights_id: str, block_keys: list[list[str]]):
+        keep = {key for keys in block_keys for key in keys}
+        for name in self._group_names("weights"):
+            if name.startswith("v") and name != f"v{weights_id}":
+                del self.group[f"weights/{name}"]
+        for name in self._group_names("weights/blocks"):
+            if name not in keep:
+                del self.group[f"weights/blocks/{name}"]
 
     def set_calibration(self, calibration: dict | None):
         """Record calibration scalars on the current weights."""
@@ -417,24 +473,35 @@ class ModelStore:
         if info["counts_id"] != meta.get("counts", {}).get("id") and not allow_stale:
             raise StoreError(f"the weights in {self.url} are stale (counts changed since they were "
                              f"computed): run `streamsolve finalize {self.url}` again")
-        root = self.group[f"weights/w{info['id']}"]
+        root = self.group[f"weights/v{info['id']}"]
         V = self.config.vocab_size
-        row_terms = root["row_terms"][:]
         col_terms = root["col_terms"][:]
         blocks = []
-        for r in range(row_terms.shape[0]):
-            indptrs, indices, data = [np.zeros(1, np.int64)], [], []
-            for k, (start, stop) in enumerate(row_blocks(V, meta["rows_per_block"])):
-                g = root[f"r{r + 1}/b{k}"]
-                indptrs.append(g["indptr"][1:] + indptrs[-1][-1])
-                indices.append(g["indices"][:])
-                data.append(g["data"][:])
+        for r, keys in enumerate(info["blocks"]):
+            indptrs, indices, data, row_terms = [np.zeros(1, np.int64)], [], [], []
+            for key in keys:
+                ip, ix, d, rt = self.read_weight_block(key)
+                indptrs.append(ip[1:] + indptrs[-1][-1])
+                indices.append(ix)
+                data.append(d)
+                row_terms.append(rt)
             sparse = sp.csr_array((np.concatenate(data), np.concatenate(indices),
                                    np.concatenate(indptrs)), shape=(V, V))
-            blocks.append(SparseRankOne(sparse, row_terms[r], col_terms[r]))
-        params = {k: v for k, v in info.items() if k not in ("id", "counts_id", "written")}
+            blocks.append(SparseRankOne(sparse, np.concatenate(row_terms), col_terms[r]))
+        params = {k: v for k, v in info.items()
+                  if k not in ("id", "counts_id", "written", "blocks", "reused_blocks")}
         return ExplicitWeights.from_params(blocks, root["bias"][:], root["log_unigram"][:],
                                            self.config, params)
+
+
+def block_digest(indptr, indices, data) -> str:
+    """Content digest of a CSR row block."""
+    import hashlib
+
+    hasher = hashlib.blake2b(digest_size=16)
+    for array, dtype in ((indptr, np.int64), (indices, np.int32), (data, np.int64)):
+        hasher.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return hasher.hexdigest()
 
 
 def nbytes_of_store(url: str, storage_options: dict | None = None) -> int:

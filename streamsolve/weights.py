@@ -344,21 +344,27 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
 
 
 def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
-                   mu: float | None = None, alpha: float | None = None) -> ExplicitWeights:
+                   mu: float | None = None, alpha: float | None = None,
+                   reuse: bool = True) -> ExplicitWeights:
     """Explicit weights from a `ModelStore`, row block by row block (counts never densified).
 
-    The weights are returned and written to the store.
+    The weights are returned and written to the store. A weight row block is a pure
+    function of its count block and a few global inputs (the unigram for Dirichlet row
+    weights, column sums for the column form); blocks whose inputs are unchanged since the
+    last finalize are reused, not recomputed (``reuse=False`` recomputes everything).
     """
+    import hashlib
+
     check_smoothing(smoothing, mu, alpha, form)
     config = store.config
     V = config.vocab_size
     mu, alpha = _resolve(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(store.read_unigram()))
-    blocks = []
+    ranges = list(enumerate(row_blocks_of(store)))
+    blocks, block_keys, col_terms_all = [], [], []
+    reused = 0
     for r in range(config.n_blocks):
-        pieces_S, row_terms, col_terms = [], [], None
-        col_sums = None
-        log_q_all = None
+        col_sums = log_q_all = None
         if form == "column":
             col_sums = np.zeros(V)
             row_sums = np.zeros(V)
@@ -367,16 +373,52 @@ def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
                 rows = np.repeat(np.arange(stop - start), np.diff(ip))
                 row_sums[start:stop] = np.bincount(rows, weights=d, minlength=stop - start)
             log_q_all = np.log(smoothed_unigram(row_sums))
-        for start, stop, (ip, ix, d) in store.iter_count_blocks(r):
-            F = sp.csr_array((d, ix, ip), shape=(stop - start, V))
-            log_q = log_q_all[start:stop] if log_q_all is not None else None
-            block = block_weights(F, form, smoothing, mu, alpha, log_p, log_q, col_sums)
-            pieces_S.append(block.sparse)
-            row_terms.append(block.row_terms)
-            col_terms = block.col_terms
+            global_inputs = col_sums.tobytes() + log_q_all.tobytes()
+        elif smoothing == "dirichlet":
+            global_inputs = log_p.tobytes()
+        else:
+            global_inputs = b""
+        global_digest = hashlib.blake2b(global_inputs, digest_size=16).hexdigest()
+        empty = sp.csr_array((0, V), dtype=np.int64)
+        col_terms = block_weights(empty, form, smoothing, mu, alpha, log_p,
+                                  np.zeros(0) if form == "column" else None, col_sums,
+                                  row_sums=np.zeros(0)).col_terms
+        pieces_S, row_terms, keys = [], [], []
+        for k, (start, stop) in ranges:
+            recipe = f"{r}|{k}|{start}|{stop}|{V}|{form}|{smoothing}|{mu}|{alpha}|" \
+                     f"{store.count_block_digest(r, k)}|{global_digest}"
+            key = hashlib.blake2b(recipe.encode(), digest_size=16).hexdigest()
+            if reuse and store.has_weight_block(key):
+                ip, ix, d, rt = store.read_weight_block(key)
+                S = sp.csr_array((d, ix, ip), shape=(stop - start, V))
+                reused += 1
+            else:
+                ip, ix, d = store.read_count_block_csr(store.meta["counts"]["generation"], r, k)
+                F = sp.csr_array((d, ix, ip), shape=(stop - start, V))
+                log_q = log_q_all[start:stop] if log_q_all is not None else None
+                block = block_weights(F, form, smoothing, mu, alpha, log_p, log_q, col_sums)
+                S, rt = block.sparse, block.row_terms
+                store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
+            pieces_S.append(S)
+            row_terms.append(rt)
+            keys.append(key)
         S = sp.csr_array(sp.vstack(pieces_S, format="csr"))
         blocks.append(SparseRankOne(S, np.concatenate(row_terms), col_terms))
+        block_keys.append(keys)
+        col_terms_all.append(col_terms)
         logger.info("finalized block %d/%d (%d nonzeros)", r + 1, config.n_blocks, S.nnz)
+    total = len(ranges) * config.n_blocks
+    logger.info("finalize: recomputed %d of %d row blocks, reused %d unchanged", total - reused,
+                total, reused)
     weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
-    store.write_weights(weights)
+    store.commit_weights(weights.params(), block_keys, np.stack(col_terms_all), weights.bias,
+                         weights.log_unigram)
+    weights.reused_blocks = reused
     return weights
+
+
+def row_blocks_of(store) -> list[tuple[int, int]]:
+    """The row ranges of a store's blocks."""
+    from .storage import row_blocks
+
+    return row_blocks(store.config.vocab_size, store.meta["rows_per_block"])

@@ -1,0 +1,218 @@
+"""Incremental updates: idempotent re-adds, changed content, one writer at a time, nothing
+committed on failure, and re-finalize that reuses unchanged row blocks yet equals a full
+finalize."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamsolve import Model, api
+from streamsolve.locking import StoreLock, StoreLockedError, lock_url
+from streamsolve.storage import ModelStore, StoreError
+
+from .conftest import write_text
+
+
+@pytest.fixture
+def shards(tmp_path, documents):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    return [str(write_text(folder / f"s{i}.txt.gz", "\n\n".join(documents[i::4]) + "\n"))
+            for i in range(4)]
+
+
+def counts_id(store):
+    return ModelStore(store).meta["counts"]["id"]
+
+
+def test_model_api_add_then_finalize_equals_one_build(tmp_path, shards, tokenizer_file):
+    grown = Model.create(str(tmp_path / "grown.zarr"), tokenizer=tokenizer_file, radius=2,
+                         rows_per_block=16)
+    for shard in shards:
+        grown.add([shard])
+    lm = grown.finalize()
+    scratch = tmp_path / "scratch.zarr"
+    api.count(shards, str(scratch), tokenizer=tokenizer_file, radius=2, rows_per_block=16)
+    lm_scratch = api.finalize(str(scratch))
+    assert ModelStore(grown.store).read_counts().equal_counts(ModelStore(str(scratch)).read_counts())
+    for a, b in zip(lm.weights.dense_blocks(), lm_scratch.weights.dense_blocks()):
+        np.testing.assert_array_equal(a, b)
+    assert Model.open(grown.store).evaluate([shards[0]]).tokens > 0
+
+
+def test_readding_a_shard_is_a_noop(tmp_path, shards, tokenizer_file):
+    store = str(tmp_path / "m.zarr")
+    api.count(shards[:2], store, tokenizer=tokenizer_file)
+    before = counts_id(store)
+    again = api.count(shards[:2], store)
+    assert again.new_tokens == 0 and sorted(a["path"] for a in again.already) == sorted(shards[:2])
+    assert counts_id(store) == before, "a no-op must not write a new generation"
+    # the same bytes under another name are the same content: skipped too
+    copy = tmp_path / "copy.txt.gz"
+    copy.write_bytes(open(shards[0], "rb").read())
+    mixed = api.count([str(copy), shards[2]], store)
+    assert [a["path"] for a in mixed.already] == [str(copy)]
+    assert [s["path"] for s in mixed.shards] == [shards[2]]
+    # one shard listed twice in one run is counted once
+    twice = api.count([shards[3], shards[3]], store)
+    assert len(twice.shards) == 1 and len(twice.already) == 1
+    assert len(ModelStore(store).meta["shards"]) == 4
+
+
+def test_changed_content_is_refused_unless_allowed(tmp_path, documents, tokenizer_file):
+    store = str(tmp_path / "m.zarr")
+    path = write_text(tmp_path / "day.txt", "\n\n".join(documents[:5]) + "\n")
+    api.count([str(path)], store, tokenizer=tokenizer_file)
+    before = ModelStore(store).read_counts()
+    write_text(path, "\n\n".join(documents[:6]) + "\n")  # the file grew
+    with pytest.raises(StoreError, match=r"different content: .*day.txt.*--allow-changed"):
+        api.count([str(path)], store)
+    assert ModelStore(store).read_counts().equal_counts(before)
+    added = api.count([str(path)], store, allow_changed=True)
+    assert added.changed and added.new_tokens > before.tokens
+    entries = [s for s in ModelStore(store).meta["shards"] if s["path"] == str(path)]
+    assert len(entries) == 2 and entries[0]["sha256"] != entries[1]["sha256"]
+
+
+def test_unreadable_shard_commits_nothing(tmp_path, shards, tokenizer_file):
+    import gzip
+
+    store = str(tmp_path / "m.zarr")
+    api.count(shards[:1], store, tokenizer=tokenizer_file)
+    before = ModelStore(store).meta
+    broken = tmp_path / "broken.txt.gz"
+    broken.write_bytes(gzip.compress(os.urandom(50_000).hex().encode())[:-1000])
+    with pytest.raises(Exception, match="broken.txt.gz"):
+        api.count([shards[1], str(broken), shards[2]], store)
+    after = ModelStore(store).meta
+    assert after["counts"] == before["counts"] and after["shards"] == before["shards"]
+
+
+def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, monkeypatch):
+    store = str(tmp_path / "m.zarr")
+    api.count(shards[:1], store, tokenizer=tokenizer_file, rows_per_block=32)
+    before = ModelStore(store).read_counts()
+    calls = {"n": 0}
+    original = ModelStore.write_count_block
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelStore, "write_count_block", failing)
+    with pytest.raises(StoreError, match="disk is full.*unchanged"):
+        api.count(shards[1:], store)
+    monkeypatch.undo()
+    reopened = ModelStore(store)
+    assert reopened.read_counts().equal_counts(before)
+    assert [name for name, _ in reopened.group["counts"].groups()] == \
+        [f"g{reopened.meta['counts']['generation']}"], "partial generation must be removed"
+    api.count(shards[1:], store)  # the same command completes the work
+    assert ModelStore(store).read_counts().tokens > before.tokens
+    # a failure while creating a new store leaves no store at all
+    monkeypatch.setattr(ModelStore, "write_count_block", failing)
+    calls["n"] = 0
+    fresh = tmp_path / "fresh.zarr"
+    with pytest.raises(StoreError, match="disk is full"):
+        api.count(shards[:1], str(fresh), tokenizer=tokenizer_file, rows_per_block=32)
+    assert not ModelStore(str(fresh)).exists()
+
+
+def write_lock(store: str, **holder):
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": None,
+              "started": "2026-01-01T00:00:00+00:00", "command": "count", "token": "t"}
+    record.update(holder)
+    with open(lock_url(store), "w") as handle:
+        json.dump(record, handle)
+
+
+def test_concurrent_writer_is_refused_naming_the_holder(tmp_path, shards, tokenizer_file):
+    store = str(tmp_path / "m.zarr")
+    api.count(shards[:1], store, tokenizer=tokenizer_file)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import psutil
+
+        write_lock(store, pid=holder.pid, process_start=psutil.Process(holder.pid).create_time())
+        with pytest.raises(StoreLockedError, match=rf"pid {holder.pid}, since 2026-01-01.*--wait"):
+            api.count(shards[1:2], store)
+        with pytest.raises(StoreLockedError):
+            api.finalize(store)
+        # --wait: proceeds once the holder releases the lock
+        threading.Timer(1.5, lambda: os.remove(lock_url(store))).start()
+        started = time.monotonic()
+        result = api.count(shards[1:2], store, wait=True)
+        assert result.new_tokens > 0 and time.monotonic() - started >= 1.4
+    finally:
+        holder.kill()
+    assert not os.path.exists(lock_url(store)), "the lock is released after the ingest"
+
+
+def test_stale_lock_of_dead_process_is_broken(tmp_path, shards, tokenizer_file, caplog):
+    store = str(tmp_path / "m.zarr")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_lock(store, pid=dead.pid)
+    api.count(shards[:1], store, tokenizer=tokenizer_file)
+    assert "breaking the stale lock" in caplog.text
+    # a live pid that belongs to another process (pid reuse) is stale too
+    write_lock(store, pid=os.getpid(), process_start=1.0)
+    api.count(shards[1:2], store)
+    # a lock from another host cannot be checked: refused unless --break-lock
+    write_lock(store, host="other-node", pid=12345)
+    with pytest.raises(StoreLockedError, match="another host.*--break-lock"):
+        api.count(shards[2:3], store)
+    assert api.count(shards[2:3], store, break_lock=True).new_tokens > 0
+
+
+def test_lock_is_exclusive_between_two_lock_objects(tmp_path):
+    store = str(tmp_path / "m.zarr")
+    with StoreLock(store, command="first"):
+        with pytest.raises(StoreLockedError, match=r"\(first\)"):
+            StoreLock(store).acquire()
+    with StoreLock(store):
+        pass
+
+
+def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents, tokenizer_file):
+    store = str(tmp_path / "m.zarr")
+    api.count([str(write_text(tmp_path / "a.txt", "\n\n".join(documents) + "\n"))], store,
+              tokenizer=tokenizer_file, radius=2, rows_per_block=8)
+    first = api.finalize(store, smoothing="additive")
+    assert first.weights.reused_blocks == 0
+    again = api.finalize(store, smoothing="additive")
+    n_blocks = 2 * len(ModelStore(store).meta["weights"]["blocks"][0])
+    assert again.weights.reused_blocks == n_blocks, "nothing changed: everything is reused"
+    # a small update touches few context rows: the other row blocks are reused
+    api.count([str(write_text(tmp_path / "b.txt", "assert assert assert\n"))], store)
+    updated = api.finalize(store, smoothing="additive")
+    assert 0 < updated.weights.reused_blocks < n_blocks
+    full = api.finalize(store, smoothing="additive")  # reuses all: compare with a recompute
+    from streamsolve.weights import finalize_store
+
+    recomputed = finalize_store(ModelStore(store), "row", "additive", reuse=False)
+    for a, b, c in zip(updated.weights.dense_blocks(), full.weights.dense_blocks(),
+                       recomputed.dense_blocks()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    # Dirichlet weights depend on the unigram, so an update recomputes every block
+    api.finalize(store)
+    api.count([str(write_text(tmp_path / "c.txt", "assert\n"))], store)
+    assert api.finalize(store).weights.reused_blocks == 0
+    # unreferenced weight blocks are garbage-collected
+    meta = ModelStore(store).meta
+    keys = {k for ks in meta["weights"]["blocks"] for k in ks}
+    on_disk = {name for name, _ in ModelStore(store).group["weights/blocks"].groups()}
+    assert on_disk == keys
