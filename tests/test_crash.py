@@ -1,0 +1,108 @@
+"""Crash safety: SIGKILL an ingest at random moments; the store must always open and hold
+exactly the counts from before the ingest or exactly those after it, and re-running the
+same command must complete the work (also breaking the dead process's lock)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streamsolve import api
+from streamsolve.storage import ModelStore
+
+from .conftest import pydoc_documents, write_text
+
+TRIALS = int(os.environ.get("STREAMSOLVE_CRASH_TRIALS", "20"))
+STAGE = re.compile(r"ingest stage: (\w+)|(finalized block)|(committed counts generation)")
+
+
+def ingest_command(store: Path, shards: list[str]) -> list[str]:
+    return [sys.executable, "-m", "streamsolve", "count", *shards, "--store", str(store),
+            "--workers", "2"]
+
+
+def run_and_kill(command: list[str], kill_after: float) -> tuple[str, bool, float]:
+    """Run ``command``, SIGKILL it after ``kill_after`` s; return (last stage, killed, runtime)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    stages = ["start"]
+
+    def read():
+        for line in proc.stderr:
+            match = STAGE.search(line)
+            if match:
+                stages.append(match.group(1) or "committed")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=kill_after)
+        killed = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed = True
+    reader.join(timeout=5)
+    return stages[-1], killed, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_corrupts_the_store(tmp_path, tokenizer_file):
+    docs = pydoc_documents()
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    shards = [str(write_text(shard_dir / f"s{i}.txt.gz", "\n\n".join(docs[i::8]) + "\n"))
+              for i in range(8)]
+    base_shards, new_shards = shards[:2], shards[2:]
+
+    base = tmp_path / "base.zarr"
+    api.count(base_shards, str(base), tokenizer=tokenizer_file, radius=3, rows_per_block=32)
+    before = ModelStore(str(base)).read_counts()
+    clean = tmp_path / "clean.zarr"
+    shutil.copytree(base, clean)
+    _, killed, clean_seconds = run_and_kill(ingest_command(clean, new_shards), 600)
+    assert not killed
+    after = ModelStore(str(clean)).read_counts()
+    assert after.tokens > before.tokens
+
+    rng = random.Random(20261128)
+    # kill times spread evenly over the clean run (with jitter), so every stage is hit
+    stages_hit: dict[str, int] = {}
+    states = {"before": 0, "after": 0}
+    failures = []
+    for trial in range(TRIALS):
+        store = tmp_path / f"trial{trial}.zarr"
+        shutil.copytree(base, store)
+        when = 0.2 + (clean_seconds * 1.05 - 0.2) * (trial + rng.random()) / TRIALS
+        stage, killed, _ = run_and_kill(ingest_command(store, new_shards), when)
+        stages_hit[stage if killed else "finished"] = stages_hit.get(stage if killed else "finished", 0) + 1
+        counts = ModelStore(str(store)).read_counts()  # the store always opens
+        if counts.equal_counts(before):
+            states["before"] += 1
+        elif counts.equal_counts(after):
+            states["after"] += 1
+        else:
+            failures.append((trial, stage, "counts neither before nor after"))
+        _, again_killed, _ = run_and_kill(ingest_command(store, new_shards), 600)
+        assert not again_killed
+        if not ModelStore(str(store)).read_counts().equal_counts(after):
+            failures.append((trial, stage, "re-run did not complete the work"))
+        shutil.rmtree(store)
+    print(f"\ncrash test: {TRIALS} trials, clean ingest {clean_seconds:.1f}s, stage at kill: "
+          f"{stages_hit}, store state after kill: {states}, failures: {len(failures)}")
+    assert not failures, failures
+    killed_stages = set(stages_hit) - {"finished"}
+    # "counting" = read + tokenize + count + tree merge; "writing" = merge with the stored
+    # counts + write of the new generation; "committed" = after the atomic switch
+    assert {"counting", "writing"} <= killed_stages, stages_hit
