@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 #: Floats of dense logits per evaluation batch (B * V); bounds evaluation memory.
 EVAL_BATCH_FLOATS = 1 << 20
 #: Positions per batch of the sparse evaluation path.
-SPARSE_EVAL_BATCH = 4096
+SPARSE_EVAL_BATCH = 1024
 #: Bytes of cached per-block features for calibration.
-CALIBRATION_BUDGET_BYTES = 512 << 20
+CALIBRATION_BUDGET_BYTES = 256 << 20
 
 
 def logsumexp(x: np.ndarray, axis: int | None = None) -> np.ndarray:
