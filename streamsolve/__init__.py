@@ -14,7 +14,7 @@ from .storage import ModelStore  # noqa: E402
 from .weights import ExplicitWeights, finalize as finalize_counts  # noqa: E402
 
 __all__ = [
-    "CountConfig", "Counts", "ExplicitWeights", "LanguageModel", "Model", "ModelStore",
+    "CountConfig", "Counts", "ExplicitSoftmaxClassifier", "ExplicitWeights", "LanguageModel", "Model", "ModelStore",
     "count", "count_token_documents", "evaluate", "export_counts", "finalize",
     "finalize_counts", "info", "solve", "__version__",
 ]
