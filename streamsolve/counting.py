@@ -65,11 +65,19 @@ class CountConfig:
         return dataclasses.asdict(self)
 
 
-def sum_duplicates(keys: np.ndarray, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sort keys and add the values of equal keys (values default to 1 per key)."""
+def sum_duplicates(keys: np.ndarray, values: np.ndarray | None = None,
+                   key_bound: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sort keys and add the values of equal keys (values default to 1 per key).
+
+    ``key_bound`` (all keys are below it), when at most 2**32, lets the sort run on uint32
+    keys (about 1.5x faster); the result is int64 either way.
+    """
     if keys.size == 0:
         return keys.astype(np.int64), np.zeros(0, dtype=np.int64)
     if values is None:
+        if key_bound is not None and key_bound <= 1 << 32:
+            unique, counts = np.unique(keys.astype(np.uint32), return_counts=True)
+            return unique.astype(np.int64), counts.astype(np.int64)
         unique, counts = np.unique(keys, return_counts=True)
         return unique, counts.astype(np.int64)
     order = np.argsort(keys, kind="stable")
@@ -171,11 +179,38 @@ class Counts:
 
 
 def merge_counts(*parts: Counts) -> Counts:
-    """Add any number of `Counts` (one node of a tree reduction)."""
-    total = parts[0]
+    """Add any number of `Counts` (one node of a tree reduction).
+
+    Same result as ``a + b + ...``, but each block is merged in one sort of the
+    concatenated (already sorted) parts instead of a chain of pairwise merges.
+    """
+    if len(parts) <= 2:
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total
+    config = parts[0].config
     for part in parts[1:]:
-        total = total + part
-    return total
+        if part.config != config:
+            raise ValueError(f"cannot add counts of different configurations: "
+                             f"{config} vs {part.config}")
+    keys, values = [], []
+    for b in range(config.n_blocks):
+        ks = [p.keys[b] for p in parts if p.keys[b].size]
+        vs = [p.values[b] for p in parts if p.keys[b].size]
+        if len(ks) <= 1:
+            keys.append(ks[0] if ks else np.zeros(0, np.int64))
+            values.append(vs[0] if vs else np.zeros(0, np.int64))
+            continue
+        k, v = sum_duplicates(np.concatenate(ks), np.concatenate(vs))
+        keys.append(k)
+        values.append(v)
+    stats: dict = {}
+    for part in parts:
+        for name, value in part.stats.items():
+            stats[name] = stats.get(name, 0) + value
+    unigram = np.sum([p.unigram for p in parts], axis=0)
+    return Counts(config, keys, values, unigram, stats, [s for p in parts for s in p.shards])
 
 
 class ContextCarry:
@@ -206,27 +241,56 @@ def count_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: CountC
     -------
     Counts
     """
-    R, V = config.radius, config.vocab_size
+    for ids, starts in sequences[1:]:
+        if not starts:
+            raise ValueError("only the first piece of a block may continue a document")
     lengths = np.fromiter((len(ids) for ids, _ in sequences), dtype=np.int64,
                           count=len(sequences))
+    flat = (np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in sequences])
+            if len(sequences) else np.zeros(0, np.int64))
+    continues = bool(sequences) and not sequences[0][1]
+    return count_flat(flat, lengths, continues, config, carry)
+
+
+def count_flat(flat: np.ndarray, lengths: np.ndarray, continues: bool, config: CountConfig,
+               carry: ContextCarry | None = None) -> Counts:
+    """Count the pairs of concatenated token-id sequences (the fast path of `count_sequences`).
+
+    Parameters
+    ----------
+    flat : ndarray
+        Token ids of all sequences, concatenated.
+    lengths : ndarray of int
+        Length of each sequence (they sum to ``flat.size``).
+    continues : bool
+        Whether the first sequence continues the document carried in ``carry``.
+    config : CountConfig
+    carry : ContextCarry, optional
+        Context of an unfinished document from the previous block; updated in place.
+
+    Returns
+    -------
+    Counts
+    """
+    R, V = config.radius, config.vocab_size
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_seq = lengths.size
     n_targets = int(lengths.sum())
-    total = n_targets + R * len(sequences)
+    if n_targets != flat.size:
+        raise ValueError(f"lengths sum to {n_targets} but {flat.size} ids were given")
+    total = n_targets + R * n_seq
     padded = np.full(total, config.bos_id, dtype=np.int64)
     is_target = np.ones(total, dtype=bool)
-    seg_starts = np.concatenate([[0], np.cumsum(lengths + R)[:-1]]) if len(sequences) else np.zeros(0, np.int64)
+    seg_starts = np.concatenate([[0], np.cumsum(lengths + R)[:-1]]) if n_seq else np.zeros(0, np.int64)
     for offset in range(R):
         is_target[seg_starts + offset] = False
     if n_targets:
-        flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in sequences])
         if flat.min() < 0 or flat.max() >= V:
             raise ValueError(f"token id outside 0..{V - 1}: the tokenizer does not match the vocabulary size")
         padded[is_target] = flat
-    if carry is not None and sequences:
-        if not sequences[0][1]:
+    if carry is not None and n_seq:
+        if continues:
             padded[:R] = carry.tail
-        for ids, starts in sequences[1:]:
-            if not starts:
-                raise ValueError("only the first piece of a block may continue a document")
         last_start = seg_starts[-1]
         tail = padded[last_start:last_start + R + lengths[-1]][-R:]
         carry.tail[:] = tail
@@ -236,11 +300,12 @@ def count_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: CountC
     per_offset = [padded[positions - r] * V + targets for r in range(1, R + 1)]
     if config.aggregation == "cat":
         for offset_keys in per_offset:
-            k, v = sum_duplicates(offset_keys)
+            k, v = sum_duplicates(offset_keys, key_bound=V * V)
             keys.append(k)
             values.append(v)
     else:
-        k, v = sum_duplicates(np.concatenate(per_offset) if per_offset else np.zeros(0, np.int64))
+        k, v = sum_duplicates(np.concatenate(per_offset) if per_offset else np.zeros(0, np.int64),
+                              key_bound=V * V)
         keys.append(k)
         values.append(v)
     unigram = np.bincount(targets, minlength=V).astype(np.int64)

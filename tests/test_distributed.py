@@ -1,0 +1,124 @@
+"""A real dask.distributed run: a LocalCluster with 2 worker processes (real scheduler and
+workers over loopback) gives exactly the counts of a local run — also when one worker is
+killed in the middle of the run (the scheduler reruns its tasks) and when counts spill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from tokenizers import Tokenizer
+
+from streamsolve.counting import CountConfig
+from streamsolve.pipeline import count_corpus
+from streamsolve.reading import ReadOptions
+from streamsolve.storage import ModelStore
+
+from .conftest import pydoc_documents, write_text
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", scheduler_port=0, silence_logs=40,
+                      env={"TOKENIZERS_PARALLELISM": "false"}) as local_cluster:
+        with Client(local_cluster) as client:
+            client.wait_for_workers(2, timeout=60)
+            yield local_cluster, client
+
+
+def _shards(folder, n):
+    docs = pydoc_documents()
+    folder.mkdir()
+    return [str(write_text(folder / f"s{i:02d}.txt.gz", "\n\n".join(docs[i::n]) + "\n"))
+            for i in range(n)]
+
+
+@pytest.mark.slow
+def test_cluster_counts_equal_local_counts(tmp_path, cluster, tokenizer_text, tokenizer_file):
+    import streamsolve as ss
+
+    _, client = cluster
+    V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
+    paths = _shards(tmp_path / "corpus", 6)
+    for config in (CountConfig(V, 3, "cat"), CountConfig(V, 2, "sum")):
+        local = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="sync").counts
+        remote = count_corpus(paths, tokenizer_text, config, ReadOptions(), client=client,
+                              split_every=2).counts
+        assert remote.equal_counts(local)
+    # the whole job through the API on the cluster's address, with a budget that spills
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    address = client.scheduler.address
+    ss.count(paths, str(tmp_path / "local.zarr"), tokenizer=tokenizer_file, radius=3)
+    ss.count(paths[:3], str(tmp_path / "remote.zarr"), tokenizer=tokenizer_file, radius=3,
+             scheduler=address, memory="1MB", tmp=str(spill), rows_per_block=64)
+    ss.count(paths[3:], str(tmp_path / "remote.zarr"), scheduler=address, memory="1MB",
+             tmp=str(spill))
+    local_counts = ModelStore(str(tmp_path / "local.zarr")).read_counts()
+    assert ModelStore(str(tmp_path / "remote.zarr")).read_counts().equal_counts(local_counts)
+    assert os.listdir(spill) == []
+
+
+def _set_delay(value):
+    if value is None:
+        os.environ.pop("STREAMSOLVE_TEST_SHARD_DELAY", None)
+    else:
+        os.environ["STREAMSOLVE_TEST_SHARD_DELAY"] = value
+    return os.getpid()
+
+
+def _tasks_in_memory(dask_scheduler=None):
+    return sum(1 for ts in dask_scheduler.tasks.values()
+               if ts.state == "memory" and str(ts.key).startswith("count-"))
+
+
+@pytest.mark.slow
+def test_killing_a_worker_mid_run_does_not_change_the_counts(tmp_path, cluster, tokenizer_text):
+    _, client = cluster
+    V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
+    config = CountConfig(V, 2, "cat")
+    paths = _shards(tmp_path / "corpus", 24)
+    reference = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="sync").counts
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    pids = client.run(_set_delay, "0.4")  # 24 shards x 0.4 s on 2 workers: about 5 s
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = count_corpus(paths, tokenizer_text, config, ReadOptions(),
+                                             client=client, split_every=3, memory="1MB",
+                                             tmp=str(spill))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while client.run_on_scheduler(_tasks_in_memory) < 4:
+            assert time.monotonic() < deadline, "no shard task finished within 60 s"
+            time.sleep(0.05)
+        assert thread.is_alive(), "the run finished before a worker could be killed"
+        victim_address, victim_pid = sorted(pids.items())[0]
+        os.kill(victim_pid, signal.SIGKILL)  # the worker process dies with its results
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the run did not finish after the worker was killed"
+    finally:
+        client.run(_set_delay, None)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.counts.equal_counts(reference)
+    assert sorted(s["path"] for s in result.counts.shards) == sorted(paths)
+    assert os.listdir(spill) == []
+    # the nanny restarted the killed worker: the cluster has two live workers again
+    client.wait_for_workers(2, timeout=30)
+    assert victim_pid not in client.run(os.getpid).values()
