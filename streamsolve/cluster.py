@@ -1,0 +1,357 @@
+"""Running streamsolve jobs on a Dask cluster: an existing scheduler, or HPC batch jobs.
+
+Three ways to run ``count``, ``finalize`` and ``solve``:
+
+local (default)
+    The threaded (or ``processes``) Dask scheduler inside the ``streamsolve`` process.
+``--scheduler tcp://HOST:PORT`` (or ``DASK_SCHEDULER_ADDRESS``)
+    The whole command runs *as a job on the cluster*: the client submits one task (the
+    command's arguments), that task runs on a worker, fans the corpus out as one task per
+    shard on the same cluster, merges the counts, and writes the store; finalize and
+    calibration run there too. What passes through the client process: the command line
+    (corpus and store URLs, options), forwarded log records, and the command's JSON summary
+    (counts metadata: token totals, distinct pairs, perplexities, calibration scalars).
+    Never corpus text, token ids, counts or weights. Shards and the store must therefore
+    be reachable *from the workers* (shared filesystem or object store).
+``--cluster slurm|pbs --jobs N --cores C --memory M --walltime T``
+    ``dask-jobqueue`` (extra ``cluster``) starts a scheduler in this process and submits
+    N batch jobs of Dask workers; then the command runs as above on them.
+    ``streamsolve cluster-script`` prints the job script it would submit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import logging
+import os
+import time
+
+logger = logging.getLogger(__name__)
+
+#: Commands that can run as a job on a Dask cluster.
+REMOTE_COMMANDS = ("count", "finalize", "solve")
+#: --cluster kinds and their dask-jobqueue classes.
+JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+class ClusterError(RuntimeError):
+    """A cluster cannot be reached or started; the message names the address or the fix."""
+
+
+# -- command-line options ---------------------------------------------------------------------
+def add_scheduler_argument(parser: argparse.ArgumentParser):
+    """``--scheduler`` for commands that do not count locally (finalize)."""
+    parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+                        help="run on the dask.distributed scheduler at tcp://HOST:PORT "
+                             "(also DASK_SCHEDULER_ADDRESS)")
+
+
+def add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = False):
+    """``--cluster slurm|pbs`` and the batch-job sizes (dask-jobqueue)."""
+    group = parser.add_argument_group("HPC batch jobs (dask-jobqueue, extra 'cluster')")
+    group.add_argument("--cluster", choices=sorted(JOBQUEUE_CLASSES), required=required,
+                       help="start Dask workers as SLURM or PBS batch jobs")
+    group.add_argument("--jobs", type=_positive_int, default=1,
+                       help="batch jobs to submit (default %(default)s)")
+    group.add_argument("--cores", type=_positive_int, default=1,
+                       help="cores per job (default %(default)s)")
+    group.add_argument("--memory", default=None, metavar="SIZE",
+                       help="one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; "
+                            "default 50%%; counts above it spill to --tmp), and with --cluster "
+                            "also the memory of each batch job (default 4GiB there)")
+    group.add_argument("--walltime", default="01:00:00",
+                       help="wall time per job (default %(default)s)")
+    group.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
+    group.add_argument("--account", help="account/project to charge")
+    group.add_argument("--interface", help="network interface of scheduler and workers "
+                                           "(e.g. ib0)")
+    group.add_argument("--job-extra", action="append", default=[], metavar="DIRECTIVE",
+                       help="extra #SBATCH/#PBS directive, e.g. '--gres=gpu:0' (repeatable)")
+    group.add_argument("--job-prologue", action="append", default=[], metavar="COMMAND",
+                       help="shell command run before the worker starts, e.g. "
+                            "'source venv/bin/activate' (repeatable)")
+
+
+DEFAULT_JOB_MEMORY = "4GiB"
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = False):
+    """All cluster options of count/finalize/solve (``scheduler``: add ``--scheduler`` too)."""
+    if scheduler:
+        add_scheduler_argument(parser)
+    add_connect_timeout(parser)
+    add_jobqueue_arguments(parser)
+
+
+def add_connect_timeout(parser: argparse.ArgumentParser):
+    parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
+                        metavar="SECONDS",
+                        help="give up reaching the scheduler after this long "
+                             "(default %(default)s)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+# -- connecting -------------------------------------------------------------------------------
+def is_address(scheduler: str | None) -> bool:
+    """Whether ``--scheduler`` names a dask.distributed scheduler (not threads/processes)."""
+    return bool(scheduler) and "://" in scheduler
+
+
+def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
+    """A ``distributed.Client`` on ``address``.
+
+    Raises
+    ------
+    ClusterError
+        Naming the address, if no scheduler answers within ``timeout`` seconds.
+    """
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
+                           f"{timeout:g}s: {exc}") from exc
+    except ValueError as exc:  # malformed address
+        raise ClusterError(f"not a Dask scheduler address: {address}: {exc}") from exc
+
+
+def jobqueue_cluster(args):
+    """A dask-jobqueue cluster (not yet scaled) from ``--cluster`` options."""
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        raise ClusterError("--cluster needs dask-jobqueue: pip install 'streamsolve[cluster]'") \
+            from exc
+    cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[args.cluster])
+    kwargs = dict(cores=args.cores, memory=args.memory or DEFAULT_JOB_MEMORY, walltime=args.walltime,
+                  processes=1, job_name="streamsolve",
+                  job_extra_directives=list(args.job_extra),
+                  job_script_prologue=["export TOKENIZERS_PARALLELISM=true",
+                                       *args.job_prologue])
+    for name in ("queue", "account", "interface"):
+        if getattr(args, name, None):
+            kwargs[name] = getattr(args, name)
+    if not kwargs.get("interface"):
+        kwargs["scheduler_options"] = {"dashboard_address": ":0"}
+    else:
+        kwargs["scheduler_options"] = {"dashboard_address": ":0", "interface": args.interface}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ClusterError(f"cannot set up a {args.cluster} cluster: {exc}") from exc
+
+
+def job_script(args) -> str:
+    """The batch script ``--cluster`` would submit for each worker job."""
+    cluster = jobqueue_cluster(args)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
+# -- running a command as a job on the cluster ----------------------------------------------
+def execute(args, run):
+    """Run a parsed command (``cli.run``) where it asks: locally or as a job on a cluster."""
+    if getattr(args, "verbose", 0) < 2:
+        for name in ("distributed.scheduler", "distributed.core", "distributed.http.proxy",
+                     "distributed.deploy", "dask_jobqueue"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if args.command == "cluster-script":
+        return {"cluster": args.cluster, "job_script": job_script(args)}
+    if wants_cluster(args):
+        return run_on_cluster(args, functools.partial(run_checked, run=run))
+    return run_checked(args, run)
+
+
+def run_checked(args, run):
+    """``run(args)`` after checking that the object-store URLs it names can be used."""
+    import json
+
+    try:
+        options = json.loads(getattr(args, "storage_options", None) or "null")
+    except ValueError:
+        options = None  # cli.run reports malformed options itself
+    if not isinstance(options, dict):
+        options = None
+    for url in [*store_urls(args), *corpus_urls(args)]:
+        check_store_location(url, options)
+    return run(args)
+
+
+def wants_cluster(args) -> bool:
+    """Whether a parsed command line asks to run on a Dask cluster."""
+    return args.command in REMOTE_COMMANDS and (
+        bool(getattr(args, "cluster", None)) or is_address(getattr(args, "scheduler", None)))
+
+
+def _remote_job(run, args):
+    """The task that runs a whole command on a worker (the client only waits for it)."""
+    from distributed import get_worker, rejoin, secede
+
+    worker = get_worker()
+    args = copy.copy(args)
+    args.scheduler = worker.scheduler.address  # shard tasks go to this same cluster
+    args.cluster = None
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.getLogger("streamsolve").setLevel(level)
+    logger.info("running `streamsolve %s` on worker %s", args.command, worker.address)
+    secede()  # free this worker's thread for the shard tasks while the job waits on them
+    try:
+        return run(args)
+    finally:
+        rejoin()
+
+
+def run_on_cluster(args, run):
+    """Run a parsed command (``cli.run``) as one job on the cluster it names; its result."""
+    cluster = None
+    if getattr(args, "cluster", None):
+        cluster = jobqueue_cluster(args)
+        logger.info("submitting %d %s job(s) of Dask workers (%d cores, %s, walltime %s); "
+                    "scheduler at %s", args.jobs, args.cluster, args.cores, args.memory or DEFAULT_JOB_MEMORY,
+                    args.walltime, cluster.scheduler_address)
+        cluster.scale(jobs=args.jobs)
+        address = cluster.scheduler_address
+    else:
+        address = args.scheduler
+    try:
+        client = connect(address, getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+        try:
+            return submit_and_wait(client, run, args)
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def submit_and_wait(client, run, args):
+    """Submit ``run(args)`` as one task and wait for its result, forwarding its logs."""
+    try:
+        client.forward_logging("streamsolve", level=logging.INFO)
+    except Exception:  # pragma: no cover - older distributed
+        logger.debug("cannot forward worker logs", exc_info=True)
+    started = time.perf_counter()
+    if not client.scheduler_info().get("workers"):
+        logger.info("waiting for Dask workers at %s", client.scheduler.address)
+    future = client.submit(_remote_job, run, args, pure=False,
+                           key=f"streamsolve-{args.command}-{os.getpid()}-{time.time_ns()}")
+    try:
+        result = future.result()
+    except Exception as exc:
+        # the job's own errors (CorpusError, StoreError, ...) come back as they were raised;
+        # the cluster's (a worker killed, the scheduler gone) get the address added
+        from concurrent.futures import CancelledError
+
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, (KilledWorker, CancelledError)):
+            raise ClusterError(f"the job on the Dask cluster at {client.scheduler.address} "
+                               f"was lost ({type(exc).__name__}: {exc}); see the worker logs "
+                               "(out of memory?)") from exc
+        raise
+    logger.info("cluster job done in %.1fs", time.perf_counter() - started)
+    return result
+
+
+def remote_call(client, func, *args, **kwargs):
+    """Run ``func(*args, **kwargs)`` (e.g. ``streamsolve.api.solve``) as a job on a worker.
+
+    For the Python API: ``remote_call(Client("tcp://..."), ss.solve, ["s3://b/shards/"],
+    "s3://b/model.zarr", scheduler="tcp://...")`` reads the shards and writes the store on
+    the cluster, and returns only the summary.
+    """
+    return client.submit(_call_seceded, func, args, kwargs, pure=False).result()
+
+
+def _call_seceded(func, args, kwargs):
+    from distributed import rejoin, secede
+
+    secede()
+    try:
+        return func(*args, **kwargs)
+    finally:
+        rejoin()
+
+
+# -- object stores ----------------------------------------------------------------------------
+def check_store_location(url: str, storage_options: dict | None = None):
+    """Fail early, naming the URL, when a store URL's bucket (or parent) cannot be used.
+
+    Checks what can be checked cheaply before counting: the filesystem can be created with
+    the storage options, and for object stores the bucket exists and is accessible.
+
+    Raises
+    ------
+    ClusterError
+        With the URL and the underlying fsspec/botocore error message.
+    """
+    if "://" not in str(url):
+        return
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError, TypeError) as exc:
+        raise ClusterError(f"cannot open {url}: {exc}") from exc
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"):
+        return
+    bucket = root.split("/", 1)[0]
+    try:
+        exists = fs.exists(bucket)
+    except Exception as exc:  # credentials, endpoint, permissions: surface with the URL
+        raise ClusterError(f"cannot access {url}: {describe_storage_error(exc)}") from exc
+    if not exists:
+        try:  # exists() hides permission errors: ask once more, loudly
+            fs.ls(bucket)
+        except FileNotFoundError:
+            raise ClusterError(f"bucket {bucket!r} of {url} does not exist (create it first)") \
+                from None
+        except Exception as exc:
+            raise ClusterError(f"cannot access {url}: {describe_storage_error(exc)}") from exc
+
+
+def describe_storage_error(exc: BaseException) -> str:
+    """A one-line description of an fsspec/botocore error (error code and message)."""
+    text = str(exc) or type(exc).__name__
+    for link in (exc, exc.__cause__, exc.__context__):
+        response = getattr(link, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            error = response["Error"]
+            text = f"{error.get('Code', '')}: {error.get('Message', text)}".strip(": ")
+            break
+    return f"{type(exc).__name__}: {text}"
+
+
+def store_urls(args) -> list[str]:
+    """The store URL a parsed command line writes or reads."""
+    store = getattr(args, "store", None)
+    return [store] if store else []
+
+
+def corpus_urls(args) -> list[str]:
+    """The distinct buckets' first URLs among a command's corpus / text / held-out URLs."""
+    urls, seen = [], set()
+    for name in ("corpus", "text", "calibrate"):
+        for url in getattr(args, name, None) or []:
+            if "://" in str(url) and not str(url).startswith("builtin://"):
+                bucket = str(url).split("://", 1)[1].split("/", 1)[0]
+                if bucket not in seen:
+                    seen.add(bucket)
+                    urls.append(url)
+    return urls
