@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 solve: setup
-	@mkdir -p $(dir $(STORE))
+	@case '$(STORE)' in *://*) ;; *) mkdir -p '$(dir $(STORE))' ;; esac
 	$(BIN)/streamsolve solve $(CORPUS) --store $(STORE) --overwrite $(ARGS)
 
 test: setup

@@ -24,7 +24,7 @@ import numpy as np
 
 from .counting import CountConfig, Counts
 from .model import Evaluation, LanguageModel
-from .pipeline import HoldOut, ShardResult, count_corpus
+from .pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .locking import StoreLock
 from .reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
@@ -104,7 +104,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           scheduler: str | None = None, workers: int | None = None,
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
-          wait: bool = False, break_lock: bool = False) -> CountResult:
+          wait: bool = False, break_lock: bool = False, memory: str | int | None = None,
+          tmp: str | None = None) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
     The ingest is all or nothing: the store's counts change in one atomic step at the end,
@@ -150,7 +151,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
                        bos_token=bos_token, heldout_fraction=heldout_fraction,
                        scheduler=scheduler, workers=workers, storage_options=storage_options,
                        block_bytes=block_bytes, rows_per_block=rows_per_block,
-                       allow_changed=allow_changed)
+                       allow_changed=allow_changed, memory=memory, tmp=tmp)
 
 
 def plan_ingest(paths: Sequence[str], digests: Sequence[str], manifest: list[dict],
@@ -191,7 +192,7 @@ def shard_digests(paths: Sequence[str], storage_options, scheduler, workers, cli
 
 def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, documents,
             text_field, bos_token, heldout_fraction, scheduler, workers, storage_options,
-            block_bytes, rows_per_block, allow_changed) -> CountResult:
+            block_bytes, rows_per_block, allow_changed, memory=None, tmp=None) -> CountResult:
     started = time.perf_counter()
     read_kwargs = {"documents": documents, "text_field": text_field,
                    "storage_options": storage_options}
@@ -218,6 +219,7 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     if existing:
         model_store.check_compatible(config, sha, read_meta)
     client = None
+    address = scheduler  # the row blocks are written on the same scheduler / cluster
     if scheduler and "://" in scheduler:
         client = _client_for(scheduler)
         scheduler = None
@@ -245,7 +247,10 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
                     len(to_count), config.vocab_size, radius, aggregation)
         result: ShardResult = count_corpus(to_count, text, config, read_options,
                                            HoldOut(heldout_fraction), scheduler=scheduler,
-                                           workers=workers, client=client)
+                                           workers=workers, client=client, memory=memory,
+                                           tmp=tmp, keep_partial=True,
+                                           rows_per_block=(model_store.meta["rows_per_block"]
+                                                           if existing else rows_per_block))
     finally:
         if client is not None:
             client.close()
@@ -256,6 +261,8 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
         entry["sha256"] = digest_of[entry["path"]]
     skipped = [s["path"] for s in new.shards if s["skipped"]]
     if new.tokens == 0 and not result.heldout:
+        if getattr(new, "spill_directory", None) is not None:
+            new.spill_directory.cleanup()
         raise CorpusError("no text found in the corpus (all shards empty or binary): "
                           + ", ".join(paths))
     new_stats = {k: int(v) for k, v in new.stats.items()}
@@ -265,18 +272,20 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
             totals = dict(model_store.meta.get("totals", {}))
             for key, value in new_stats.items():
                 totals[key] = int(totals.get(key, 0)) + value
-            model_store.add_counts(new, new.shards, totals)
+            write_counts(model_store, new, new.shards, totals, add=True,
+                         scheduler=address, workers=workers)
         else:
             model_store = ModelStore.create(store, config, text, sha, bos, read_meta,
                                             storage_options, **({"rows_per_block": rows_per_block}
                                                                 if rows_per_block else {}))
-            model_store.commit_counts(new, new.shards, new_stats)
+            write_counts(model_store, new, new.shards, new_stats, add=False,
+                         scheduler=address, workers=workers)
     except OSError as exc:
         model_store.discard_uncommitted()
         reason = "the disk is full" if getattr(exc, "errno", None) == errno.ENOSPC else str(exc)
         raise StoreError(f"writing the counts to {store} failed: {reason}. The store is "
-                         "unchanged (the partial data was removed); free space and run the "
-                         "same command again.") from exc
+                         "unchanged (partial data is never read, and is removed now or by the "
+                         "next ingest); free space and run the same command again.") from exc
     logger.info("ingest stage: committed")
     meta = model_store.meta
     seconds = time.perf_counter() - started
@@ -355,7 +364,10 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
 
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
                      calibration_sample) -> LanguageModel:
-    weights = finalize_store(model_store, form, smoothing, mu, alpha)
+    from .progress import Stage
+
+    with Stage("finalize (explicit weights, row block by row block)"):
+        weights = finalize_store(model_store, form, smoothing, mu, alpha)
     model = LanguageModel(weights, tokenizer_from_json(model_store.tokenizer_text()))
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})

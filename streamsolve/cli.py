@@ -89,6 +89,12 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
                         help="threads (default), processes, sync, or a dask.distributed "
                              "address tcp://HOST:PORT (also DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--workers", type=_positive_int, help="local workers (default: cores)")
+    # --memory (the run's one budget) is defined with the cluster options; -S is lmplz's name
+    parser.add_argument("-S", "--memory-budget", dest="memory", metavar="SIZE",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("-T", "--tmp", metavar="DIR",
+                        help="directory for spill files (default: $STREAMSOLVE_TMP or the system "
+                             "temp dir; on a multi-host cluster a directory every worker sees)")
     parser.add_argument("--allow-changed", action="store_true",
                         help="add shards whose path was ingested before with other bytes, as "
                              "new content (the old version's counts stay)")
@@ -189,6 +195,7 @@ def _count_kwargs(args, storage_options) -> dict:
                 aggregation=args.aggregation, documents=args.documents,
                 text_field=args.text_field, bos_token=args.bos_token,
                 scheduler=args.scheduler, workers=args.workers,
+                memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
                 wait=args.wait, break_lock=args.break_lock)
 
