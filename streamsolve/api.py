@@ -22,11 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .counting import CountConfig, Counts
+from .counting import CountConfig
 from .model import Evaluation, LanguageModel
 from .pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .locking import StoreLock
-from .reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, ReadStats, expand_corpus,
+from .reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
 from .storage import ModelStore, StoreError
 from .tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
@@ -257,7 +257,6 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     digest_of = dict(zip(paths, digests))
     new = result.counts
     for entry in new.shards:
-        entry["content_sha256"] = entry.pop("sha256", None)
         entry["sha256"] = digest_of[entry["path"]]
     skipped = [s["path"] for s in new.shards if s["skipped"]]
     if new.tokens == 0 and not result.heldout:

@@ -311,7 +311,6 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         read_options = dataclasses.replace(read_options, block_bytes=plan.block_bytes)
     rows_per_block = plan.rows_per_block if plan is not None else 1 << 62
     stats = ReadStats()
-    hasher = hashlib.sha256()
     key = shard_key(path)
     carry = ContextCarry(config)
     pending: list[Counts] = []
@@ -332,7 +331,7 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         return merged
 
     try:
-        for pieces in iter_document_pieces(path, read_options, stats, hasher):
+        for pieces in iter_document_pieces(path, read_options, stats):
             train, held, ends_held = _split_heldout(pieces, holdout, key, line_counter)
             if train:
                 flat, lengths = _tokenize_flat(tokenizer_text, train, config.bos_id)
@@ -367,7 +366,6 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
     counts.stats = stats_dict
     counts.shards = [{
         "path": path,
-        "sha256": hasher.hexdigest() if skipped != "binary" else None,
         "bytes": stats.bytes,
         "tokens": counts.tokens,
         "documents": stats.documents,

@@ -231,11 +231,8 @@ def decode_counting(data: bytes) -> tuple[str, int]:
     return "".join(pieces), bad
 
 
-def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats,
-                     hasher=None) -> Iterator[list[str]]:
+def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats) -> Iterator[list[str]]:
     """Yield lists of decoded lines (newline-terminated), about ``block_bytes`` at a time.
-
-    ``hasher`` (a ``hashlib`` object), when given, is updated with the decompressed bytes.
 
     Raises
     ------
@@ -243,7 +240,7 @@ def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats,
         If the first block contains NUL bytes.
     """
     if path == BUILTIN_CORPUS:
-        yield from _builtin_blocks(options, stats, hasher)
+        yield from _builtin_blocks(options, stats)
         return
     try:
         stream = open_binary(path, options.storage_options)
@@ -264,8 +261,6 @@ def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats,
             if not chunk:
                 break
             stats.bytes += len(chunk)
-            if hasher is not None:
-                hasher.update(chunk)
             data = carry + chunk
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -286,7 +281,7 @@ def _decode_lines(data: bytes, stats: ReadStats) -> list[str]:
     return [line + "\n" for line in lines]
 
 
-def _builtin_blocks(options: ReadOptions, stats: ReadStats, hasher=None) -> Iterator[list[str]]:
+def _builtin_blocks(options: ReadOptions, stats: ReadStats) -> Iterator[list[str]]:
     """CPython's own pydoc topic texts (``pydoc_data.topics``): one document per topic."""
     from pydoc_data.topics import topics
 
@@ -294,27 +289,25 @@ def _builtin_blocks(options: ReadOptions, stats: ReadStats, hasher=None) -> Iter
     for name in sorted(topics):
         text = topics[name].strip("\n") + "\n\n"
         stats.bytes += len(text.encode("utf-8"))
-        if hasher is not None:
-            hasher.update(text.encode("utf-8"))
         lines = [line + "\n" for line in text.split("\n")[:-1]]
         stats.lines += len(lines)
         block.extend(lines)
     yield block
 
 
-def iter_document_pieces(path: str, options: ReadOptions, stats: ReadStats,
-                         hasher=None) -> Iterator[list[tuple[list[str], bool]]]:
+def iter_document_pieces(path: str, options: ReadOptions,
+                         stats: ReadStats) -> Iterator[list[tuple[list[str], bool]]]:
     """Yield blocks of ``(lines, starts_document)`` pieces.
 
     ``starts_document`` is False when the piece continues the last piece of the previous
     block (a document split by the block size); the counter then carries the context over.
     """
     if is_jsonl(path):
-        yield from _jsonl_pieces(path, options, stats, hasher)
+        yield from _jsonl_pieces(path, options, stats)
         return
     mode = options.documents
     open_doc = False  # whether the last piece of the previous block is an unfinished document
-    for lines in iter_line_blocks(path, options, stats, hasher):
+    for lines in iter_line_blocks(path, options, stats):
         pieces: list[tuple[list[str], bool]] = []
         if mode == "file":
             if lines:
@@ -352,10 +345,10 @@ def iter_document_pieces(path: str, options: ReadOptions, stats: ReadStats,
             yield pieces
 
 
-def _jsonl_pieces(path: str, options: ReadOptions, stats: ReadStats,
-                  hasher=None) -> Iterator[list[tuple[list[str], bool]]]:
+def _jsonl_pieces(path: str, options: ReadOptions,
+                  stats: ReadStats) -> Iterator[list[tuple[list[str], bool]]]:
     field = options.text_field
-    for lines in iter_line_blocks(path, options, stats, hasher):
+    for lines in iter_line_blocks(path, options, stats):
         pieces = []
         for number, line in enumerate(lines):
             if not line.strip():

@@ -19,7 +19,6 @@ deleted afterwards, so a reader never sees half-written counts.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import uuid
@@ -322,28 +321,6 @@ class ModelStore:
                                        *csr_of_rows(counts.keys[r], counts.values[r], V, start, stop))
         self.commit_counts_generation(generation, counts.unigram, counts.nnz, new_shards, totals)
 
-    def add_counts(self, new: Counts, new_shards: list[dict], totals: dict):
-        """Add ``new`` to the committed counts, row block by row block, as a new generation.
-
-        Memory: the new counts plus one stored row block at a time.
-        """
-        meta = self.meta
-        base = meta["counts"]["generation"]
-        generation = self.begin_counts_generation()
-        config = new.config
-        V = config.vocab_size
-        nnz = []
-        for r in range(config.n_blocks):
-            total = 0
-            for k, (start, stop) in enumerate(row_blocks(V, meta["rows_per_block"])):
-                merged = merge_csr_block(self.read_count_block_csr(base, r, k),
-                                         csr_of_rows(new.keys[r], new.values[r], V, start, stop))
-                self.write_count_block(generation, r, k, *merged)
-                total += merged[1].size
-            nnz.append(total)
-        unigram = self.group[f"counts/g{base}/unigram"][:] + new.unigram
-        self.commit_counts_generation(generation, unigram, nnz, new_shards, totals)
-
     def _counts_group(self):
         meta = self.meta
         if "counts" not in meta:
@@ -363,18 +340,9 @@ class ModelStore:
 
     def read_count_block(self, r: int):
         """Count block ``r`` (0-based) as a ``scipy.sparse.csr_array`` (V x V, int64)."""
-        import scipy.sparse as sp
 
         V = self.config.vocab_size
-        indptrs, indices, data = [np.zeros(1, np.int64)], [], []
-        for start, stop, (ip, ix, d) in self.iter_count_blocks(r):
-            indptrs.append(ip[1:] + indptrs[-1][-1])
-            indices.append(ix)
-            data.append(d)
-        indptr = np.concatenate(indptrs)
-        return sp.csr_array((np.concatenate(data) if data else np.zeros(0, np.int64),
-                             np.concatenate(indices) if indices else np.zeros(0, np.int32),
-                             indptr), shape=(V, V))
+        return stack_row_blocks([csr for _, _, csr in self.iter_count_blocks(r)], V, np.int64)
 
     def read_counts(self) -> Counts:
         """All counts of the store as a `Counts` (sorted keys), with the manifest."""
@@ -462,7 +430,6 @@ class ModelStore:
         StoreError
             If there are no weights, or they were computed from older counts (stale).
         """
-        import scipy.sparse as sp
 
         from .weights import ExplicitWeights, SparseRankOne
 
@@ -478,20 +445,28 @@ class ModelStore:
         col_terms = root["col_terms"][:]
         blocks = []
         for r, keys in enumerate(info["blocks"]):
-            indptrs, indices, data, row_terms = [np.zeros(1, np.int64)], [], [], []
-            for key in keys:
-                ip, ix, d, rt = self.read_weight_block(key)
-                indptrs.append(ip[1:] + indptrs[-1][-1])
-                indices.append(ix)
-                data.append(d)
-                row_terms.append(rt)
-            sparse = sp.csr_array((np.concatenate(data), np.concatenate(indices),
-                                   np.concatenate(indptrs)), shape=(V, V))
+            pieces = [self.read_weight_block(key) for key in keys]
+            sparse = stack_row_blocks([p[:3] for p in pieces], V, np.float64)
+            row_terms = [p[3] for p in pieces]
             blocks.append(SparseRankOne(sparse, np.concatenate(row_terms), col_terms[r]))
         params = {k: v for k, v in info.items()
                   if k not in ("id", "counts_id", "written", "blocks", "reused_blocks")}
         return ExplicitWeights.from_params(blocks, root["bias"][:], root["log_unigram"][:],
                                            self.config, params)
+
+
+def stack_row_blocks(blocks: list[tuple], n_cols: int, dtype):
+    """One ``csr_array`` from consecutive CSR row blocks ``(indptr, indices, data)``."""
+    import scipy.sparse as sp
+
+    indptrs, offset = [np.zeros(1, np.int64)], 0
+    for indptr, _, _ in blocks:
+        indptrs.append(np.asarray(indptr[1:], dtype=np.int64) + offset)
+        offset = int(indptrs[-1][-1]) if indptrs[-1].size else offset
+    indptr = np.concatenate(indptrs)
+    indices = (np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.int32))
+    data = (np.concatenate([b[2] for b in blocks]) if blocks else np.zeros(0, dtype))
+    return sp.csr_array((data, indices, indptr), shape=(indptr.size - 1, n_cols))
 
 
 def block_digest(indptr, indices, data) -> str:
@@ -502,11 +477,3 @@ def block_digest(indptr, indices, data) -> str:
     for array, dtype in ((indptr, np.int64), (indices, np.int32), (data, np.int64)):
         hasher.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
     return hasher.hexdigest()
-
-
-def nbytes_of_store(url: str, storage_options: dict | None = None) -> int:
-    """Total size in bytes of all objects under a store URL."""
-    import fsspec
-
-    fs, _, (root,) = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
-    return sum(fs.du(root, total=False).values()) if fs.exists(root) else 0

@@ -3,7 +3,6 @@ invariance under re-sharding, block sizes, worker counts and merge order."""
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import numpy as np
