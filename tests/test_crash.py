@@ -31,8 +31,12 @@ def ingest_command(store: Path, shards: list[str]) -> list[str]:
             "--workers", "2"]
 
 
-def run_and_kill(command: list[str], kill_after: float) -> tuple[str, bool, float]:
-    """Run ``command``, SIGKILL it after ``kill_after`` s; return (last stage, killed, runtime)."""
+def run_and_kill(command: list[str], kill_after: float,
+                 stage_starts: dict[str, float] | None = None) -> tuple[str, bool, float]:
+    """Run ``command``, SIGKILL it after ``kill_after`` s; return (last stage, killed, runtime).
+
+    If ``stage_starts`` is given, it receives the time (s after start) each stage began.
+    """
     started = time.monotonic()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -43,6 +47,8 @@ def run_and_kill(command: list[str], kill_after: float) -> tuple[str, bool, floa
             match = STAGE.search(line)
             if match:
                 stages.append(match.group(1) or "committed")
+                if stage_starts is not None:
+                    stage_starts.setdefault(stages[-1], time.monotonic() - started)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -71,20 +77,25 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tmp_path, tokenizer_
     before = ModelStore(str(base)).read_counts()
     clean = tmp_path / "clean.zarr"
     shutil.copytree(base, clean)
-    _, killed, clean_seconds = run_and_kill(ingest_command(clean, new_shards), 600)
+    stage_starts = {"start": 0.0}
+    _, killed, clean_seconds = run_and_kill(ingest_command(clean, new_shards), 600, stage_starts)
     assert not killed
     after = ModelStore(str(clean)).read_counts()
     assert after.tokens > before.tokens
 
     rng = random.Random(20261128)
-    # kill times spread evenly over the clean run (with jitter), so every stage is hit
+    # each trial kills at a random moment inside one stage of the clean run, taking the
+    # stages in turn, so every stage is hit however short it is on this machine
+    boundaries = sorted(stage_starts.values()) + [clean_seconds * 1.05]
+    windows = [(lo, hi) for lo, hi in zip(boundaries, boundaries[1:]) if hi > lo]
     stages_hit: dict[str, int] = {}
     states = {"before": 0, "after": 0}
     failures = []
     for trial in range(TRIALS):
         store = tmp_path / f"trial{trial}.zarr"
         shutil.copytree(base, store)
-        when = 0.2 + (clean_seconds * 1.05 - 0.2) * (trial + rng.random()) / TRIALS
+        low, high = windows[trial % len(windows)]
+        when = low + (high - low) * rng.random()
         stage, killed, _ = run_and_kill(ingest_command(store, new_shards), when)
         stages_hit[stage if killed else "finished"] = stages_hit.get(stage if killed else "finished", 0) + 1
         counts = ModelStore(str(store)).read_counts()  # the store always opens
