@@ -14,6 +14,7 @@ documents, and so does the training text after them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -22,13 +23,14 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from .counting import ContextCarry, CountConfig, Counts, count_flat, merge_counts
-from .memory import MemoryPlan, tune_allocator
+from .memory import MemoryPlan, release_free_memory, tune_allocator
 from .merging import PartialCounts, merge_partials
 from .reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
 from .tokenizer import tokenizer_from_json
@@ -216,7 +218,43 @@ def piece_marker(tokenizer_text: str, bos_id: int) -> tuple[str, int] | None:
     return None
 
 
-def _tokenize_joined(tokenizer, pieces, marker) -> tuple[np.ndarray, np.ndarray] | None:
+#: Characters of text given to the tokenizer at a time: its per-token objects (about 150 bytes
+#: a token while they live) stay small, and are returned to the OS after each batch.
+ENCODE_BATCH_CHARS = 1 << 20
+#: Taken around each batch when a tight memory plan serializes tokenization (one batch at a
+#: time per process; see `MemoryPlan.serial_tokenizer`).
+_ENCODE_LOCK = threading.Lock()
+
+
+def _encode(tokenizer, inputs: list[str], serial: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of all inputs concatenated (int64) and the number of ids of each input.
+
+    Inputs are encoded ``ENCODE_BATCH_CHARS`` at a time with ``encode_batch_fast`` (parallel
+    over inputs), each batch's `Encoding` objects turned into ids and dropped before the next.
+    With ``serial``, one batch at a time runs in this process.
+    """
+    flats, lengths = [], []
+    start = 0
+    while start < len(inputs):
+        stop, size = start, 0
+        while stop < len(inputs) and (stop == start or size + len(inputs[stop]) <= ENCODE_BATCH_CHARS):
+            size += len(inputs[stop])
+            stop += 1
+        with _ENCODE_LOCK if serial else contextlib.nullcontext():
+            encodings = tokenizer.encode_batch_fast(inputs[start:stop], add_special_tokens=False)
+        per_input = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        flats.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings),
+                                 dtype=np.int64, count=int(per_input.sum())))
+        lengths.append(per_input)
+        del encodings
+        release_free_memory()
+        start = stop
+    if not flats:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(flats), np.concatenate(lengths)
+
+
+def _tokenize_joined(tokenizer, pieces, marker, serial: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Ids of many pieces per tokenizer input, separated by ``marker``; None if unsafe."""
     text, marker_id = marker
     inputs: list[str] = []
@@ -235,10 +273,7 @@ def _tokenize_joined(tokenizer, pieces, marker) -> tuple[np.ndarray, np.ndarray]
         inputs.append("".join(chunk))
     if sum(i.count(text) for i in inputs) != len(pieces) - 1:
         return None  # the text itself contains the marker
-    encodings = tokenizer.encode_batch_fast(inputs, add_special_tokens=False)
-    n = sum(len(e) for e in encodings)
-    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64,
-                       count=n)
+    flat, _ = _encode(tokenizer, inputs, serial)
     cuts = np.flatnonzero(flat == marker_id)
     if cuts.size != len(pieces) - 1:
         return None
@@ -247,7 +282,8 @@ def _tokenize_joined(tokenizer, pieces, marker) -> tuple[np.ndarray, np.ndarray]
     return np.delete(flat, cuts), lengths
 
 
-def _tokenize_flat(tokenizer_text: str, pieces, bos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _tokenize_flat(tokenizer_text: str, pieces, bos_id: int | None = None,
+                   serial: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """All ids of a block's pieces concatenated (int64), and the number of ids per piece.
 
     The ids are those of each line tokenized on its own, newline included. With ``bos_id``
@@ -257,16 +293,13 @@ def _tokenize_flat(tokenizer_text: str, pieces, bos_id: int | None = None) -> tu
     if joinable and bos_id is not None and len(pieces) > 1:
         marker = piece_marker(tokenizer_text, bos_id)
         if marker is not None:
-            out = _tokenize_joined(tokenizer, pieces, marker)
+            out = _tokenize_joined(tokenizer, pieces, marker, serial)
             if out is not None:
                 return out
     inputs, per_piece = _tokenizer_inputs(pieces, joinable)
     if not inputs:
         return np.zeros(0, np.int64), np.zeros(len(pieces), np.int64)
-    encodings = tokenizer.encode_batch_fast(inputs, add_special_tokens=False)
-    per_input = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64,
-                       count=int(per_input.sum()))
+    flat, per_input = _encode(tokenizer, inputs, serial)
     bounds = np.concatenate([[0], np.cumsum(per_piece)])
     cumulative = np.concatenate([[0], np.cumsum(per_input)])
     lengths = cumulative[bounds[1:]] - cumulative[bounds[:-1]]
@@ -310,6 +343,7 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
     if plan is not None and plan.block_bytes < read_options.block_bytes:
         read_options = dataclasses.replace(read_options, block_bytes=plan.block_bytes)
     rows_per_block = plan.rows_per_block if plan is not None else 1 << 62
+    serial = plan is not None and plan.serial_tokenizer
     stats = ReadStats()
     key = shard_key(path)
     carry = ContextCarry(config)
@@ -334,7 +368,7 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         for pieces in iter_document_pieces(path, read_options, stats):
             train, held, ends_held = _split_heldout(pieces, holdout, key, line_counter)
             if train:
-                flat, lengths = _tokenize_flat(tokenizer_text, train, config.bos_id)
+                flat, lengths = _tokenize_flat(tokenizer_text, train, config.bos_id, serial)
                 block = count_flat(flat, lengths, not train[0][1], config, carry)
                 pending.append(block)
                 pending_bytes += 16 * sum(k.size for k in block.keys)
@@ -465,8 +499,9 @@ def make_plan(paths: Sequence[str], config: CountConfig, read_options: ReadOptio
     size, ratio = _input_bytes(paths, read_options.storage_options)
     estimate = plan.estimate(size, config.n_blocks, ratio)
     logger.info("memory budget %s for %d worker(s): read blocks of %s, counts spill to %s above "
-                "%s per task", format_bytes(budget), plan.workers, format_bytes(plan.block_bytes),
-                spill.path, format_bytes(plan.task_bytes))
+                "%s per task%s", format_bytes(budget), plan.workers, format_bytes(plan.block_bytes),
+                spill.path, format_bytes(plan.task_bytes),
+                "; one tokenizer batch at a time (tight budget)" if plan.serial_tokenizer else "")
     logger.info("estimate: %d shard(s), %s on disk, ~%s of text, ~%s tokens; peak memory ~%s; "
                 "spill disk at most ~%s", len(paths), format_bytes(size),
                 format_bytes(estimate["text_bytes"]), f"{estimate['tokens']:,}",
@@ -494,9 +529,9 @@ def _compute(obj, *, scheduler, workers, client, progress: bool):
     if scheduler in ("threads", "processes"):
         kwargs["num_workers"] = workers or os.cpu_count() or 1
     if progress and logger.isEnabledFor(logging.INFO):
-        from dask.diagnostics import ProgressBar
+        from .progress import TaskProgress
 
-        with ProgressBar(minimum=2.0, dt=1.0, out=sys.stderr):
+        with TaskProgress(sys.stderr):
             (result,) = dask.compute(obj, **kwargs)
     else:
         (result,) = dask.compute(obj, **kwargs)

@@ -192,3 +192,45 @@ def test_pieces_joined_by_the_bos_marker_give_per_line_ids(tmp_path, documents, 
         flat, lengths = _tokenize_flat(tokenizer_text, test_pieces, 0)
         assert lengths.tolist() == [len(w) for w in want]
         assert flat.tolist() == [i for w in want for i in w]
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_tokenizing_in_small_batches_gives_the_same_ids(monkeypatch, documents, tokenizer_text,
+                                                         serial):
+    from streamsolve import pipeline
+
+    pieces = [([line + "\n" for line in doc.split("\n") if line.strip()], True)
+              for doc in documents[:40]]
+    pieces = [p for p in pieces if p[0]]
+    whole_flat, whole_lengths = pipeline._tokenize_flat(tokenizer_text, pieces, 0)
+    calls = []
+    monkeypatch.setattr(pipeline, "ENCODE_BATCH_CHARS", 200)
+    monkeypatch.setattr(pipeline, "release_free_memory", lambda: calls.append(1))
+    for bos in (0, None):  # joined by the marker, and one input per line
+        flat, lengths = pipeline._tokenize_flat(tokenizer_text, pieces, bos, serial)
+        assert flat.tolist() == whole_flat.tolist() and lengths.tolist() == whole_lengths.tolist()
+    assert len(calls) > 20  # many batches, the heap trimmed after each
+
+
+def test_plan_serializes_the_tokenizer_only_under_a_tight_budget():
+    assert MemoryPlan.build(parse_memory("1.5GB"), 2, 3, 4096, "/tmp/x").serial_tokenizer
+    assert not MemoryPlan.build(parse_memory("4GB"), 2, 3, 4096, "/tmp/x").serial_tokenizer
+    assert not MemoryPlan.build(parse_memory("500MB"), 1, 3, 4096, "/tmp/x").serial_tokenizer
+
+
+def test_progress_in_a_log_file_is_periodic_lines_not_a_bar(caplog):
+    import io
+
+    import dask
+
+    from streamsolve.progress import TaskProgress
+
+    stream = io.StringIO()  # not a terminal
+    tasks = [dask.delayed(sum)([i, i]) for i in range(50)]
+    with caplog.at_level("INFO", logger="streamsolve.progress"):
+        with TaskProgress(stream, every=0.0):
+            total = dask.compute(dask.delayed(sum)(tasks), scheduler="threads")[0]
+    assert total == sum(range(50)) * 2
+    assert stream.getvalue() == ""
+    lines = [r.getMessage() for r in caplog.records if "tasks done" in r.getMessage()]
+    assert lines and lines[-1].startswith("    51 of 51 tasks done (100%)")
