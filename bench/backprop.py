@@ -3,11 +3,16 @@ Adam (PyTorch, CPU, the same single softmax layer, batch 4096, tuned learning ra
 the same held-out cross-entropy — or Adam's best within its time budget.
 
 Adam's clock counts only its training steps (held-out evaluations every few seconds are
-not counted; learning-rate tuning is reported separately).
+not counted; learning-rate tuning is reported separately). Knobs (environment):
+``STREAMSOLVE_BENCH_ADAM_SECONDS`` (budget), ``STREAMSOLVE_BENCH_TUNE_SECONDS`` (per learning
+rate), ``STREAMSOLVE_BENCH_RADII`` (``1,3``), ``STREAMSOLVE_BENCH_THREADS`` (torch threads; the
+explicit solution is single-threaded NumPy). Adam's held-out curve is written to
+``out/bench/adam-R{R}.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -21,7 +26,8 @@ def adam(V, R, bos_id, train, test, lr: float, budget_s: float, target: float | 
          batch: int = 4096, eval_every_s: float = 5.0, seed: int = 0):
     """Train until ``target`` held-out CE or ``budget_s`` seconds of steps.
 
-    Returns ``(reached_seconds or None, best CE, train seconds, steps, epochs)``.
+    Returns ``(reached_seconds or None, best CE, train seconds, steps, epochs, curve)``;
+    ``curve`` is the list of (training seconds, held-out CE) at each evaluation.
     """
     import torch
 
@@ -32,6 +38,7 @@ def adam(V, R, bos_id, train, test, lr: float, budget_s: float, target: float | 
     opt = torch.optim.Adam(layer.params, lr=lr)
     N = tgt.shape[0]
     clock, since_eval, steps, best, reached = 0.0, 0.0, 0, float("inf"), None
+    curve = []
     generator = torch.Generator().manual_seed(seed)
     while clock < budget_s and reached is None:
         order = torch.randperm(N, generator=generator)
@@ -49,35 +56,42 @@ def adam(V, R, bos_id, train, test, lr: float, budget_s: float, target: float | 
             if since_eval >= eval_every_s or clock >= budget_s:
                 since_eval = 0.0
                 ce = layer.mean_ce(tctx, ttgt)
+                curve.append((round(clock, 2), round(ce, 5)))
                 best = min(best, ce)
                 if target is not None and ce <= target:
                     reached = clock
                     break
                 if clock >= budget_s:
                     break
-    return reached, best, clock, steps, steps * batch / N
+    return reached, best, clock, steps, steps * batch / N, curve
 
 
 def run(full: bool) -> str:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = int(os.environ.get("STREAMSOLVE_BENCH_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     V = 4096
     train_tokens = 3_000_000 if full else 300_000
     budget = float(os.environ.get("STREAMSOLVE_BENCH_ADAM_SECONDS", 1800 if full else 120))
-    tune_s = budget / 10
+    tune_s = float(os.environ.get("STREAMSOLVE_BENCH_TUNE_SECONDS", budget / 10))
+    radii = [int(r) for r in os.environ.get("STREAMSOLVE_BENCH_RADII", "1,3").split(",")]
     tok_text, bos_id, train, calib, test = data.split(V, train_tokens, 50_000 if full else 20_000,
                                                       30_000 if full else 15_000)
     rows = []
-    for R in (1, 3):
+    for R in radii:
         seconds, raw, cal, n, _ = data.explicit(train, calib, test, V, R, bos_id)
         target = min(raw, cal)
         tuning = {}
         for lr in LEARNING_RATES:
-            _, best, _, _, _ = adam(V, R, bos_id, train, test, lr, tune_s, None)
+            best = adam(V, R, bos_id, train, test, lr, tune_s, None)[1]
             tuning[lr] = best
         lr = min(tuning, key=tuning.get)
-        reached, best, clock, steps, epochs = adam(V, R, bos_id, train, test, lr, budget, target)
+        reached, best, clock, steps, epochs, curve = adam(V, R, bos_id, train, test, lr, budget,
+                                                          target)
+        (common.WORK / f"adam-R{R}.json").write_text(json.dumps(
+            {"radius": R, "lr": lr, "target": target, "explicit_seconds": seconds,
+             "tuning": tuning, "curve": curve}))
         if reached is not None:
             verdict = f"reached in {reached:.0f} s"
             ratio = f"**{reached / seconds:,.0f}x**"
@@ -92,6 +106,9 @@ def run(full: bool) -> str:
         f"{data.HELDOUT_SOURCE} (held out by source; its documents alternate calibration/test)",
         "explicit: count (in memory, from token ids) + finalize (row form, Dirichlet mu = V) + "
         "calibrate; target = its held-out CE (the better of raw and calibrated)",
+        f"threads: torch {threads}, explicit 1 (NumPy)" + (
+            "" if threads == (os.cpu_count() or 1) else
+            f" — each radius ran as its own process pinned to its own core (taskset)"),
         f"Adam: PyTorch {torch.__version__} CPU, float32, zero init, batch 4096, dense Adam; "
         f"learning rate tuned over {LEARNING_RATES} ({tune_s:.0f} s each, best held-out CE shown); "
         f"budget {budget:.0f} s of training steps",
