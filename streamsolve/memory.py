@@ -117,6 +117,11 @@ class MemoryPlan:
     serial_tokenizer : bool
         Tokenize one batch at a time per process (budgets under ``SERIAL_TOKENIZER_BELOW``
         per worker): lower peak memory, about 15% slower with two workers.
+    trim_above : int
+        Resident memory of one process above which a task gives freed heap pages back to
+        the OS after each tokenizer batch (`release_free_memory`): half the process's share
+        of the budget. Trimming always costs ~15% of throughput (pages are faulted in again),
+        so it is done only when memory is getting tight.
     """
 
     budget: int
@@ -127,12 +132,15 @@ class MemoryPlan:
     rows_per_block: int
     merge_fan_in: int = 64
     serial_tokenizer: bool = False
+    trim_above: int = 0
 
     @classmethod
     def build(cls, budget: int, workers: int, n_blocks: int, rows_per_block: int,
               spill_dir: str | None, split_every: int = 4,
-              block_bytes: int = MAX_BLOCK_BYTES) -> "MemoryPlan":
+              block_bytes: int = MAX_BLOCK_BYTES, processes: int = 1) -> "MemoryPlan":
         """Split ``budget`` bytes for ``workers`` concurrent tasks counting ``n_blocks`` blocks.
+
+        The tasks run in ``processes`` processes (1 for the threaded scheduler).
 
         A read block of B bytes of text costs about ``B * (12 + 8 * n_blocks)`` bytes while it
         is tokenized and counted (lines, ids, one key array per block and a sort buffer); the
@@ -148,7 +156,8 @@ class MemoryPlan:
         holders = workers * (split_every + 2) + 1
         task = max(MIN_TASK_BYTES, pool // holders)
         return cls(int(budget), workers, int(block), int(task), spill_dir, int(rows_per_block),
-                   serial_tokenizer=workers > 1 and budget < workers * SERIAL_TOKENIZER_BELOW)
+                   serial_tokenizer=workers > 1 and budget < workers * SERIAL_TOKENIZER_BELOW,
+                   trim_above=int(budget // (2 * max(1, min(int(processes), workers)))))
 
     def estimate(self, input_bytes: int, n_blocks: int, compressed_ratio: float = 1.0) -> dict:
         """Up-front estimate of peak memory and (at most) spill disk, for the log.
@@ -219,15 +228,27 @@ def tune_allocator(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
     return ok
 
 
-def release_free_memory() -> None:
+def release_free_memory(above: int = 0) -> bool:
     """Give the pages of freed heap memory back to the OS (glibc ``malloc_trim``; else no-op).
 
-    The tokenizer's worker threads allocate many small objects (below the mmap threshold)
-    per block and free them all at the end; glibc keeps those pages resident in its arenas
-    (measured: 150-230 MB per tokenized 6 MB block, and the amount varies from block to
-    block, so the run's peak grew with the number of blocks). Trimming after each block
-    costs about a millisecond and keeps a worker's resident memory at what it really holds.
+    Only when this process's resident memory exceeds ``above`` bytes (0: always). Returns
+    whether it trimmed. The tokenizer's threads allocate many small objects (below the
+    mmap threshold) per batch and free them all at the end; glibc keeps those pages resident
+    in its arenas (measured: 110-230 MB per tokenized 6 MB block, varying from block to block,
+    so the run's peak grew with the number of blocks). Trimming releases them, but the
+    pages are faulted in again by the next batch: ~15% slower when done after every batch.
     """
     libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    if libc is None or (above and _resident_bytes() <= above):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def _resident_bytes() -> int:
+    """Resident memory of this process (Linux ``/proc/self/statm``; 0 when unknown)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

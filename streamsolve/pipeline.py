@@ -226,13 +226,17 @@ ENCODE_BATCH_CHARS = 1 << 20
 _ENCODE_LOCK = threading.Lock()
 
 
-def _encode(tokenizer, inputs: list[str], serial: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _encode(tokenizer, inputs: list[str],
+            plan: MemoryPlan | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ids of all inputs concatenated (int64) and the number of ids of each input.
 
     Inputs are encoded ``ENCODE_BATCH_CHARS`` at a time with ``encode_batch_fast`` (parallel
     over inputs), each batch's `Encoding` objects turned into ids and dropped before the next.
-    With ``serial``, one batch at a time runs in this process.
+    Under a ``plan``, one batch at a time runs in this process if it says
+    ``serial_tokenizer``, and freed heap pages go back to the OS after a batch when the
+    process holds more than its ``trim_above``.
     """
+    serial = plan is not None and plan.serial_tokenizer
     flats, lengths = [], []
     start = 0
     while start < len(inputs):
@@ -247,14 +251,16 @@ def _encode(tokenizer, inputs: list[str], serial: bool = False) -> tuple[np.ndar
                                  dtype=np.int64, count=int(per_input.sum())))
         lengths.append(per_input)
         del encodings
-        release_free_memory()
+        if plan is not None:
+            release_free_memory(plan.trim_above)
         start = stop
     if not flats:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(flats), np.concatenate(lengths)
 
 
-def _tokenize_joined(tokenizer, pieces, marker, serial: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+def _tokenize_joined(tokenizer, pieces, marker,
+                     plan: MemoryPlan | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Ids of many pieces per tokenizer input, separated by ``marker``; None if unsafe."""
     text, marker_id = marker
     inputs: list[str] = []
@@ -273,7 +279,7 @@ def _tokenize_joined(tokenizer, pieces, marker, serial: bool = False) -> tuple[n
         inputs.append("".join(chunk))
     if sum(i.count(text) for i in inputs) != len(pieces) - 1:
         return None  # the text itself contains the marker
-    flat, _ = _encode(tokenizer, inputs, serial)
+    flat, _ = _encode(tokenizer, inputs, plan)
     cuts = np.flatnonzero(flat == marker_id)
     if cuts.size != len(pieces) - 1:
         return None
@@ -283,7 +289,7 @@ def _tokenize_joined(tokenizer, pieces, marker, serial: bool = False) -> tuple[n
 
 
 def _tokenize_flat(tokenizer_text: str, pieces, bos_id: int | None = None,
-                   serial: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   plan: MemoryPlan | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All ids of a block's pieces concatenated (int64), and the number of ids per piece.
 
     The ids are those of each line tokenized on its own, newline included. With ``bos_id``
@@ -293,13 +299,13 @@ def _tokenize_flat(tokenizer_text: str, pieces, bos_id: int | None = None,
     if joinable and bos_id is not None and len(pieces) > 1:
         marker = piece_marker(tokenizer_text, bos_id)
         if marker is not None:
-            out = _tokenize_joined(tokenizer, pieces, marker, serial)
+            out = _tokenize_joined(tokenizer, pieces, marker, plan)
             if out is not None:
                 return out
     inputs, per_piece = _tokenizer_inputs(pieces, joinable)
     if not inputs:
         return np.zeros(0, np.int64), np.zeros(len(pieces), np.int64)
-    flat, per_input = _encode(tokenizer, inputs, serial)
+    flat, per_input = _encode(tokenizer, inputs, plan)
     bounds = np.concatenate([[0], np.cumsum(per_piece)])
     cumulative = np.concatenate([[0], np.cumsum(per_input)])
     lengths = cumulative[bounds[1:]] - cumulative[bounds[:-1]]
@@ -343,7 +349,6 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
     if plan is not None and plan.block_bytes < read_options.block_bytes:
         read_options = dataclasses.replace(read_options, block_bytes=plan.block_bytes)
     rows_per_block = plan.rows_per_block if plan is not None else 1 << 62
-    serial = plan is not None and plan.serial_tokenizer
     stats = ReadStats()
     key = shard_key(path)
     carry = ContextCarry(config)
@@ -368,7 +373,7 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         for pieces in iter_document_pieces(path, read_options, stats):
             train, held, ends_held = _split_heldout(pieces, holdout, key, line_counter)
             if train:
-                flat, lengths = _tokenize_flat(tokenizer_text, train, config.bos_id, serial)
+                flat, lengths = _tokenize_flat(tokenizer_text, train, config.bos_id, plan)
                 block = count_flat(flat, lengths, not train[0][1], config, carry)
                 pending.append(block)
                 pending_bytes += 16 * sum(k.size for k in block.keys)
@@ -481,7 +486,7 @@ def _input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[in
 
 
 def make_plan(paths: Sequence[str], config: CountConfig, read_options: ReadOptions, *,
-              memory=None, tmp: str | None = None, workers: int = 1,
+              memory=None, tmp: str | None = None, workers: int = 1, processes: int = 1,
               rows_per_block: int | None = None, split_every: int = 4):
     """The run's `MemoryPlan` and spill directory, logging the up-front estimate.
 
@@ -495,7 +500,7 @@ def make_plan(paths: Sequence[str], config: CountConfig, read_options: ReadOptio
     budget = parse_memory(memory)
     spill = SpillDirectory(default_spill_root(tmp))
     plan = MemoryPlan.build(budget, workers, config.n_blocks, rows_per_block or DEFAULT_ROWS_PER_BLOCK,
-                            spill.path, split_every, read_options.block_bytes)
+                            spill.path, split_every, read_options.block_bytes, processes)
     size, ratio = _input_bytes(paths, read_options.storage_options)
     estimate = plan.estimate(size, config.n_blocks, ratio)
     logger.info("memory budget %s for %d worker(s): read blocks of %s, counts spill to %s above "
@@ -509,12 +514,13 @@ def make_plan(paths: Sequence[str], config: CountConfig, read_options: ReadOptio
     return plan, spill
 
 
-def _cluster_workers(client) -> int:
+def _cluster_workers(client) -> tuple[int, int]:
+    """Worker threads and worker processes of a ``dask.distributed`` cluster (1, 1 if unknown)."""
     try:
-        info = client.scheduler_info()
-        return max(1, sum(w.get("nthreads", 1) for w in info["workers"].values()))
+        workers = client.scheduler_info()["workers"].values()
+        return max(1, sum(w.get("nthreads", 1) for w in workers)), max(1, len(workers))
     except Exception:  # noqa: BLE001
-        return 1
+        return 1, 1
 
 
 def _compute(obj, *, scheduler, workers, client, progress: bool):
@@ -583,15 +589,17 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
         raise CorpusError("no shards to count")
     tune_allocator()
     if client is not None:
-        n_workers = _cluster_workers(client)
+        n_workers, n_processes = _cluster_workers(client)
     elif (scheduler or "threads") == "sync":
-        n_workers = 1
+        n_workers = n_processes = 1
     else:
         n_workers = workers or os.cpu_count() or 1
+        n_processes = n_workers if scheduler == "processes" else 1
     plan = spill = None
     if memory is not None or tmp is not None or keep_partial:
         plan, spill = make_plan(paths, config, read_options, memory=memory, tmp=tmp,
-                                workers=n_workers, rows_per_block=rows_per_block,
+                                workers=n_workers, processes=n_processes,
+                                rows_per_block=rows_per_block,
                                 split_every=split_every)
     extra = {"plan": plan} if plan is not None else {}
     tasks = [

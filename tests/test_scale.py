@@ -197,6 +197,8 @@ def test_pieces_joined_by_the_bos_marker_give_per_line_ids(tmp_path, documents, 
 @pytest.mark.parametrize("serial", [False, True])
 def test_tokenizing_in_small_batches_gives_the_same_ids(monkeypatch, documents, tokenizer_text,
                                                          serial):
+    import dataclasses
+
     from streamsolve import pipeline
 
     pieces = [([line + "\n" for line in doc.split("\n") if line.strip()], True)
@@ -205,17 +207,36 @@ def test_tokenizing_in_small_batches_gives_the_same_ids(monkeypatch, documents, 
     whole_flat, whole_lengths = pipeline._tokenize_flat(tokenizer_text, pieces, 0)
     calls = []
     monkeypatch.setattr(pipeline, "ENCODE_BATCH_CHARS", 200)
-    monkeypatch.setattr(pipeline, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(pipeline, "release_free_memory", lambda above: calls.append(above))
+    plan = dataclasses.replace(MemoryPlan.build(parse_memory("4GB"), 2, 3, 4096, "/tmp/x"),
+                               serial_tokenizer=serial)
     for bos in (0, None):  # joined by the marker, and one input per line
-        flat, lengths = pipeline._tokenize_flat(tokenizer_text, pieces, bos, serial)
+        flat, lengths = pipeline._tokenize_flat(tokenizer_text, pieces, bos, plan)
         assert flat.tolist() == whole_flat.tolist() and lengths.tolist() == whole_lengths.tolist()
-    assert len(calls) > 20  # many batches, the heap trimmed after each
+    assert len(calls) > 20 and set(calls) == {plan.trim_above}  # trim checked after each batch
 
 
 def test_plan_serializes_the_tokenizer_only_under_a_tight_budget():
     assert MemoryPlan.build(parse_memory("1.5GB"), 2, 3, 4096, "/tmp/x").serial_tokenizer
     assert not MemoryPlan.build(parse_memory("4GB"), 2, 3, 4096, "/tmp/x").serial_tokenizer
     assert not MemoryPlan.build(parse_memory("500MB"), 1, 3, 4096, "/tmp/x").serial_tokenizer
+
+
+def test_heap_is_trimmed_only_above_half_the_process_share(monkeypatch):
+    from streamsolve import memory
+
+    threads = MemoryPlan.build(4 * 10**9, 2, 3, 4096, "/tmp/x")
+    processes = MemoryPlan.build(4 * 10**9, 2, 3, 4096, "/tmp/x", processes=2)
+    assert threads.trim_above == 2 * 10**9 and processes.trim_above == 10**9
+    if memory._glibc() is None:
+        pytest.skip("not glibc: nothing to trim")
+    resident = memory._resident_bytes()
+    assert resident > 10 << 20
+    trims = []
+    monkeypatch.setattr(memory, "_glibc", lambda: type("C", (), {"malloc_trim": trims.append})())
+    assert not memory.release_free_memory(resident * 4) and trims == []
+    assert memory.release_free_memory(resident // 4) and trims == [0]
+    assert memory.release_free_memory() and trims == [0, 0]
 
 
 def test_progress_in_a_log_file_is_periodic_lines_not_a_bar(caplog):
