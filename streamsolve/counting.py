@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from . import native
+
 logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("cat", "sum")
@@ -66,18 +68,19 @@ class CountConfig:
 
 
 def sum_duplicates(keys: np.ndarray, values: np.ndarray | None = None,
-                   key_bound: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   key_bound: int | None = None,
+                   overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Sort keys and add the values of equal keys (values default to 1 per key).
 
-    ``key_bound`` (all keys are below it), when at most 2**32, lets the sort run on uint32
-    keys (about 1.5x faster); the result is int64 either way.
+    ``key_bound`` (all keys are below it), when at most 2**32 and without ``values``, sorts
+    uint32 keys with the radix kernel of `streamsolve.native` (``overwrite``: the keys may
+    serve as its buffer); the result is int64 either way.
     """
     if keys.size == 0:
         return keys.astype(np.int64), np.zeros(0, dtype=np.int64)
     if values is None:
         if key_bound is not None and key_bound <= 1 << 32:
-            unique, counts = np.unique(keys.astype(np.uint32), return_counts=True)
-            return unique.astype(np.int64), counts.astype(np.int64)
+            return native.count_keys_u32(keys, key_bound, overwrite=overwrite)
         unique, counts = np.unique(keys, return_counts=True)
         return unique, counts.astype(np.int64)
     order = np.argsort(keys, kind="stable")
@@ -92,7 +95,7 @@ def merge_sorted(keys_a, values_a, keys_b, values_b) -> tuple[np.ndarray, np.nda
         return keys_b, values_b
     if keys_b.size == 0:
         return keys_a, values_a
-    return sum_duplicates(np.concatenate([keys_a, keys_b]), np.concatenate([values_a, values_b]))
+    return native.merge_runs([keys_a, keys_b], [values_a, values_b])
 
 
 @dataclasses.dataclass
@@ -181,8 +184,8 @@ class Counts:
 def merge_counts(*parts: Counts) -> Counts:
     """Add any number of `Counts` (one node of a tree reduction).
 
-    Same result as ``a + b + ...``, but each block is merged in one sort of the
-    concatenated (already sorted) parts instead of a chain of pairwise merges.
+    Same result as ``a + b + ...``, but each block's sorted parts are merged in a balanced
+    tree (`streamsolve.native.merge_runs`) instead of a chain of pairwise merges.
     """
     if len(parts) <= 2:
         total = parts[0]
@@ -202,7 +205,7 @@ def merge_counts(*parts: Counts) -> Counts:
             keys.append(ks[0] if ks else np.zeros(0, np.int64))
             values.append(vs[0] if vs else np.zeros(0, np.int64))
             continue
-        k, v = sum_duplicates(np.concatenate(ks), np.concatenate(vs))
+        k, v = native.merge_runs(ks, vs)
         keys.append(k)
         values.append(v)
     stats: dict = {}
@@ -279,7 +282,10 @@ def count_flat(flat: np.ndarray, lengths: np.ndarray, continues: bool, config: C
     if n_targets != flat.size:
         raise ValueError(f"lengths sum to {n_targets} but {flat.size} ids were given")
     total = n_targets + R * n_seq
-    padded = np.full(total, config.bos_id, dtype=np.int64)
+    # Pair keys fit in uint32 up to V = 65536: half the memory traffic of int64, and the
+    # radix kernel's key type.
+    key_type = np.uint32 if V * V <= 1 << 32 else np.int64
+    padded = np.full(total, config.bos_id, dtype=key_type)
     is_target = np.ones(total, dtype=bool)
     seg_starts = np.concatenate([[0], np.cumsum(lengths + R)[:-1]]) if n_seq else np.zeros(0, np.int64)
     for offset in range(R):
@@ -296,16 +302,20 @@ def count_flat(flat: np.ndarray, lengths: np.ndarray, continues: bool, config: C
         carry.tail[:] = tail
     positions = np.flatnonzero(is_target)
     targets = padded[positions]
+    scale = key_type(V)
+
+    def offset_keys(r: int) -> np.ndarray:
+        return padded[positions - r] * scale + targets
+
     keys, values = [], []
-    per_offset = [padded[positions - r] * V + targets for r in range(1, R + 1)]
     if config.aggregation == "cat":
-        for offset_keys in per_offset:
-            k, v = sum_duplicates(offset_keys, key_bound=V * V)
+        for r in range(1, R + 1):  # one offset's keys at a time: less memory
+            k, v = sum_duplicates(offset_keys(r), key_bound=V * V, overwrite=True)
             keys.append(k)
             values.append(v)
     else:
-        k, v = sum_duplicates(np.concatenate(per_offset) if per_offset else np.zeros(0, np.int64),
-                              key_bound=V * V)
+        k, v = sum_duplicates(np.concatenate([offset_keys(r) for r in range(1, R + 1)]),
+                              key_bound=V * V, overwrite=True)
         keys.append(k)
         values.append(v)
     unigram = np.bincount(targets, minlength=V).astype(np.int64)

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .counting import CountConfig, Counts, merge_counts, sum_duplicates
+from . import native
+from .counting import CountConfig, Counts, merge_counts
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def iter_merged(sources: Sequence, chunk_items: int) -> Iterator[tuple[np.ndarra
                 key_parts.append(state[2][:cut])
                 value_parts.append(state[3][:cut])
                 state[2], state[3] = state[2][cut:], state[3][cut:]
-        yield sum_duplicates(np.concatenate(key_parts), np.concatenate(value_parts))
+        yield native.merge_runs(key_parts, value_parts)
         still = []
         for state in active:
             if not state[2].size:
