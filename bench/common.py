@@ -35,13 +35,19 @@ def shards(names: list[str] | None = None) -> list[str]:
     return paths
 
 
+#: The 1-minute load average when the benchmarks started, before their own work.
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def machine() -> str:
+    """The machine line of every table: cores, RAM, and how busy it was before we started."""
     import psutil
 
-    load = os.getloadavg()
+    busy = ("quiet" if LOAD_AT_START < 0.5 else
+            "machine shared with other jobs: figures are noisy")
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GB RAM, load average "
-            f"{load[0]:.1f} at start (machine shared with other jobs: figures are noisy)")
+            f"{psutil.virtual_memory().total / 2**30:.0f} GB RAM; 1-minute load average "
+            f"{LOAD_AT_START:.1f} before the benchmarks started ({busy})")
 
 
 def bench_tokenizer(vocab_size: int) -> Path:
