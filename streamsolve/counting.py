@@ -83,10 +83,7 @@ def sum_duplicates(keys: np.ndarray, values: np.ndarray | None = None,
             return native.count_keys_u32(keys, key_bound, overwrite=overwrite)
         unique, counts = np.unique(keys, return_counts=True)
         return unique, counts.astype(np.int64)
-    order = np.argsort(keys, kind="stable")
-    keys, values = keys[order], values[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(values, starts).astype(np.int64)
+    return native.add_duplicates(keys, values)
 
 
 def merge_sorted(keys_a, values_a, keys_b, values_b) -> tuple[np.ndarray, np.ndarray]:
@@ -184,8 +181,8 @@ class Counts:
 def merge_counts(*parts: Counts) -> Counts:
     """Add any number of `Counts` (one node of a tree reduction).
 
-    Same result as ``a + b + ...``, but each block's sorted parts are merged in a balanced
-    tree (`streamsolve.native.merge_runs`) instead of a chain of pairwise merges.
+    Same result as ``a + b + ...``, but each block's sorted parts are merged in one pass
+    (`streamsolve.native.merge_runs`) instead of a chain of pairwise merges.
     """
     if len(parts) <= 2:
         total = parts[0]

@@ -1,7 +1,7 @@
-"""The optional C counting kernel (``_radix.c``), loaded with ctypes, and its NumPy twin.
+"""The optional C counting kernels (``_radix.c``), loaded with ctypes, and their NumPy twins.
 
-The kernel is built when the package is installed (``pip install`` compiles it with the
-machine's C compiler). Without it — no compiler, or ``STREAMSOLVE_NATIVE=0`` in the
+The kernels are built when the package is installed (``pip install`` compiles them with the
+machine's C compiler). Without them — no compiler, or ``STREAMSOLVE_NATIVE=0`` in the
 environment — the same results come from NumPy, about 3x slower on the pair sort.
 """
 
@@ -107,7 +107,16 @@ def count_keys_u32(keys: np.ndarray, key_bound: int,
                       max(1, (key_bound - 1).bit_length()), counts)
     if distinct < 0:
         raise MemoryError("the counting kernel could not allocate its histogram")
-    return work[:distinct].astype(np.int64), counts[:distinct].copy()
+    counts.resize(distinct, refcheck=False)  # realloc: no copy
+    return work[:distinct].astype(np.int64), counts
+
+
+def add_duplicates(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct keys and the summed values of each (NumPy; keys in any order)."""
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(values, starts).astype(np.int64)
 
 
 #: Most lists merged in one pass of the kernel (its head scan is linear in this).
@@ -123,6 +132,8 @@ def _merge_pass(merge, runs: list) -> tuple[np.ndarray, np.ndarray]:
     value_pointers = (ctypes.c_void_p * len(runs))(*[v.ctypes.data for _, v in runs])
     lengths = np.array([k.size for k, _ in runs], dtype=np.int64)
     length = merge(len(runs), key_pointers, value_pointers, lengths, keys, values)
+    if length < 0:
+        raise ValueError(f"the merge kernel takes at most 64 runs, got {len(runs)}")
     if length < total:  # realloc: no copy, and the unused tail goes back to the allocator
         keys.resize(length, refcheck=False)
         values.resize(length, refcheck=False)
@@ -148,12 +159,8 @@ def merge_runs(key_runs: list, value_runs: list) -> tuple[np.ndarray, np.ndarray
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     merge = _merge_kernel()
     if merge is None:
-        keys = np.concatenate([k for k, _ in runs])
-        values = np.concatenate([v for _, v in runs])
-        order = np.argsort(keys, kind="stable")
-        keys, values = keys[order], values[order]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        return keys[starts], np.add.reduceat(values, starts).astype(np.int64)
+        return add_duplicates(np.concatenate([k for k, _ in runs]),
+                              np.concatenate([v for _, v in runs]))
     while len(runs) > 1:  # one pass when there are few runs; a tree of passes otherwise
         runs = [_merge_pass(merge, runs[i:i + MERGE_FAN_IN])
                 for i in range(0, len(runs), MERGE_FAN_IN)]
