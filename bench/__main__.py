@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-BENCHES = ["throughput", "memory", "quality", "backprop"]
+BENCHES = ["throughput", "kernels", "memory", "quality", "backprop"]
 
 
 def main(argv=None) -> int:
