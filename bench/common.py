@@ -52,8 +52,8 @@ def machine() -> str:
 
 def bench_tokenizer(vocab_size: int) -> Path:
     """A byte-level BPE of ``vocab_size`` trained (once, cached) on a 16 MB bench sample."""
-    from streamsolve.reading import ReadOptions, read_sample
-    from streamsolve.tokenizer import train_bpe
+    from streamsolve.text.reading import ReadOptions, read_sample
+    from streamsolve.text.tokenizer import train_bpe
 
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / f"tokenizer-{vocab_size}.json"
@@ -80,7 +80,7 @@ def anthropic_tokenizer() -> Path | None:
 def run_count(corpus: list[str], store: Path, *args: str, env: dict | None = None) -> dict:
     """Run ``streamsolve count`` as a subprocess: its JSON summary plus wall seconds and the
     peak resident memory of its whole process tree (sampled every 200 ms)."""
-    from streamsolve.progress import PeakMemory
+    from streamsolve.engine.progress import PeakMemory
 
     if store.exists():
         shutil.rmtree(store)
@@ -111,7 +111,7 @@ def run_count(corpus: list[str], store: Path, *args: str, env: dict | None = Non
 
 def read_lines(paths: list[str]) -> list[str]:
     """All lines (newline kept) of the shards, decoded as streamsolve reads them."""
-    from streamsolve.reading import ReadOptions, ReadStats, iter_line_blocks
+    from streamsolve.text.reading import ReadOptions, ReadStats, iter_line_blocks
 
     lines: list[str] = []
     for path in paths:
@@ -124,8 +124,8 @@ def read_token_documents(paths: list[str], tokenizer_text: str, max_tokens: int 
     """Documents (blank-line separated) of token ids, as streamsolve counts them."""
     import numpy as np
 
-    from streamsolve.pipeline import _tokenize
-    from streamsolve.reading import ReadOptions, ReadStats, iter_document_pieces
+    from streamsolve.engine.pipeline import _tokenize
+    from streamsolve.text.reading import ReadOptions, ReadStats, iter_document_pieces
 
     docs, total = [], 0
     for path in paths:

@@ -16,7 +16,7 @@ def split(vocab_size: int, train_tokens: int, test_tokens: int, calib_tokens: in
     of tokens from each; the held-out source's documents alternate between calibration
     (even) and test (odd), so both are spread over the whole source.
     """
-    from streamsolve.tokenizer import find_bos, tokenizer_from_json
+    from streamsolve.text.tokenizer import find_bos, tokenizer_from_json
 
     tok_path = common.bench_tokenizer(vocab_size)
     text = tok_path.read_text(encoding="utf-8")
@@ -58,9 +58,9 @@ def explicit(train, calib, test, vocab_size, radius, bos_id, sample_size=16384):
     calibrated model)``."""
     import time
 
-    from streamsolve.counting import CountConfig, count_token_documents
-    from streamsolve.model import LanguageModel
-    from streamsolve.weights import finalize
+    from streamsolve.core.counting import CountConfig, count_token_documents
+    from streamsolve.language_model import LanguageModel
+    from streamsolve.core.weights import finalize
 
     started = time.perf_counter()
     counts = count_token_documents(train, CountConfig(vocab_size, radius, "cat", bos_id))

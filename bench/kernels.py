@@ -18,8 +18,8 @@ PENDING = 4
 
 def _count_and_merge(blocks, config) -> tuple[float, float]:
     """Seconds spent counting and merging ``blocks`` of (ids, lengths)."""
-    from streamsolve.counting import ContextCarry, Counts, count_flat, merge_counts
-    from streamsolve.merging import PartialCounts, merge_partials
+    from streamsolve.core.counting import ContextCarry, Counts, count_flat, merge_counts
+    from streamsolve.engine.spill import PartialCounts, merge_partials
 
     rows = 1 << 62
     merged = PartialCounts.of(Counts.empty(config), rows)
@@ -38,9 +38,10 @@ def _count_and_merge(blocks, config) -> tuple[float, float]:
 
 
 def run(full: bool) -> str:
-    from streamsolve import native, pipeline
-    from streamsolve.counting import CountConfig
-    from streamsolve.reading import ReadOptions, ReadStats, iter_document_pieces
+    from streamsolve.core import native
+    from streamsolve.engine import pipeline
+    from streamsolve.core.counting import CountConfig
+    from streamsolve.text.reading import ReadOptions, ReadStats, iter_document_pieces
 
     if not native.available():
         raise common.Skip("C kernels not built (or STREAMSOLVE_NATIVE=0)")

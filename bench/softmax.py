@@ -10,7 +10,7 @@ def positions(docs, radius: int, bos_id: int):
     """(contexts (N, R), targets (N,)) as int64 tensors, BOS-padded like the counts."""
     import torch
 
-    from streamsolve.model import contexts_and_targets
+    from streamsolve.language_model import contexts_and_targets
 
     ctx, tgt = [], []
     for c, t in contexts_and_targets(docs, radius, bos_id):

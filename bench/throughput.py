@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from streamsolve import native
+from streamsolve.core import native
 
 from . import common
 

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from streamsolve import Model
-from streamsolve.storage import ModelStore
-from streamsolve.weights import finalize_store
+from streamsolve.store.model_store import ModelStore
+from streamsolve.core.weights import finalize_store
 
 logger = logging.getLogger("incremental_update")
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "bench")

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamsolve.classifier import ExplicitSoftmaxClassifier
+from streamsolve.classifier.estimator import ExplicitSoftmaxClassifier
 
 logger = logging.getLogger("mnist_classifier")
 

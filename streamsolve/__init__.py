@@ -7,11 +7,11 @@ explicit weights (see DESIGN: sparse + rank-one weight blocks, optional calibrat
 __version__ = "0.1.0"
 
 from .api import count, evaluate, export_counts, finalize, info, solve  # noqa: E402
-from .counting import CountConfig, Counts, count_token_documents  # noqa: E402
+from .core.counting import CountConfig, Counts, count_token_documents  # noqa: E402
 from .incremental import Model  # noqa: E402
-from .model import LanguageModel  # noqa: E402
-from .storage import ModelStore  # noqa: E402
-from .weights import ExplicitWeights, finalize as finalize_counts  # noqa: E402
+from .language_model import LanguageModel  # noqa: E402
+from .store.model_store import ModelStore  # noqa: E402
+from .core.weights import ExplicitWeights, finalize as finalize_counts  # noqa: E402
 
 __all__ = [
     "CountConfig", "Counts", "ExplicitSoftmaxClassifier", "ExplicitWeights", "LanguageModel", "Model", "ModelStore",
@@ -23,7 +23,7 @@ __all__ = [
 def __getattr__(name):
     # The classifier pulls in nothing heavy, but keep it lazy so the LM path stays lean.
     if name == "ExplicitSoftmaxClassifier":
-        from .classifier import ExplicitSoftmaxClassifier
+        from .classifier.estimator import ExplicitSoftmaxClassifier
 
         return ExplicitSoftmaxClassifier
     raise AttributeError(name)

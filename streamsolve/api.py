@@ -22,16 +22,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .counting import CountConfig
-from .model import Evaluation, LanguageModel
-from .pipeline import HoldOut, ShardResult, count_corpus, write_counts
-from .locking import StoreLock
-from .reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
+from .core.counting import CountConfig
+from .language_model import Evaluation, LanguageModel
+from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
+from .store.locking import StoreLock
+from .text.reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
-from .storage import ModelStore, StoreError
-from .tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
+from .store.model_store import ModelStore, StoreError
+from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                         tokenizer_json, train_bpe, vocab_size_of)
-from .weights import check_smoothing, finalize_store
+from .core.weights import check_smoothing, finalize_store
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
 
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
                      calibration_sample) -> LanguageModel:
-    from .progress import Stage
+    from .engine.progress import Stage
 
     with Stage("finalize (explicit weights, row block by row block)"):
         weights = finalize_store(model_store, form, smoothing, mu, alpha)

@@ -14,11 +14,11 @@ import shutil
 import sys
 
 from . import api
-from . import cluster
-from .reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
-from .locking import StoreLockedError
-from .storage import StoreError
-from .tokenizer import TokenizerError
+from .engine import cluster
+from .text.reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
+from .store.locking import StoreLockedError
+from .store.model_store import StoreError
+from .text.tokenizer import TokenizerError
 
 logger = logging.getLogger("streamsolve")
 
@@ -222,7 +222,7 @@ def run(args) -> dict:
     if args.command == "export":
         return api.export_counts(args.store, args.out, so)
     if args.command == "generate":
-        from .model import LanguageModel
+        from .language_model import LanguageModel
 
         model = LanguageModel.open(args.store, so)
         return {"prompt": args.prompt,

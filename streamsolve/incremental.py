@@ -15,8 +15,8 @@ import logging
 from collections.abc import Sequence
 
 from . import api
-from .model import Evaluation, LanguageModel
-from .storage import ModelStore, StoreError
+from .language_model import Evaluation, LanguageModel
+from .store.model_store import ModelStore, StoreError
 
 logger = logging.getLogger(__name__)
 

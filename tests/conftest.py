@@ -30,7 +30,7 @@ def documents() -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer_text(documents) -> str:
     """JSON of a byte-level BPE with 400 tokens trained on the documents."""
-    from streamsolve.tokenizer import train_bpe
+    from streamsolve.text.tokenizer import train_bpe
 
     lines = [line + "\n" for doc in documents for line in doc.split("\n")]
     return train_bpe(lines, 400).to_str()

@@ -1,4 +1,4 @@
-"""Tests of the explicit softmax classifier (streamsolve.classifier, DESIGN §1-3)."""
+"""Tests of the explicit softmax classifier (streamsolve.classifier.estimator, DESIGN §1-3)."""
 
 import doctest
 import warnings
@@ -14,8 +14,8 @@ from sklearn.naive_bayes import MultinomialNB
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from streamsolve import classifier as classifier_module
-from streamsolve import classifier_refine
-from streamsolve.classifier import ExplicitSoftmaxClassifier, NotFittedError
+from streamsolve.classifier import refine as classifier_refine
+from streamsolve.classifier.estimator import ExplicitSoftmaxClassifier, NotFittedError
 
 
 @pytest.fixture(scope="module")
@@ -546,7 +546,7 @@ def test_get_set_params_and_repr():
 def test_module_does_not_import_sklearn_at_import_time():
     import subprocess
     import sys
-    code = ("import sys; import streamsolve.classifier; "
+    code = ("import sys; import streamsolve.classifier.estimator; "
             "assert not any(m == 'sklearn' or m.startswith('sklearn.') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -178,7 +178,7 @@ def test_store_built_differently_is_refused(capsys, tmp_path, corpus, tokenizer_
     code, _, err = run_cli(capsys, "count", corpus[1], "--store", store, "--tokenizer",
                            tokenizer_file, "--aggregation", "sum")
     assert code == 2 and "aggregation: store has 'cat', this run has 'sum'" in err
-    from streamsolve.tokenizer import train_bpe
+    from streamsolve.text.tokenizer import train_bpe
     other = tmp_path / "other.json"
     other.write_text(train_bpe([d + "\n" for d in documents[::-1]], 300).to_str())
     code, _, err = run_cli(capsys, "count", corpus[1], "--store", store, "--tokenizer", other)
@@ -239,7 +239,7 @@ def test_export_refuses_large_vocabulary(tmp_path, corpus, tokenizer_file):
 
 def test_incremental_count_equals_one_build(tmp_path, corpus, tokenizer_file):
     from streamsolve import api
-    from streamsolve.storage import ModelStore
+    from streamsolve.store.model_store import ModelStore
 
     one = tmp_path / "one.zarr"
     api.count([str(p) for p in corpus], str(one), tokenizer=tokenizer_file, radius=3,

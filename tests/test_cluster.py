@@ -14,7 +14,7 @@ import pytest
 
 from streamsolve import api
 from streamsolve.cli import main
-from streamsolve.storage import ModelStore
+from streamsolve.store.model_store import ModelStore
 
 from .deploy_helpers import (Processes, child_env, create_bucket, json_out, run_cli,
                              start_dask_cluster, start_moto, wait_for,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from streamsolve.counting import ContextCarry, CountConfig, Counts, count_sequences, merge_counts
-from streamsolve.pipeline import HoldOut, count_corpus, count_shard
-from streamsolve.reading import ReadOptions
+from streamsolve.core.counting import ContextCarry, CountConfig, Counts, count_sequences, merge_counts
+from streamsolve.engine.pipeline import HoldOut, count_corpus, count_shard
+from streamsolve.text.reading import ReadOptions
 
 from .conftest import write_text
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from streamsolve import api
-from streamsolve.storage import ModelStore
+from streamsolve.store.model_store import ModelStore
 
 from .conftest import pydoc_documents, write_text
 

@@ -12,10 +12,10 @@ import time
 import pytest
 from tokenizers import Tokenizer
 
-from streamsolve.counting import CountConfig
-from streamsolve.pipeline import count_corpus
-from streamsolve.reading import ReadOptions
-from streamsolve.storage import ModelStore
+from streamsolve.core.counting import CountConfig
+from streamsolve.engine.pipeline import count_corpus
+from streamsolve.text.reading import ReadOptions
+from streamsolve.store.model_store import ModelStore
 
 from .conftest import pydoc_documents, write_text
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from streamsolve import Model, api
-from streamsolve.locking import StoreLock, StoreLockedError, lock_url
-from streamsolve.storage import ModelStore, StoreError
+from streamsolve.store.locking import StoreLock, StoreLockedError, lock_url
+from streamsolve.store.model_store import ModelStore, StoreError
 
 from .conftest import write_text
 
@@ -200,7 +200,7 @@ def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents,
     updated = api.finalize(store, smoothing="additive")
     assert 0 < updated.weights.reused_blocks < n_blocks
     full = api.finalize(store, smoothing="additive")  # reuses all: compare with a recompute
-    from streamsolve.weights import finalize_store
+    from streamsolve.core.weights import finalize_store
 
     recomputed = finalize_store(ModelStore(store), "row", "additive", reuse=False)
     for a, b, c in zip(updated.weights.dense_blocks(), full.weights.dense_blocks(),

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from streamsolve import native
-from streamsolve.counting import ContextCarry, CountConfig, count_flat
+from streamsolve.core import native
+from streamsolve.core.counting import ContextCarry, CountConfig, count_flat
 
 
 def numpy_only(monkeypatch):

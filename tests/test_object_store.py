@@ -15,7 +15,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
 from streamsolve import api  # noqa: E402
-from streamsolve.storage import ModelStore  # noqa: E402
+from streamsolve.store.model_store import ModelStore  # noqa: E402
 
 from .deploy_helpers import (Processes, child_env, create_bucket, json_out,  # noqa: E402
                              run_cli, start_moto, write_shards)

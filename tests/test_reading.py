@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamsolve.reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, ReadStats,
+from streamsolve.text.reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, ReadStats,
                                  decode_counting, expand_corpus, iter_document_pieces)
 
 from .conftest import write_text

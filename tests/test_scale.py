@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from streamsolve.counting import CountConfig, sum_duplicates
-from streamsolve.memory import MemoryPlan, parse_memory, total_ram
-from streamsolve.merging import _ArraySource, merge_sources, write_run, _RunSource
-from streamsolve.pipeline import count_corpus, count_shard, line_tokenizer, write_counts
-from streamsolve.reading import ReadOptions
-from streamsolve.storage import ModelStore
+from streamsolve.core.counting import CountConfig, sum_duplicates
+from streamsolve.engine.memory import MemoryPlan, parse_memory, total_ram
+from streamsolve.engine.spill import _ArraySource, merge_sources, write_run, _RunSource
+from streamsolve.engine.pipeline import count_corpus, count_shard, line_tokenizer, write_counts
+from streamsolve.text.reading import ReadOptions
+from streamsolve.store.model_store import ModelStore
 
 from .conftest import write_text
 
@@ -175,7 +175,7 @@ def test_metaspace_first_tokenizer_is_not_joined():
 
 
 def test_pieces_joined_by_the_bos_marker_give_per_line_ids(tmp_path, documents, tokenizer_text):
-    from streamsolve.pipeline import _tokenize_flat, piece_marker
+    from streamsolve.engine.pipeline import _tokenize_flat, piece_marker
 
     tokenizer = Tokenizer.from_str(tokenizer_text)
     assert piece_marker(tokenizer_text, 0) == ("<|doc|>", 0)
@@ -199,7 +199,7 @@ def test_tokenizing_in_small_batches_gives_the_same_ids(monkeypatch, documents, 
                                                          serial):
     import dataclasses
 
-    from streamsolve import pipeline
+    from streamsolve.engine import pipeline
 
     pieces = [([line + "\n" for line in doc.split("\n") if line.strip()], True)
               for doc in documents[:40]]
@@ -223,7 +223,7 @@ def test_plan_serializes_the_tokenizer_only_under_a_tight_budget():
 
 
 def test_heap_is_trimmed_only_above_half_the_process_share(monkeypatch):
-    from streamsolve import memory
+    from streamsolve.engine import memory
 
     threads = MemoryPlan.build(4 * 10**9, 2, 3, 4096, "/tmp/x")
     processes = MemoryPlan.build(4 * 10**9, 2, 3, 4096, "/tmp/x", processes=2)
@@ -244,11 +244,11 @@ def test_progress_in_a_log_file_is_periodic_lines_not_a_bar(caplog):
 
     import dask
 
-    from streamsolve.progress import TaskProgress
+    from streamsolve.engine.progress import TaskProgress
 
     stream = io.StringIO()  # not a terminal
     tasks = [dask.delayed(sum)([i, i]) for i in range(50)]
-    with caplog.at_level("INFO", logger="streamsolve.progress"):
+    with caplog.at_level("INFO", logger="streamsolve.engine.progress"):
         with TaskProgress(stream, every=0.0):
             total = dask.compute(dask.delayed(sum)(tasks), scheduler="threads")[0]
     assert total == sum(range(50)) * 2

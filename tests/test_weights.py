@@ -11,10 +11,10 @@ import pytest
 from tokenizers import Tokenizer
 
 from streamsolve.api import calibrate_checked
-from streamsolve.counting import CountConfig, count_sequences
-from streamsolve.model import LanguageModel, logsumexp
-from streamsolve.storage import ModelStore
-from streamsolve.weights import finalize, finalize_store, smoothed_unigram
+from streamsolve.core.counting import CountConfig, count_sequences
+from streamsolve.language_model import LanguageModel, logsumexp
+from streamsolve.store.model_store import ModelStore
+from streamsolve.core.weights import finalize, finalize_store, smoothed_unigram
 
 
 def counts_of(docs, V, radius, aggregation="cat"):

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .counting import CountConfig, Counts, merge_sorted
+from ..core.counting import CountConfig, Counts, merge_sorted
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def library_versions() -> dict:
     import tokenizers
     import zarr
 
-    from . import __version__
+    from .. import __version__
 
     return {"streamsolve": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "dask": dask.__version__, "zarr": zarr.__version__,
@@ -431,7 +431,7 @@ class ModelStore:
             If there are no weights, or they were computed from older counts (stale).
         """
 
-        from .weights import ExplicitWeights, SparseRankOne
+        from ..core.weights import ExplicitWeights, SparseRankOne
 
         meta = self.meta
         info = meta.get("weights")

@@ -29,11 +29,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .counting import ContextCarry, CountConfig, Counts, count_flat, merge_counts
+from ..core.counting import ContextCarry, CountConfig, Counts, count_flat, merge_counts
 from .memory import MemoryPlan, release_free_memory, tune_allocator
-from .merging import PartialCounts, merge_partials
-from .reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
-from .tokenizer import tokenizer_from_json
+from .spill import PartialCounts, merge_partials
+from ..text.reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
+from ..text.tokenizer import tokenizer_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -494,8 +494,8 @@ def make_plan(paths: Sequence[str], config: CountConfig, read_options: ReadOptio
     and nothing may spill).
     """
     from .memory import default_spill_root, format_bytes, parse_memory
-    from .merging import SpillDirectory
-    from .storage import DEFAULT_ROWS_PER_BLOCK
+    from .spill import SpillDirectory
+    from ..store.model_store import DEFAULT_ROWS_PER_BLOCK
 
     budget = parse_memory(memory)
     spill = SpillDirectory(default_spill_root(tmp))
@@ -651,8 +651,8 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
 
     The only writer of that row block (one task per block: no two tasks share a Zarr chunk).
     """
-    from .merging import collect, merge_sources
-    from .storage import ModelStore, csr_of_rows, merge_csr_block
+    from .spill import collect, merge_sources
+    from ..store.model_store import ModelStore, csr_of_rows, merge_csr_block
 
     tune_allocator()
     keys, values = collect(merge_sources(sources, memory_bytes, spill_dir, vocab_size,
@@ -695,7 +695,7 @@ def write_counts_with(store, counts, new_shards: list, totals: dict, *, add: boo
     Returns the nnz per count block.
     """
     from .progress import Stage
-    from .storage import row_blocks
+    from ..store.model_store import row_blocks
 
     partial = counts if isinstance(counts, PartialCounts) else PartialCounts.of(
         counts, store.meta["rows_per_block"])

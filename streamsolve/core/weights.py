@@ -419,6 +419,6 @@ def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
 
 def row_blocks_of(store) -> list[tuple[int, int]]:
     """The row ranges of a store's blocks."""
-    from .storage import row_blocks
+    from ..store.model_store import row_blocks
 
     return row_blocks(store.config.vocab_size, store.meta["rows_per_block"])

@@ -73,7 +73,7 @@ def sum_duplicates(keys: np.ndarray, values: np.ndarray | None = None,
     """Sort keys and add the values of equal keys (values default to 1 per key).
 
     ``key_bound`` (all keys are below it), when at most 2**32 and without ``values``, sorts
-    uint32 keys with the radix kernel of `streamsolve.native` (``overwrite``: the keys may
+    uint32 keys with the radix kernel of `streamsolve.core.native` (``overwrite``: the keys may
     serve as its buffer); the result is int64 either way.
     """
     if keys.size == 0:
@@ -182,7 +182,7 @@ def merge_counts(*parts: Counts) -> Counts:
     """Add any number of `Counts` (one node of a tree reduction).
 
     Same result as ``a + b + ...``, but each block's sorted parts are merged in one pass
-    (`streamsolve.native.merge_runs`) instead of a chain of pairwise merges.
+    (`streamsolve.core.native.merge_runs`) instead of a chain of pairwise merges.
     """
     if len(parts) <= 2:
         total = parts[0]

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from scipy.optimize import minimize
 
-from .weights import ExplicitWeights
+from .core.weights import ExplicitWeights
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ class LanguageModel:
     def open(cls, store: str, storage_options: dict | None = None,
              allow_stale: bool = False) -> "LanguageModel":
         """Load the finalized model of a store (refuses stale weights)."""
-        from .storage import ModelStore
-        from .tokenizer import tokenizer_from_json
+        from .store.model_store import ModelStore
+        from .text.tokenizer import tokenizer_from_json
 
         model_store = store if hasattr(store, "read_weights") else ModelStore(store, storage_options)
         weights = model_store.read_weights(allow_stale=allow_stale)

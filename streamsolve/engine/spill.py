@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from . import native
-from .counting import CountConfig, Counts, merge_counts
+from ..core import native
+from ..core.counting import CountConfig, Counts, merge_counts
 
 logger = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 FORMS = ("column", "row")
 SMOOTHINGS = ("additive", "dirichlet")
-STORE_FORMAT = "streamsolve.classifier-counts"
+STORE_FORMAT = "streamsolve.classifier.estimator-counts"
 STORE_FORMAT_VERSION = 1
 _NAME = "ExplicitSoftmaxClassifier"
 
@@ -460,7 +460,7 @@ class ExplicitSoftmaxClassifier:
     Examples
     --------
     >>> import numpy as np
-    >>> from streamsolve.classifier import ExplicitSoftmaxClassifier
+    >>> from streamsolve.classifier.estimator import ExplicitSoftmaxClassifier
     >>> X = np.array([[3, 0, 1], [2, 1, 0], [0, 4, 1], [0, 3, 2]])
     >>> y = np.array([0, 0, 1, 1])
     >>> clf = ExplicitSoftmaxClassifier(alpha=1.0).fit(X, y)

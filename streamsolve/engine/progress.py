@@ -21,7 +21,7 @@ import time
 
 from dask.callbacks import Callback
 
-logger = logging.getLogger("streamsolve.progress")
+logger = logging.getLogger("streamsolve.engine.progress")
 
 
 class Stage:
