@@ -53,7 +53,7 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from streamsolve import classifier_refine as _refine
+from . import refine as _refine
 
 logger = logging.getLogger(__name__)
 

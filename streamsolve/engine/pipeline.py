@@ -31,6 +31,7 @@ import numpy as np
 
 from ..core.counting import ContextCarry, CountConfig, Counts, count_flat, merge_counts
 from .memory import MemoryPlan, release_free_memory, tune_allocator
+from .runtime import tokenize_key, tree_reduce
 from .spill import PartialCounts, merge_partials
 from ..text.reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
 from ..text.tokenizer import tokenizer_from_json
@@ -439,30 +440,6 @@ def merge_results(*results: ShardResult, plan: MemoryPlan | None = None) -> Shar
     else:
         counts = merge_counts(*(r.counts for r in results))
     return ShardResult(counts, heldout, heldout_bytes)
-
-
-def tree_reduce(tasks: list, combine, split_every: int = 4, **kwargs):
-    """Reduce a list of Dask delayed objects with a tree of ``combine`` nodes."""
-    import dask
-
-    if not tasks:
-        raise ValueError("nothing to reduce")
-    level = list(tasks)
-    depth = 0
-    while len(level) > 1:
-        depth += 1
-        level = [
-            dask.delayed(combine, pure=True)(*level[i:i + split_every], **kwargs,
-                                             dask_key_name=f"merge-{depth}-{i // split_every}-{tokenize_key(level[i:i + split_every])}")
-            for i in range(0, len(level), split_every)
-        ]
-    return level[0]
-
-
-def tokenize_key(objs) -> str:
-    from dask.base import tokenize
-
-    return tokenize(*[getattr(o, "key", o) for o in objs])
 
 
 def _input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[int, float]:
