@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from sklearn.naive_bayes import MultinomialNB
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from streamsolve import classifier as classifier_module
+from streamsolve.classifier import estimator as classifier_module
 from streamsolve.classifier import refine as classifier_refine
 from streamsolve.classifier.estimator import ExplicitSoftmaxClassifier, NotFittedError
 
