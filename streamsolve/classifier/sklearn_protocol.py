@@ -1,6 +1,6 @@
 """The scikit-learn estimator protocol (parameters, cloning, repr) without importing scikit-learn.
 
-`EstimatorProtocol` gives a class whose ``__init__`` only stores its keyword arguments the
+`EstimatorProtocol` gives a class whose ``__init__`` only stores its keyword arguments, the
 ``get_params``/``set_params``/``__repr__`` that scikit-learn's ``clone``, grid search and
 conformance suite expect, as ``sklearn.base.BaseEstimator`` would, so that the library does
 not depend on scikit-learn.
@@ -53,7 +53,9 @@ class EstimatorProtocol:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params):
-        """Set hyper-parameters; they take effect at the next `fit` or `finalize`.
+        """Set hyper-parameters; they take effect when the weights are next computed.
+
+        That is at the first use after `fit`/`partial_fit`, or at an explicit `finalize`.
 
         Parameters
         ----------

@@ -82,3 +82,12 @@ def test_store_records_library_versions(tmp_path):
     assert versions == library_versions()
     assert set(versions) >= {"streamsolve", "numpy", "scipy", "dask", "zarr", "tokenizers"}
     assert versions["numpy"] == np.__version__
+
+
+def test_versions_docstring_examples():
+    import doctest
+
+    from streamsolve import versions
+
+    result = doctest.testmod(versions, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
