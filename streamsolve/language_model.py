@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from scipy.optimize import minimize
 
+from .core.calibration import fit_calibration, logsumexp  # noqa: F401 (logsumexp: public here too)
 from .core.weights import ExplicitWeights
 
 logger = logging.getLogger(__name__)
@@ -24,14 +24,6 @@ EVAL_BATCH_FLOATS = 1 << 20
 SPARSE_EVAL_BATCH = 1024
 #: Bytes of cached per-block features for calibration.
 CALIBRATION_BUDGET_BYTES = 256 << 20
-
-
-def logsumexp(x: np.ndarray, axis: int | None = None) -> np.ndarray:
-    """log(sum(exp(x))) along ``axis`` (a lean version of scipy's, for hot loops)."""
-    peak = np.max(x, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
-    return out.squeeze(axis) if axis is not None else out.reshape(())
 
 
 def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
@@ -196,6 +188,9 @@ class LanguageModel:
                   seed: int = 0) -> "LanguageModel":
         """Fit the R + 1 calibration scalars (DESIGN §3) on held-out documents.
 
+        The fit itself is `streamsolve.core.calibration.fit_calibration`, shared with the
+        classifier.
+
         Positions are drawn uniformly across all the documents. L-BFGS starts at the
         uncalibrated point, so the loss on the sample can only go down.
 
@@ -214,32 +209,12 @@ class LanguageModel:
         step = self.batch_size
         for s in range(0, tgt.size, step):
             features[:, s:s + step] = weights.block_features(ctx[s:s + step])
-        u = weights.log_unigram
-        rows = np.arange(tgt.size)
-
-        def loss_and_grad(theta):
-            beta, gamma = theta[:-1], theta[-1]
-            loss = 0.0
-            grad = np.zeros_like(theta)
-            for s in range(0, tgt.size, step):
-                Z = features[:, s:s + step].astype(np.float64)
-                y = tgt[s:s + step]
-                r = rows[:y.size]
-                logits = np.tensordot(beta, Z, axes=1) + gamma * u
-                lse = logsumexp(logits, axis=1)
-                loss += float(np.sum(lse - logits[r, y]))
-                p = np.exp(logits - lse[:, None])
-                grad[:-1] += (Z.reshape(len(beta), -1) @ p.reshape(-1)) - Z[:, r, y].sum(axis=1)
-                grad[-1] += float(np.sum(p @ u) - u[y].sum())
-            return loss / tgt.size, grad / tgt.size
-
-        theta0 = np.r_[weights.beta, weights.gamma]
-        start_loss = loss_and_grad(theta0)[0]
-        result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
-                          options={"maxiter": 100})
-        theta = result.x if result.fun <= start_loss else theta0
+        fit = fit_calibration(features, weights.log_unigram[None, :], tgt,
+                              theta0=np.r_[weights.beta, weights.gamma], max_iter=100,
+                              batch_rows=step)
+        theta = fit.theta
         logger.info("calibration on %d positions: %.4f -> %.4f nats/token (beta=%s, gamma=%.3f)",
-                    tgt.size, start_loss, min(result.fun, start_loss),
+                    tgt.size, fit.loss_before, fit.loss_after,
                     np.round(theta[:-1], 3).tolist(), theta[-1])
         return LanguageModel(weights.with_calibration(theta[:-1], theta[-1]), self.tokenizer,
                              self.bos_id)

@@ -1,14 +1,16 @@
-"""Iterative parts of the explicit softmax classifier: refinement and calibration.
+"""Refinement of the explicit softmax classifier: full-batch L-BFGS passes over row blocks.
 
-Both optimise the convex softmax cross-entropy of DESIGN §1 with scipy's L-BFGS:
+It optimises the convex softmax cross-entropy of DESIGN §1 with scipy's L-BFGS:
 
 - `block_loss_grad` is the *map* step of one refinement pass: the loss and the gradient
   ``X_b^T (Yhat_b - Y_b)`` of one row block. The results of all blocks add (`LossGrad` is a
   monoid), so a pass is a map-reduce over row chunks and X never has to be in memory.
 - `minimize_in_passes` runs L-BFGS with a hard budget of full-data evaluations ("passes").
-- `fit_calibration` fits the few scalars that rescale the components of the explicit logits
-  (logit scale, prior weight) on a held-out sample; it starts from the uncalibrated point and
-  only accepts a result that lowers the loss on that sample.
+- `refine_weights` runs those passes from a start point (`start_point`) and keeps the best
+  point seen.
+
+Calibration (a few scalars on a held-out sample) is `streamsolve.core.calibration`, shared
+with the language model.
 
 Nothing here knows about input formats or the estimator: callers pass blocks and callables.
 """
@@ -134,50 +136,103 @@ def minimize_in_passes(evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]
     return calls
 
 
-def fit_calibration(components: np.ndarray, y_index: np.ndarray,
-                    dead: np.ndarray | None = None, max_iter: int = 200):
-    """Fit one scalar per logit component on a held-out sample (convex in the scalars).
+def refine_weights(train_pass: Callable[[np.ndarray, np.ndarray], LossGrad],
+                   coef0: np.ndarray, intercept0: np.ndarray, passes: int, l2: float = 0.0,
+                   validation_pass: Callable[[np.ndarray, np.ndarray], LossGrad] | None = None,
+                   early_stopping: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Full-batch L-BFGS from ``(coef0, intercept0)``, keeping the best point evaluated.
 
-    The logits are ``sum_k theta_k components[:, :, k]``; ``theta = 1`` is the uncalibrated
-    explicit solution. The loss is the mean cross-entropy, convex in ``theta`` because the
-    logits are linear in it. L-BFGS starts at ``theta = 1`` and the result is kept only if it
-    lowers the loss, so calibration is never worse on its own sample.
+    Objective: ``loss / N + l2/2 ||coef||^2``. ``train_pass(coef, intercept)`` is one pass
+    over the training data (a `LossGrad` summed over all its row blocks); at most
+    ``passes + 1`` passes are made (the first at the start point).
 
     Parameters
     ----------
-    components : ndarray of shape (n_samples, n_classes, n_components)
-        Finite logit components.
-    y_index : ndarray of shape (n_samples,)
-        Target class indices.
-    dead : ndarray of bool, shape (n_classes,), optional
-        Classes whose logit is ``-inf`` whatever theta (e.g. a declared class never seen).
-    max_iter : int
-        L-BFGS iterations.
+    train_pass : callable
+        ``(coef, intercept) -> LossGrad`` over the training data.
+    coef0 : ndarray of shape (n_classes, n_features)
+    intercept0 : ndarray of shape (n_classes,), finite
+    passes : int
+        Gradient passes (>= 0).
+    l2 : float
+        L2 penalty on ``coef`` (not on the intercept).
+    validation_pass : callable, optional
+        ``(coef, intercept) -> LossGrad`` over held-out data: adds ``val_loss`` and
+        ``val_accuracy`` to each history entry (not counted in ``passes``).
+    early_stopping : bool
+        Keep the entry with the lowest ``val_loss`` instead of the lowest objective.
 
     Returns
     -------
-    theta : ndarray of shape (n_components,)
-    loss_before, loss_after : float
-        Mean cross-entropy on the sample at ``theta = 1`` and at the returned theta.
+    coef, intercept : ndarray
+        The kept point.
+    history : list of dict
+        One entry per pass: ``pass``, ``objective``, ``loss``, ``accuracy`` (+ ``val_loss``,
+        ``val_accuracy``), and ``kept`` (True for the returned point).
     """
-    n, n_classes, n_components = components.shape
-    rows = np.arange(n)
-    mask = np.zeros(n_classes) if dead is None else np.where(dead, -np.inf, 0.0)
+    n_classes, n_features = coef0.shape
 
-    def loss_grad(theta):
-        logp = log_softmax(components @ theta + mask)
-        residual = np.exp(logp)
-        residual[rows, y_index] -= 1.0
-        grad = np.einsum("nj,njk->k", residual, components) / n
-        return float(-logp[rows, y_index].mean()), grad
+    def split(theta):
+        return (theta[:n_classes * n_features].reshape(n_classes, n_features),
+                theta[n_classes * n_features:])
 
-    theta0 = np.ones(n_components)
-    loss0, _ = loss_grad(theta0)
-    result = scipy.optimize.minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
-                                     options={"maxiter": max_iter})
-    loss1, _ = loss_grad(result.x)
-    if not np.isfinite(loss1) or loss1 >= loss0:
-        logger.info("calibration did not lower the loss (%.6g -> %.6g): kept theta = 1",
-                    loss0, loss1)
-        return theta0, loss0, loss0
-    return result.x, loss0, loss1
+    history, best = [], {}
+
+    def evaluate(theta):
+        coef, intercept = split(theta)
+        total = train_pass(coef, intercept)
+        n = total.n_samples
+        objective = total.loss / n + 0.5 * l2 * float(np.sum(coef * coef))
+        grad = np.concatenate([(total.grad_coef / n + l2 * coef).ravel(),
+                               total.grad_intercept / n])
+        entry = {"pass": len(history), "objective": objective, "loss": total.loss / n,
+                 "accuracy": total.n_correct / n}
+        if validation_pass is not None:
+            val = validation_pass(coef, intercept)
+            entry.update(val_loss=val.loss / val.n_samples,
+                         val_accuracy=val.n_correct / val.n_samples)
+        history.append(entry)
+        key = entry["val_loss"] if early_stopping else objective
+        if not best or key < best["key"]:
+            best.update(key=key, coef=coef.copy(), intercept=intercept.copy(),
+                        entry=entry["pass"])
+        logger.info("refine pass %d: objective %.6f, accuracy %.4f%s", entry["pass"],
+                    objective, entry["accuracy"],
+                    f", val loss {entry['val_loss']:.6f}" if validation_pass else "")
+        return objective, grad
+
+    minimize_in_passes(evaluate, np.concatenate([coef0.ravel(), intercept0]), passes + 1)
+    for entry in history:
+        entry["kept"] = entry["pass"] == best["entry"]
+    return best["coef"], best["intercept"], history
+
+
+def start_point(init, current: tuple, explicit: tuple, random_state=None):
+    """The start ``(coef, intercept)`` of `refine_weights`, copies that may be changed.
+
+    Parameters
+    ----------
+    init : {"current", "explicit", "zeros", "random"} or (coef, intercept)
+    current, explicit : (coef, intercept)
+        The weights in use, and the uncalibrated explicit ones.
+    random_state : int or None
+        Seed for ``init="random"``.
+    """
+    shape = current[0].shape
+    if isinstance(init, str):
+        if init == "current":
+            return current[0].copy(), current[1].copy()
+        if init == "explicit":
+            return explicit[0].copy(), explicit[1].copy()
+        if init == "zeros":
+            return np.zeros(shape), np.zeros(shape[0])
+        if init == "random":
+            rng = np.random.default_rng(random_state)
+            return 0.01 * rng.standard_normal(shape), np.zeros(shape[0])
+        raise ValueError(f"init must be 'current', 'explicit', 'zeros', 'random' or a "
+                         f"(coef, intercept) pair, got {init!r}.")
+    coef, intercept = (np.array(a, dtype=np.float64) for a in init)
+    if coef.shape != shape or intercept.shape != (shape[0],):
+        raise ValueError(f"init arrays must have shapes {shape} and ({shape[0]},), got "
+                         f"{coef.shape} and {intercept.shape}.")
+    return coef, intercept

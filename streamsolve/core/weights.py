@@ -9,17 +9,10 @@ so storage is O(nnz + V). The logits of one context are a dense V-vector plus R 
     logit_j = sum_r beta_r W^(r)[c_r, j] + gamma * log p_j
 
 with (beta, gamma) = (1, -(R - 1)) for the row (published) form, (1, 1) for the column
-(naive-Bayes) form, or the calibrated scalars.
-
-Row form, Dirichlet:  P_r(j | i) = (F_ij + mu p_j) / (f_i + mu)
-    S_ij = log1p(F_ij / (mu p_j)),  row_i = -log(f_i + mu),  col_j = log(mu p_j)
-Row form, additive:   P_r(j | i) = (F_ij + alpha) / (f_i + alpha V)
-    S_ij = log1p(F_ij / alpha),     row_i = -log(f_i + alpha V), col_j = log(alpha)
-Row form, none:       P_r(j | i) = F_ij / f_i (needs every F_ij > 0: the exact R = 1 optimum)
-Column form, Dirichlet: P_r(i | j) = (F_ij + mu q_i) / (g_j + mu), q the smoothed context unigram
-Column form, additive:  P_r(i | j) = (F_ij + alpha) / (g_j + alpha V)
-
-with f_i = sum_j F_ij, g_j = sum_i F_ij and p_j = (n_j + 1) / (N + V) the smoothed unigram.
+(naive-Bayes) form, or the calibrated scalars. The smoothing formulas themselves (row and
+column form, Dirichlet and additive) live in `streamsolve.core.smoothing`, shared with the
+classifier; here p_j = (n_j + 1) / (N + V) is the smoothed target unigram and, for the
+column form, q the smoothed context unigram.
 """
 
 from __future__ import annotations
@@ -31,122 +24,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .counting import CountConfig, Counts
+from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
+                        check_smoothing, resolve_strengths, smoothed_unigram)
 
 logger = logging.getLogger(__name__)
-
-FORMS = ("row", "column")
-SMOOTHINGS = ("dirichlet", "additive", "none")
-UNIGRAM_ALPHA = 1.0
-
-
-@dataclasses.dataclass
-class SparseRankOne:
-    """One weight block ``W = S + row_terms 1^T + 1 col_terms^T`` (S sparse, CSR)."""
-
-    sparse: sp.csr_array
-    row_terms: np.ndarray
-    col_terms: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.sparse.shape
-
-    def rows(self, index: np.ndarray) -> np.ndarray:
-        """Dense rows ``W[index]`` as a (len(index), V) float64 array."""
-        out = self.sparse[index].toarray()
-        out += self.row_terms[index][:, None]
-        out += self.col_terms[None, :]
-        return out
-
-    def dense(self) -> np.ndarray:
-        """The whole block as a dense array (small vocabularies only)."""
-        return self.rows(np.arange(self.shape[0]))
-
-
-def smoothed_unigram(unigram: np.ndarray, alpha: float = UNIGRAM_ALPHA) -> np.ndarray:
-    """Additively smoothed unigram distribution p_j = (n_j + alpha) / (N + alpha V)."""
-    unigram = np.asarray(unigram, dtype=np.float64)
-    return (unigram + alpha) / (unigram.sum() + alpha * unigram.size)
-
-
-def check_smoothing(smoothing: str, mu: float | None, alpha: float | None, form: str = "row"):
-    """Validate smoothing parameters; raise ValueError with the fix."""
-    if form not in FORMS:
-        raise ValueError(f"form must be 'row' or 'column', got {form!r}")
-    if smoothing not in SMOOTHINGS:
-        raise ValueError(f"smoothing must be one of {', '.join(SMOOTHINGS)}, got {smoothing!r}")
-    if mu is not None and not (np.isfinite(mu) and mu > 0):
-        raise ValueError(f"--mu must be a positive number, got {mu}")
-    if alpha is not None and not (np.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"--alpha must be a positive number, got {alpha}")
-    if smoothing == "dirichlet" and alpha is not None:
-        raise ValueError("--alpha applies to additive smoothing; use --mu with dirichlet")
-    if smoothing == "additive" and mu is not None:
-        raise ValueError("--mu applies to dirichlet smoothing; use --alpha with additive")
-
-
-def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float, alpha: float,
-                  log_p: np.ndarray, log_q: np.ndarray | None = None,
-                  col_sums: np.ndarray | None = None, row_sums: np.ndarray | None = None) -> SparseRankOne:
-    """Weights of one count block (or one row block of it: F may have fewer rows than V).
-
-    Parameters
-    ----------
-    F : csr_array, int64
-        Counts, rows = context tokens, columns = targets.
-    form, smoothing, mu, alpha
-        See `finalize`.
-    log_p : ndarray
-        Log smoothed target unigram (length V).
-    log_q : ndarray, optional
-        Log smoothed context unigram for the rows of ``F`` (column form, Dirichlet).
-    col_sums : ndarray, optional
-        g_j of the whole block (column form; F may be a row block).
-    row_sums : ndarray, optional
-        f_i of the rows of F (default: computed from F).
-    """
-    F = sp.csr_array(F)
-    V = F.shape[1]
-    counts = F.data.astype(np.float64)
-    cols = F.indices
-    rows_of_nz = np.repeat(np.arange(F.shape[0]), np.diff(F.indptr))
-    f = np.asarray(F.sum(axis=1)).ravel().astype(np.float64) if row_sums is None else row_sums
-    if form == "row":
-        if smoothing == "dirichlet":
-            data = np.log1p(counts / (mu * np.exp(log_p[cols])))
-            row_terms = -np.log(f + mu)
-            col_terms = np.log(mu) + log_p
-        elif smoothing == "additive":
-            data = np.log1p(counts / alpha)
-            row_terms = -np.log(f + alpha * V)
-            col_terms = np.full(V, np.log(alpha))
-        else:
-            nnz_per_row = np.diff(F.indptr)
-            if np.any(nnz_per_row[f > 0] < V) or np.any(counts <= 0):
-                raise ValueError("smoothing='none' needs every count F_ij > 0 in the observed rows; "
-                                 "use dirichlet or additive smoothing")
-            data = np.log(counts)
-            with np.errstate(divide="ignore"):
-                row_terms = np.where(f > 0, -np.log(np.maximum(f, 1)), 0.0)
-            col_terms = np.zeros(V)
-    else:
-        if col_sums is None:
-            col_sums = np.asarray(F.sum(axis=0)).ravel()
-        g = col_sums.astype(np.float64)
-        if smoothing == "dirichlet":
-            q = np.exp(log_q)
-            data = np.log1p(counts / (mu * q[rows_of_nz]))
-            row_terms = np.log(mu) + log_q
-            col_terms = -np.log(g + mu)
-        elif smoothing == "additive":
-            data = np.log1p(counts / alpha)
-            row_terms = np.full(F.shape[0], np.log(alpha))
-            col_terms = -np.log(g + alpha * V)  # V context rows (F may be a row block)
-        else:
-            raise ValueError("the column form needs smoothing (dirichlet or additive)")
-    sparse = sp.csr_array((data, F.indices.copy(), F.indptr.copy()), shape=F.shape)
-    return SparseRankOne(sparse, np.asarray(row_terms, dtype=np.float64),
-                         np.asarray(col_terms, dtype=np.float64))
 
 
 @dataclasses.dataclass
@@ -302,14 +183,6 @@ class ExplicitWeights:
         return [block.dense() for block in self.blocks]
 
 
-def _resolve(smoothing: str, mu, alpha, V: int) -> tuple[float | None, float | None]:
-    if smoothing == "dirichlet":
-        return (float(mu) if mu is not None else float(V)), None
-    if smoothing == "additive":
-        return None, (float(alpha) if alpha is not None else 0.1)
-    return None, None
-
-
 def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
              mu: float | None = None, alpha: float | None = None) -> ExplicitWeights:
     """Explicit weights from in-memory counts.
@@ -331,7 +204,7 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
     check_smoothing(smoothing, mu, alpha, form)
     config = counts.config
     V = config.vocab_size
-    mu, alpha = _resolve(smoothing, mu, alpha, V)
+    mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(counts.unigram))
     blocks = []
     for r in range(config.n_blocks):
@@ -358,7 +231,7 @@ def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
     check_smoothing(smoothing, mu, alpha, form)
     config = store.config
     V = config.vocab_size
-    mu, alpha = _resolve(smoothing, mu, alpha, V)
+    mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(store.read_unigram()))
     ranges = list(enumerate(row_blocks_of(store)))
     blocks, block_keys, col_terms_all = [], [], []
