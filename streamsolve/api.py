@@ -12,11 +12,13 @@ user can run stages separately, add shards later, and re-finalize::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 
@@ -28,7 +30,8 @@ from .pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .locking import StoreLock
 from .reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
-from .storage import ModelStore, StoreError
+from .storage import (MAX_RADIUS, ModelStore, StoreError, creatable_location, is_inside_store,
+                      remove_store)
 from .tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                         tokenizer_json, train_bpe, vocab_size_of)
 from .weights import check_smoothing, finalize_store
@@ -67,6 +70,27 @@ class CountResult:
                 "seconds": round(self.seconds, 3),
                 "tokens_per_second": round(self.new_tokens / self.seconds) if self.seconds else None,
                 "skipped_shards": self.skipped, "invalid_bytes": self.invalid_bytes}
+
+
+#: Stores whose writer lock this process holds, per thread: (thread id, store URL).
+_HELD_LOCKS: set[tuple[int, str]] = set()
+
+
+@contextlib.contextmanager
+def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_lock: bool,
+                 command: str):
+    """The store's `StoreLock`, re-entrant within a thread (so `solve` can hold it across
+    overwrite + count + finalize while `count` and `finalize` still take it themselves)."""
+    key = (threading.get_ident(), str(store))
+    if key in _HELD_LOCKS:
+        yield
+        return
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command=command):
+        _HELD_LOCKS.add(key)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(key)
 
 
 def _client_for(scheduler_address: str | None, timeout: float = 10.0):
@@ -145,7 +169,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     -------
     CountResult
     """
-    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="count"):
+    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock, command="count"):
         return _ingest(corpus, store, tokenizer=tokenizer, vocab_size=vocab_size, radius=radius,
                        aggregation=aggregation, documents=documents, text_field=text_field,
                        bos_token=bos_token, heldout_fraction=heldout_fraction,
@@ -202,14 +226,16 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     paths = expand_corpus(corpus, storage_options)
     model_store = ModelStore(store, storage_options)
     existing = model_store.exists()
+    if not existing:
+        creatable_location(store, storage_options)  # refuse a foreign path before counting
     if existing:
         stored = model_store.config
         radius = stored.radius if radius is None else radius
         aggregation = stored.aggregation if aggregation is None else aggregation
     radius = DEFAULT_RADIUS if radius is None else radius
     aggregation = aggregation or "cat"
-    if not isinstance(radius, int) or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
+    if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
+        raise ValueError(f"radius must be an integer in 1..{MAX_RADIUS}, got {radius!r}")
     tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None, tokenizer,
                                          vocab_size, read_options, bos_token)
     text = tokenizer_json(tok) if not existing or tokenizer is not None else model_store.tokenizer_text()
@@ -281,10 +307,12 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
                          scheduler=address, workers=workers)
     except OSError as exc:
         model_store.discard_uncommitted()
-        reason = "the disk is full" if getattr(exc, "errno", None) == errno.ENOSPC else str(exc)
+        full = getattr(exc, "errno", None) == errno.ENOSPC
+        reason = "the disk is full" if full else str(exc)
+        fix = "free space" if full else "fix that"
         raise StoreError(f"writing the counts to {store} failed: {reason}. The store is "
                          "unchanged (partial data is never read, and is removed now or by the "
-                         "next ingest); free space and run the same command again.") from exc
+                         f"next ingest); {fix} and run the same command again.") from exc
     logger.info("ingest stage: committed")
     meta = model_store.meta
     seconds = time.perf_counter() - started
@@ -356,7 +384,8 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     model_store = ModelStore(store, storage_options)
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
-    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="finalize"):
+    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
+                      command="finalize"):
         return _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate,
                                 storage_options, calibration_sample)
 
@@ -452,6 +481,9 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
     """
     import fsspec
 
+    if is_inside_store(out, store, storage_options):
+        raise ValueError(f"refusing to export to {out}: it is inside the store {store} and would "
+                         "overwrite the store's own files; write the .npz somewhere else")
     model_store = ModelStore(store, storage_options)
     config = model_store.config
     V = config.vocab_size
@@ -470,8 +502,17 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
 
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
           calibrate: bool = True, form: str = "row", smoothing: str = "dirichlet",
-          mu: float | None = None, alpha: float | None = None, **count_kwargs) -> dict:
+          mu: float | None = None, alpha: float | None = None, overwrite: bool = False,
+          **count_kwargs) -> dict:
     """Count + finalize + calibrate + evaluate on a part of the corpus held out by `count`.
+
+    The whole run holds the store's writer lock (taken once, before anything is changed).
+
+    Parameters
+    ----------
+    overwrite : bool
+        First delete the streamsolve store at ``store`` (refused for anything that is not a
+        streamsolve store, and nothing is deleted while another writer holds the lock).
 
     Returns
     -------
@@ -480,6 +521,17 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         calibrated), store path.
     """
     check_smoothing(smoothing, mu, alpha, form)
+    storage_options = count_kwargs.get("storage_options")
+    with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),
+                      break_lock=count_kwargs.get("break_lock", False), command="solve"):
+        if overwrite:
+            remove_store(store, storage_options)
+        return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,
+                             alpha, count_kwargs)
+
+
+def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
+                  count_kwargs) -> dict:
     started = time.perf_counter()
     counted = count(corpus, store, heldout_fraction=heldout_fraction, **count_kwargs)
     count_seconds = counted.seconds

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 
 from . import api
@@ -163,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.05,
                    help="fraction of 64-line runs held out (default %(default)s)")
     p.add_argument("--no-calibrate", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing streamsolve store (nothing else is ever deleted)")
     cluster.add_cluster_arguments(p)
     _add_common(p)
 
@@ -191,17 +191,6 @@ def _count_kwargs(args, storage_options) -> dict:
                 memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
                 wait=args.wait, break_lock=args.break_lock)
-
-
-def _remove_store(url: str, storage_options):
-    import fsspec
-
-    fs, _, (root,) = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
-    if fs.exists(root):
-        if "://" not in url:
-            shutil.rmtree(root)
-        else:
-            fs.rm(root, recursive=True)
 
 
 def run(args) -> dict:
@@ -235,15 +224,13 @@ def run(args) -> dict:
         if not args.corpus:
             logger.info("no CORPUS given: using the embedded default corpus, CPython's own "
                         "pydoc topic texts (pydoc_data.topics, about 0.5 MB)")
-        if args.overwrite:
-            _remove_store(args.store, so)
-        elif api.ModelStore(args.store, so).exists():
+        if not args.overwrite and api.ModelStore(args.store, so).exists():
             raise StoreError(f"a store already exists at {args.store}: pass --overwrite to "
                              "replace it, or `streamsolve count` to add shards to it")
         return api.solve(corpus, args.store, heldout_fraction=args.heldout,
                          calibrate=not args.no_calibrate, form=args.form,
                          smoothing=args.smoothing, mu=args.mu, alpha=args.alpha,
-                         **_count_kwargs(args, so))
+                         overwrite=args.overwrite, **_count_kwargs(args, so))
     raise AssertionError(args.command)
 
 
