@@ -235,7 +235,7 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     radius = DEFAULT_RADIUS if radius is None else radius
     aggregation = aggregation or "cat"
     if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
-        raise ValueError(f"radius must be an integer in 1..{MAX_RADIUS}, got {radius!r}")
+        raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
     tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None, tokenizer,
                                          vocab_size, read_options, bos_token)
     text = tokenizer_json(tok) if not existing or tokenizer is not None else model_store.tokenizer_text()
