@@ -16,6 +16,7 @@ import zarr
 
 import streamsolve as ss
 from streamsolve.cli import main
+from streamsolve.storage import ModelStore, StoreError
 
 from .conftest import write_text
 
@@ -245,3 +246,43 @@ def test_hand_edited_attributes_are_refused(capsys, store, documents, tokenizer_
     code, _, err = run_cli(capsys, *args)
     assert_refused(code, err, str(store), *words)
     assert snapshot(store) == before
+
+
+# -- cleanup after a failed creation removes only what the run created ------------------------
+
+def _fail_writing(monkeypatch, drop_into=None):
+    """Make the first count row block write fail with a full disk (after dropping a user's
+    file into ``drop_into``, as another program might while the run writes)."""
+    import errno
+
+
+    def failing(self, *args, **kwargs):
+        if drop_into is not None:
+            (drop_into / "user-notes.txt").write_text("written during the run\n")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ModelStore, "write_count_block", failing)
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_failed_creation_removes_only_its_own_entries(tmp_path, corpus, tokenizer_file,
+                                                      monkeypatch, existed):
+    target = tmp_path / "new.zarr"
+    if existed:
+        target.mkdir()
+    _fail_writing(monkeypatch, drop_into=target)
+    with pytest.raises(StoreError, match="disk is full"):
+        ss.count([str(corpus)], str(target), tokenizer=tokenizer_file)
+    assert snapshot(target) == {"user-notes.txt": ("file", b"written during the run\n")}
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_failed_creation_leaves_what_was_there(tmp_path, corpus, tokenizer_file, monkeypatch,
+                                               existed):
+    target = tmp_path / "new.zarr"
+    if existed:
+        target.mkdir()
+    _fail_writing(monkeypatch)
+    with pytest.raises(StoreError, match="disk is full"):
+        ss.count([str(corpus)], str(target), tokenizer=tokenizer_file)
+    assert target.is_dir() == existed and (not existed or not any(target.iterdir()))
