@@ -157,6 +157,8 @@ def _describe_directory(fs, root: str, entries: tuple) -> Location:
     try:
         node = json.loads(fs.cat_file(f"{root}/zarr.json"))
         node_type, attrs = node.get("node_type"), node.get("attributes") or {}
+        if not isinstance(attrs, dict):
+            raise ValueError("attributes are not an object")
     except (OSError, ValueError, AttributeError):
         return Location("other", "a directory with an unreadable zarr.json", entries)
     if node_type != "group":
@@ -393,6 +395,9 @@ class ModelStore:
                 self._group = self._open("r+")
             except (FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as exc:
                 raise StoreError(f"no streamsolve store at {self.url}") from exc
+            except (ValueError, TypeError) as exc:  # zarr.json is not JSON, or not Zarr metadata
+                raise StoreConfigError(f"{self.url}/zarr.json is unreadable ({exc}): restore "
+                                       "it or rebuild the store") from exc
             except Exception as exc:
                 if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError",
                                           "ContainsArrayError"):

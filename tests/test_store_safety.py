@@ -286,3 +286,15 @@ def test_failed_creation_leaves_what_was_there(tmp_path, corpus, tokenizer_file,
     with pytest.raises(StoreError, match="disk is full"):
         ss.count([str(corpus)], str(target), tokenizer=tokenizer_file)
     assert target.is_dir() == existed and (not existed or not any(target.iterdir()))
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"zarr_format": 3, "node_type": "group", '
+                                                   b'"attributes": 5}'])
+def test_unreadable_zarr_json_is_named(capsys, store, corpus, tokenizer_file, content):
+    (store / "zarr.json").write_bytes(content)
+    before = snapshot(store)
+    for args in (["info", store], ["count", corpus, "--store", store],
+                 ["solve", corpus, "--store", store, "--overwrite", "--tokenizer", tokenizer_file]):
+        code, _, err = run_cli(capsys, *args)
+        assert_refused(code, err, str(store), "zarr.json")
+        assert snapshot(store) == before
