@@ -393,17 +393,23 @@ class ModelStore:
         if self._group is None:
             try:
                 self._group = self._open("r+")
-            except (FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as exc:
-                raise StoreError(f"no streamsolve store at {self.url}") from exc
-            except (ValueError, TypeError) as exc:  # zarr.json is not JSON, or not Zarr metadata
-                raise StoreConfigError(f"{self.url}/zarr.json is unreadable ({exc}): restore "
-                                       "it or rebuild the store") from exc
             except Exception as exc:
-                if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError",
-                                          "ContainsArrayError"):
-                    raise StoreError(f"no streamsolve store at {self.url}") from exc
-                raise
+                error = self._open_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc
         return self._group
+
+    def _open_error(self, exc: Exception) -> Exception:
+        """The error to raise for a failure to open the group (``exc`` itself if unknown)."""
+        missing = (FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+        if isinstance(exc, missing) or type(exc).__name__ in (
+                "GroupNotFoundError", "NodeNotFoundError", "ContainsArrayError"):
+            return StoreError(f"no streamsolve store at {self.url}")
+        if isinstance(exc, (ValueError, TypeError)):  # zarr.json is not JSON / not metadata
+            return StoreConfigError(f"{self.url}/zarr.json is unreadable ({exc}): restore it "
+                                    "or rebuild the store")
+        return exc
 
     def exists(self) -> bool:
         """Whether a streamsolve store with committed counts is at this URL.
