@@ -175,6 +175,30 @@ def test_lock_file_of_a_dead_writer_is_taken_over(tmp_path, shards, tokenizer_fi
         assert api.count([shard], store).new_tokens > 0
 
 
+def test_holder_that_cannot_describe_itself_still_holds_the_lock(tmp_path, shards):
+    """A full disk when the holder writes its details: the lock is held all the same (and
+    the lock file left empty blocks nobody once the holder is gone)."""
+    store = str(tmp_path / "m.zarr")
+    code = ("import resource, signal\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # every write fails: EFBIG\n")
+    env = {**os.environ, "PYTHONPATH": WORKTREE}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code + "import time\nfrom streamsolve.locking import StoreLock\n"
+         f"with StoreLock({store!r}):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert Path(lock_url(store)).read_bytes() == b""
+        with pytest.raises(StoreLockedError, match="details are unknown"):
+            StoreLock(store).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with StoreLock(store):
+        pass
+
+
 def fork_zombie_holder(store: str, storage_options: dict | None = None) -> int:
     """A child that takes the lock and is SIGKILLed while holding it, left unreaped."""
     read_end, write_end = os.pipe()
