@@ -267,16 +267,21 @@ class StoreLock:
             raise
         # the previous holder may have removed the file between our open and flock: then we
         # locked an orphan inode that nobody else will ever look at, so try again
-        try:
-            current = os.stat(self.path)
-        except FileNotFoundError:
-            current = None
-        if current is None or current.st_ino != os.fstat(fd).st_ino:
+        if not self._is_lock_file(fd):
             os.close(fd)
             return None
         self._fd = fd
         self._take_over(fd)
         return True
+
+    def _is_lock_file(self, fd: int) -> bool:
+        """Whether ``fd`` is (still) the file at the lock's path."""
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        opened = os.fstat(fd)
+        return (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
 
     def _take_over(self, fd: int):
         """Describe ourselves in the lock file (after noting a holder that died holding it)."""
@@ -379,6 +384,8 @@ class StoreLock:
 
     def acquire(self) -> "StoreLock":
         """Take the lock (waiting up to ``wait`` seconds); returns ``self``."""
+        if self.held:
+            raise RuntimeError(f"the lock of {self.store_url} is already held by this object")
         started = time.monotonic()
         next_progress = 0.0
         while True:
@@ -403,8 +410,9 @@ class StoreLock:
         if self._fd is not None:
             # unlink while still holding the flock, then close: a writer that opened the old
             # file meanwhile sees it replaced and retries (see `_try_flock`)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            if self._is_lock_file(self._fd):  # not a file someone put in its place by hand
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             os.close(self._fd)
             self._fd = None
             return
