@@ -128,7 +128,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           scheduler: str | None = None, workers: int | None = None,
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
-          wait: bool = False, break_lock: bool = False, memory: str | int | None = None,
+          wait: bool | float = False, break_lock: bool = False, memory: str | int | None = None,
           tmp: str | None = None) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
@@ -162,8 +162,10 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         Local worker count.
     allow_changed : bool
         Add shards whose path was ingested with other bytes, as new content.
-    wait, break_lock : bool
-        Wait for another writer's lock; break a lock held from another host.
+    wait : bool or float
+        Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
+    break_lock : bool
+        Break an object-store lock held from another host.
 
     Returns
     -------
@@ -361,7 +363,7 @@ def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = 
 def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
              mu: float | None = None, alpha: float | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
-             calibration_sample: int = 4096, wait: bool = False,
+             calibration_sample: int = 4096, wait: bool | float = False,
              break_lock: bool = False) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
@@ -375,6 +377,10 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
         Dirichlet strength (default V) / additive pseudo-count (default 0.1).
     calibrate : list of str, optional
         Held-out text files; fit the R + 1 calibration scalars on them.
+    wait : bool or float
+        Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
+    break_lock : bool
+        Break an object-store lock held from another host.
 
     Returns
     -------

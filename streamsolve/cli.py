@@ -15,7 +15,7 @@ import sys
 from . import api
 from . import cluster
 from .reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
-from .locking import StoreLockedError
+from .locking import DEFAULT_WAIT_SECONDS, StoreLockedError, wait_seconds
 from .storage import StoreError
 from .tokenizer import TokenizerError
 
@@ -93,9 +93,50 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
     _add_locking(parser)
 
 
+def _wait_seconds(text: str) -> float:
+    try:
+        return wait_seconds(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _attach_wait_seconds(argv: list[str]) -> list[str]:
+    """``--wait N`` -> ``--wait=N`` and plain ``--wait`` -> ``--wait=DEFAULT``.
+
+    ``--wait`` takes an optional value, and argparse would swallow the word after a plain
+    ``--wait`` (``finalize --wait STORE``) as that value: only a number is one.
+    """
+    out, rest = [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        if token == "--":
+            return out + [token] + rest
+        if token == "--wait":
+            value = rest.pop(0) if rest and _is_number(rest[0]) else f"{DEFAULT_WAIT_SECONDS:g}"
+            token = f"--wait={value}"
+        out.append(token)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else args
+        return super().parse_known_args(_attach_wait_seconds(list(args)), namespace)
+
+
 def _add_locking(parser: argparse.ArgumentParser):
-    parser.add_argument("--wait", action="store_true",
-                        help="wait for another writer of the store to finish instead of failing")
+    parser.add_argument("--wait", nargs="?", type=_wait_seconds, const=DEFAULT_WAIT_SECONDS,
+                        default=False, metavar="SECONDS",
+                        help="wait for another writer of the store to finish instead of failing, "
+                             f"at most SECONDS (default {DEFAULT_WAIT_SECONDS:g})")
     parser.add_argument("--break-lock", action="store_true",
                         help="remove a writer lock held from another host (only if that job is gone)")
 
@@ -110,7 +151,7 @@ def _add_finalizing(parser: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streamsolve",
         description="Train single-layer softmax language models without backpropagation.")
     sub = parser.add_subparsers(dest="command", required=True)
