@@ -83,6 +83,11 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = Fal
     if scheduler:
         add_scheduler_argument(parser)
     add_connect_timeout(parser)
+    parser.add_argument("--send-credentials", action="store_true",
+                        help="with --scheduler/--cluster, send credentials given in "
+                             "--storage-options inside the job (the scheduler keeps them in "
+                             "clear, readable by all its clients); by default they are refused: "
+                             "give the workers their own credentials")
     add_jobqueue_arguments(parser)
 
 
@@ -163,6 +168,92 @@ def job_script(args) -> str:
         cluster.close()
 
 
+# -- credentials ----------------------------------------------------------------------------
+#: Storage option names that are credentials, as a whole (``key`` of s3fs) or by a part.
+CREDENTIAL_OPTION_NAMES = frozenset({"key", "access_key", "access_key_id", "aws_access_key_id"})
+CREDENTIAL_OPTION_WORDS = ("secret", "password", "passwd", "token", "credential", "private",
+                           "account_key", "sas", "connection_string", "api_key", "apikey",
+                           "auth", "signature")
+#: Values of a credential-named option that name a mechanism, not a secret (gcsfs ``token``).
+CREDENTIAL_MODES = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
+
+
+def _is_credential(name: str, value) -> bool:
+    if value is None or isinstance(value, bool) or (isinstance(value, str)
+                                                    and value in CREDENTIAL_MODES):
+        return False
+    name = str(name).lower()
+    return name in CREDENTIAL_OPTION_NAMES or any(w in name for w in CREDENTIAL_OPTION_WORDS)
+
+
+def credential_option_names(options, prefix: str = "") -> list[str]:
+    """Names (dotted, for nested options) of the storage options that hold credentials."""
+    found = []
+    for name, value in (options or {}).items():
+        if isinstance(value, dict):
+            found += credential_option_names(value, f"{prefix}{name}.")
+        elif _is_credential(name, value):
+            found.append(f"{prefix}{name}")
+    return found
+
+
+def refuse_credentials_in_job(args, scheduler: str):
+    """Stop before a job would carry credentials in clear to ``scheduler`` (a description).
+
+    Everything a job is made of (its task, and every task it submits) is kept by the
+    scheduler as it was sent, where any client of that scheduler can read it. So unless
+    ``--send-credentials`` is given, credentials in ``--storage-options`` or in a URL
+    (``scheme://user:password@host``) are refused; the workers must have their own
+    (environment, instance role, credentials file).
+
+    Raises
+    ------
+    ClusterError
+        Naming the options or URLs and the two ways out.
+    """
+    import json
+    from urllib.parse import urlsplit
+
+    try:
+        options = json.loads(getattr(args, "storage_options", None) or "null")
+    except ValueError:
+        options = None  # reported by cli.run
+    found = credential_option_names(options) if isinstance(options, dict) else []
+    found += [f"the password in {_redact(url)}" for url in _command_urls(args)
+              if _url_password(urlsplit, url)]
+    if not found:
+        return
+    if getattr(args, "send_credentials", False):
+        logger.warning("sending credentials (%s) inside the job: %s keeps them in clear while "
+                       "the job runs", ", ".join(found), scheduler)
+        return
+    raise ClusterError(
+        f"credentials in the command ({', '.join(found)}) would be sent in clear to "
+        f"{scheduler}, where any of its clients can read them: give the workers "
+        "their own credentials (environment, e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+        "an instance role or a credentials file on each worker) and leave them out of the "
+        "command, or pass --send-credentials to send them anyway")
+
+
+def _command_urls(args) -> list[str]:
+    urls = [*store_urls(args)]
+    for name in ("corpus", "text", "calibrate"):
+        urls += [str(u) for u in getattr(args, name, None) or []]
+    return [u for u in urls if "://" in u]
+
+
+def _url_password(urlsplit, url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
+def _redact(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
+
+
 # -- running a command as a job on the cluster ----------------------------------------------
 def execute(args, run):
     """Run a parsed command (``cli.run``) where it asks: locally or as a job on a cluster."""
@@ -173,6 +264,9 @@ def execute(args, run):
     if args.command == "cluster-script":
         return {"cluster": args.cluster, "job_script": job_script(args)}
     if wants_cluster(args):
+        refuse_credentials_in_job(args, f"the Dask scheduler of the --cluster {args.cluster} jobs"
+                                  if getattr(args, "cluster", None)
+                                  else f"the Dask scheduler at {args.scheduler}")
         return run_on_cluster(args, functools.partial(run_checked, run=run))
     return run_checked(args, run)
 

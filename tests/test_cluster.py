@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 
@@ -21,6 +22,13 @@ from .deploy_helpers import (Processes, child_env, create_bucket, json_out, run_
                              write_shards)
 
 
+#: The workers' own object-store credentials (as docker/compose.yaml gives them): credentials
+#: never travel inside a job (see test_credentials_never_reach_the_scheduler).
+WORKER_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "workers-own-key",
+                      "AWS_SECRET_ACCESS_KEY": "workers-own-secret",
+                      "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """(address, workdir): a CLI-started scheduler + 2 workers whose cwd is ``workdir``."""
@@ -29,7 +37,8 @@ def dask_cluster(tmp_path_factory):
     workdir.mkdir()
     procs = Processes(root / "logs")
     try:
-        address = start_dask_cluster(procs, workdir, n_workers=2)
+        address = start_dask_cluster(procs, workdir, n_workers=2,
+                                     env=child_env(**WORKER_CREDENTIALS))
         yield address, workdir, procs
     finally:
         procs.close()
@@ -90,13 +99,14 @@ def test_cluster_workers_read_shards_from_s3_and_write_the_store_there(dask_clus
         for path in write_shards(tmp_path / "shards", n=2, per_shard=30):
             fs.put(str(path), f"corpus/shards/{path.name}")
         so = json.dumps(options)
+        on_workers = json.dumps({"endpoint_url": endpoint})  # they have their own credentials
         counted = json_out(run_cli(
             ["count", "s3://corpus/shards/", "--store", "s3://models/m.zarr", "--tokenizer",
-             tokenizer_file, "--scheduler", address, "--storage-options", so, "--json"],
+             tokenizer_file, "--scheduler", address, "--storage-options", on_workers, "--json"],
             cwd=tmp_path))
         assert counted["shards"] == 2 and counted["new_tokens"] > 0
         run_cli(["finalize", "s3://models/m.zarr", "--scheduler", address,
-                 "--storage-options", so], cwd=tmp_path)
+                 "--storage-options", on_workers], cwd=tmp_path)
         info = json_out(run_cli(["info", "s3://models/m.zarr", "--storage-options", so,
                                  "--json"]))
         assert info["tokens"] == counted["new_tokens"] and not info["weights"]["stale"]
@@ -104,6 +114,85 @@ def test_cluster_workers_read_shards_from_s3_and_write_the_store_there(dask_clus
                           str(tmp_path / "local.zarr"), tokenizer=tokenizer_file)
         assert ModelStore("s3://models/m.zarr", options).read_counts().equal_counts(
             ModelStore(local.store).read_counts())
+    finally:
+        procs.close()
+
+
+class _TaskRecorder:
+    """A scheduler plugin: the keys of every task whose spec (key, prefix, pickled run_spec)
+    ever contained ``needle`` while on the scheduler, i.e. what any client could read."""
+
+    name = "streamsolve-test-task-recorder"
+
+    def __init__(self, scheduler, needle: str):
+        self.scheduler, self.needle, self.seen, self.hits = scheduler, needle.encode(), set(), []
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        task = self.scheduler.tasks.get(key)
+        if task is None or key in self.seen:
+            return
+        self.seen.add(key)
+        from distributed.protocol.pickle import dumps
+
+        text = dumps(task.run_spec) + str(key).encode() + task.prefix.name.encode()
+        if self.needle in text:
+            self.hits.append(str(key))
+
+
+def _record_tasks_containing(needle, dask_scheduler=None):
+    dask_scheduler.add_plugin(_TaskRecorder(dask_scheduler, needle), name=_TaskRecorder.name)
+
+
+def _recorded_tasks(dask_scheduler=None):
+    return list(dask_scheduler.plugins[_TaskRecorder.name].hits)
+
+
+def _stop_recording(dask_scheduler=None):
+    dask_scheduler.remove_plugin(name=_TaskRecorder.name)
+
+
+def test_credentials_never_reach_the_scheduler(dask_cluster, tmp_path, tokenizer_file):
+    """--storage-options credentials with --scheduler are refused before anything is sent;
+    the workers' own credentials serve the job; --send-credentials is the explicit opt-in."""
+    s3fs = pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from distributed import Client
+
+    address, _, _ = dask_cluster
+    procs = Processes(tmp_path / "logs")
+    try:
+        endpoint = start_moto(procs)
+        for bucket in ("corpus", "models"):
+            create_bucket(endpoint, bucket)
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="uploader", secret="uploader")
+        for path in write_shards(tmp_path / "shards", n=2, per_shard=10):
+            fs.put(str(path), f"corpus/shards/{path.name}")
+        secret = json.dumps({"key": "SECRET", "secret": "SECRET2", "endpoint_url": endpoint})
+        count = ["count", "s3://corpus/shards/", "--store", "s3://models/m.zarr",
+                 "--tokenizer", tokenizer_file, "--scheduler", address, "--json"]
+        with Client(address, timeout="10s") as observer:
+            observer.run_on_scheduler(_record_tasks_containing, "SECRET")
+            try:
+                refused = run_cli([*count, "--storage-options", secret], cwd=tmp_path,
+                                  check=False)
+                assert refused.returncode == 2, refused.stderr[-2000:]
+                (line,) = refused.stderr.strip().splitlines()
+                assert "(key, secret)" in line and "--send-credentials" in line
+                assert "AWS_ACCESS_KEY_ID" in line and not re.search(r"\bSECRET2?\b", line)
+                assert not fs.exists("models/m.zarr")
+
+                counted = json_out(run_cli(
+                    [*count, "--storage-options", json.dumps({"endpoint_url": endpoint})],
+                    cwd=tmp_path))
+                assert counted["new_tokens"] > 0
+                assert observer.run_on_scheduler(_recorded_tasks) == []
+
+                # the recorder does see credentials when they are sent on purpose
+                run_cli([*count, "--storage-options", secret, "--send-credentials"],
+                        cwd=tmp_path)
+                assert observer.run_on_scheduler(_recorded_tasks)
+            finally:
+                observer.run_on_scheduler(_stop_recording)
     finally:
         procs.close()
 
