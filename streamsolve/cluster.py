@@ -292,6 +292,106 @@ def wants_cluster(args) -> bool:
         bool(getattr(args, "cluster", None)) or is_address(getattr(args, "scheduler", None)))
 
 
+class JobCancelled(BaseException):
+    """Raised in a job's thread once its client cancelled it (a Ctrl-C, reaching the job).
+
+    A `BaseException`, like `KeyboardInterrupt`: no ``except Exception`` swallows it, and the
+    job unwinds as a local run does on Ctrl-C (locks released, nothing committed, spill
+    files removed).
+    """
+
+
+class StopWhenCancelled:
+    """Within: stop the job running in this thread once the scheduler releases its task.
+
+    The scheduler releases a job's task when its client cancels it (Ctrl-C, SIGTERM) or
+    goes away. A worker cannot stop a running task, so a watcher thread raises `JobCancelled`
+    in the job's thread, and only while that thread waits for results of the cluster
+    (``Future.result``, ``Client.gather``): at such a point the job holds no half-written
+    state, and unwinding closes its client, which releases every task it submitted. A job
+    busy in its own thread (training the tokenizer, committing) stops at its next wait.
+    """
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, worker, key):
+        import threading
+
+        self.worker, self.key = worker, key
+        self.thread_id = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed = self._fired = False
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                         name=f"streamsolve-cancel-{key}")
+
+    def __enter__(self):
+        self._armed = True
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._armed = False
+            if self._fired:  # raised but maybe not yet delivered: never let it escape later
+                _raise_in_thread(self.thread_id, None)
+        self._stop.set()
+        return False
+
+    def cancelled(self) -> bool:
+        """Whether the scheduler no longer wants this job (its task released or forgotten)."""
+        task = self.worker.state.tasks.get(self.key)
+        return task is None or task.state in ("cancelled", "released", "forgotten")
+
+    def _watch(self):
+        told = False
+        while not self._stop.wait(self.POLL_SECONDS):
+            if not self.cancelled():
+                continue
+            if not told:
+                logger.warning("job %s was cancelled by its client: stopping it", self.key)
+                told = True
+            with self._lock:
+                if not self._armed:
+                    return
+                condition = _condition_awaiting_cluster_results(self.thread_id)
+                if condition is not None:
+                    _raise_in_thread(self.thread_id, JobCancelled)
+                    self._fired = True
+                    with condition:  # wake the wait now: it raises at once
+                        condition.notify_all()
+                    return
+
+
+def _condition_awaiting_cluster_results(thread_id: int):
+    """The condition a thread waits on inside ``Future.result``/``Client.gather`` (a safe
+    stop point), or None when it is doing anything else."""
+    import sys
+    import threading
+
+    from distributed import Client, Future
+    from distributed.utils import sync
+
+    top = frame = sys._current_frames().get(thread_id)
+    if frame is None or frame.f_code is not threading.Condition.wait.__code__:
+        return None
+    codes = set()
+    while frame is not None:
+        codes.add(frame.f_code)
+        frame = frame.f_back
+    if sync.__code__ in codes and codes & {Future.result.__code__, Client.gather.__code__}:
+        return top.f_locals.get("self")
+    return None
+
+
+def _raise_in_thread(thread_id: int, exception_type):
+    """Raise ``exception_type`` in thread ``thread_id`` at its next bytecode (None: clear)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exception_type) if exception_type else None)
+
+
 def _remote_job(run, args):
     """The task that runs a whole command on a worker (the client only waits for it)."""
     from distributed import get_worker, rejoin, secede
@@ -303,9 +403,15 @@ def _remote_job(run, args):
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.getLogger("streamsolve").setLevel(level)
     logger.info("running `streamsolve %s` on worker %s", args.command, worker.address)
+    key = worker.get_current_task()
     secede()  # free this worker's thread for the shard tasks while the job waits on them
     try:
-        return run(args)
+        with StopWhenCancelled(worker, key):
+            return run(args)
+    except JobCancelled:
+        logger.warning("`streamsolve %s` (job %s) stopped: cancelled by its client",
+                       args.command, key)
+        raise ClusterError(f"job {key} was cancelled by its client") from None
     finally:
         rejoin()
 
@@ -346,6 +452,9 @@ def submit_and_wait(client, run, args):
                            key=f"streamsolve-{args.command}-{os.getpid()}-{time.time_ns()}")
     try:
         result = future.result()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the job must stop too
+        _cancel_job(client, future)
+        raise
     except Exception as exc:
         # the job's own errors (CorpusError, StoreError, ...) come back as they were raised;
         # the cluster's (a worker killed, the scheduler gone) get the address added
@@ -360,6 +469,15 @@ def submit_and_wait(client, run, args):
         raise
     logger.info("cluster job done in %.1fs", time.perf_counter() - started)
     return result
+
+
+def _cancel_job(client, future):
+    """Cancel a submitted job: the scheduler releases it, and the job stops itself."""
+    logger.debug("cancelling job %s on %s", future.key, client.scheduler.address)
+    try:
+        client.cancel([future], force=True)
+    except Exception:  # noqa: BLE001 - closing the client releases it as well
+        logger.debug("cannot cancel job %s", future.key, exc_info=True)
 
 
 def remote_call(client, func, *args, **kwargs):

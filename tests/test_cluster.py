@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -195,6 +198,51 @@ def test_credentials_never_reach_the_scheduler(dask_cluster, tmp_path, tokenizer
                 observer.run_on_scheduler(_stop_recording)
     finally:
         procs.close()
+
+
+def _task_states(dask_scheduler=None):
+    return {str(key): task.state for key, task in dask_scheduler.tasks.items()}
+
+
+def _worker_task_states(dask_worker=None):
+    return {str(key): task.state for key, task in dask_worker.state.tasks.items()}
+
+
+def test_ctrl_c_cancels_the_job_on_the_cluster(dask_cluster, tmp_path, tokenizer_file):
+    """SIGINT to `count --scheduler` exits 130 at once, and the job on the cluster stops:
+    no task of it stays on the scheduler or the workers, and nothing is committed."""
+    from distributed import Client
+
+    address, workdir, _ = dask_cluster
+    for path in write_shards(workdir / "interrupted-corpus", n=4):
+        path.write_text(path.read_text() * 40)  # ~18 MB: tens of seconds on these workers
+    with open(tmp_path / "stderr.log", "w") as stderr, Client(address, timeout="10s") as observer:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamsolve", "count", "interrupted-corpus", "--store",
+             "interrupted.zarr", "--tokenizer", tokenizer_file, "--scheduler", address],
+            cwd=tmp_path, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=stderr)
+        try:
+            wait_for(lambda: any(key.startswith("count-")
+                                 for key in observer.run_on_scheduler(_task_states)),
+                     120, "the job's shard tasks")
+            proc.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            assert proc.wait(timeout=30) == 130
+            assert time.monotonic() - interrupted < 10
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+        def job_gone():
+            return not observer.run_on_scheduler(_task_states) and not any(
+                observer.run(_worker_task_states).values())
+
+        wait_for(job_gone, 60, "the cancelled job to stop")
+    assert (tmp_path / "stderr.log").read_text().strip().splitlines()[-1] == \
+        "streamsolve count: interrupted"
+    assert not ModelStore(workdir / "interrupted.zarr").exists()  # nothing committed
 
 
 def test_errors_on_the_cluster_come_back_as_one_line(dask_cluster, tmp_path):
