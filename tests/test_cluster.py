@@ -345,3 +345,26 @@ def test_slurm_cluster_through_a_fake_sbatch(tmp_path, tokenizer_file):
                 os.killpg(int(job), 9)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def test_compose_and_readme_publish_no_unauthenticated_scheduler():
+    """docker/compose.yaml publishes nothing beyond 127.0.0.1 and never the scheduler's port;
+    the README's cluster commands bind no scheduler to 0.0.0.0 and show TLS."""
+    yaml = pytest.importorskip("yaml")
+    from .deploy_helpers import REPO
+
+    services = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"]
+    scheduler = services["scheduler"]["command"]
+    port = scheduler[scheduler.index("--port") + 1]
+    for name, service in services.items():
+        for mapping in service.get("ports", []):
+            parts = str(mapping).split(":")
+            assert len(parts) == 3 and parts[0] == "127.0.0.1", \
+                f"{name} publishes {mapping} on every interface of the host"
+            assert not (name == "scheduler" and parts[-1] == port), \
+                f"the scheduler's port {port} is published"
+    assert "0.0.0.0" not in scheduler
+    readme = (REPO / "README.md").read_text()
+    cluster = readme[readme.index("## Running on a cluster"):]
+    assert "--host 0.0.0.0" not in cluster
+    assert "--tls-cert" in cluster and "tls://" in cluster and "--send-credentials" in cluster
