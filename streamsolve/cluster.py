@@ -123,7 +123,14 @@ def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
         Naming the address, if no scheduler answers within ``timeout`` seconds.
     """
     from distributed import Client
+    from distributed.security import Security
 
+    if address.startswith("tls://") and \
+            Security().get_connection_args("client").get("ssl_context") is None:
+        raise ClusterError(
+            f"cannot connect to the Dask scheduler at {address} without TLS settings: set "
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._TLS__CLIENT__CERT and "
+            "..._TLS__CLIENT__KEY (or Dask's distributed.comm.tls configuration)")
     try:
         return Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as exc:

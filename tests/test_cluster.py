@@ -368,3 +368,12 @@ def test_compose_and_readme_publish_no_unauthenticated_scheduler():
     cluster = readme[readme.index("## Running on a cluster"):]
     assert "--host 0.0.0.0" not in cluster
     assert "--tls-cert" in cluster and "tls://" in cluster and "--send-credentials" in cluster
+
+
+def test_tls_scheduler_without_tls_settings_is_one_line(tmp_path):
+    env = {k: v for k, v in child_env().items() if not k.startswith("DASK_DISTRIBUTED__COMM")}
+    proc = run_cli(["count", "corpus", "--store", "x.zarr", "--scheduler", "tls://127.0.0.1:1",
+                    "--connect-timeout", "2"], env=env, cwd=tmp_path, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "tls://127.0.0.1:1" in proc.stderr and "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" in proc.stderr
+    assert "Traceback" not in proc.stderr
