@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import threading
 
@@ -294,6 +293,8 @@ def _raise_terminated(signum, frame):
 @contextlib.contextmanager
 def _sigterm_unwinds():
     """Within: SIGTERM unwinds the command (locks released, spill files removed)."""
+    import signal
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
