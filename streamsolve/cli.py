@@ -7,10 +7,12 @@ go to stderr. Errors print one line naming the problem and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 
 from . import api
 from . import cluster
@@ -308,6 +310,29 @@ def _print_human(command: str, result: dict):
             print(f"{key}: {value}")
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that a run unwinds as on Ctrl-C (exit 143)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """Within: SIGTERM unwinds the command (locks released, spill files removed)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``streamsolve`` command."""
     # Tokenizers run in Dask threads (and spawned, not forked, processes): keep the
@@ -317,7 +342,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        result = cluster.execute(args, run)
+        with _sigterm_unwinds():
+            result = cluster.execute(args, run)
     except USER_ERRORS as exc:
         logger.debug("error", exc_info=True)
         print(f"streamsolve {args.command}: error: {exc}", file=sys.stderr)
@@ -325,6 +351,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"streamsolve {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"streamsolve {args.command}: terminated", file=sys.stderr)
+        return exc.code
     if args.json:
         print(json.dumps(result, default=str))
     else:
