@@ -12,11 +12,13 @@ user can run stages separately, add shards later, and re-finalize::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 
@@ -28,7 +30,8 @@ from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .store.locking import StoreLock
 from .text.reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
-from .store.model_store import ModelStore, StoreError
+from .store.model_store import (MAX_RADIUS, ModelStore, StoreError, creatable_location,
+                                 is_inside_store, remove_store)
 from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                         tokenizer_json, train_bpe, vocab_size_of)
 from .core.weights import check_smoothing, finalize_store
@@ -69,6 +72,27 @@ class CountResult:
                 "skipped_shards": self.skipped, "invalid_bytes": self.invalid_bytes}
 
 
+#: Stores whose writer lock this process holds, per thread: (thread id, store URL).
+_HELD_LOCKS: set[tuple[int, str]] = set()
+
+
+@contextlib.contextmanager
+def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_lock: bool,
+                 command: str):
+    """The store's `StoreLock`, re-entrant within a thread (so `solve` can hold it across
+    overwrite + count + finalize while `count` and `finalize` still take it themselves)."""
+    key = (threading.get_ident(), str(store))
+    if key in _HELD_LOCKS:
+        yield
+        return
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command=command):
+        _HELD_LOCKS.add(key)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(key)
+
+
 def _client_for(scheduler_address: str | None, timeout: float = 10.0):
     if not scheduler_address:
         return None
@@ -104,7 +128,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           scheduler: str | None = None, workers: int | None = None,
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
-          wait: bool = False, break_lock: bool = False, memory: str | int | None = None,
+          wait: bool | float = False, break_lock: bool = False, memory: str | int | None = None,
           tmp: str | None = None) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
@@ -138,14 +162,16 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         Local worker count.
     allow_changed : bool
         Add shards whose path was ingested with other bytes, as new content.
-    wait, break_lock : bool
-        Wait for another writer's lock; break a lock held from another host.
+    wait : bool or float
+        Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
+    break_lock : bool
+        Break an object-store lock held from another host.
 
     Returns
     -------
     CountResult
     """
-    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="count"):
+    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock, command="count"):
         return _ingest(corpus, store, tokenizer=tokenizer, vocab_size=vocab_size, radius=radius,
                        aggregation=aggregation, documents=documents, text_field=text_field,
                        bos_token=bos_token, heldout_fraction=heldout_fraction,
@@ -202,14 +228,16 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     paths = expand_corpus(corpus, storage_options)
     model_store = ModelStore(store, storage_options)
     existing = model_store.exists()
+    if not existing:
+        creatable_location(store, storage_options)  # refuse a foreign path before counting
     if existing:
         stored = model_store.config
         radius = stored.radius if radius is None else radius
         aggregation = stored.aggregation if aggregation is None else aggregation
     radius = DEFAULT_RADIUS if radius is None else radius
     aggregation = aggregation or "cat"
-    if not isinstance(radius, int) or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
+    if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
+        raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
     tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None, tokenizer,
                                          vocab_size, read_options, bos_token)
     text = tokenizer_json(tok) if not existing or tokenizer is not None else model_store.tokenizer_text()
@@ -281,10 +309,12 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
                          scheduler=address, workers=workers)
     except OSError as exc:
         model_store.discard_uncommitted()
-        reason = "the disk is full" if getattr(exc, "errno", None) == errno.ENOSPC else str(exc)
+        full = getattr(exc, "errno", None) == errno.ENOSPC
+        reason = "the disk is full" if full else str(exc)
+        fix = "free space" if full else "fix that"
         raise StoreError(f"writing the counts to {store} failed: {reason}. The store is "
                          "unchanged (partial data is never read, and is removed now or by the "
-                         "next ingest); free space and run the same command again.") from exc
+                         f"next ingest); {fix} and run the same command again.") from exc
     logger.info("ingest stage: committed")
     meta = model_store.meta
     seconds = time.perf_counter() - started
@@ -333,7 +363,7 @@ def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = 
 def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
              mu: float | None = None, alpha: float | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
-             calibration_sample: int = 4096, wait: bool = False,
+             calibration_sample: int = 4096, wait: bool | float = False,
              break_lock: bool = False) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
@@ -347,6 +377,10 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
         Dirichlet strength (default V) / additive pseudo-count (default 0.1).
     calibrate : list of str, optional
         Held-out text files; fit the R + 1 calibration scalars on them.
+    wait : bool or float
+        Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
+    break_lock : bool
+        Break an object-store lock held from another host.
 
     Returns
     -------
@@ -356,7 +390,8 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     model_store = ModelStore(store, storage_options)
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
-    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="finalize"):
+    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
+                      command="finalize"):
         return _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate,
                                 storage_options, calibration_sample)
 
@@ -452,6 +487,9 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
     """
     import fsspec
 
+    if is_inside_store(out, store, storage_options):
+        raise ValueError(f"refusing to export to {out}: it is inside the store {store} and would "
+                         "overwrite the store's own files; write the .npz somewhere else")
     model_store = ModelStore(store, storage_options)
     config = model_store.config
     V = config.vocab_size
@@ -470,8 +508,17 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
 
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
           calibrate: bool = True, form: str = "row", smoothing: str = "dirichlet",
-          mu: float | None = None, alpha: float | None = None, **count_kwargs) -> dict:
+          mu: float | None = None, alpha: float | None = None, overwrite: bool = False,
+          **count_kwargs) -> dict:
     """Count + finalize + calibrate + evaluate on a part of the corpus held out by `count`.
+
+    The whole run holds the store's writer lock (taken once, before anything is changed).
+
+    Parameters
+    ----------
+    overwrite : bool
+        First delete the streamsolve store at ``store`` (refused for anything that is not a
+        streamsolve store, and nothing is deleted while another writer holds the lock).
 
     Returns
     -------
@@ -480,6 +527,17 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         calibrated), store path.
     """
     check_smoothing(smoothing, mu, alpha, form)
+    storage_options = count_kwargs.get("storage_options")
+    with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),
+                      break_lock=count_kwargs.get("break_lock", False), command="solve"):
+        if overwrite:
+            remove_store(store, storage_options)
+        return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,
+                             alpha, count_kwargs)
+
+
+def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
+                  count_kwargs) -> dict:
     started = time.perf_counter()
     counted = count(corpus, store, heldout_fraction=heldout_fraction, **count_kwargs)
     count_seconds = counted.seconds

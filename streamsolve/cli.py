@@ -7,16 +7,17 @@ go to stderr. Errors print one line naming the problem and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
+import threading
 
 from . import api
 from .engine import cluster
 from .text.reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
-from .store.locking import StoreLockedError
+from .store.locking import DEFAULT_WAIT_SECONDS, StoreLockedError, wait_seconds
 from .store.model_store import StoreError
 from .text.tokenizer import TokenizerError
 
@@ -94,9 +95,50 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
     _add_locking(parser)
 
 
+def _wait_seconds(text: str) -> float:
+    try:
+        return wait_seconds(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _attach_wait_seconds(argv: list[str]) -> list[str]:
+    """``--wait N`` -> ``--wait=N`` and plain ``--wait`` -> ``--wait=DEFAULT``.
+
+    ``--wait`` takes an optional value, and argparse would swallow the word after a plain
+    ``--wait`` (``finalize --wait STORE``) as that value: only a number is one.
+    """
+    out, rest = [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        if token == "--":
+            return out + [token] + rest
+        if token == "--wait":
+            value = rest.pop(0) if rest and _is_number(rest[0]) else f"{DEFAULT_WAIT_SECONDS:g}"
+            token = f"--wait={value}"
+        out.append(token)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else args
+        return super().parse_known_args(_attach_wait_seconds(list(args)), namespace)
+
+
 def _add_locking(parser: argparse.ArgumentParser):
-    parser.add_argument("--wait", action="store_true",
-                        help="wait for another writer of the store to finish instead of failing")
+    parser.add_argument("--wait", nargs="?", type=_wait_seconds, const=DEFAULT_WAIT_SECONDS,
+                        default=False, metavar="SECONDS",
+                        help="wait for another writer of the store to finish instead of failing, "
+                             f"at most SECONDS (default {DEFAULT_WAIT_SECONDS:g})")
     parser.add_argument("--break-lock", action="store_true",
                         help="remove a writer lock held from another host (only if that job is gone)")
 
@@ -111,7 +153,7 @@ def _add_finalizing(parser: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streamsolve",
         description="Train single-layer softmax language models without backpropagation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", type=float, default=0.05,
                    help="fraction of 64-line runs held out (default %(default)s)")
     p.add_argument("--no-calibrate", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing streamsolve store (nothing else is ever deleted)")
     cluster.add_cluster_arguments(p)
     _add_common(p)
 
@@ -191,17 +234,6 @@ def _count_kwargs(args, storage_options) -> dict:
                 memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
                 wait=args.wait, break_lock=args.break_lock)
-
-
-def _remove_store(url: str, storage_options):
-    import fsspec
-
-    fs, _, (root,) = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
-    if fs.exists(root):
-        if "://" not in url:
-            shutil.rmtree(root)
-        else:
-            fs.rm(root, recursive=True)
 
 
 def run(args) -> dict:
@@ -235,15 +267,13 @@ def run(args) -> dict:
         if not args.corpus:
             logger.info("no CORPUS given: using the embedded default corpus, CPython's own "
                         "pydoc topic texts (pydoc_data.topics, about 0.5 MB)")
-        if args.overwrite:
-            _remove_store(args.store, so)
-        elif api.ModelStore(args.store, so).exists():
+        if not args.overwrite and api.ModelStore(args.store, so).exists():
             raise StoreError(f"a store already exists at {args.store}: pass --overwrite to "
                              "replace it, or `streamsolve count` to add shards to it")
         return api.solve(corpus, args.store, heldout_fraction=args.heldout,
                          calibrate=not args.no_calibrate, form=args.form,
                          smoothing=args.smoothing, mu=args.mu, alpha=args.alpha,
-                         **_count_kwargs(args, so))
+                         overwrite=args.overwrite, **_count_kwargs(args, so))
     raise AssertionError(args.command)
 
 
@@ -280,6 +310,29 @@ def _print_human(command: str, result: dict):
             print(f"{key}: {value}")
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that a run unwinds as on Ctrl-C (exit 143)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """Within: SIGTERM unwinds the command (locks released, spill files removed)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``streamsolve`` command."""
     # Tokenizers run in Dask threads (and spawned, not forked, processes): keep the
@@ -289,7 +342,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        result = cluster.execute(args, run)
+        with _sigterm_unwinds():
+            result = cluster.execute(args, run)
     except USER_ERRORS as exc:
         logger.debug("error", exc_info=True)
         print(f"streamsolve {args.command}: error: {exc}", file=sys.stderr)
@@ -297,6 +351,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"streamsolve {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"streamsolve {args.command}: terminated", file=sys.stderr)
+        return exc.code
     if args.json:
         print(json.dumps(result, default=str))
     else:

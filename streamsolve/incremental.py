@@ -60,7 +60,7 @@ class Model:
         return cls(store, storage_options, **count_options)
 
     def add(self, paths: Sequence[str] | str, *, allow_changed: bool = False,
-            wait: bool = False, **options) -> "Model":
+            wait: bool | float = False, **options) -> "Model":
         """Count shards into the store (atomically); returns ``self`` for chaining."""
         kwargs = {**self.count_options, **options}
         self.last_result = api.count(paths, self.store, storage_options=self.storage_options,

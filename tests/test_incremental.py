@@ -1,23 +1,16 @@
-"""Incremental updates: idempotent re-adds, changed content, one writer at a time, nothing
-committed on failure, and re-finalize that reuses unchanged row blocks yet equals a full
-finalize."""
+"""Incremental updates: idempotent re-adds, changed content, nothing committed on failure,
+and re-finalize that reuses unchanged row blocks yet equals a full finalize (one writer at a
+time: see test_locking.py)."""
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import pytest
 
 from streamsolve import Model, api
-from streamsolve.store.locking import StoreLock, StoreLockedError, lock_url
 from streamsolve.store.model_store import ModelStore, StoreError
 
 from .conftest import write_text
@@ -128,62 +121,6 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
     with pytest.raises(StoreError, match="disk is full"):
         api.count(shards[:1], str(fresh), tokenizer=tokenizer_file, rows_per_block=32)
     assert not ModelStore(str(fresh)).exists()
-
-
-def write_lock(store: str, **holder):
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": None,
-              "started": "2026-01-01T00:00:00+00:00", "command": "count", "token": "t"}
-    record.update(holder)
-    with open(lock_url(store), "w") as handle:
-        json.dump(record, handle)
-
-
-def test_concurrent_writer_is_refused_naming_the_holder(tmp_path, shards, tokenizer_file):
-    store = str(tmp_path / "m.zarr")
-    api.count(shards[:1], store, tokenizer=tokenizer_file)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        import psutil
-
-        write_lock(store, pid=holder.pid, process_start=psutil.Process(holder.pid).create_time())
-        with pytest.raises(StoreLockedError, match=rf"pid {holder.pid}, since 2026-01-01.*--wait"):
-            api.count(shards[1:2], store)
-        with pytest.raises(StoreLockedError):
-            api.finalize(store)
-        # --wait: proceeds once the holder releases the lock
-        threading.Timer(1.5, lambda: os.remove(lock_url(store))).start()
-        started = time.monotonic()
-        result = api.count(shards[1:2], store, wait=True)
-        assert result.new_tokens > 0 and time.monotonic() - started >= 1.4
-    finally:
-        holder.kill()
-    assert not os.path.exists(lock_url(store)), "the lock is released after the ingest"
-
-
-def test_stale_lock_of_dead_process_is_broken(tmp_path, shards, tokenizer_file, caplog):
-    store = str(tmp_path / "m.zarr")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    write_lock(store, pid=dead.pid)
-    api.count(shards[:1], store, tokenizer=tokenizer_file)
-    assert "breaking the stale lock" in caplog.text
-    # a live pid that belongs to another process (pid reuse) is stale too
-    write_lock(store, pid=os.getpid(), process_start=1.0)
-    api.count(shards[1:2], store)
-    # a lock from another host cannot be checked: refused unless --break-lock
-    write_lock(store, host="other-node", pid=12345)
-    with pytest.raises(StoreLockedError, match="another host.*--break-lock"):
-        api.count(shards[2:3], store)
-    assert api.count(shards[2:3], store, break_lock=True).new_tokens > 0
-
-
-def test_lock_is_exclusive_between_two_lock_objects(tmp_path):
-    store = str(tmp_path / "m.zarr")
-    with StoreLock(store, command="first"):
-        with pytest.raises(StoreLockedError, match=r"\(first\)"):
-            StoreLock(store).acquire()
-    with StoreLock(store):
-        pass
 
 
 def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents, tokenizer_file):

@@ -155,3 +155,37 @@ def test_wrong_credentials_name_the_url(tmp_path):
         assert proc.returncode == 2 and "no streamsolve store" in proc.stderr  # reached it
     finally:
         procs.close()
+
+
+def test_s3_lock_is_a_conditional_create(s3, monkeypatch):
+    """Eight writers starting in the same instant: the If-None-Match create lets exactly one
+    in (a write-then-verify lets several read back their own token)."""
+    import threading
+
+    from streamsolve.store.locking import StoreLock, StoreLockedError
+
+    endpoint, options, _ = s3
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    store = "s3://models/locked.zarr"
+    barrier, holders, refused = threading.Barrier(8), [], []
+
+    def race():
+        lock = StoreLock(store, options, command="race")
+        barrier.wait()
+        try:
+            holders.append(lock.acquire())
+        except StoreLockedError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(holders) == 1 and len(refused) == 7, (holders, refused)
+    with pytest.raises(StoreLockedError, match=r"\(race\)"):
+        StoreLock("s3://models/./locked.zarr/", options).acquire()
+    holders[0].release()
+    with StoreLock(store, options):
+        pass

@@ -225,6 +225,36 @@ def column_form_terms(F: sp.csr_array, smoothing: str, mu: float | None, alpha: 
     return data, row_terms, col_terms
 
 
+def check_smoothing_scale(smoothing: str, mu: float | None, alpha: float | None,
+                          p_min: float, vocab_size: int):
+    """Refuse smoothing so weak that the rarest token's pseudo-count is lost in rounding.
+
+    Below float64 resolution (``mu * p_min`` or ``alpha`` under machine epsilon) the weights
+    of unseen pairs are hundreds of nats below the rest and held-out perplexity overflows to
+    infinity. ``p_min`` is the smallest smoothed unigram probability of the store; an
+    ``alpha`` whose total ``alpha * vocab_size`` overflows is refused too.
+
+    Raises
+    ------
+    ValueError
+        Naming the smallest sensible value.
+    """
+    eps = float(np.finfo(np.float64).eps)
+    if smoothing == "dirichlet" and not mu * p_min >= eps:
+        smallest = float(f"{eps / p_min * 1.05:.2g}")
+        raise ValueError(f"--mu {mu:g} is too small for this store: the rarest token's "
+                         f"pseudo-count mu * p_min = {mu * p_min:.3g} is below float64 resolution "
+                         f"({eps:.1e}) and would give infinite perplexity; the smallest sensible "
+                         f"--mu is {smallest:g} (the default is V)")
+    if smoothing == "additive" and not alpha >= eps:
+        raise ValueError(f"--alpha {alpha:g} is too small: below float64 resolution ({eps:.1e}) "
+                         f"it would give infinite perplexity; the smallest sensible --alpha is "
+                         f"{float(f'{eps * 1.05:.2g}'):g} (the default is 0.1)")
+    if smoothing == "additive" and not np.isfinite(alpha * vocab_size):
+        raise ValueError(f"--alpha {alpha:g} is too large: alpha * V overflows; the largest "
+                         f"usable --alpha is {np.finfo(np.float64).max / vocab_size / 2:.2g}")
+
+
 def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float | None,
                   alpha: float | None, log_p: np.ndarray | None = None,
                   log_q: np.ndarray | None = None, col_sums: np.ndarray | None = None,

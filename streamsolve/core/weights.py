@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from .counting import CountConfig, Counts
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
+                        check_smoothing_scale,
                         check_smoothing, resolve_strengths, smoothed_unigram)
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
     V = config.vocab_size
     mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(counts.unigram))
+    check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
     blocks = []
     for r in range(config.n_blocks):
         F = counts.block_csr(r)
@@ -233,6 +235,7 @@ def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
     V = config.vocab_size
     mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(store.read_unigram()))
+    check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
     ranges = list(enumerate(row_blocks_of(store)))
     blocks, block_keys, col_terms_all = [], [], []
     reused = 0

@@ -83,6 +83,11 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = Fal
     if scheduler:
         add_scheduler_argument(parser)
     add_connect_timeout(parser)
+    parser.add_argument("--send-credentials", action="store_true",
+                        help="with --scheduler/--cluster, send credentials given in "
+                             "--storage-options inside the job (the scheduler keeps them in "
+                             "clear, readable by all its clients); by default they are refused: "
+                             "give the workers their own credentials")
     add_jobqueue_arguments(parser)
 
 
@@ -118,7 +123,14 @@ def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
         Naming the address, if no scheduler answers within ``timeout`` seconds.
     """
     from distributed import Client
+    from distributed.security import Security
 
+    if address.startswith("tls://") and \
+            Security().get_connection_args("client").get("ssl_context") is None:
+        raise ClusterError(
+            f"cannot connect to the Dask scheduler at {address} without TLS settings: set "
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._TLS__CLIENT__CERT and "
+            "..._TLS__CLIENT__KEY (or Dask's distributed.comm.tls configuration)")
     try:
         return Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as exc:
@@ -163,6 +175,92 @@ def job_script(args) -> str:
         cluster.close()
 
 
+# -- credentials ----------------------------------------------------------------------------
+#: Storage option names that are credentials, as a whole (``key`` of s3fs) or by a part.
+CREDENTIAL_OPTION_NAMES = frozenset({"key", "access_key", "access_key_id", "aws_access_key_id"})
+CREDENTIAL_OPTION_WORDS = ("secret", "password", "passwd", "token", "credential", "private",
+                           "account_key", "sas", "connection_string", "api_key", "apikey",
+                           "auth", "signature")
+#: Values of a credential-named option that name a mechanism, not a secret (gcsfs ``token``).
+CREDENTIAL_MODES = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
+
+
+def _is_credential(name: str, value) -> bool:
+    if value is None or isinstance(value, bool) or (isinstance(value, str)
+                                                    and value in CREDENTIAL_MODES):
+        return False
+    name = str(name).lower()
+    return name in CREDENTIAL_OPTION_NAMES or any(w in name for w in CREDENTIAL_OPTION_WORDS)
+
+
+def credential_option_names(options, prefix: str = "") -> list[str]:
+    """Names (dotted, for nested options) of the storage options that hold credentials."""
+    found = []
+    for name, value in (options or {}).items():
+        if isinstance(value, dict):
+            found += credential_option_names(value, f"{prefix}{name}.")
+        elif _is_credential(name, value):
+            found.append(f"{prefix}{name}")
+    return found
+
+
+def refuse_credentials_in_job(args, scheduler: str):
+    """Stop before a job would carry credentials in clear to ``scheduler`` (a description).
+
+    Everything a job is made of (its task, and every task it submits) is kept by the
+    scheduler as it was sent, where any client of that scheduler can read it. So unless
+    ``--send-credentials`` is given, credentials in ``--storage-options`` or in a URL
+    (``scheme://user:password@host``) are refused; the workers must have their own
+    (environment, instance role, credentials file).
+
+    Raises
+    ------
+    ClusterError
+        Naming the options or URLs and the two ways out.
+    """
+    import json
+    from urllib.parse import urlsplit
+
+    try:
+        options = json.loads(getattr(args, "storage_options", None) or "null")
+    except ValueError:
+        options = None  # reported by cli.run
+    found = credential_option_names(options) if isinstance(options, dict) else []
+    found += [f"the password in {_redact(url)}" for url in _command_urls(args)
+              if _url_password(urlsplit, url)]
+    if not found:
+        return
+    if getattr(args, "send_credentials", False):
+        logger.warning("sending credentials (%s) inside the job: %s keeps them in clear while "
+                       "the job runs", ", ".join(found), scheduler)
+        return
+    raise ClusterError(
+        f"credentials in the command ({', '.join(found)}) would be sent in clear to "
+        f"{scheduler}, where any of its clients can read them: give the workers "
+        "their own credentials (environment, e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+        "an instance role or a credentials file on each worker) and leave them out of the "
+        "command, or pass --send-credentials to send them anyway")
+
+
+def _command_urls(args) -> list[str]:
+    urls = [*store_urls(args)]
+    for name in ("corpus", "text", "calibrate"):
+        urls += [str(u) for u in getattr(args, name, None) or []]
+    return [u for u in urls if "://" in u]
+
+
+def _url_password(urlsplit, url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
+def _redact(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
+
+
 # -- running a command as a job on the cluster ----------------------------------------------
 def execute(args, run):
     """Run a parsed command (``cli.run``) where it asks: locally or as a job on a cluster."""
@@ -173,6 +271,9 @@ def execute(args, run):
     if args.command == "cluster-script":
         return {"cluster": args.cluster, "job_script": job_script(args)}
     if wants_cluster(args):
+        refuse_credentials_in_job(args, f"the Dask scheduler of the --cluster {args.cluster} jobs"
+                                  if getattr(args, "cluster", None)
+                                  else f"the Dask scheduler at {args.scheduler}")
         return run_on_cluster(args, functools.partial(run_checked, run=run))
     return run_checked(args, run)
 
@@ -198,6 +299,106 @@ def wants_cluster(args) -> bool:
         bool(getattr(args, "cluster", None)) or is_address(getattr(args, "scheduler", None)))
 
 
+class JobCancelled(BaseException):
+    """Raised in a job's thread once its client cancelled it (a Ctrl-C, reaching the job).
+
+    A `BaseException`, like `KeyboardInterrupt`: no ``except Exception`` swallows it, and the
+    job unwinds as a local run does on Ctrl-C (locks released, nothing committed, spill
+    files removed).
+    """
+
+
+class StopWhenCancelled:
+    """Within: stop the job running in this thread once the scheduler releases its task.
+
+    The scheduler releases a job's task when its client cancels it (Ctrl-C, SIGTERM) or
+    goes away. A worker cannot stop a running task, so a watcher thread raises `JobCancelled`
+    in the job's thread, and only while that thread waits for results of the cluster
+    (``Future.result``, ``Client.gather``): at such a point the job holds no half-written
+    state, and unwinding closes its client, which releases every task it submitted. A job
+    busy in its own thread (training the tokenizer, committing) stops at its next wait.
+    """
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, worker, key):
+        import threading
+
+        self.worker, self.key = worker, key
+        self.thread_id = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed = self._fired = False
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                         name=f"streamsolve-cancel-{key}")
+
+    def __enter__(self):
+        self._armed = True
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._armed = False
+            if self._fired:  # raised but maybe not yet delivered: never let it escape later
+                _raise_in_thread(self.thread_id, None)
+        self._stop.set()
+        return False
+
+    def cancelled(self) -> bool:
+        """Whether the scheduler no longer wants this job (its task released or forgotten)."""
+        task = self.worker.state.tasks.get(self.key)
+        return task is None or task.state in ("cancelled", "released", "forgotten")
+
+    def _watch(self):
+        told = False
+        while not self._stop.wait(self.POLL_SECONDS):
+            if not self.cancelled():
+                continue
+            if not told:
+                logger.warning("job %s was cancelled by its client: stopping it", self.key)
+                told = True
+            with self._lock:
+                if not self._armed:
+                    return
+                condition = _condition_awaiting_cluster_results(self.thread_id)
+                if condition is not None:
+                    _raise_in_thread(self.thread_id, JobCancelled)
+                    self._fired = True
+                    with condition:  # wake the wait now: it raises at once
+                        condition.notify_all()
+                    return
+
+
+def _condition_awaiting_cluster_results(thread_id: int):
+    """The condition a thread waits on inside ``Future.result``/``Client.gather`` (a safe
+    stop point), or None when it is doing anything else."""
+    import sys
+    import threading
+
+    from distributed import Client, Future
+    from distributed.utils import sync
+
+    top = frame = sys._current_frames().get(thread_id)
+    if frame is None or frame.f_code is not threading.Condition.wait.__code__:
+        return None
+    codes = set()
+    while frame is not None:
+        codes.add(frame.f_code)
+        frame = frame.f_back
+    if sync.__code__ in codes and codes & {Future.result.__code__, Client.gather.__code__}:
+        return top.f_locals.get("self")
+    return None
+
+
+def _raise_in_thread(thread_id: int, exception_type):
+    """Raise ``exception_type`` in thread ``thread_id`` at its next bytecode (None: clear)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exception_type) if exception_type else None)
+
+
 def _remote_job(run, args):
     """The task that runs a whole command on a worker (the client only waits for it)."""
     from distributed import get_worker, rejoin, secede
@@ -209,9 +410,15 @@ def _remote_job(run, args):
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.getLogger("streamsolve").setLevel(level)
     logger.info("running `streamsolve %s` on worker %s", args.command, worker.address)
+    key = worker.get_current_task()
     secede()  # free this worker's thread for the shard tasks while the job waits on them
     try:
-        return run(args)
+        with StopWhenCancelled(worker, key):
+            return run(args)
+    except JobCancelled:
+        logger.warning("`streamsolve %s` (job %s) stopped: cancelled by its client",
+                       args.command, key)
+        raise ClusterError(f"job {key} was cancelled by its client") from None
     finally:
         rejoin()
 
@@ -252,6 +459,9 @@ def submit_and_wait(client, run, args):
                            key=f"streamsolve-{args.command}-{os.getpid()}-{time.time_ns()}")
     try:
         result = future.result()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM: the job must stop too
+        _cancel_job(client, future)
+        raise
     except Exception as exc:
         # the job's own errors (CorpusError, StoreError, ...) come back as they were raised;
         # the cluster's (a worker killed, the scheduler gone) get the address added
@@ -266,6 +476,15 @@ def submit_and_wait(client, run, args):
         raise
     logger.info("cluster job done in %.1fs", time.perf_counter() - started)
     return result
+
+
+def _cancel_job(client, future):
+    """Cancel a submitted job: the scheduler releases it, and the job stops itself."""
+    logger.debug("cancelling job %s on %s", future.key, client.scheduler.address)
+    try:
+        client.cancel([future], force=True)
+    except Exception:  # noqa: BLE001 - closing the client releases it as well
+        logger.debug("cannot cancel job %s", future.key, exc_info=True)
 
 
 def remote_call(client, func, *args, **kwargs):

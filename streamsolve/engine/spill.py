@@ -88,14 +88,34 @@ def _block_offsets(keys: np.ndarray, vocab_size: int, rows_per_block: int) -> tu
     return tuple(int(o) for o in offsets)
 
 
+def _create_private_file(path: str):
+    """A new file open for writing that only this user can read (mode 0600)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
+def _run_stem(spill_dir: str) -> str:
+    """The path stem of a new run in ``spill_dir``.
+
+    A run's own `SpillDirectory` must still exist (it is gone once the run was stopped: a
+    late task must not create it again); any other directory is created, mode 0700.
+    """
+    if not os.path.isdir(spill_dir):
+        if SpillOwner.parse(os.path.basename(spill_dir)) is not None:
+            raise FileNotFoundError(
+                f"spill directory {spill_dir} does not exist: the run was stopped (its "
+                "directory is removed), or --tmp is not a directory every Dask worker sees")
+        os.makedirs(spill_dir, mode=0o700, exist_ok=True)
+    return os.path.join(spill_dir, f"run-{uuid.uuid4().hex}")
+
+
 def write_run(spill_dir: str, keys: np.ndarray, values: np.ndarray, vocab_size: int,
               rows_per_block: int) -> RunFile:
-    """Spill sorted unique ``keys`` and their ``values`` as two ``.npy`` files."""
-    os.makedirs(spill_dir, exist_ok=True)
-    stem = os.path.join(spill_dir, f"run-{uuid.uuid4().hex}")
+    """Spill sorted unique ``keys`` and their ``values`` as two ``.npy`` files (mode 0600)."""
+    stem = _run_stem(spill_dir)
     keys_path, values_path = stem + ".keys.npy", stem + ".values.npy"
-    np.save(keys_path, np.ascontiguousarray(keys, dtype="<i8"), allow_pickle=False)
-    np.save(values_path, np.ascontiguousarray(values, dtype="<i8"), allow_pickle=False)
+    for path, data in ((keys_path, keys), (values_path, values)):
+        with _create_private_file(path) as handle:
+            np.save(handle, np.ascontiguousarray(data, dtype="<i8"), allow_pickle=False)
     offset, n = _npy_data_offset(keys_path)
     assert n == keys.size
     return RunFile(keys_path, values_path, _block_offsets(keys, vocab_size, rows_per_block), offset)
@@ -104,13 +124,12 @@ def write_run(spill_dir: str, keys: np.ndarray, values: np.ndarray, vocab_size: 
 def _write_run_stream(spill_dir: str, chunks: Iterator[tuple[np.ndarray, np.ndarray]],
                       vocab_size: int, rows_per_block: int) -> RunFile:
     """Write a run from sorted chunks of unknown total length (a pass of the k-way merge)."""
-    os.makedirs(spill_dir, exist_ok=True)
-    stem = os.path.join(spill_dir, f"run-{uuid.uuid4().hex}")
+    stem = _run_stem(spill_dir)
     n = 0
     n_blocks = -(-vocab_size // rows_per_block)
     counts_per_block = np.zeros(n_blocks, dtype=np.int64)
     raw = [stem + ".keys.raw", stem + ".values.raw"]
-    with open(raw[0], "wb") as fk, open(raw[1], "wb") as fv:
+    with _create_private_file(raw[0]) as fk, _create_private_file(raw[1]) as fv:
         for keys, values in chunks:
             fk.write(np.ascontiguousarray(keys, dtype="<i8").tobytes())
             fv.write(np.ascontiguousarray(values, dtype="<i8").tobytes())
@@ -120,7 +139,7 @@ def _write_run_stream(spill_dir: str, chunks: Iterator[tuple[np.ndarray, np.ndar
     paths = []
     for raw_path, suffix in zip(raw, (".keys.npy", ".values.npy")):
         path = stem + suffix
-        with open(path, "wb") as out, open(raw_path, "rb") as src:
+        with _create_private_file(path) as out, open(raw_path, "rb") as src:
             np.lib.format.write_array_header_1_0(
                 out, {"descr": "<i8", "fortran_order": False, "shape": (n,)})
             shutil.copyfileobj(src, out, 8 << 20)
@@ -131,18 +150,134 @@ def _write_run_stream(spill_dir: str, chunks: Iterator[tuple[np.ndarray, np.ndar
     return RunFile(paths[0], paths[1], offsets, offset)
 
 
-class SpillDirectory:
-    """A run's own spill directory under a root: created on first use, removed by `cleanup`.
+#: Name prefix of spill directories; the rest of the name records the owner (`SpillOwner`).
+SPILL_PREFIX = "streamsolve-spill-"
 
-    Also removed at interpreter exit if still there (a failed run leaves no debris).
+
+def _host_label() -> str:
+    """This machine's host name, reduced to characters that are safe in a file name."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "localhost"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpillOwner:
+    """The process that owns a spill directory: host, pid and process start time.
+
+    The start time (in 1/100 s since the epoch, as ``psutil`` reports it) tells a live owner
+    from another process that reuses its pid; the host keeps a run on one machine from
+    judging the processes of another that shares the spill root.
+    """
+
+    host: str
+    pid: int
+    started: int
+
+    @classmethod
+    def of_process(cls, pid: int | None = None) -> "SpillOwner":
+        """The owner record of process ``pid`` (default: this process) on this host."""
+        import psutil
+
+        pid = os.getpid() if pid is None else int(pid)
+        return cls(_host_label(), pid, round(psutil.Process(pid).create_time() * 100))
+
+    @classmethod
+    def parse(cls, name: str) -> "SpillOwner | None":
+        """The owner recorded in a spill directory's name (None: not such a name)."""
+        if not name.startswith(SPILL_PREFIX):
+            return None
+        parts = name[len(SPILL_PREFIX):].rsplit("-", 3)
+        if len(parts) != 4 or not (parts[1].isdigit() and parts[2].isdigit()):
+            return None
+        return cls(parts[0], int(parts[1]), int(parts[2]))
+
+    def directory_name(self, tag: str) -> str:
+        """``streamsolve-spill-HOST-PID-STARTED-TAG`` (``tag``: letters and digits)."""
+        if not tag.isalnum():
+            raise ValueError(f"a spill directory tag is letters and digits, got {tag!r}")
+        return f"{SPILL_PREFIX}{self.host}-{self.pid}-{self.started}-{tag}"
+
+    def is_alive(self) -> bool:
+        """Whether the owner still runs: same pid and start time, and not a zombie.
+
+        Owners on another host are always taken as alive (they cannot be checked from here),
+        and so is a process that cannot be inspected.
+        """
+        import psutil
+
+        if self.host != _host_label():
+            return True
+        try:
+            process = psutil.Process(self.pid)
+            if round(process.create_time() * 100) != self.started:
+                return False  # the pid was reused by another process
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.Error:
+            return True
+
+
+def reclaim_orphaned_spill_directories(root: str) -> list[str]:
+    """Remove the spill directories under ``root`` whose owner process is dead; their paths.
+
+    Only directories named by `SpillOwner`, owned by this user, on this host and whose
+    owner is gone (killed with SIGKILL, out of memory, a power cut) are removed; any other
+    entry, and the directory of every live run, is left alone.
+    """
+    import stat
+
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        owner = SpillOwner.parse(name)
+        if owner is None:
+            continue
+        path = os.path.join(root, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or owner.is_alive():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info("removed spill directory %s left by a run that died (pid %d)", path, owner.pid)
+        removed.append(path)
+    return removed
+
+
+class SpillDirectory:
+    """A run's own spill directory under a root, readable by this user only (mode 0700).
+
+    Created right away (its name records the owning process, see `SpillOwner`), after the
+    directories of dead runs under the same root are removed. Removed by `cleanup`, and
+    also when the object is garbage collected or the interpreter exits (a failed run leaves
+    no debris); a run killed outright (SIGKILL) leaves it to the next run to remove.
+    Files in it are created mode 0600 (`write_run`).
     """
 
     def __init__(self, root: str):
-        self.path = os.path.join(os.path.abspath(root), f"streamsolve-spill-{uuid.uuid4().hex[:12]}")
-        atexit.register(self.cleanup)
+        import weakref
+
+        root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+        reclaim_orphaned_spill_directories(root)
+        self.owner = SpillOwner.of_process()
+        self.path = os.path.join(root, self.owner.directory_name(uuid.uuid4().hex[:12]))
+        os.mkdir(self.path, 0o700)
+        os.chmod(self.path, 0o700)  # whatever the umask
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
 
     def cleanup(self):
+        """Remove the directory (again at exit if a task still writing left a file behind)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        if os.path.exists(self.path):
+            atexit.register(shutil.rmtree, self.path, True)
 
     def usage(self) -> tuple[int, int]:
         """(files, bytes) currently in the directory."""

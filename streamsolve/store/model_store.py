@@ -19,8 +19,11 @@ deleted afterwards, so a reader never sees half-written counts.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import logging
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -34,6 +37,10 @@ FORMAT = "streamsolve"
 FORMAT_VERSION = 1
 DEFAULT_ROWS_PER_BLOCK = 4096
 _CHUNK = 1 << 22
+#: The top-level entries of a store directory: the only names a store creates or removes.
+STORE_ENTRIES = ("zarr.json", "tokenizer", "counts", "weights")
+#: Largest radius a store may record (R count blocks of V x V each).
+MAX_RADIUS = 1024
 
 
 class StoreError(ValueError):
@@ -42,6 +49,10 @@ class StoreError(ValueError):
 
 class StoreMismatchError(StoreError):
     """An existing store was built with another tokenizer, radius, aggregation, ..."""
+
+
+class StoreConfigError(StoreError):
+    """A store's recorded attributes are malformed, out of range or from a newer format."""
 
 
 def library_versions() -> dict:
@@ -102,6 +113,254 @@ def csr_of_rows(keys: np.ndarray, values: np.ndarray, vocab_size: int, start: in
     return indptr, (k % vocab_size).astype(np.int32), values[lo:hi]
 
 
+# -- what is at a store's location -----------------------------------------------------------
+
+def zarr_location(url: str) -> str:
+    """The location to hand to Zarr: a plain path for ``file://`` URLs.
+
+    Zarr opens ``file://`` URLs through fsspec's local filesystem, which does not create
+    parent directories, so the first nested write of a new store fails; a plain path uses
+    Zarr's own local store, which does.
+    """
+    url = str(url)
+    if url.startswith("file://"):
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem._strip_protocol(url)
+    return url
+
+
+@dataclasses.dataclass
+class Location:
+    """What is at a store URL: ``kind`` is "absent", "empty", "store" (a streamsolve store)
+    or "other"; ``description`` says what in words; ``entries`` are a directory's names."""
+
+    kind: str
+    description: str
+    entries: tuple = ()
+
+
+def _filesystem(url: str, storage_options: dict | None):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    return fs, root.rstrip("/") or root
+
+
+def _describe_directory(fs, root: str, entries: tuple) -> Location:
+    if "zarr.json" not in entries:
+        if ".zgroup" in entries or ".zarray" in entries:
+            return Location("other", "a Zarr v2 dataset", entries)
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+        return Location("other", f"a directory holding {count} ({shown})", entries)
+    try:
+        node = json.loads(fs.cat_file(f"{root}/zarr.json"))
+        node_type, attrs = node.get("node_type"), node.get("attributes") or {}
+        if not isinstance(attrs, dict):
+            raise ValueError("attributes are not an object")
+    except (OSError, ValueError, AttributeError):
+        return Location("other", "a directory with an unreadable zarr.json", entries)
+    if node_type != "group":
+        return Location("other", f"a Zarr {node_type or 'node'} of another tool", entries)
+    if attrs.get("format") == FORMAT:
+        return Location("store", "a streamsolve store", entries)
+    if "format" in attrs:
+        return Location("other", f"a Zarr group with format {attrs['format']!r} (not "
+                                 f"{FORMAT!r}, so not a streamsolve store)", entries)
+    return Location("other", "a Zarr group of another tool", entries)
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in str(url) or str(url).startswith("file://")
+
+
+def _inspect_local(path: str) -> Location | None:
+    """What a local path is when it is not a directory (None for a directory)."""
+    if not os.path.lexists(path):
+        return Location("absent", "nothing")
+    if not os.path.exists(path):
+        return Location("other", "a dangling symbolic link")
+    if os.path.isdir(path):
+        return None
+    if os.path.isfile(path):
+        return Location("other", "a regular file")
+    return Location("other", "a special file (neither a regular file nor a directory)")
+
+
+def inspect_location(url: str, storage_options: dict | None = None) -> Location:
+    """Find out what is at a store URL without changing anything."""
+    fs, root = _filesystem(zarr_location(url), storage_options)
+    if _is_local(url):
+        location = _inspect_local(root)
+        if location is not None:
+            return location
+    elif not fs.exists(root):
+        return Location("absent", "nothing")
+    elif fs.isfile(root):
+        return Location("other", "an existing object (a file, not a directory)")
+    entries = tuple(sorted(name.rstrip("/").rsplit("/", 1)[-1]
+                           for name in fs.ls(root, detail=False)
+                           if name.rstrip("/") != root))
+    if not entries:
+        return Location("empty", "an empty directory")
+    return _describe_directory(fs, root, entries)
+
+
+def creatable_location(url: str, storage_options: dict | None = None) -> Location:
+    """What is at ``url``, if a new store may be created there (absent, an empty directory,
+    or the debris of an interrupted creation).
+
+    Raises
+    ------
+    StoreError
+        Naming what is there otherwise; nothing is changed.
+    """
+    location = inspect_location(url, storage_options)
+    if location.kind == "other":
+        raise StoreError(f"refusing to create a store at {url}: it is {location.description};"
+                         " nothing was changed. Choose a new path or an empty directory.")
+    return location
+
+
+def is_inside_store(path: str, store_url: str, storage_options: dict | None = None) -> bool:
+    """Whether ``path`` is the store's location or anything inside it (symlinks resolved)."""
+    if _is_local(path) and _is_local(store_url):
+        inner = os.path.realpath(zarr_location(path))
+        root = os.path.realpath(zarr_location(store_url))
+        return os.path.commonpath([inner, root]) == root
+    if _is_local(path) != _is_local(store_url):
+        return False
+    fs_path, inner = _filesystem(path, storage_options)
+    fs_store, root = _filesystem(store_url, storage_options)
+    return (fs_path.protocol == fs_store.protocol
+            and (inner.rstrip("/") + "/").startswith(root.rstrip("/") + "/"))
+
+
+def remove_store(url: str, storage_options: dict | None = None):
+    """Delete the streamsolve store at ``url`` (for ``solve --overwrite``); hold its lock.
+
+    Only a streamsolve store holding nothing but its own entries is removed (the directory
+    itself stays); anything else is refused and left untouched.
+
+    Raises
+    ------
+    StoreError
+        Naming what is at ``url`` when it is not a streamsolve store, or the foreign entries.
+    """
+    location = inspect_location(url, storage_options)
+    if location.kind in ("absent", "empty"):
+        return
+    if location.kind != "store":
+        raise StoreError(f"refusing to overwrite {url}: it is {location.description}, not a "
+                         "streamsolve store; nothing was deleted. Choose a new store path.")
+    foreign = [name for name in location.entries if name not in STORE_ENTRIES]
+    if foreign:
+        raise StoreError(f"refusing to overwrite {url}: besides the store it holds "
+                         f"{', '.join(foreign)}; nothing was deleted. Move those out first.")
+    _remove_entries(url, storage_options)
+    logger.info("removed the streamsolve store %s (--overwrite)", url)
+
+
+def _remove_entries(url: str, storage_options: dict | None):
+    """Remove a store's own top-level entries (`STORE_ENTRIES`), nothing else."""
+    fs, root = _filesystem(zarr_location(url), storage_options)
+    for name in STORE_ENTRIES:
+        path = f"{root}/{name}"
+        if fs.exists(path):
+            fs.rm(path, recursive=fs.isdir(path))
+
+
+# -- validation of a store's attributes ------------------------------------------------------
+
+def _is_int(value, low: int, high: int | None = None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def _config_problems(meta: dict) -> list[str]:
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return ["config is missing or not an object"]
+    problems = []
+    vocab_size = config.get("vocab_size")
+    if not _is_int(vocab_size, 2, 3_000_000_000):
+        problems.append(f"config.vocab_size {vocab_size!r} is not an integer in 2..3e9")
+    if not _is_int(config.get("radius"), 1, MAX_RADIUS):
+        problems.append(f"config.radius {config.get('radius')!r} is not an integer in "
+                        f"1..{MAX_RADIUS}")
+    if config.get("aggregation") not in ("cat", "sum"):
+        problems.append(f"config.aggregation {config.get('aggregation')!r} is not 'cat' or 'sum'")
+    if _is_int(vocab_size, 2) and not _is_int(config.get("bos_id"), 0, vocab_size - 1):
+        problems.append(f"config.bos_id {config.get('bos_id')!r} is outside 0..{vocab_size - 1}")
+    tokenizer = meta.get("tokenizer")
+    if not isinstance(tokenizer, dict) or tokenizer.get("vocab_size") != vocab_size:
+        problems.append("tokenizer.vocab_size does not match config.vocab_size")
+    if not _is_int(meta.get("rows_per_block"), 1):
+        problems.append(f"rows_per_block {meta.get('rows_per_block')!r} is not an integer >= 1")
+    return problems
+
+
+def _counts_problems(meta: dict) -> list[str]:
+    counts = meta.get("counts")
+    if counts is None:
+        return []
+    if not isinstance(counts, dict):
+        return ["counts is not an object"]
+    problems = []
+    if not _is_int(counts.get("generation"), 1):
+        problems.append(f"counts.generation {counts.get('generation')!r} is not an integer >= 1")
+    if not _is_int(counts.get("tokens"), 0):
+        problems.append(f"counts.tokens {counts.get('tokens')!r} is not an integer >= 0")
+    nnz = counts.get("nnz")
+    config = meta["config"]
+    n_blocks = config["radius"] if config["aggregation"] == "cat" else 1
+    if not (isinstance(nnz, list) and len(nnz) == n_blocks and all(_is_int(n, 0) for n in nnz)):
+        problems.append(f"counts.nnz {str(nnz)[:40]} is not {n_blocks} non-negative integers "
+                        f"(one per count block of radius {config['radius']}, aggregation "
+                        f"{config['aggregation']})")
+    return problems
+
+
+def _weights_problems(meta: dict) -> list[str]:
+    weights = meta.get("weights")
+    if weights is None:
+        return []
+    names = [weights.get("id")] if isinstance(weights, dict) else [None]
+    blocks = weights.get("blocks") if isinstance(weights, dict) else None
+    if isinstance(blocks, list) and all(isinstance(keys, list) for keys in blocks):
+        names += [key for keys in blocks for key in keys]
+    else:
+        names.append(None)
+    if not all(isinstance(name, str) and name.isalnum() for name in names):
+        return ["weights.id / weights.blocks are not alphanumeric names"]
+    return []
+
+
+def validate_meta(meta: dict, url: str):
+    """Check a store's attributes for type and range before anything is read by them.
+
+    Raises
+    ------
+    StoreConfigError
+        One line naming the store, every bad attribute, and the fix.
+    """
+    version = meta.get("format_version")
+    if not _is_int(version, 1):
+        problems = [f"format_version {version!r} is not an integer >= 1"]
+    elif version > FORMAT_VERSION:
+        raise StoreConfigError(f"store {url} has format_version {version}, newer than this "
+                               f"streamsolve reads (up to {FORMAT_VERSION}): upgrade streamsolve")
+    else:
+        problems = _config_problems(meta)
+        if not problems:
+            problems = _counts_problems(meta) + _weights_problems(meta)
+    if problems:
+        raise StoreConfigError(f"store {url} has invalid attributes (hand-edited or damaged "
+                               f"zarr.json): {'; '.join(problems)}. Restore zarr.json or "
+                               "rebuild the store.")
+
+
 class ModelStore:
     """A streamsolve store: counts, tokenizer, provenance and explicit weights.
 
@@ -117,33 +376,53 @@ class ModelStore:
         self.url = str(url)
         self.storage_options = storage_options or None
         self._group = None
+        self._created_here = False  # set by `create`: this object wrote the store's entries
+        self._created_root = False  # ... and made its directory (nothing was there)
 
     # -- opening ---------------------------------------------------------------------------
-    def _open(self, mode: str):
+    def _open(self, mode: str, **kwargs):
         import zarr
 
-        kwargs = {"mode": mode}
-        if self.storage_options and "://" in self.url:
+        location = zarr_location(self.url)
+        if self.storage_options and "://" in location:
             kwargs["storage_options"] = self.storage_options
-        return zarr.open_group(self.url, **kwargs)
+        return zarr.open_group(location, mode=mode, **kwargs)
 
     @property
     def group(self):
         if self._group is None:
             try:
                 self._group = self._open("r+")
-            except (FileNotFoundError, KeyError) as exc:
-                raise StoreError(f"no streamsolve store at {self.url}") from exc
             except Exception as exc:
-                if type(exc).__name__ in ("GroupNotFoundError", "NodeNotFoundError"):
-                    raise StoreError(f"no streamsolve store at {self.url}") from exc
-                raise
+                error = self._open_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc
         return self._group
 
+    def _open_error(self, exc: Exception) -> Exception:
+        """The error to raise for a failure to open the group (``exc`` itself if unknown)."""
+        missing = (FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+        if isinstance(exc, missing) or type(exc).__name__ in (
+                "GroupNotFoundError", "NodeNotFoundError", "ContainsArrayError"):
+            return StoreError(f"no streamsolve store at {self.url}")
+        if isinstance(exc, (ValueError, TypeError)):  # zarr.json is not JSON / not metadata
+            return StoreConfigError(f"{self.url}/zarr.json is unreadable ({exc}): restore it "
+                                    "or rebuild the store")
+        return exc
+
     def exists(self) -> bool:
-        """Whether a streamsolve store with committed counts is at this URL."""
+        """Whether a streamsolve store with committed counts is at this URL.
+
+        Raises
+        ------
+        StoreConfigError
+            If a streamsolve store is there but its attributes are invalid.
+        """
         try:
             return "counts" in self.meta
+        except StoreConfigError:
+            raise
         except StoreError:
             return False
 
@@ -154,6 +433,7 @@ class ModelStore:
         attrs = dict(self.group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{self.url} is a Zarr group but not a streamsolve store")
+        validate_meta(attrs, self.url)
         return attrs
 
     def _set_meta(self, meta: dict):
@@ -165,14 +445,22 @@ class ModelStore:
     def create(cls, url: str, config: CountConfig, tokenizer_text: str, tokenizer_sha256: str,
                bos_token: str, read_options: dict, storage_options: dict | None = None,
                rows_per_block: int = DEFAULT_ROWS_PER_BLOCK) -> "ModelStore":
-        """Create an empty store (refuses to overwrite an existing streamsolve store)."""
+        """Create an empty store where nothing exists, or in an empty directory.
+
+        Call it holding the store's writer lock. The debris of a creation that was
+        interrupted (a streamsolve store without committed counts) is reused.
+
+        Raises
+        ------
+        StoreError
+            If anything else is at ``url`` (files, another Zarr dataset, a streamsolve store
+            with counts): it is named, and nothing is changed.
+        """
         store = cls(url, storage_options)
-        if store.exists():
+        location = creatable_location(url, storage_options)
+        if location.kind == "store" and store.exists():
             raise StoreError(f"a streamsolve store already exists at {url}")
-        group = store._open("w")
-        store._group = group
-        _write_array(group, "tokenizer", np.frombuffer(tokenizer_text.encode("utf-8"), dtype=np.uint8))
-        group.attrs.update({
+        attrs = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": _now(),
@@ -184,7 +472,20 @@ class ModelStore:
             "versions": library_versions(),
             "shards": [],
             "totals": {},
-        })
+        }
+        validate_meta(attrs, url)
+        store._created_here, store._created_root = True, location.kind == "absent"
+        try:
+            if location.kind == "store":  # debris of an interrupted creation
+                store._group = store._open("r+")
+                store._group.attrs.put(attrs)
+            else:  # "w-" never clears anything: the location was proven absent or empty
+                store._group = store._open("w-", attributes=attrs)
+            _write_array(store._group, "tokenizer",
+                         np.frombuffer(tokenizer_text.encode("utf-8"), dtype=np.uint8))
+        except BaseException:
+            store.discard_uncommitted()
+            raise
         return store
 
     @property
@@ -249,21 +550,18 @@ class ModelStore:
     def discard_uncommitted(self):
         """Remove counts generations that are not committed (after a failed write).
 
-        A store created by the failed run itself (no committed counts) is removed whole.
+        A store without committed counts is removed only if this object created it
+        (`create`), and then only its own entries (and its directory, if `create` made it
+        and it is left empty); anything else at the path is never touched.
         """
         try:
-            meta = self.meta
+            previous = self.meta.get("counts")
         except StoreError:
+            if self._created_here:
+                self._discard_created_store()
             return
-        previous = meta.get("counts")
         if previous is None:
-            try:
-                import fsspec
-
-                fs, _, (root,) = fsspec.get_fs_token_paths(self.url, storage_options=self.storage_options or {})
-                fs.rm(root, recursive=True)
-            except Exception:  # best effort: an uncommitted store is never read anyway
-                logger.warning("could not remove the unfinished store %s", self.url)
+            self._discard_created_store()
             return
         for name in self._group_names("counts"):
             if name != f"g{previous['generation']}":
@@ -271,6 +569,19 @@ class ModelStore:
                     del self.group[f"counts/{name}"]
                 except Exception:
                     logger.warning("could not remove uncommitted %s/counts/%s", self.url, name)
+
+    def _discard_created_store(self):
+        if not self._created_here:
+            logger.warning("leaving the unfinished store %s in place: this run did not create "
+                           "it (the next count reuses it)", self.url)
+            return
+        self._group = None
+        try:
+            _remove_entries(self.url, self.storage_options)
+            if self._created_root and _is_local(self.url):
+                os.rmdir(zarr_location(self.url))  # only succeeds when it is empty
+        except Exception:  # best effort: an uncommitted store is never read anyway
+            logger.warning("could not remove the unfinished store %s", self.url)
 
     def _group_names(self, path: str) -> list[str]:
         if path not in self.group:
