@@ -28,10 +28,10 @@ from .pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .locking import StoreLock
 from .reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
-from .storage import ModelStore, StoreError
+from .storage import ModelStore, StoreCorruptError, StoreError
 from .tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                         tokenizer_json, train_bpe, vocab_size_of)
-from .weights import check_smoothing, finalize_store
+from .weights import check_smoothing, commit_store_weights, compute_store_weights
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +279,9 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
                                                                 if rows_per_block else {}))
             write_counts(model_store, new, new.shards, new_stats, add=False,
                          scheduler=address, workers=workers)
+    except StoreCorruptError:
+        model_store.discard_uncommitted()  # damaged counts: nothing is built on top of them
+        raise
     except OSError as exc:
         model_store.discard_uncommitted()
         reason = "the disk is full" if getattr(exc, "errno", None) == errno.ENOSPC else str(exc)
@@ -353,6 +356,13 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     LanguageModel
     """
     check_smoothing(smoothing, mu, alpha, form)
+    if calibrate:  # validated before anything is written
+        try:
+            calibrate = check_readable(calibrate, storage_options)
+        except CorpusError as exc:
+            raise CorpusError(f"--calibrate: {exc}") from exc
+    if not (isinstance(calibration_sample, int) and calibration_sample > 0):
+        raise ValueError(f"calibration_sample must be a positive integer, got {calibration_sample!r}")
     model_store = ModelStore(store, storage_options)
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
@@ -361,20 +371,44 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
                                 storage_options, calibration_sample)
 
 
+def check_readable(paths: Sequence[str], storage_options: dict | None = None) -> list[str]:
+    """The files ``paths`` expand to, each opened once to prove it is readable.
+
+    Raises
+    ------
+    CorpusError
+        Naming every path that matches nothing or cannot be read.
+    """
+    import fsspec
+
+    files = expand_corpus(paths, storage_options)
+    unreadable = []
+    for path in files:
+        try:
+            with fsspec.open(path, "rb", **(storage_options or {})) as handle:
+                handle.read(1)
+        except OSError as exc:
+            unreadable.append(f"{path} ({exc.strerror or exc})")
+    if unreadable:
+        raise CorpusError("cannot read: " + ", ".join(unreadable) + "; nothing was changed")
+    return files
+
+
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
                      calibration_sample) -> LanguageModel:
+    """All or nothing: the weights (with their calibration) become the store's in one
+    attribute write at the very end; any failure before leaves the previous weights."""
     from .progress import Stage
 
     with Stage("finalize (explicit weights, row block by row block)"):
-        weights = finalize_store(model_store, form, smoothing, mu, alpha)
-    model = LanguageModel(weights, tokenizer_from_json(model_store.tokenizer_text()))
+        pending = compute_store_weights(model_store, form, smoothing, mu, alpha)
+    model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
         docs, n_bytes = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
                                        read_meta.get("text_field", "text"), storage_options)
         model, raw, cal = calibrate_checked(model, docs, n_bytes, calibration_sample)
-        if model.weights.calibrated:
-            model_store.set_calibration(model.weights.params()["calibration"])
+    commit_store_weights(model_store, pending, model.weights)
     return model
 
 
@@ -399,7 +433,7 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int, sample: int = 40
 def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = None,
              uncalibrated: bool = False) -> Evaluation:
     """Streaming held-out cross-entropy of a finalized store on text files."""
-    model_store = ModelStore(store, storage_options)
+    model_store = ModelStore(store, storage_options).snapshot()  # one weights version
     model = LanguageModel.open(model_store)
     if uncalibrated:
         model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
@@ -415,7 +449,7 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
 
 def info(store: str, storage_options: dict | None = None) -> dict:
     """A summary of a store: configuration, sizes, shards and weights."""
-    model_store = ModelStore(store, storage_options)
+    model_store = ModelStore(store, storage_options).snapshot()
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
     meta = model_store.meta
@@ -452,7 +486,7 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
     """
     import fsspec
 
-    model_store = ModelStore(store, storage_options)
+    model_store = ModelStore(store, storage_options).snapshot()  # unigram and pairs agree
     config = model_store.config
     V = config.vocab_size
     if V > max_vocab:
@@ -466,6 +500,23 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
     with fsspec.open(out, "wb", **(storage_options or {})) as handle:
         np.savez_compressed(handle, **arrays)
     return {"out": out, "arrays": sorted(arrays), "vocab_size": V}
+
+
+def verify(store: str, storage_options: dict | None = None) -> dict:
+    """Read and check everything a store's current state uses (see `ModelStore.verify`).
+
+    Returns
+    -------
+    dict
+        ``ok`` is False when anything is damaged; ``damaged`` lists every damaged block as
+        ``{"path", "problem"}``.
+    """
+    model_store = ModelStore(store, storage_options)
+    if not model_store.exists():
+        raise StoreError(f"no streamsolve store with counts at {store}")
+    report = model_store.verify()
+    report["store"] = store
+    return report
 
 
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
