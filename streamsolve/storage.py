@@ -594,7 +594,7 @@ class ModelStore:
         """Write ``meta`` (one atomic write), retiring what it no longer uses; then delete
         what has been retired for longer than the grace period."""
         live = _live_paths(meta)
-        now = _now()
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
         retired = {path: stamp for path, stamp in meta.get("retired", {}).items()
                    if path not in live}
         for path in self._node_paths():
