@@ -416,20 +416,28 @@ class ModelStore:
 
     def _read_single(self, path: str) -> np.ndarray:
         """One array, verified against the digest in its own attributes (when recorded)."""
-        parent, _, name = path.rpartition("/")
-        node, (values,) = self._read_arrays(parent, (name,))
-        self._check_digest(path, node[name].attrs.get("digest"), lambda: array_digest(values))
+        try:
+            array = self.group[path]
+            values = array[:]
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise self._unreadable(path, exc) from exc
+        self._check_digest(path, array.attrs.get("digest"), lambda: array_digest(values))
         return values
 
     def _unreadable(self, path: str, exc: Exception) -> StoreError:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        missing = isinstance(exc, KeyError)
+        return self._damaged(path, "missing" if missing else
+                             f"cannot be decoded ({type(exc).__name__}: {reason})")
+
+    def _damaged(self, path: str, problem: str) -> StoreError:
+        """The error for a block that fails a check: damage, or (for a snapshot that outlived
+        the grace period) data a later commit has removed."""
         if self._pinned_meta is not None and self._was_retired(path):
             return StoreError(
                 f"{path} of store {self.url} was replaced by a newer commit and removed while "
                 f"this reader still used it (readers must finish within {RETIRE_SECONDS_VARIABLE}"
                 f"={retire_seconds():g} s of starting); run the command again")
-        missing = isinstance(exc, KeyError)
-        problem = "missing" if missing else f"cannot be decoded ({type(exc).__name__}: {reason})"
         return StoreCorruptError(f"{path}: {problem} in store {self.url}: {_DAMAGE_FIX}")
 
     def _was_retired(self, path: str) -> bool:
@@ -446,8 +454,8 @@ class ModelStore:
             return
         actual = compute()
         if actual != recorded:
-            raise StoreCorruptError(f"{path}: digest mismatch in store {self.url} (recorded "
-                                    f"{recorded[:12]}..., read {actual[:12]}...): {_DAMAGE_FIX}")
+            raise self._damaged(path, f"digest mismatch (recorded {recorded[:12]}..., read "
+                                      f"{actual[:12]}...)")
 
     def _check_csr(self, path: str, indptr, indices, data, n_values: int | None = None):
         """Shape checks that catch a lost chunk even in stores without digests."""
@@ -455,9 +463,9 @@ class ModelStore:
               and int(indptr[-1]) == indices.size == data.size
               and bool(np.all(np.diff(indptr) >= 0)))
         if not ok:
-            raise StoreCorruptError(f"{path}: inconsistent CSR arrays (indptr ends at "
-                                    f"{int(indptr[-1]) if indptr.size else None}, {indices.size} "
-                                    f"indices, {data.size} values) in store {self.url}: {_DAMAGE_FIX}")
+            end = int(indptr[-1]) if indptr.size else None
+            raise self._damaged(path, f"inconsistent CSR arrays (indptr ends at {end}, "
+                                      f"{indices.size} indices, {data.size} values)")
 
     def commit_counts_generation(self, generation: int, unigram: np.ndarray, nnz: list[int],
                                  new_shards: list[dict], totals: dict):

@@ -22,7 +22,7 @@ import pytest
 
 from streamsolve import LanguageModel, api
 from streamsolve.cli import main
-from streamsolve.storage import ModelStore
+from streamsolve.storage import ModelStore, StoreCorruptError, StoreError
 
 from .conftest import write_text
 
@@ -92,6 +92,19 @@ def test_retired_data_is_deleted_only_after_the_grace_period(tmp_path, shards, t
     monkeypatch.setenv("STREAMSOLVE_RETIRE_SECONDS", "-1")
     with pytest.raises(ValueError, match="STREAMSOLVE_RETIRE_SECONDS"):
         api.count([shards[4]], store)
+
+
+def test_reader_outliving_the_grace_period_is_told_to_run_again(tmp_path, shards, tokenizer_file,
+                                                                 monkeypatch):
+    store = new_store(tmp_path, shards[0], tokenizer_file)
+    snapshot = ModelStore(store).snapshot()
+    monkeypatch.setenv("STREAMSOLVE_RETIRE_SECONDS", "0")
+    api.count([shards[1]], store)  # g1 is retired and, with no grace, deleted at once
+    with pytest.raises(StoreError, match="removed while this reader still used it.*run the "
+                                         "command again") as caught:
+        snapshot.read_counts()
+    assert not isinstance(caught.value, StoreCorruptError), "not damage: the store is fine"
+    assert api.verify(store)["ok"]
 
 
 @pytest.mark.slow
