@@ -1,4 +1,5 @@
-"""The Python API behind the command line: count, finalize, evaluate, info, export, solve.
+"""The Python API behind the command line: count, finalize, evaluate, info, verify, export,
+solve.
 
 Each function does one stage and returns plain results (and writes the store), so a Python
 user can run stages separately, add shards later, and re-finalize::
@@ -384,6 +385,9 @@ def check_readable(paths: Sequence[str], storage_options: dict | None = None) ->
     files = expand_corpus(paths, storage_options)
     unreadable = []
     for path in files:
+        if "://" not in path and not os.path.isfile(path):  # a FIFO or device would block
+            unreadable.append(f"{path} (not a regular file)")
+            continue
         try:
             with fsspec.open(path, "rb", **(storage_options or {})) as handle:
                 handle.read(1)

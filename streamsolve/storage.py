@@ -469,11 +469,13 @@ class ModelStore:
 
     def commit_counts_generation(self, generation: int, unigram: np.ndarray, nnz: list[int],
                                  new_shards: list[dict], totals: dict):
-        """Make a fully written generation the store's counts (one atomic metadata write)."""
+        """Make a fully written generation the store's counts (one atomic metadata write).
+
+        The replaced generation is retired, not deleted (see the module docstring).
+        """
         gen_group = self.group[f"counts/g{generation}"]
         _write_array(gen_group, "unigram", np.asarray(unigram, dtype=np.int64))
         meta = dict(self.meta)
-        previous = meta.get("counts")
         meta["counts"] = {"generation": generation, "id": uuid.uuid4().hex,
                           "nnz": [int(n) for n in nnz], "tokens": int(np.sum(unigram)),
                           "committed": _now()}

@@ -430,9 +430,9 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
             recipe = f"{r}|{k}|{start}|{stop}|{V}|{form}|{smoothing}|{mu}|{alpha}|" \
                      f"{source.count_block_digest(r, k)}|{global_digest}"
             key = hashlib.blake2b(recipe.encode(), digest_size=16).hexdigest()
-            if reuse and store.has_weight_block(key):
-                ip, ix, d, rt = source.read_weight_block(key)
-                S = sp.csr_array((d, ix, ip), shape=(stop - start, V))
+            previous = _stored_weight_block(source, key, (stop - start, V)) if reuse else None
+            if previous is not None:
+                S, rt = previous
                 reused += 1
             else:
                 log_q = log_q_all[start:stop] if log_q_all is not None else None
@@ -454,6 +454,21 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     weights.reused_blocks = reused
     return PendingWeights(weights, block_keys, np.stack(col_terms_all),
                           source.meta["counts"]["id"])
+
+
+def _stored_weight_block(store, key: str, shape: tuple):
+    """``(S, row_terms)`` of a stored weight block, or None when absent or damaged (a damaged
+    block is derived data: it is recomputed from its verified counts and written again)."""
+    from .storage import StoreCorruptError
+
+    if not store.has_weight_block(key):
+        return None
+    try:
+        ip, ix, d, rt = store.read_weight_block(key)
+    except StoreCorruptError as exc:
+        logger.warning("recomputing a damaged weight block: %s", exc)
+        return None
+    return sp.csr_array((d, ix, ip), shape=shape), rt
 
 
 def row_blocks_of(store) -> list[tuple[int, int]]:

@@ -107,6 +107,15 @@ def test_eval_stops_on_damaged_weights(store, corpus, capsys, how):
     assert f"{block}: " in err, err
 
 
+def test_finalize_rewrites_a_damaged_weight_block_from_verified_counts(store, corpus, capsys):
+    block = weights_block(store)
+    damage(store, block, "flip")
+    code, _, _ = run_cli(capsys, "finalize", store, "-q")
+    assert code == 0, "weights are derived data: a damaged block is recomputed, not reused"
+    assert api.verify(store)["ok"]
+    assert run_cli(capsys, "eval", store, corpus["second"], "-q")[0] == 0
+
+
 @pytest.mark.parametrize("how", DAMAGES)
 def test_verify_names_every_damaged_block(store, capsys, how):
     code, out, _ = run_cli(capsys, "verify", store, "--json", "-q")
