@@ -6,7 +6,7 @@ explicit weights (see DESIGN: sparse + rank-one weight blocks, optional calibrat
 
 __version__ = "0.1.0"
 
-from .api import count, evaluate, export_counts, finalize, info, solve  # noqa: E402
+from .api import count, evaluate, export_counts, finalize, info, solve, verify  # noqa: E402
 from .core.counting import CountConfig, Counts, count_token_documents  # noqa: E402
 from .incremental import Model  # noqa: E402
 from .language_model import LanguageModel  # noqa: E402
@@ -16,7 +16,7 @@ from .core.weights import ExplicitWeights, finalize as finalize_counts  # noqa: 
 __all__ = [
     "CountConfig", "Counts", "ExplicitSoftmaxClassifier", "ExplicitWeights", "LanguageModel", "Model", "ModelStore",
     "count", "count_token_documents", "evaluate", "export_counts", "finalize",
-    "finalize_counts", "info", "solve", "__version__",
+    "finalize_counts", "info", "solve", "verify", "__version__",
 ]
 
 

@@ -1,4 +1,5 @@
-"""The Python API behind the command line: count, finalize, evaluate, info, export, solve.
+"""The Python API behind the command line: count, finalize, evaluate, info, verify, export,
+solve.
 
 Each function does one stage and returns plain results (and writes the store), so a Python
 user can run stages separately, add shards later, and re-finalize::
@@ -30,11 +31,11 @@ from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .store.locking import StoreLock
 from .text.reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
-from .store.model_store import (MAX_RADIUS, ModelStore, StoreError, creatable_location,
-                                 is_inside_store, remove_store)
+from .store.model_store import (MAX_RADIUS, ModelStore, StoreCorruptError, StoreError,
+                                 creatable_location, is_inside_store, remove_store)
 from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
-                        tokenizer_json, train_bpe, vocab_size_of)
-from .core.weights import check_smoothing, finalize_store
+                             tokenizer_json, train_bpe, vocab_size_of)
+from .core.weights import check_smoothing, commit_store_weights, compute_store_weights
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +308,9 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
                                                                 if rows_per_block else {}))
             write_counts(model_store, new, new.shards, new_stats, add=False,
                          scheduler=address, workers=workers)
+    except StoreCorruptError:
+        model_store.discard_uncommitted()  # damaged counts: nothing is built on top of them
+        raise
     except OSError as exc:
         model_store.discard_uncommitted()
         full = getattr(exc, "errno", None) == errno.ENOSPC
@@ -387,6 +391,13 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     LanguageModel
     """
     check_smoothing(smoothing, mu, alpha, form)
+    if calibrate:  # validated before anything is written
+        try:
+            calibrate = check_readable(calibrate, storage_options)
+        except CorpusError as exc:
+            raise CorpusError(f"--calibrate: {exc}") from exc
+    if not (isinstance(calibration_sample, int) and calibration_sample > 0):
+        raise ValueError(f"calibration_sample must be a positive integer, got {calibration_sample!r}")
     model_store = ModelStore(store, storage_options)
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
@@ -396,20 +407,47 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
                                 storage_options, calibration_sample)
 
 
+def check_readable(paths: Sequence[str], storage_options: dict | None = None) -> list[str]:
+    """The files ``paths`` expand to, each opened once to prove it is readable.
+
+    Raises
+    ------
+    CorpusError
+        Naming every path that matches nothing or cannot be read.
+    """
+    import fsspec
+
+    files = expand_corpus(paths, storage_options)
+    unreadable = []
+    for path in files:
+        if "://" not in path and not os.path.isfile(path):  # a FIFO or device would block
+            unreadable.append(f"{path} (not a regular file)")
+            continue
+        try:
+            with fsspec.open(path, "rb", **(storage_options or {})) as handle:
+                handle.read(1)
+        except OSError as exc:
+            unreadable.append(f"{path} ({exc.strerror or exc})")
+    if unreadable:
+        raise CorpusError("cannot read: " + ", ".join(unreadable) + "; nothing was changed")
+    return files
+
+
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
                      calibration_sample) -> LanguageModel:
+    """All or nothing: the weights (with their calibration) become the store's in one
+    attribute write at the very end; any failure before leaves the previous weights."""
     from .engine.progress import Stage
 
     with Stage("finalize (explicit weights, row block by row block)"):
-        weights = finalize_store(model_store, form, smoothing, mu, alpha)
-    model = LanguageModel(weights, tokenizer_from_json(model_store.tokenizer_text()))
+        pending = compute_store_weights(model_store, form, smoothing, mu, alpha)
+    model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
         docs, n_bytes = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
                                        read_meta.get("text_field", "text"), storage_options)
         model, raw, cal = calibrate_checked(model, docs, n_bytes, calibration_sample)
-        if model.weights.calibrated:
-            model_store.set_calibration(model.weights.params()["calibration"])
+    commit_store_weights(model_store, pending, model.weights)
     return model
 
 
@@ -434,7 +472,7 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int, sample: int = 40
 def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = None,
              uncalibrated: bool = False) -> Evaluation:
     """Streaming held-out cross-entropy of a finalized store on text files."""
-    model_store = ModelStore(store, storage_options)
+    model_store = ModelStore(store, storage_options).snapshot()  # one weights version
     model = LanguageModel.open(model_store)
     if uncalibrated:
         model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
@@ -450,7 +488,7 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
 
 def info(store: str, storage_options: dict | None = None) -> dict:
     """A summary of a store: configuration, sizes, shards and weights."""
-    model_store = ModelStore(store, storage_options)
+    model_store = ModelStore(store, storage_options).snapshot()
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
     meta = model_store.meta
@@ -490,7 +528,7 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
     if is_inside_store(out, store, storage_options):
         raise ValueError(f"refusing to export to {out}: it is inside the store {store} and would "
                          "overwrite the store's own files; write the .npz somewhere else")
-    model_store = ModelStore(store, storage_options)
+    model_store = ModelStore(store, storage_options).snapshot()  # unigram and pairs agree
     config = model_store.config
     V = config.vocab_size
     if V > max_vocab:
@@ -504,6 +542,23 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
     with fsspec.open(out, "wb", **(storage_options or {})) as handle:
         np.savez_compressed(handle, **arrays)
     return {"out": out, "arrays": sorted(arrays), "vocab_size": V}
+
+
+def verify(store: str, storage_options: dict | None = None) -> dict:
+    """Read and check everything a store's current state uses (see `ModelStore.verify`).
+
+    Returns
+    -------
+    dict
+        ``ok`` is False when anything is damaged; ``damaged`` lists every damaged block as
+        ``{"path", "problem"}``.
+    """
+    model_store = ModelStore(store, storage_options)
+    if not model_store.exists():
+        raise StoreError(f"no streamsolve store with counts at {store}")
+    report = model_store.verify()
+    report["store"] = store
+    return report
 
 
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,

@@ -1,4 +1,4 @@
-"""Command line: ``streamsolve count|finalize|eval|info|export|generate|solve``.
+"""Command line: ``streamsolve count|finalize|eval|info|verify|export|generate|solve``.
 
 Every command takes ``--json`` to print exactly one JSON object on stdout; logs and progress
 go to stderr. Errors print one line naming the problem and exit with status 2.
@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     _add_common(p)
 
+    p = sub.add_parser("verify", help="check every block of a store against its checksums and "
+                                      "digests (exit 2 naming the damaged blocks)")
+    p.add_argument("store")
+    _add_common(p)
+
     p = sub.add_parser("export", help="export dense counts to .npz (small vocabularies)")
     p.add_argument("store")
     p.add_argument("out", metavar="OUT.npz")
@@ -251,6 +256,8 @@ def run(args) -> dict:
         return {"store": args.store, **result.to_dict()}
     if args.command == "info":
         return api.info(args.store, so)
+    if args.command == "verify":
+        return api.verify(args.store, so)
     if args.command == "export":
         return api.export_counts(args.store, args.out, so)
     if args.command == "generate":
@@ -358,6 +365,11 @@ def main(argv=None) -> int:
         print(json.dumps(result, default=str))
     else:
         _print_human(args.command, result)
+    if args.command == "verify" and not result["ok"]:
+        first, *rest = result["damaged"]
+        more = f" (and {len(rest)} more: {', '.join(d['path'] for d in rest)})" if rest else ""
+        print(f"streamsolve verify: error: {first['problem']}{more}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -96,6 +96,7 @@ class LanguageModel:
         from .text.tokenizer import tokenizer_from_json
 
         model_store = store if hasattr(store, "read_weights") else ModelStore(store, storage_options)
+        model_store = model_store.snapshot()  # the weights and tokenizer of one state
         weights = model_store.read_weights(allow_stale=allow_stale)
         tokenizer = tokenizer_from_json(model_store.tokenizer_text())
         return cls(weights, tokenizer)

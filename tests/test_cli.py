@@ -252,5 +252,7 @@ def test_incremental_count_equals_one_build(tmp_path, corpus, tokenizer_file):
     assert a.equal_counts(b)
     assert a.stats["tokens"] == b.stats["tokens"] and a.stats["bytes"] == b.stats["bytes"]
     assert sorted(s["path"] for s in a.shards) == sorted(s["path"] for s in b.shards)
-    # only the committed generation remains on disk
-    assert sorted(name for name, _ in ModelStore(str(inc)).group["counts"].groups()) == ["g3"]
+    # the committed generation and the replaced ones, retired for readers (grace period)
+    assert sorted(name for name, _ in ModelStore(str(inc)).group["counts"].groups()) == \
+        ["g1", "g2", "g3"]
+    assert sorted(ModelStore(str(inc)).meta["retired"]) == ["counts/g1", "counts/g2"]

@@ -112,8 +112,10 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
     api.count(shards[1:], store)  # the same command completes the work
     reopened = ModelStore(store)
     assert reopened.read_counts().tokens > before.tokens
-    assert [name for name, _ in reopened.group["counts"].groups()] == \
-        [f"g{reopened.meta['counts']['generation']}"], "debris of the failed ingest is removed"
+    retired = {path.split("/")[1] for path in reopened.meta.get("retired", {})}
+    assert retired == {"g1"}, "the replaced generation is kept for readers (grace period)"
+    assert {name for name, _ in reopened.group["counts"].groups()} - retired == \
+        {f"g{reopened.meta['counts']['generation']}"}, "debris of the failed ingest is removed"
     # a failure while creating a new store leaves no store at all
     monkeypatch.setattr(ModelStore, "write_count_block", failing)
     calls["n"] = 0
@@ -123,7 +125,8 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
     assert not ModelStore(str(fresh)).exists()
 
 
-def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents, tokenizer_file):
+def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents, tokenizer_file,
+                                                            monkeypatch):
     store = str(tmp_path / "m.zarr")
     api.count([str(write_text(tmp_path / "a.txt", "\n\n".join(documents) + "\n"))], store,
               tokenizer=tokenizer_file, radius=2, rows_per_block=8)
@@ -148,7 +151,9 @@ def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents,
     api.finalize(store)
     api.count([str(write_text(tmp_path / "c.txt", "assert\n"))], store)
     assert api.finalize(store).weights.reused_blocks == 0
-    # unreferenced weight blocks are garbage-collected
+    # unreferenced weight blocks are garbage-collected once retired for the grace period
+    monkeypatch.setenv("STREAMSOLVE_RETIRE_SECONDS", "0")
+    api.finalize(store)
     meta = ModelStore(store).meta
     keys = {k for ks in meta["weights"]["blocks"] for k in ks}
     on_disk = {name for name, _ in ModelStore(store).group["weights/blocks"].groups()}

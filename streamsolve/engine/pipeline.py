@@ -622,14 +622,16 @@ def dask_delayed(function):
 def write_row_block(store_url: str, storage_options: dict | None, generation: int,
                     base_generation: int | None, r: int, k: int, start: int, stop: int,
                     sources: list, vocab_size: int, memory_bytes: int, spill_dir: str | None,
-                    rows_per_block: int) -> int:
+                    rows_per_block: int) -> int | Exception:
     """k-way merge the sources of row block ``k`` of count block ``r`` (plus the base
     generation's block, for an existing store) and write it; returns its nnz.
 
     The only writer of that row block (one task per block: no two tasks share a Zarr chunk).
+    A damaged base block is returned as its `StoreCorruptError`, not raised, so that every
+    other task finishes before `write_counts_with` raises it and discards the generation.
     """
     from .spill import collect, merge_sources
-    from ..store.model_store import ModelStore, csr_of_rows, merge_csr_block
+    from ..store.model_store import ModelStore, StoreCorruptError, csr_of_rows, merge_csr_block
 
     tune_allocator()
     keys, values = collect(merge_sources(sources, memory_bytes, spill_dir, vocab_size,
@@ -638,7 +640,11 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
     del keys, values
     store = ModelStore(store_url, storage_options)
     if base_generation is not None:
-        csr = merge_csr_block(store.read_count_block_csr(base_generation, r, k), csr)
+        try:
+            base = store.read_count_block_csr(base_generation, r, k)  # verified
+        except StoreCorruptError as exc:
+            return exc
+        csr = merge_csr_block(base, csr)
     store.write_count_block(generation, r, k, *csr)
     return int(csr[1].size)
 
@@ -709,12 +715,15 @@ def write_counts_with(store, counts, new_shards: list, totals: dict, *, add: boo
             nnz_blocks = _compute(dask.delayed(list)(tasks), scheduler=scheduler, workers=workers,
                                   client=client, progress=progress)
             stage.detail = f"{len(tasks)} row block(s)"
+        damaged = [n for n in nnz_blocks if isinstance(n, Exception)]
+        if damaged:
+            raise damaged[0]
         nnz = [0] * config.n_blocks
         for r, n in zip(index, nnz_blocks):
             nnz[r] += n
         unigram = partial.unigram
         if base is not None:
-            unigram = store.group[f"counts/g{base}/unigram"][:] + unigram
+            unigram = store.read_unigram(base) + unigram  # verified, like every merged block
         with Stage("commit", 3, 3):
             store.commit_counts_generation(generation, unigram, nnz, new_shards, totals)
         return nnz

@@ -13,16 +13,43 @@ Layout (``g`` = counts generation, ``w`` = weights id)::
                                          row_terms, col_terms [blocks, V], bias, log_unigram [V]
 
 Each row block is written by exactly one writer. New counts go to a new generation; the
-attributes are switched to it only once every array is written, and the old generation is
-deleted afterwards, so a reader never sees half-written counts.
+attributes are switched to it only once every array is written, so a reader never sees
+half-written counts.
+
+Integrity. Every array is written with a checksummed codec pipeline (zstd with its content
+checksum, then a CRC32C of the stored bytes), so a damaged chunk fails to decode instead of
+reading back as other numbers. A *missing* chunk would still read back as the fill value, so
+every block also records a digest of its content: a counts or weights row block in its group's
+attributes (``digest``, over all its arrays), every other array in its own attributes. Reads
+verify them: a mismatch raises `StoreCorruptError` naming the block (``counts/g3/r2/b0:
+digest mismatch ...``). Merging (``count`` on an existing store), ``finalize``, ``eval``,
+``export`` and ``streamsolve verify`` all read through these checks, so nothing is built on
+damaged counts. Stores written before digests existed still open: their blocks are checked
+structurally only (CSR shapes), and new writes add digests.
+
+Snapshot reads. A reader resolves the store's attributes once (`ModelStore.snapshot`) and reads
+only the counts generation and the weights version they name; every ``read_*`` method does so
+for its own call, and a caller that needs several reads to agree (``export``: the unigram and
+the pair counts; ``eval``: the weights and the tokenizer) holds one snapshot for all of them.
+
+Retirement (a grace period, not reader leases: readers need no write access). A commit never
+deletes what it replaces: the previous counts generation, weights version and unreferenced
+weight blocks are recorded in ``attrs["retired"]`` with the time of that commit, and deleted by
+a later commit once they have been retired for longer than the grace period
+(`retire_seconds`: ``STREAMSOLVE_RETIRE_SECONDS``, default 600). A reader that resolves its
+snapshot and finishes within the grace period can therefore never lose its data; one that takes
+longer gets a clear error asking it to run again, never other data. Uncommitted generations
+(debris of a crashed writer) were never visible to readers and are removed at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -41,6 +68,12 @@ _CHUNK = 1 << 22
 STORE_ENTRIES = ("zarr.json", "tokenizer", "counts", "weights")
 #: Largest radius a store may record (R count blocks of V x V each).
 MAX_RADIUS = 1024
+#: Seconds a replaced counts generation / weights version stays readable (see the docstring).
+DEFAULT_RETIRE_SECONDS = 600.0
+RETIRE_SECONDS_VARIABLE = "STREAMSOLVE_RETIRE_SECONDS"
+#: What a damaged block's error message tells the user to do.
+_DAMAGE_FIX = ("the store is damaged and nothing was committed; restore it from a backup, or "
+               "rebuild it from the corpus with `streamsolve count` into a new store")
 
 
 class StoreError(ValueError):
@@ -53,6 +86,27 @@ class StoreMismatchError(StoreError):
 
 class StoreConfigError(StoreError):
     """A store's recorded attributes are malformed, out of range or from a newer format."""
+
+
+class StoreCorruptError(StoreError):
+    """Stored data fails its checksum, digest or shape check: the store is damaged."""
+
+
+def retire_seconds() -> float:
+    """The grace period (seconds) before a retired generation or weights version is deleted.
+
+    Read from ``STREAMSOLVE_RETIRE_SECONDS`` (default `DEFAULT_RETIRE_SECONDS`).
+    """
+    text = os.environ.get(RETIRE_SECONDS_VARIABLE)
+    if text is None or not text.strip():
+        return DEFAULT_RETIRE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{RETIRE_SECONDS_VARIABLE} must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def library_versions() -> dict:
@@ -73,11 +127,34 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _age_seconds(stamp: str) -> float:
+    then = datetime.datetime.fromisoformat(stamp)
+    return (datetime.datetime.now(datetime.timezone.utc) - then).total_seconds()
+
+
+def checksummed_codecs() -> list:
+    """The bytes-to-bytes codecs of every array: zstd with its content checksum, then CRC32C."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0, checksum=True), Crc32cCodec()]
+
+
+def array_digest(*arrays) -> str:
+    """Content digest of arrays (dtype, shape and bytes of each, in order)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        hasher.update(f"{array.dtype.str}{array.shape}".encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()
+
+
 def _write_array(group, name: str, data: np.ndarray):
     rows_per_chunk = max(1, _CHUNK // max(1, int(np.prod(data.shape[1:]))))
     chunks = (max(1, min(len(data), rows_per_chunk)),) + tuple(data.shape[1:])
     array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
-                               overwrite=True)
+                               compressors=checksummed_codecs(),
+                               attributes={"digest": array_digest(data)}, overwrite=True)
     if data.size:
         array[:] = data
     return array
@@ -378,6 +455,7 @@ class ModelStore:
         self._group = None
         self._created_here = False  # set by `create`: this object wrote the store's entries
         self._created_root = False  # ... and made its directory (nothing was there)
+        self._pinned_meta = None  # set on a snapshot: the attributes it reads by
 
     # -- opening ---------------------------------------------------------------------------
     def _open(self, mode: str, **kwargs):
@@ -428,7 +506,9 @@ class ModelStore:
 
     @property
     def meta(self) -> dict:
-        """The store's attributes (``attrs["streamsolve"]``)."""
+        """The store's attributes (``attrs["streamsolve"]``); a snapshot's are fixed."""
+        if self._pinned_meta is not None:
+            return self._pinned_meta
         self._group = None  # re-read: another process may have committed since
         attrs = dict(self.group.attrs)
         if attrs.get("format") != FORMAT:
@@ -438,7 +518,23 @@ class ModelStore:
 
     def _set_meta(self, meta: dict):
         """Replace the attributes in one write (zarr writes zarr.json atomically)."""
+        if self._pinned_meta is not None:
+            raise StoreError(f"a snapshot of {self.url} is read-only; write through a ModelStore")
         self.group.attrs.put(meta)
+
+    def snapshot(self) -> "ModelStore":
+        """A read-only view of the store as it is now: its attributes are read once.
+
+        Every read through the view uses the counts generation and weights version current
+        when it was taken, even if a writer commits meanwhile (the replaced data stays for
+        `retire_seconds`). A snapshot's snapshot is itself.
+        """
+        if self._pinned_meta is not None:
+            return self
+        view = ModelStore(self.url, self.storage_options)
+        view._pinned_meta = self.meta
+        view._group = self._group
+        return view
 
     # -- creation and compatibility ----------------------------------------------------------
     @classmethod
@@ -493,8 +589,13 @@ class ModelStore:
         return CountConfig(**self.meta["config"])
 
     def tokenizer_text(self) -> str:
-        """The tokenizer JSON stored with the counts."""
-        return bytes(self.group["tokenizer"][:]).decode("utf-8")
+        """The tokenizer JSON stored with the counts (verified against its recorded sha256)."""
+        raw = self._read_single("tokenizer")
+        text = bytes(raw).decode("utf-8", errors="replace")
+        recorded = self.meta.get("tokenizer", {}).get("sha256")
+        self._check_digest("tokenizer", recorded,
+                           lambda: hashlib.sha256(bytes(raw)).hexdigest())
+        return text
 
     def check_compatible(self, config: CountConfig, tokenizer_sha256: str,
                          read_options: dict | None = None):
@@ -537,8 +638,9 @@ class ModelStore:
         current = previous["generation"] if previous else 0
         existing = [int(name[1:]) for name in self._group_names("counts") if name[1:].isdigit()]
         generation = max([current, *existing]) + 1
+        retired = meta.get("retired", {})
         for name in existing:
-            if name != current:
+            if name != current and f"counts/g{name}" not in retired:
                 del self.group[f"counts/g{name}"]  # debris of an interrupted ingest
         config = CountConfig(**meta["config"])
         gen_group = self.group.require_group(f"counts/g{generation}")
@@ -555,7 +657,8 @@ class ModelStore:
         and it is left empty); anything else at the path is never touched.
         """
         try:
-            previous = self.meta.get("counts")
+            meta = self.meta
+            previous = meta.get("counts")
         except StoreError:
             if self._created_here:
                 self._discard_created_store()
@@ -563,8 +666,9 @@ class ModelStore:
         if previous is None:
             self._discard_created_store()
             return
+        retired = meta.get("retired", {})
         for name in self._group_names("counts"):
-            if name != f"g{previous['generation']}":
+            if name != f"g{previous['generation']}" and f"counts/{name}" not in retired:
                 try:
                     del self.group[f"counts/{name}"]
                 except Exception:
@@ -598,26 +702,98 @@ class ModelStore:
         block.attrs.put({"digest": block_digest(indptr, indices, data)})
 
     def read_count_block_csr(self, generation: int, r: int, k: int):
-        """Raw CSR arrays ``(indptr, indices, data)`` of one row block of a generation."""
-        block = self.group[f"counts/g{generation}/r{r + 1}/b{k}"]
-        return block["indptr"][:], block["indices"][:], block["data"][:]
+        """Raw CSR arrays ``(indptr, indices, data)`` of one row block of a generation, verified.
+
+        Raises
+        ------
+        StoreCorruptError
+            If the block is missing, fails its checksum, or its digest differs from the one
+            recorded when it was written.
+        """
+        path = f"counts/g{generation}/r{r + 1}/b{k}"
+        node, (indptr, indices, data) = self._read_arrays(path, ("indptr", "indices", "data"))
+        self._check_csr(path, indptr, indices, data)
+        self._check_digest(path, node.attrs.get("digest"), lambda: block_digest(indptr, indices, data))
+        return indptr, indices, data
+
+    # -- verified reading ------------------------------------------------------------------
+    def _read_arrays(self, path: str, names: tuple) -> tuple:
+        """``(node, [arrays])``: the named arrays of the node at ``path``, decoded (checksums)."""
+        try:
+            node = self.group[path] if path else self.group
+            return node, [node[name][:] for name in names]
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise self._unreadable(path, exc) from exc
+
+    def _read_single(self, path: str) -> np.ndarray:
+        """One array, verified against the digest in its own attributes (when recorded)."""
+        try:
+            array = self.group[path]
+            values = array[:]
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise self._unreadable(path, exc) from exc
+        self._check_digest(path, array.attrs.get("digest"), lambda: array_digest(values))
+        return values
+
+    def _unreadable(self, path: str, exc: Exception) -> StoreError:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        missing = isinstance(exc, KeyError)
+        return self._damaged(path, "missing" if missing else
+                             f"cannot be decoded ({type(exc).__name__}: {reason})")
+
+    def _damaged(self, path: str, problem: str) -> StoreError:
+        """The error for a block that fails a check: damage, or (for a snapshot that outlived
+        the grace period) data a later commit has removed."""
+        if self._pinned_meta is not None and self._was_retired(path):
+            return StoreError(
+                f"{path} of store {self.url} was replaced by a newer commit and removed while "
+                f"this reader still used it (readers must finish within {RETIRE_SECONDS_VARIABLE}"
+                f"={retire_seconds():g} s of starting); run the command again")
+        return StoreCorruptError(f"{path}: {problem} in store {self.url}: {_DAMAGE_FIX}")
+
+    def _was_retired(self, path: str) -> bool:
+        """Whether ``path`` is no longer part of the store's current state."""
+        try:
+            current = ModelStore(self.url, self.storage_options).meta
+        except StoreError:
+            return False
+        return not any(path.startswith(live + "/") or path == live
+                       for live in _live_paths(current))
+
+    def _check_digest(self, path: str, recorded: str | None, compute):
+        if recorded is None:  # written before digests were recorded
+            return
+        actual = compute()
+        if actual != recorded:
+            raise self._damaged(path, f"digest mismatch (recorded {recorded[:12]}..., read "
+                                      f"{actual[:12]}...)")
+
+    def _check_csr(self, path: str, indptr, indices, data, n_values: int | None = None):
+        """Shape checks that catch a lost chunk even in stores without digests."""
+        ok = (indptr.ndim == 1 and indptr.size >= 1 and indptr[0] == 0
+              and int(indptr[-1]) == indices.size == data.size
+              and bool(np.all(np.diff(indptr) >= 0)))
+        if not ok:
+            end = int(indptr[-1]) if indptr.size else None
+            raise self._damaged(path, f"inconsistent CSR arrays (indptr ends at {end}, "
+                                      f"{indices.size} indices, {data.size} values)")
 
     def commit_counts_generation(self, generation: int, unigram: np.ndarray, nnz: list[int],
                                  new_shards: list[dict], totals: dict):
-        """Make a fully written generation the store's counts (one atomic metadata write)."""
+        """Make a fully written generation the store's counts (one atomic metadata write).
+
+        The replaced generation is retired, not deleted (see the module docstring).
+        """
         gen_group = self.group[f"counts/g{generation}"]
         _write_array(gen_group, "unigram", np.asarray(unigram, dtype=np.int64))
         meta = dict(self.meta)
-        previous = meta.get("counts")
         meta["counts"] = {"generation": generation, "id": uuid.uuid4().hex,
                           "nnz": [int(n) for n in nnz], "tokens": int(np.sum(unigram)),
                           "committed": _now()}
         meta["shards"] = list(meta.get("shards", [])) + list(new_shards)
         meta["totals"] = totals
         meta["versions"] = library_versions()
-        self._set_meta(meta)
-        if previous and f"counts/g{previous['generation']}" in self.group:
-            del self.group[f"counts/g{previous['generation']}"]
+        self._commit_and_collect(meta)
         logger.info("committed counts generation %d to %s (%d tokens, nnz %s)",
                     generation, self.url, meta["counts"]["tokens"], meta["counts"]["nnz"])
 
@@ -632,41 +808,49 @@ class ModelStore:
                                        *csr_of_rows(counts.keys[r], counts.values[r], V, start, stop))
         self.commit_counts_generation(generation, counts.unigram, counts.nnz, new_shards, totals)
 
-    def _counts_group(self):
+    def committed_generation(self) -> int:
+        """The committed counts generation (of this snapshot, if it is one)."""
         meta = self.meta
         if "counts" not in meta:
             raise StoreError(f"store {self.url} has no counts yet: run `streamsolve count` first")
-        return self.group[f"counts/g{meta['counts']['generation']}"]
+        return int(meta["counts"]["generation"])
 
-    def read_unigram(self) -> np.ndarray:
-        return self._counts_group()["unigram"][:]
+    def read_unigram(self, generation: int | None = None) -> np.ndarray:
+        """The unigram counts of the committed generation (or of ``generation``), verified."""
+        if generation is None:
+            generation = self.snapshot().committed_generation()
+        return self._read_single(f"counts/g{generation}/unigram")
 
     def iter_count_blocks(self, r: int) -> Iterator[tuple[int, int, tuple]]:
-        """Yield ``(start, stop, (indptr, indices, data))`` row blocks of count block ``r`` (0-based)."""
-        group = self._counts_group()
-        V = self.config.vocab_size
-        for k, (start, stop) in enumerate(row_blocks(V, self.meta["rows_per_block"])):
-            block = group[f"r{r + 1}/b{k}"]
-            yield start, stop, (block["indptr"][:], block["indices"][:], block["data"][:])
+        """Yield ``(start, stop, (indptr, indices, data))`` row blocks of count block ``r`` (0-based).
+
+        All blocks come from the generation committed when the iteration starts (verified).
+        """
+        view = self.snapshot()
+        generation = view.committed_generation()
+        V = view.config.vocab_size
+        for k, (start, stop) in enumerate(row_blocks(V, view.meta["rows_per_block"])):
+            yield start, stop, view.read_count_block_csr(generation, r, k)
 
     def read_count_block(self, r: int):
         """Count block ``r`` (0-based) as a ``scipy.sparse.csr_array`` (V x V, int64)."""
-
-        V = self.config.vocab_size
-        return stack_row_blocks([csr for _, _, csr in self.iter_count_blocks(r)], V, np.int64)
+        view = self.snapshot()
+        V = view.config.vocab_size
+        return stack_row_blocks([csr for _, _, csr in view.iter_count_blocks(r)], V, np.int64)
 
     def read_counts(self) -> Counts:
-        """All counts of the store as a `Counts` (sorted keys), with the manifest."""
-        config = self.config
+        """All counts of the store as a `Counts` (sorted keys), with the manifest (one snapshot)."""
+        view = self.snapshot()
+        config = view.config
         V = config.vocab_size
         keys, values = [], []
         for r in range(config.n_blocks):
-            csr = self.read_count_block(r)
+            csr = view.read_count_block(r)
             rows = np.repeat(np.arange(V, dtype=np.int64), np.diff(csr.indptr))
             keys.append(rows * V + csr.indices.astype(np.int64))
             values.append(csr.data.astype(np.int64))
-        meta = self.meta
-        return Counts(config, keys, values, self.read_unigram(), dict(meta.get("totals", {})),
+        meta = view.meta
+        return Counts(config, keys, values, view.read_unigram(), dict(meta.get("totals", {})),
                       list(meta.get("shards", [])))
 
     # -- weights ---------------------------------------------------------------------------
@@ -675,7 +859,7 @@ class ModelStore:
     # so re-finalizing after an update recomputes only blocks whose inputs changed.
     def count_block_digest(self, r: int, k: int) -> str:
         """Digest of row block ``k`` of count block ``r`` in the committed generation."""
-        generation = self.meta["counts"]["generation"]
+        generation = self.committed_generation()
         block = self.group[f"counts/g{generation}/r{r + 1}/b{k}"]
         digest = block.attrs.get("digest")
         if digest is None:  # stores written before digests were recorded
@@ -689,41 +873,71 @@ class ModelStore:
     def write_weight_block(self, key: str, indptr, indices, data, row_terms):
         """Write one weight row block (marked complete only after all its arrays)."""
         group = self.group.require_group(f"weights/blocks/{key}")
-        _write_array(group, "indptr", np.asarray(indptr, dtype=np.int64))
-        _write_array(group, "indices", np.asarray(indices, dtype=np.int32))
-        _write_array(group, "data", np.asarray(data, dtype=np.float64))
-        _write_array(group, "row_terms", np.asarray(row_terms, dtype=np.float64))
-        group.attrs.put({"complete": True})
+        arrays = {"indptr": np.asarray(indptr, dtype=np.int64),
+                  "indices": np.asarray(indices, dtype=np.int32),
+                  "data": np.asarray(data, dtype=np.float64),
+                  "row_terms": np.asarray(row_terms, dtype=np.float64)}
+        for name, values in arrays.items():
+            _write_array(group, name, values)
+        group.attrs.put({"complete": True, "digest": array_digest(*arrays.values())})
 
     def read_weight_block(self, key: str):
-        """``(indptr, indices, data, row_terms)`` of a weight row block."""
-        group = self.group[f"weights/blocks/{key}"]
-        return group["indptr"][:], group["indices"][:], group["data"][:], group["row_terms"][:]
+        """``(indptr, indices, data, row_terms)`` of a weight row block, verified."""
+        path = f"weights/blocks/{key}"
+        node, arrays = self._read_arrays(path, ("indptr", "indices", "data", "row_terms"))
+        indptr, indices, data, row_terms = arrays
+        self._check_csr(path, indptr, indices, data)
+        self._check_digest(path, node.attrs.get("digest"),
+                           lambda: array_digest(indptr, indices, data, row_terms))
+        return indptr, indices, data, row_terms
 
     def commit_weights(self, params: dict, block_keys: list[list[str]], col_terms: np.ndarray,
-                       bias: np.ndarray, log_unigram: np.ndarray) -> str:
-        """Make written weight blocks plus the rank-one vectors the store's weights."""
-        meta = self.meta
+                       bias: np.ndarray, log_unigram: np.ndarray,
+                       counts_id: str | None = None) -> str:
+        """Make written weight blocks plus the rank-one vectors the store's weights.
+
+        One attribute write switches to them (``params`` includes any calibration); the
+        replaced version is retired, not deleted (see the module docstring). ``counts_id``
+        names the counts they were computed from (default: the committed ones).
+        """
         weights_id = uuid.uuid4().hex[:12]
         root = self.group.require_group(f"weights/v{weights_id}")
         _write_array(root, "col_terms", np.asarray(col_terms, dtype=np.float64))
         _write_array(root, "bias", np.asarray(bias, dtype=np.float64))
         _write_array(root, "log_unigram", np.asarray(log_unigram, dtype=np.float64))
-        meta = dict(meta)
-        meta["weights"] = {"id": weights_id, "counts_id": meta["counts"]["id"],
+        meta = dict(self.meta)
+        meta["weights"] = {"id": weights_id, "counts_id": counts_id or meta["counts"]["id"],
                            "written": _now(), "blocks": block_keys, **params}
-        self._set_meta(meta)
-        self._collect_weight_garbage(weights_id, block_keys)
+        self._commit_and_collect(meta)
         return weights_id
 
-    def _collect_weight_garbage(self, weights_id: str, block_keys: list[list[str]]):
-        keep = {key for keys in block_keys for key in keys}
-        for name in self._group_names("weights"):
-            if name.startswith("v") and name != f"v{weights_id}":
-                del self.group[f"weights/{name}"]
-        for name in self._group_names("weights/blocks"):
-            if name not in keep:
-                del self.group[f"weights/blocks/{name}"]
+    def _commit_and_collect(self, meta: dict):
+        """Write ``meta`` (one atomic write), retiring what it no longer uses; then delete
+        what has been retired for longer than the grace period."""
+        live = _live_paths(meta)
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        retired = {path: stamp for path, stamp in meta.get("retired", {}).items()
+                   if path not in live}
+        for path in self._node_paths():
+            if path not in live:
+                retired.setdefault(path, now)
+        grace = retire_seconds()
+        expired = sorted(path for path, stamp in retired.items() if _age_seconds(stamp) >= grace)
+        meta["retired"] = {path: stamp for path, stamp in retired.items() if path not in expired}
+        self._set_meta(meta)
+        for path in expired:
+            try:
+                if path in self.group:
+                    del self.group[path]
+            except Exception:  # best effort: the next commit retires and removes it again
+                logger.warning("could not remove retired %s/%s", self.url, path)
+
+    def _node_paths(self) -> list[str]:
+        """Every counts generation, weights version and weight block present in the store."""
+        paths = [f"counts/{name}" for name in self._group_names("counts")]
+        paths += [f"weights/{name}" for name in self._group_names("weights") if name != "blocks"]
+        paths += [f"weights/blocks/{name}" for name in self._group_names("weights/blocks")]
+        return paths
 
     def set_calibration(self, calibration: dict | None):
         """Record calibration scalars on the current weights."""
@@ -744,26 +958,112 @@ class ModelStore:
 
         from ..core.weights import ExplicitWeights, SparseRankOne
 
-        meta = self.meta
+        view = self.snapshot()
+        meta = view.meta
         info = meta.get("weights")
         if not info:
             raise StoreError(f"store {self.url} has no weights: run `streamsolve finalize {self.url}`")
         if info["counts_id"] != meta.get("counts", {}).get("id") and not allow_stale:
             raise StoreError(f"the weights in {self.url} are stale (counts changed since they were "
                              f"computed): run `streamsolve finalize {self.url}` again")
-        root = self.group[f"weights/v{info['id']}"]
-        V = self.config.vocab_size
-        col_terms = root["col_terms"][:]
+        root = f"weights/v{info['id']}"
+        V = view.config.vocab_size
+        col_terms = view._read_single(f"{root}/col_terms")
         blocks = []
         for r, keys in enumerate(info["blocks"]):
-            pieces = [self.read_weight_block(key) for key in keys]
+            pieces = [view.read_weight_block(key) for key in keys]
             sparse = stack_row_blocks([p[:3] for p in pieces], V, np.float64)
             row_terms = [p[3] for p in pieces]
             blocks.append(SparseRankOne(sparse, np.concatenate(row_terms), col_terms[r]))
         params = {k: v for k, v in info.items()
                   if k not in ("id", "counts_id", "written", "blocks", "reused_blocks")}
-        return ExplicitWeights.from_params(blocks, root["bias"][:], root["log_unigram"][:],
-                                           self.config, params)
+        return ExplicitWeights.from_params(blocks, view._read_single(f"{root}/bias"),
+                                           view._read_single(f"{root}/log_unigram"),
+                                           view.config, params)
+
+
+    # -- verification ----------------------------------------------------------------------
+    def verify(self) -> dict:
+        """Read and check every committed count block, the unigram, the tokenizer and the
+        current weights (one snapshot), collecting all damage instead of stopping at the first.
+
+        Returns
+        -------
+        dict
+            ``ok`` (bool), ``checked`` (blocks and arrays read), ``damaged`` (list of
+            ``{"path", "problem"}``), ``without_digest`` (paths written before digests were
+            recorded: checked for shape only), ``counts_generation`` and ``weights_id``.
+        """
+        view = self.snapshot()
+        meta = view.meta
+        generation = view.committed_generation()
+        report = {"store": self.url, "ok": True, "checked": 0, "damaged": [],
+                  "without_digest": [], "counts_generation": generation,
+                  "weights_id": (meta.get("weights") or {}).get("id")}
+        view._verify_counts(generation, report)
+        if meta.get("weights"):
+            view._verify_weights(meta["weights"], report)
+        report["ok"] = not report["damaged"]
+        return report
+
+    def _verify_one(self, report: dict, path: str, read):
+        """Run ``read`` (a verified read of ``path``); record damage; return its result."""
+        report["checked"] += 1
+        try:
+            result = read()
+        except StoreError as exc:
+            report["damaged"].append({"path": path, "problem": str(exc)})
+            return None
+        if path != "tokenizer" and "digest" not in self.group[path].attrs:
+            report["without_digest"].append(path)
+        return result
+
+    def _verify_counts(self, generation: int, report: dict):
+        counts = self.meta["counts"]
+        self._verify_one(report, "tokenizer", self.tokenizer_text)
+        unigram_path = f"counts/g{generation}/unigram"
+        unigram = self._verify_one(report, unigram_path, lambda: self.read_unigram(generation))
+        if unigram is not None and int(unigram.sum()) != int(counts["tokens"]):
+            report["damaged"].append({"path": unigram_path, "problem": (
+                f"{unigram_path}: holds {int(unigram.sum())} tokens but the commit recorded "
+                f"{counts['tokens']} in store {self.url}: {_DAMAGE_FIX}")})
+        config = self.config
+        for r in range(config.n_blocks):
+            stored, complete = 0, True
+            for k, _ in enumerate(row_blocks(config.vocab_size, self.meta["rows_per_block"])):
+                path = f"counts/g{generation}/r{r + 1}/b{k}"
+                csr = self._verify_one(report, path,
+                                       lambda: self.read_count_block_csr(generation, r, k))
+                complete = complete and csr is not None
+                stored += csr[1].size if csr is not None else 0
+            expected = counts.get("nnz", [None] * config.n_blocks)[r]
+            if complete and expected is not None and stored != int(expected):
+                path = f"counts/g{generation}/r{r + 1}"
+                report["damaged"].append({"path": path, "problem": (
+                    f"{path}: holds {stored} pairs but the commit recorded {expected} in store "
+                    f"{self.url}: {_DAMAGE_FIX}")})
+
+    def _verify_weights(self, weights: dict, report: dict):
+        root = f"weights/v{weights['id']}"
+        for name in ("col_terms", "bias", "log_unigram"):
+            path = f"{root}/{name}"
+            self._verify_one(report, path, lambda: self._read_single(path))
+        for keys in weights["blocks"]:
+            for key in keys:
+                path = f"weights/blocks/{key}"
+                self._verify_one(report, path, lambda: self.read_weight_block(key))
+
+
+def _live_paths(meta: dict) -> set[str]:
+    """The nodes the state described by ``meta`` reads: its generation, weights and blocks."""
+    live = set()
+    if meta.get("counts"):
+        live.add(f"counts/g{meta['counts']['generation']}")
+    weights = meta.get("weights")
+    if weights:
+        live.add(f"weights/v{weights['id']}")
+        live.update(f"weights/blocks/{key}" for keys in weights["blocks"] for key in keys)
+    return live
 
 
 def stack_row_blocks(blocks: list[tuple], n_cols: int, dtype):

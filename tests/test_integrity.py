@@ -1,0 +1,167 @@
+"""Integrity: a flipped byte or a deleted chunk in a store is detected, never read back as
+other counts or weights, and nothing is built on top of it (issue 12, item 3).
+
+Every command reads through checksummed chunks and per-block digests: ``count`` (merging
+into a new generation), ``finalize``, ``eval`` and ``verify`` stop naming the damaged block.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from streamsolve import api
+from streamsolve.cli import main
+from streamsolve.store.model_store import ModelStore
+
+from .conftest import write_text
+
+DAMAGES = ("flip", "delete")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, documents) -> dict:
+    folder = tmp_path_factory.mktemp("corpus")
+    return {"first": str(write_text(folder / "first.txt", "\n\n".join(documents[::2]) + "\n")),
+            "second": str(write_text(folder / "second.txt", "\n\n".join(documents[1::2]) + "\n"))}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, corpus, tokenizer_file) -> Path:
+    """A finalized store (V = 400, radius 2, 4 row blocks per count block)."""
+    store = tmp_path_factory.mktemp("pristine") / "m.zarr"
+    api.count([corpus["first"]], str(store), tokenizer=tokenizer_file, radius=2,
+              rows_per_block=100)
+    api.finalize(str(store))
+    return store
+
+
+@pytest.fixture
+def store(tmp_path, pristine) -> str:
+    copy = tmp_path / "m.zarr"
+    shutil.copytree(pristine, copy)
+    return str(copy)
+
+
+def counts_block(store: str, r: int = 2, k: int = 1) -> str:
+    generation = ModelStore(store).meta["counts"]["generation"]
+    return f"counts/g{generation}/r{r}/b{k}"
+
+
+def weights_block(store: str) -> str:
+    return f"weights/blocks/{ModelStore(store).meta['weights']['blocks'][1][1]}"
+
+
+def damage(store: str, block: str, how: str, array: str = "data"):
+    """Flip one byte in the middle of the chunk of ``block/array``, or delete that chunk."""
+    chunk = Path(store) / block / array / "c" / "0"
+    assert chunk.is_file(), chunk
+    if how == "delete":
+        chunk.unlink()
+        return
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_count_refuses_to_merge_damaged_counts(store, corpus, capsys, how):
+    before = ModelStore(store).meta["counts"]
+    block = counts_block(store)
+    damage(store, block, how)
+    code, _, err = run_cli(capsys, "count", corpus["second"], "--store", store, "-q")
+    assert code == 2
+    assert f"{block}: " in err and "damaged" in err, err
+    after = ModelStore(store).meta["counts"]
+    assert after == before, "nothing may be committed on top of damaged counts"
+    assert sorted(p.name for p in (Path(store) / "counts").iterdir() if p.is_dir()) == \
+        [f"g{before['generation']}"], "the half-built generation is discarded"
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_finalize_stops_on_damaged_counts(store, capsys, how):
+    weights_before = ModelStore(store).meta["weights"]
+    block = counts_block(store, r=1, k=2)
+    damage(store, block, how, array="indices")
+    code, _, err = run_cli(capsys, "finalize", store, "-q")
+    assert code == 2
+    assert f"{block}: " in err, err
+    assert ModelStore(store).meta["weights"] == weights_before
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_eval_stops_on_damaged_weights(store, corpus, capsys, how):
+    block = weights_block(store)
+    damage(store, block, how)
+    code, _, err = run_cli(capsys, "eval", store, corpus["second"], "-q")
+    assert code == 2
+    assert f"{block}: " in err, err
+
+
+def test_finalize_rewrites_a_damaged_weight_block_from_verified_counts(store, corpus, capsys):
+    block = weights_block(store)
+    damage(store, block, "flip")
+    code, _, _ = run_cli(capsys, "finalize", store, "-q")
+    assert code == 0, "weights are derived data: a damaged block is recomputed, not reused"
+    assert api.verify(store)["ok"]
+    assert run_cli(capsys, "eval", store, corpus["second"], "-q")[0] == 0
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_verify_names_every_damaged_block(store, capsys, how):
+    code, out, _ = run_cli(capsys, "verify", store, "--json", "-q")
+    clean = json.loads(out)
+    assert code == 0 and clean["ok"] and clean["damaged"] == []
+    assert clean["checked"] == 1 + 1 + 2 * 4 + 3 + 2 * 4  # tokenizer, unigram, counts, weights
+    counts, weights = counts_block(store, r=1, k=0), weights_block(store)
+    damage(store, counts, how)
+    damage(store, weights, how, array="row_terms")
+    code, out, err = run_cli(capsys, "verify", store, "--json", "-q")
+    report = json.loads(out)
+    assert code == 2 and not report["ok"]
+    assert [d["path"] for d in report["damaged"]] == [counts, weights]
+    assert err.startswith(f"streamsolve verify: error: {counts}: ") and weights in err
+
+
+def test_damaged_unigram_and_tokenizer_are_detected(store, corpus, capsys):
+    generation = ModelStore(store).meta["counts"]["generation"]
+    damage(store, f"counts/g{generation}", "delete", array="unigram")
+    damage(store, ".", "flip", array="tokenizer")
+    report = api.verify(store)
+    assert [d["path"] for d in report["damaged"]] == ["tokenizer", f"counts/g{generation}/unigram"]
+    code, _, err = run_cli(capsys, "count", corpus["second"], "--store", store, "-q")
+    assert code == 2 and "damaged" in err
+
+
+def test_store_without_digests_keeps_working(store, corpus, capsys):
+    """Stores written before digests were recorded: reads and merges work, verify says
+    what it could not check, and a lost indptr chunk is still caught by the shape check."""
+    for meta_file in (Path(store) / "counts").glob("g*/r*/b*/zarr.json"):
+        node = json.loads(meta_file.read_text())
+        node["attributes"].pop("digest")
+        meta_file.write_text(json.dumps(node))
+    report = api.verify(store)
+    assert report["ok"] and len(report["without_digest"]) == 8
+    assert api.count([corpus["second"]], store).new_tokens > 0
+    assert api.verify(store)["without_digest"] == [], "new writes record digests"
+    damage(store, counts_block(store, r=1, k=3), "delete", array="indptr")
+    assert [d["path"] for d in api.verify(store)["damaged"]] == [counts_block(store, r=1, k=3)]
+
+
+def test_every_array_is_written_with_checksummed_codecs(store):
+    names = [codec["name"] for codec in
+             json.loads((Path(store) / counts_block(store) / "data" / "zarr.json").read_text())["codecs"]]
+    assert names == ["bytes", "zstd", "crc32c"]
+    for array_meta in Path(store).rglob("zarr.json"):
+        node = json.loads(array_meta.read_text())
+        if node["node_type"] == "array":
+            assert any(codec["name"] == "crc32c" for codec in node["codecs"]), array_meta
