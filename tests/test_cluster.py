@@ -35,6 +35,7 @@ def dask_cluster(tmp_path_factory):
         procs.close()
 
 
+@pytest.mark.slow
 def test_cli_started_cluster_solve_matches_local(dask_cluster, tokenizer_file, tmp_path):
     address, workdir, procs = dask_cluster
     write_shards(workdir / "corpus", n=4)
@@ -74,6 +75,7 @@ def test_cli_started_cluster_solve_matches_local(dask_cluster, tokenizer_file, t
     procs.check_alive()
 
 
+@pytest.mark.slow
 def test_cluster_workers_read_shards_from_s3_and_write_the_store_there(dask_cluster, tmp_path,
                                                                       tokenizer_file):
     """The compose file's setup: shards and store on an object store, workers do the I/O."""
@@ -108,6 +110,7 @@ def test_cluster_workers_read_shards_from_s3_and_write_the_store_there(dask_clus
         procs.close()
 
 
+@pytest.mark.slow
 def test_errors_on_the_cluster_come_back_as_one_line(dask_cluster, tmp_path):
     address, workdir, _ = dask_cluster
     proc = run_cli(["count", "no-such-corpus", "--store", "x.zarr", "--scheduler", address],
@@ -117,6 +120,7 @@ def test_errors_on_the_cluster_come_back_as_one_line(dask_cluster, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [
     ["count", "corpus", "--store", "x.zarr"],
     ["solve", "--store", "x.zarr"],

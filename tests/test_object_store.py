@@ -49,6 +49,7 @@ def s3(tmp_path_factory):
             procs.close()
 
 
+@pytest.mark.slow
 def test_s3_round_trip(s3, tokenizer_file, tmp_path):
     endpoint, options, local_shards = s3
     so = json.dumps(options)
