@@ -75,24 +75,34 @@ def sharded_corpus(tmp_path, documents):
             ``FOLDER/s{i:02d}.txt[.{compression}]`` in shard order: documents joined by a
             blank line, one trailing newline.
         """
-        texts = session_documents if documents is None else documents
-        if not 1 <= n_shards <= len(texts):
-            raise ValueError(f"n_shards must be in 1..{len(texts)}, got {n_shards}")
-        suffixes = [compression] if isinstance(compression, str) else list(compression)
         target = tmp_path / folder
         copies = 1
         while target.exists():
             copies += 1
             target = tmp_path / f"{folder}-{copies}"
-        target.mkdir()
-        paths = []
-        for i in range(n_shards):
-            suffix = suffixes[i % len(suffixes)]
-            name = f"s{i:02d}.txt" + (f".{suffix}" if suffix else "")
-            paths.append(str(write_text(target / name, "\n\n".join(texts[i::n_shards]) + "\n")))
-        return paths
+        texts = session_documents if documents is None else documents
+        return [str(path) for path in write_shards(target, n_shards, compression, texts)]
 
     return write
+
+
+def write_shards(folder: Path, n_shards: int = 4, compression: str | Sequence[str] = "gz",
+                 documents: Sequence[str] | None = None) -> list[Path]:
+    """What `sharded_corpus` writes, into a given folder (created; default all pydoc topics).
+
+    For tests whose shards must sit in a particular place (a worker's directory, an upload).
+    """
+    texts = pydoc_documents() if documents is None else documents
+    if not 1 <= n_shards <= len(texts):
+        raise ValueError(f"n_shards must be in 1..{len(texts)}, got {n_shards}")
+    suffixes = [compression] if isinstance(compression, str) else list(compression)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_shards):
+        suffix = suffixes[i % len(suffixes)]
+        name = f"s{i:02d}.txt" + (f".{suffix}" if suffix else "")
+        paths.append(write_text(folder / name, "\n\n".join(texts[i::n_shards]) + "\n"))
+    return paths
 
 
 @pytest.fixture
