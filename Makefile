@@ -2,6 +2,7 @@
 #   make solve                       the main job on the embedded default corpus
 #   make solve CORPUS='a.txt.gz b/'  the same on your shards (files, dirs, globs, URLs)
 #   make test                        the test suite (what CI runs)
+#   make test-fast                   every test not marked slow
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -9,7 +10,7 @@ STORE  ?= out/model.zarr
 CORPUS ?=
 ARGS   ?=
 
-.PHONY: setup solve test bench clean
+.PHONY: setup solve test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +25,9 @@ solve: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python -m bench $(if $(FULL),--full,)

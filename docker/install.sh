@@ -18,7 +18,7 @@ python=${PYTHON:-python3}
 "$venv/bin/python" -m pip check
 # smoke test: the entry points the image runs, and the C counting kernels
 "$venv/bin/streamsolve" --help > /dev/null
-"$venv/bin/python" -c 'from streamsolve import native; assert native.available(), "C counting kernels not built"'
+"$venv/bin/python" -c 'from streamsolve.core import native; assert native.available(), "C counting kernels not built"'
 "$venv/bin/dask" scheduler --help > /dev/null
 "$venv/bin/dask" worker --help > /dev/null
 echo "installed streamsolve[$extras] into $venv"

@@ -1,29 +1,61 @@
 """streamsolve: single-layer softmax models without backpropagation.
 
 Stream a corpus once into sparse co-occurrence counts, then turn them into the model's
-explicit weights (see DESIGN: sparse + rank-one weight blocks, optional calibration).
+explicit weights (see docs/design.md: sparse + rank-one weight blocks, optional calibration).
+
+Importing the package does nothing else: each public name below is imported from its module
+on first use (PEP 562), so ``import streamsolve`` loads neither Dask, Zarr, tokenizers nor
+SciPy, and ``__version__`` is read from the installed distribution's metadata when asked for.
 """
 
-__version__ = "0.1.0"
+import importlib
 
-from .api import count, evaluate, export_counts, finalize, info, solve, verify  # noqa: E402
-from .core.counting import CountConfig, Counts, count_token_documents  # noqa: E402
-from .incremental import Model  # noqa: E402
-from .language_model import LanguageModel  # noqa: E402
-from .store.model_store import ModelStore  # noqa: E402
-from .core.weights import ExplicitWeights, finalize as finalize_counts  # noqa: E402
+#: Public name -> (module relative to this package, attribute in that module).
+_PUBLIC_NAMES = {
+    "count": (".api", "count"),
+    "evaluate": (".api", "evaluate"),
+    "export_counts": (".api", "export_counts"),
+    "finalize": (".api", "finalize"),
+    "info": (".api", "info"),
+    "solve": (".api", "solve"),
+    "verify": (".api", "verify"),
+    "CountConfig": (".core.counting", "CountConfig"),
+    "Counts": (".core.counting", "Counts"),
+    "count_token_documents": (".core.counting", "count_token_documents"),
+    "Model": (".incremental", "Model"),
+    "LanguageModel": (".language_model", "LanguageModel"),
+    "ModelStore": (".store.model_store", "ModelStore"),
+    "ExplicitWeights": (".core.weights", "ExplicitWeights"),
+    "finalize_counts": (".core.weights", "finalize"),
+    "ExplicitSoftmaxClassifier": (".classifier.estimator", "ExplicitSoftmaxClassifier"),
+}
 
-__all__ = [
-    "CountConfig", "Counts", "ExplicitSoftmaxClassifier", "ExplicitWeights", "LanguageModel", "Model", "ModelStore",
-    "count", "count_token_documents", "evaluate", "export_counts", "finalize",
-    "finalize_counts", "info", "solve", "verify", "__version__",
-]
+__all__ = sorted(_PUBLIC_NAMES) + ["__version__"]
 
 
-def __getattr__(name):
-    # The classifier pulls in nothing heavy, but keep it lazy so the LM path stays lean.
-    if name == "ExplicitSoftmaxClassifier":
-        from .classifier.estimator import ExplicitSoftmaxClassifier
+def _installed_version() -> str:
+    """The installed distribution's version (``"unknown"`` in a checkout that is not installed)."""
+    from importlib import metadata
 
-        return ExplicitSoftmaxClassifier
-    raise AttributeError(name)
+    try:
+        return metadata.version("streamsolve")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def __getattr__(name: str):
+    """Import a public name's module on first use and cache the name in this module."""
+    if name == "__version__":
+        value = _installed_version()
+    elif name in _PUBLIC_NAMES:
+        module_name, attribute = _PUBLIC_NAMES[name]
+        value = getattr(importlib.import_module(module_name, __name__), attribute)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's own names plus the lazily imported public ones."""
+    return sorted(set(globals()) | set(__all__))

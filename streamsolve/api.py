@@ -27,6 +27,7 @@ import numpy as np
 
 from .core.counting import CountConfig
 from .language_model import Evaluation, LanguageModel
+from .engine.memory import tune_allocator
 from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .store.locking import StoreLock
 from .text.reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
@@ -221,6 +222,9 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
             text_field, bos_token, heldout_fraction, scheduler, workers, storage_options,
             block_bytes, rows_per_block, allow_changed, memory=None, tmp=None) -> CountResult:
     started = time.perf_counter()
+    # Before the tokenizer trainer's and the scheduler's threads exist: glibc gives a thread
+    # its own heap arena on its first malloc (count_corpus and each task call it again).
+    tune_allocator()
     read_kwargs = {"documents": documents, "text_field": text_field,
                    "storage_options": storage_options}
     if block_bytes:

@@ -1,10 +1,11 @@
 """Shared fixtures: real text (CPython's pydoc topics, always present; the KJV from
-../shared/corpora when it exists) and a small tokenizer trained on it."""
+../shared/corpora when it exists), shards written from it, and a small tokenizer trained on it."""
 
 from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,67 @@ def tokenizer_file(tmp_path_factory, tokenizer_text) -> str:
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     path.write_text(tokenizer_text, encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture
+def sharded_corpus(tmp_path, documents):
+    """Write real text (pydoc topics) to shard files under the test's ``tmp_path``.
+
+    The fixture is a function: ``sharded_corpus(n_shards=4, compression="gz")`` returns the
+    shard paths; see `write` below for its parameters.
+    """
+    session_documents = documents
+
+    def write(n_shards: int = 4, compression: str | Sequence[str] = "gz", *,
+              documents: Sequence[str] | None = None, folder: str = "corpus") -> list[str]:
+        """Write ``n_shards`` shards; shard ``i`` holds documents ``i, i + n, i + 2n, ...``.
+
+        Parameters
+        ----------
+        n_shards : int
+            Number of shard files (1: the whole text in one file).
+        compression : str or sequence of str
+            ``"gz"``, ``"bz2"``, ``"xz"``, ``"zst"`` or ``""`` (plain text); a sequence is
+            cycled over the shards (``("", "gz", "xz")`` mixes formats).
+        documents : sequence of str, optional
+            The text; default the session's 40 documents (`pydoc_documents()` for all).
+        folder : str
+            Name of the new folder (made unique when a test writes several corpora).
+
+        Returns
+        -------
+        list of str
+            ``FOLDER/s{i:02d}.txt[.{compression}]`` in shard order: documents joined by a
+            blank line, one trailing newline.
+        """
+        target = tmp_path / folder
+        copies = 1
+        while target.exists():
+            copies += 1
+            target = tmp_path / f"{folder}-{copies}"
+        texts = session_documents if documents is None else documents
+        return [str(path) for path in write_shards(target, n_shards, compression, texts)]
+
+    return write
+
+
+def write_shards(folder: Path, n_shards: int = 4, compression: str | Sequence[str] = "gz",
+                 documents: Sequence[str] | None = None) -> list[Path]:
+    """What `sharded_corpus` writes, into a given folder (created; default all pydoc topics).
+
+    For tests whose shards must sit in a particular place (a worker's directory, an upload).
+    """
+    texts = pydoc_documents() if documents is None else documents
+    if not 1 <= n_shards <= len(texts):
+        raise ValueError(f"n_shards must be in 1..{len(texts)}, got {n_shards}")
+    suffixes = [compression] if isinstance(compression, str) else list(compression)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_shards):
+        suffix = suffixes[i % len(suffixes)]
+        name = f"s{i:02d}.txt" + (f".{suffix}" if suffix else "")
+        paths.append(write_text(folder / name, "\n\n".join(texts[i::n_shards]) + "\n"))
+    return paths
 
 
 @pytest.fixture

@@ -175,15 +175,9 @@ def json_out(proc: subprocess.CompletedProcess) -> dict:
 
 
 def write_shards(directory: Path, n: int = 4, per_shard: int | None = None) -> list[Path]:
-    """Real text (CPython's pydoc topics) split into ``n`` shards."""
-    from pydoc_data.topics import topics
+    """Real text (CPython's pydoc topics) split into ``n`` plain-text shards in ``directory``
+    (``per_shard`` topics each, default all topics), as the ``sharded_corpus`` fixture writes them."""
+    from .conftest import pydoc_documents, write_shards as write_corpus_shards
 
-    names = sorted(topics)[: per_shard * n if per_shard else None]
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = directory / f"shard-{i}.txt"
-        path.write_text("\n\n".join(topics[name].strip("\n") for name in names[i::n]) + "\n",
-                        encoding="utf-8")
-        paths.append(path)
-    return paths
+    documents = pydoc_documents()[: per_shard * n if per_shard else None]
+    return write_corpus_shards(directory, n, "", documents)

@@ -24,12 +24,9 @@ def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
 
 
 @pytest.fixture
-def corpus(tmp_path, documents) -> list[Path]:
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    return [write_text(folder / "a.txt", "\n\n".join(documents[:20]) + "\n"),
-            write_text(folder / "b.txt.gz", "\n\n".join(documents[20:30]) + "\n"),
-            write_text(folder / "c.txt.xz", "\n\n".join(documents[30:]) + "\n")]
+def corpus(sharded_corpus) -> list[str]:
+    """Three shards, one plain, one gzip, one xz."""
+    return sharded_corpus(3, ("", "gz", "xz"))
 
 
 def test_end_to_end(capsys, tmp_path, corpus, tokenizer_file, documents):

@@ -47,6 +47,7 @@ def dask_cluster(tmp_path_factory):
         procs.close()
 
 
+@pytest.mark.slow
 def test_cli_started_cluster_solve_matches_local(dask_cluster, tokenizer_file, tmp_path):
     address, workdir, procs = dask_cluster
     write_shards(workdir / "corpus", n=4)
@@ -86,6 +87,7 @@ def test_cli_started_cluster_solve_matches_local(dask_cluster, tokenizer_file, t
     procs.check_alive()
 
 
+@pytest.mark.slow
 def test_cluster_workers_read_shards_from_s3_and_write_the_store_there(dask_cluster, tmp_path,
                                                                       tokenizer_file):
     """The compose file's setup: shards and store on an object store, workers do the I/O."""
@@ -245,6 +247,7 @@ def test_ctrl_c_cancels_the_job_on_the_cluster(dask_cluster, tmp_path, tokenizer
     assert not ModelStore(workdir / "interrupted.zarr").exists()  # nothing committed
 
 
+@pytest.mark.slow
 def test_errors_on_the_cluster_come_back_as_one_line(dask_cluster, tmp_path):
     address, workdir, _ = dask_cluster
     proc = run_cli(["count", "no-such-corpus", "--store", "x.zarr", "--scheduler", address],
@@ -254,6 +257,7 @@ def test_errors_on_the_cluster_come_back_as_one_line(dask_cluster, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [
     ["count", "corpus", "--store", "x.zarr"],
     ["solve", "--store", "x.zarr"],

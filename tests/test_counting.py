@@ -13,8 +13,6 @@ from streamsolve.core.counting import ContextCarry, CountConfig, Counts, count_s
 from streamsolve.engine.pipeline import HoldOut, count_corpus, count_shard
 from streamsolve.text.reading import ReadOptions
 
-from .conftest import write_text
-
 
 def brute_force(documents, config):
     """Reference counts by plain loops: ({(block, ctx, tgt): n}, unigram)."""
@@ -139,68 +137,61 @@ def paragraphs(documents):
 
 
 @pytest.mark.parametrize("aggregation,radius", [("cat", 1), ("cat", 3), ("sum", 2)])
-def test_shard_counts_equal_brute_force_on_real_text(tmp_path, documents, tokenizer_text,
+def test_shard_counts_equal_brute_force_on_real_text(sharded_corpus, documents, tokenizer_text,
                                                      aggregation, radius):
     tokenizer = Tokenizer.from_str(tokenizer_text)
     V = tokenizer.get_vocab_size()
     config = CountConfig(V, radius, aggregation, bos_id=0)
-    path = write_text(tmp_path / "shard.txt", "\n\n".join(documents) + "\n")
-    result = count_shard(str(path), tokenizer_text, config, ReadOptions(block_bytes=4096))
+    [path] = sharded_corpus(1, "")
+    result = count_shard(path, tokenizer_text, config, ReadOptions(block_bytes=4096))
     pairs, unigram = brute_force(reference_ids(tokenizer, paragraphs(documents)), config)
     assert as_dict(result.counts) == pairs
     np.testing.assert_array_equal(result.counts.unigram, unigram)
 
 
 @pytest.mark.parametrize("mode", ["blank-line", "line", "file"])
-def test_counts_invariant_under_block_size(tmp_path, documents, tokenizer_text, mode):
+def test_counts_invariant_under_block_size(sharded_corpus, tokenizer_text, mode):
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
     config = CountConfig(V, 3, "cat")
-    path = write_text(tmp_path / "shard.txt.gz", "\n\n".join(documents) + "\n")
-    results = [count_shard(str(path), tokenizer_text, config,
+    [path] = sharded_corpus(1, "gz")
+    results = [count_shard(path, tokenizer_text, config,
                            ReadOptions(documents=mode, block_bytes=size)).counts
                for size in (97, 1000, 1 << 16, 1 << 24)]
     for other in results[1:]:
         assert other.equal_counts(results[0])
 
 
-def test_counts_invariant_under_resharding_order_and_workers(tmp_path, documents, tokenizer_text):
+def test_counts_invariant_under_resharding_order_and_workers(sharded_corpus, tokenizer_text):
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
     config = CountConfig(V, 2, "cat")
     options = ReadOptions()
-    one = write_text(tmp_path / "all.txt", "\n\n".join(documents) + "\n")
-    reference = count_corpus([str(one)], tokenizer_text, config, options, scheduler="sync").counts
-    for n_shards, workers, suffix in [(2, 1, ".txt"), (5, 2, ".gz"), (11, 3, ".zst")]:
-        folder = tmp_path / f"split{n_shards}"
-        folder.mkdir()
-        paths = []
-        for i in range(n_shards):
-            part = documents[i::n_shards]
-            paths.append(str(write_text(folder / f"part{i:02d}.txt{suffix if suffix != '.txt' else ''}",
-                                        "\n\n".join(part) + "\n")))
+    reference = count_corpus(sharded_corpus(1, ""), tokenizer_text, config, options,
+                             scheduler="sync").counts
+    for n_shards, workers, compression in [(2, 1, ""), (5, 2, "gz"), (11, 3, "zst")]:
+        paths = sharded_corpus(n_shards, compression)
         for order in (paths, paths[::-1]):
             counts = count_corpus(order, tokenizer_text, config, options, scheduler="threads",
                                   workers=workers, split_every=2).counts
             assert counts.equal_counts(reference), (n_shards, workers)
 
 
-def test_processes_scheduler_gives_identical_counts(tmp_path, documents, tokenizer_text):
+def test_processes_scheduler_gives_identical_counts(sharded_corpus, tokenizer_text):
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
     config = CountConfig(V, 2, "sum")
-    paths = [str(write_text(tmp_path / f"p{i}.txt", "\n\n".join(documents[i::3]) + "\n"))
-             for i in range(3)]
+    paths = sharded_corpus(3, "")
     threads = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="threads").counts
     procs = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="processes",
                          workers=2).counts
     assert procs.equal_counts(threads)
 
 
-def test_heldout_is_deterministic_and_disjoint(tmp_path, documents, tokenizer_text):
+def test_heldout_is_deterministic_and_disjoint(sharded_corpus, tokenizer_text):
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
     config = CountConfig(V, 2, "cat")
-    path = write_text(tmp_path / "s.txt", "\n\n".join(documents) + "\n")
-    full = count_shard(str(path), tokenizer_text, config, ReadOptions())
+    [path] = sharded_corpus(1, "")
+    full = count_shard(path, tokenizer_text, config, ReadOptions())
     holdout = HoldOut(fraction=0.3, group_lines=8)
-    runs = [count_shard(str(path), tokenizer_text, config, ReadOptions(block_bytes=b), holdout)
+    runs = [count_shard(path, tokenizer_text, config, ReadOptions(block_bytes=b), holdout)
             for b in (500, 1 << 20)]
     assert runs[0].counts.equal_counts(runs[1].counts)
     train, held = runs[0].counts.tokens, sum(d.size for d in runs[0].heldout)

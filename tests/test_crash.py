@@ -20,7 +20,7 @@ import pytest
 from streamsolve import api
 from streamsolve.store.model_store import ModelStore
 
-from .conftest import pydoc_documents, write_text
+from .conftest import pydoc_documents
 
 TRIALS = int(os.environ.get("STREAMSOLVE_CRASH_TRIALS", "20"))
 STAGE = re.compile(r"ingest stage: (\w+)|(finalized block)|(committed counts generation)")
@@ -64,12 +64,9 @@ def run_and_kill(command: list[str], kill_after: float,
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_never_corrupts_the_store(tmp_path, tokenizer_file):
-    docs = pydoc_documents()
-    shard_dir = tmp_path / "shards"
-    shard_dir.mkdir()
-    shards = [str(write_text(shard_dir / f"s{i}.txt.gz", "\n\n".join(docs[i::8]) + "\n"))
-              for i in range(8)]
+def test_sigkill_at_random_moments_never_corrupts_the_store(tmp_path, sharded_corpus,
+                                                            tokenizer_file):
+    shards = sharded_corpus(8, documents=pydoc_documents())
     base_shards, new_shards = shards[:2], shards[2:]
 
     base = tmp_path / "base.zarr"

@@ -17,7 +17,7 @@ from streamsolve.engine.pipeline import count_corpus
 from streamsolve.text.reading import ReadOptions
 from streamsolve.store.model_store import ModelStore
 
-from .conftest import pydoc_documents, write_text
+from .conftest import pydoc_documents
 
 distributed = pytest.importorskip("distributed")
 
@@ -34,20 +34,14 @@ def cluster():
             yield local_cluster, client
 
 
-def _shards(folder, n):
-    docs = pydoc_documents()
-    folder.mkdir()
-    return [str(write_text(folder / f"s{i:02d}.txt.gz", "\n\n".join(docs[i::n]) + "\n"))
-            for i in range(n)]
-
-
 @pytest.mark.slow
-def test_cluster_counts_equal_local_counts(tmp_path, cluster, tokenizer_text, tokenizer_file):
+def test_cluster_counts_equal_local_counts(tmp_path, cluster, sharded_corpus, tokenizer_text,
+                                           tokenizer_file):
     import streamsolve as ss
 
     _, client = cluster
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
-    paths = _shards(tmp_path / "corpus", 6)
+    paths = sharded_corpus(6, documents=pydoc_documents())
     for config in (CountConfig(V, 3, "cat"), CountConfig(V, 2, "sum")):
         local = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="sync").counts
         remote = count_corpus(paths, tokenizer_text, config, ReadOptions(), client=client,
@@ -81,11 +75,12 @@ def _tasks_in_memory(dask_scheduler=None):
 
 
 @pytest.mark.slow
-def test_killing_a_worker_mid_run_does_not_change_the_counts(tmp_path, cluster, tokenizer_text):
+def test_killing_a_worker_mid_run_does_not_change_the_counts(tmp_path, cluster, sharded_corpus,
+                                                             tokenizer_text):
     _, client = cluster
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
     config = CountConfig(V, 2, "cat")
-    paths = _shards(tmp_path / "corpus", 24)
+    paths = sharded_corpus(24, documents=pydoc_documents())
     reference = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="sync").counts
     spill = tmp_path / "spill"
     spill.mkdir()

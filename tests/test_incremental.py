@@ -17,11 +17,8 @@ from .conftest import write_text
 
 
 @pytest.fixture
-def shards(tmp_path, documents):
-    folder = tmp_path / "shards"
-    folder.mkdir()
-    return [str(write_text(folder / f"s{i}.txt.gz", "\n\n".join(documents[i::4]) + "\n"))
-            for i in range(4)]
+def shards(sharded_corpus) -> list[str]:
+    return sharded_corpus(4)
 
 
 def counts_id(store):
@@ -128,8 +125,7 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
 def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents, tokenizer_file,
                                                             monkeypatch):
     store = str(tmp_path / "m.zarr")
-    api.count([str(write_text(tmp_path / "a.txt", "\n\n".join(documents) + "\n"))], store,
-              tokenizer=tokenizer_file, radius=2, rows_per_block=8)
+    api.count(sharded_corpus(1, ""), store, tokenizer=tokenizer_file, radius=2, rows_per_block=8)
     first = api.finalize(store, smoothing="additive")
     assert first.weights.reused_blocks == 0
     again = api.finalize(store, smoothing="additive")

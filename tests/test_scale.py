@@ -19,8 +19,6 @@ from streamsolve.engine.pipeline import count_corpus, count_shard, line_tokenize
 from streamsolve.text.reading import ReadOptions
 from streamsolve.store.model_store import ModelStore
 
-from .conftest import write_text
-
 
 def test_parse_memory_units_and_share():
     assert parse_memory("2GB") == 2 * 10**9
@@ -69,19 +67,12 @@ def test_kway_merge_of_runs_equals_sum_of_all(tmp_path):
     assert arr.dtype == np.int64
 
 
-def _corpus(tmp_path, documents, n_shards=4):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    return [str(write_text(folder / f"part{i}.txt.gz", "\n\n".join(documents[i::n_shards]) + "\n"))
-            for i in range(n_shards)]
-
-
 @pytest.mark.parametrize("aggregation,radius", [("cat", 3), ("sum", 2)])
-def test_tiny_budget_spills_and_gives_exact_counts(tmp_path, documents, tokenizer_text,
+def test_tiny_budget_spills_and_gives_exact_counts(tmp_path, sharded_corpus, tokenizer_text,
                                                    aggregation, radius):
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
     config = CountConfig(V, radius, aggregation)
-    paths = _corpus(tmp_path, documents)
+    paths = sharded_corpus(4)
     reference = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="sync").counts
     spill_root = tmp_path / "spill"
     spill_root.mkdir()
@@ -103,10 +94,10 @@ def test_tiny_budget_spills_and_gives_exact_counts(tmp_path, documents, tokenize
     assert store.read_counts().equal_counts(reference)
 
 
-def test_single_large_shard_spills_inside_its_task(tmp_path, documents, tokenizer_text):
+def test_single_large_shard_spills_inside_its_task(tmp_path, sharded_corpus, tokenizer_text):
     V = Tokenizer.from_str(tokenizer_text).get_vocab_size()
     config = CountConfig(V, 2, "cat")
-    path = str(write_text(tmp_path / "one.txt", "\n\n".join(documents) + "\n"))
+    [path] = sharded_corpus(1, "")
     reference = count_shard(path, tokenizer_text, config, ReadOptions()).counts
     plan = MemoryPlan.build(1 << 20, 1, config.n_blocks, 100, str(tmp_path / "spill"))
     result = count_shard(path, tokenizer_text, config, ReadOptions(), plan=plan)
@@ -115,11 +106,11 @@ def test_single_large_shard_spills_inside_its_task(tmp_path, documents, tokenize
     assert result.counts.to_counts(1 << 16).equal_counts(reference)
 
 
-def test_api_count_with_tiny_budget_equals_unconstrained_and_incremental(tmp_path, documents,
+def test_api_count_with_tiny_budget_equals_unconstrained_and_incremental(tmp_path, sharded_corpus,
                                                                         tokenizer_file):
     import streamsolve as ss
 
-    paths = _corpus(tmp_path, documents, n_shards=5)
+    paths = sharded_corpus(5)
     spill = tmp_path / "spill"
     spill.mkdir()
     ss.count(paths, str(tmp_path / "free.zarr"), tokenizer=tokenizer_file, radius=2)
@@ -132,8 +123,8 @@ def test_api_count_with_tiny_budget_equals_unconstrained_and_incremental(tmp_pat
     assert os.listdir(spill) == []
 
 
-def test_cli_memory_and_tmp_flags(tmp_path, documents, tokenizer_file):
-    paths = _corpus(tmp_path, documents, n_shards=2)
+def test_cli_memory_and_tmp_flags(tmp_path, sharded_corpus, tokenizer_file):
+    paths = sharded_corpus(2)
     spill = tmp_path / "spill"
     spill.mkdir()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}

@@ -38,10 +38,6 @@ from ..text.tokenizer import tokenizer_from_json
 
 logger = logging.getLogger(__name__)
 
-# Before any worker thread exists (thread arenas are created on a thread's first malloc).
-if not os.environ.get("STREAMSOLVE_NO_MALLOC_TUNING"):
-    tune_allocator()
-
 # Merge block counts inside a shard task once this many blocks are pending.
 _PENDING_BLOCKS = 8
 
@@ -564,7 +560,7 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
 
     if not paths:
         raise CorpusError("no shards to count")
-    tune_allocator()
+    tune_allocator()  # before the scheduler's threads make their first allocations
     if client is not None:
         n_workers, n_processes = _cluster_workers(client)
     elif (scheduler or "threads") == "sync":
