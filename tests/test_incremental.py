@@ -122,8 +122,8 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
     assert not ModelStore(str(fresh)).exists()
 
 
-def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, documents, tokenizer_file,
-                                                            monkeypatch):
+def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, sharded_corpus,
+                                                           tokenizer_file, monkeypatch):
     store = str(tmp_path / "m.zarr")
     api.count(sharded_corpus(1, ""), store, tokenizer=tokenizer_file, radius=2, rows_per_block=8)
     first = api.finalize(store, smoothing="additive")
