@@ -261,7 +261,7 @@ def _expand_local(local: str, skipped: list[dict]) -> list[str]:
             candidates.extend(os.path.join(root, f) for f in sorted(files)
                               if not f.startswith("."))
         return _keep_regular(sorted(candidates), skipped)
-    if os.path.lexists(local) and not any(ch in local for ch in "*?["):
+    if os.path.lexists(local):
         _require_regular(local)
         return [local]
     if any(ch in local for ch in "*?["):
