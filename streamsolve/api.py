@@ -27,11 +27,11 @@ import numpy as np
 
 from .core.counting import CountConfig
 from .language_model import Evaluation, LanguageModel
-from .engine.memory import tune_allocator
+from .engine.memory import line_bytes_for, parse_memory, tune_allocator
 from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .store.locking import StoreLock
-from .text.reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
-                      file_digest, iter_document_pieces, read_sample)
+from .text.reading import CorpusError, ReadOptions, ReadStats, iter_document_pieces, read_sample
+from .text.shards import expand_corpus, expand_shards, file_digest
 from .store.model_store import (MAX_RADIUS, ModelStore, StoreCorruptError, StoreError,
                                  creatable_location, is_inside_store, remove_store)
 from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
@@ -63,6 +63,8 @@ class CountResult:
     invalid_bytes: int = 0
     already: list = dataclasses.field(default_factory=list)
     changed: list = dataclasses.field(default_factory=list)
+    split_lines: int = 0
+    skipped_reasons: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict:
         return {"store": self.store, "shards": len(self.shards), "tokens": self.tokens,
@@ -71,7 +73,8 @@ class CountResult:
                 "new_tokens": self.new_tokens, "distinct_pairs": self.nnz,
                 "seconds": round(self.seconds, 3),
                 "tokens_per_second": round(self.new_tokens / self.seconds) if self.seconds else None,
-                "skipped_shards": self.skipped, "invalid_bytes": self.invalid_bytes}
+                "skipped_shards": self.skipped, "skipped_reasons": self.skipped_reasons,
+                "invalid_bytes": self.invalid_bytes, "split_lines": self.split_lines}
 
 
 #: Stores whose writer lock this process holds, per thread: (thread id, store URL).
@@ -226,11 +229,12 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     # its own heap arena on its first malloc (count_corpus and each task call it again).
     tune_allocator()
     read_kwargs = {"documents": documents, "text_field": text_field,
-                   "storage_options": storage_options}
+                   "storage_options": storage_options,
+                   "max_line_bytes": line_bytes_for(parse_memory(memory), workers or os.cpu_count() or 1)}
     if block_bytes:
         read_kwargs["block_bytes"] = block_bytes
     read_options = ReadOptions(**read_kwargs)
-    paths = expand_corpus(corpus, storage_options)
+    paths, special = expand_shards(corpus, storage_options)
     model_store = ModelStore(store, storage_options)
     existing = model_store.exists()
     if not existing:
@@ -275,7 +279,9 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
             logger.info("nothing new to count: every shard was already ingested")
             meta = model_store.meta
             return CountResult(store, [], meta["counts"]["tokens"], 0, meta["counts"]["nnz"],
-                               time.perf_counter() - started, already=already)
+                               time.perf_counter() - started, already=already,
+                               skipped=[e["path"] for e in special],
+                               skipped_reasons={e["path"]: e["skipped"] for e in special})
         logger.info("ingest stage: counting %d shard(s): V=%d, radius=%d, aggregation=%s",
                     len(to_count), config.vocab_size, radius, aggregation)
         result: ShardResult = count_corpus(to_count, text, config, read_options,
@@ -287,11 +293,10 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     finally:
         if client is not None:
             client.close()
-    digest_of = dict(zip(paths, digests))
     new = result.counts
-    for entry in new.shards:
-        entry["sha256"] = digest_of[entry["path"]]
-    skipped = [s["path"] for s in new.shards if s["skipped"]]
+    _check_counted_bytes(new, dict(zip(paths, digests)))
+    skipped_entries = special + [s for s in new.shards if s["skipped"]]
+    skipped = [s["path"] for s in skipped_entries]
     if new.tokens == 0 and not result.heldout:
         if getattr(new, "spill_directory", None) is not None:
             new.spill_directory.cleanup()
@@ -329,7 +334,31 @@ def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, docume
     return CountResult(store, new.shards, meta["counts"]["tokens"], new.tokens,
                        meta["counts"]["nnz"], seconds,
                        result.heldout, result.heldout_bytes, skipped,
-                       int(new.stats.get("invalid_bytes", 0)), already=already, changed=changed)
+                       int(new.stats.get("invalid_bytes", 0)), already=already, changed=changed,
+                       split_lines=int(new.stats.get("split_lines", 0)),
+                       skipped_reasons={s["path"]: s["skipped"] for s in skipped_entries})
+
+
+def _check_counted_bytes(counts, planned: dict) -> None:
+    """Make each manifest entry's sha256 the hash of exactly the bytes counted.
+
+    The ingest is planned on one hash of every shard and counted in a second pass that
+    hashes the bytes it reads. A shard whose bytes differ between the two passes (it grew,
+    or was replaced, meanwhile) fails the run naming it, before anything is written.
+    """
+    moved = []
+    for entry in counts.shards:
+        counted = entry.get("sha256")
+        if counted is not None and counted != planned[entry["path"]]:
+            moved.append(entry["path"])
+        entry["sha256"] = planned[entry["path"]]
+    if moved:
+        if getattr(counts, "spill_directory", None) is not None:
+            counts.spill_directory.cleanup()
+        raise StoreError("shard(s) changed while being ingested (the bytes counted are not "
+                         "the bytes hashed when the ingest was planned): " + ", ".join(moved)
+                         + ". Nothing was added; run the command again once they no longer "
+                           "change.")
 
 
 def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",

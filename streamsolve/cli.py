@@ -305,6 +305,8 @@ def _print_human(command: str, result: dict):
             ]
         if result.get("invalid_bytes"):
             lines.append(f"  invalid UTF-8 bytes   {result['invalid_bytes']:,} (replaced)")
+        if result.get("split_lines"):
+            lines.append(f"  long lines cut        {result['split_lines']:,} (see --memory)")
         if result.get("skipped_shards"):
             lines.append(f"  skipped shards        {', '.join(result['skipped_shards'])}")
         if result.get("sample") is not None:

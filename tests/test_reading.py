@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from streamsolve.text.reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, ReadStats,
-                                 decode_counting, expand_corpus, iter_document_pieces)
+                                      decode_counting, iter_document_pieces)
+from streamsolve.text.shards import expand_corpus
 
 from .conftest import write_text
 

@@ -22,6 +22,8 @@ import os
 import re
 import sys
 
+from ..text.reading import DEFAULT_MAX_LINE_BYTES
+
 logger = logging.getLogger(__name__)
 
 #: Resident memory of one worker before it counts anything (Python, NumPy, Dask, Zarr and
@@ -39,6 +41,13 @@ MIN_BLOCK_BYTES = 64 << 10
 MAX_BLOCK_BYTES = 8 << 20
 #: Default budget when none is given.
 DEFAULT_MEMORY = "50%"
+#: Resident bytes the tokenizer holds per byte of one input while it encodes it (its
+#: per-token objects): measured 130-175 with a byte-level BPE, so a 30 MB line cost 5.5 GB.
+TOKENIZER_BYTES_PER_BYTE = 200
+#: Smallest and largest bound on the bytes of a line read whole (longer lines are cut): the
+#: largest is about one tokenizer batch (``pipeline.ENCODE_BATCH_CHARS``).
+MIN_LINE_BYTES = 64 << 10
+MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES  # the reader's default: 1 MiB
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
           "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
@@ -83,6 +92,18 @@ def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY)
     return result
 
 
+def line_bytes_for(budget: int, workers: int = 1) -> int:
+    """Longest line read and tokenized whole under ``budget`` bytes shared by ``workers``.
+
+    Rule: a line may take half of a worker's share of the budget left after the process
+    base (`PROCESS_BASE_BYTES`) while the tokenizer encodes it (`TOKENIZER_BYTES_PER_BYTE`
+    per byte), clamped to [`MIN_LINE_BYTES`, `MAX_LINE_BYTES`] (64 KiB to 1 MiB). Longer
+    lines are cut into pieces of at most this size (see `streamsolve.text.reading`).
+    """
+    share = (int(budget) - PROCESS_BASE_BYTES) // (2 * max(1, int(workers)) * TOKENIZER_BYTES_PER_BYTE)
+    return int(min(MAX_LINE_BYTES, max(MIN_LINE_BYTES, share)))
+
+
 def format_bytes(n: float) -> str:
     """``1.5 GB``-style text (powers of 1024, short units)."""
     n = float(n)
@@ -122,6 +143,8 @@ class MemoryPlan:
         the OS after each tokenizer batch (`release_free_memory`): half the process's share
         of the budget. Trimming always costs ~15% of throughput (pages are faulted in again),
         so it is done only when memory is getting tight.
+    line_bytes : int
+        Longest line read whole; longer lines are cut (`line_bytes_for`).
     """
 
     budget: int
@@ -133,6 +156,7 @@ class MemoryPlan:
     merge_fan_in: int = 64
     serial_tokenizer: bool = False
     trim_above: int = 0
+    line_bytes: int = MAX_LINE_BYTES
 
     @classmethod
     def build(cls, budget: int, workers: int, n_blocks: int, rows_per_block: int,
@@ -157,7 +181,8 @@ class MemoryPlan:
         task = max(MIN_TASK_BYTES, pool // holders)
         return cls(int(budget), workers, int(block), int(task), spill_dir, int(rows_per_block),
                    serial_tokenizer=workers > 1 and budget < workers * SERIAL_TOKENIZER_BELOW,
-                   trim_above=int(budget // (2 * max(1, min(int(processes), workers)))))
+                   trim_above=int(budget // (2 * max(1, min(int(processes), workers)))),
+                   line_bytes=line_bytes_for(budget, workers))
 
     def estimate(self, input_bytes: int, n_blocks: int, compressed_ratio: float = 1.0) -> dict:
         """Up-front estimate of peak memory and (at most) spill disk, for the log.

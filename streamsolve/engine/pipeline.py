@@ -194,6 +194,9 @@ def _tokenizer_inputs(pieces, joinable: bool) -> tuple[list[str], np.ndarray]:
                 chunk, size = [], 0
             chunk.append(line)
             size += len(line)
+            if not line.endswith("\n"):  # a piece of a cut long line is tokenized on its own
+                inputs.append("".join(chunk))
+                chunk, size = [], 0
         if chunk:
             inputs.append("".join(chunk))
         per_piece[p] = len(inputs) - before
@@ -269,7 +272,7 @@ def _tokenize_joined(tokenizer, pieces, marker,
         for line in lines:
             chunk.append(line)
             size += len(line)
-            if size >= CHUNK_CHARS:
+            if size >= CHUNK_CHARS or not line.endswith("\n"):  # pieces of cut lines: alone
                 inputs.append("".join(chunk))
                 chunk, size = [], 0
     if chunk:
@@ -289,7 +292,8 @@ def _tokenize_flat(tokenizer_text: str, pieces, bos_id: int | None = None,
                    plan: MemoryPlan | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All ids of a block's pieces concatenated (int64), and the number of ids per piece.
 
-    The ids are those of each line tokenized on its own, newline included. With ``bos_id``
+    The ids are those of each line tokenized on its own, newline included (each piece of a
+    line cut by the reader, see `streamsolve.text.reading`, is such a line). With ``bos_id``
     (a special added token), many pieces share one tokenizer input (fastest).
     """
     tokenizer, joinable = line_tokenizer(tokenizer_text)
@@ -338,13 +342,17 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
     Returns
     -------
     ShardResult
-        Counts with one manifest entry for the shard (``skipped`` set for binary/empty ones).
+        Counts with one manifest entry for the shard (``skipped`` set for binary/empty ones;
+        ``sha256`` the hash of exactly the stored bytes read, None for a binary shard).
     """
     started = time.perf_counter()
     tune_allocator()
     _test_delay()
     if plan is not None and plan.block_bytes < read_options.block_bytes:
         read_options = dataclasses.replace(read_options, block_bytes=plan.block_bytes)
+    if plan is not None and plan.line_bytes < read_options.max_line_bytes:
+        read_options = dataclasses.replace(read_options, max_line_bytes=plan.line_bytes)
+    hasher = hashlib.sha256()
     rows_per_block = plan.rows_per_block if plan is not None else 1 << 62
     stats = ReadStats()
     key = shard_key(path)
@@ -367,7 +375,7 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         return merged
 
     try:
-        for pieces in iter_document_pieces(path, read_options, stats):
+        for pieces in iter_document_pieces(path, read_options, stats, hasher):
             train, held, ends_held = _split_heldout(pieces, holdout, key, line_counter)
             if train:
                 flat, lengths = _tokenize_flat(tokenizer_text, train, config.bos_id, plan)
@@ -407,7 +415,9 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         "documents": stats.documents,
         "invalid_bytes": stats.invalid_bytes,
         "bad_records": stats.bad_records,
+        "split_lines": stats.split_lines,
         "skipped": skipped,
+        "sha256": None if skipped == "binary" else hasher.hexdigest(),
         "seconds": round(seconds, 3),
     }]
     logger.debug("counted %s: %d tokens in %.2fs (%d runs spilled)", path, counts.tokens,

@@ -16,41 +16,45 @@ Document boundaries (they reset the language model's context):
 
 Each line is tokenized on its own, newline included, so the counts do not depend on the
 block size used to read it.
+
+Long lines: a line longer than ``max_line_bytes`` (newline included; set from the memory
+budget, see `streamsolve.engine.memory.line_bytes_for`) is never held whole. It is cut into pieces
+of at most that many bytes, each cut placed before the last whitespace byte (space, tab, CR,
+VT, FF) of the piece's window, or, when the window has none, at the last UTF-8 character
+boundary. Each piece is then a line of its own (tokenized on its own; only the last piece
+carries the newline; a piece that is only whitespace is a blank line) and the cut line is
+counted once in ``split_lines``. The cuts depend only on the line's bytes and the bound, never
+on the read block size. With a byte-level BPE a cut before a space falls where the
+pre-tokenizer splits anyway, so the ids are those of the uncut line unless the cut falls in a
+run of whitespace or inside a word longer than the bound.
+
+Only regular files are shards: a directory or glob yields its regular files (FIFOs, sockets,
+devices and symlinks to them are skipped, logged and reported), and a special file named
+explicitly is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 
-import fsspec
+import numpy as np
+
+from .shards import (BUILTIN_CORPUS, BinaryShardError, CorpusError,  # noqa: F401 (re-exported)
+                     _hash_builtin, is_jsonl, open_binary)
 
 logger = logging.getLogger(__name__)
 
 DOCUMENT_MODES = ("blank-line", "line", "file")
-BUILTIN_CORPUS = "builtin://pydoc-topics"
 BINARY_SNIFF_BYTES = 8192
 DEFAULT_BLOCK_BYTES = 8 << 20
-
-_COMPRESSION_BY_SUFFIX = {
-    ".gz": "gzip",
-    ".bz2": "bz2",
-    ".xz": "xz",
-    ".zst": "zstd",
-}
-
-
-class CorpusError(ValueError):
-    """A corpus path or shard cannot be used; the message names it and the fix."""
-
-
-class BinaryShardError(CorpusError):
-    """The shard looks like a binary file (NUL bytes in its first block)."""
-
+#: Longest line (bytes, newline included) read whole when no memory budget sets it.
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: Smallest accepted line bound (room for any UTF-8 character).
+MIN_MAX_LINE_BYTES = 4
+_WHITESPACE_BYTES = b" \t\r\x0b\x0c"
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
@@ -66,12 +70,16 @@ class ReadOptions:
         Bytes of (decompressed) text read at a time; memory per shard is bounded by it.
     storage_options : dict or None
         Passed to fsspec when opening URLs.
+    max_line_bytes : int
+        Longest line held whole (newline included); longer lines are cut into pieces (see
+        the module docstring). Reading holds at most this plus one block.
     """
 
     documents: str = "blank-line"
     text_field: str = "text"
     block_bytes: int = DEFAULT_BLOCK_BYTES
     storage_options: dict | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     def __post_init__(self):
         if self.documents not in DOCUMENT_MODES:
@@ -80,6 +88,9 @@ class ReadOptions:
             )
         if self.block_bytes < 1:
             raise ValueError(f"block_bytes must be positive, got {self.block_bytes}")
+        if self.max_line_bytes < MIN_MAX_LINE_BYTES:
+            raise ValueError(f"max_line_bytes must be at least {MIN_MAX_LINE_BYTES}, "
+                             f"got {self.max_line_bytes}")
 
 
 @dataclasses.dataclass
@@ -91,125 +102,11 @@ class ReadStats:
     documents: int = 0
     invalid_bytes: int = 0
     bad_records: int = 0
+    split_lines: int = 0
 
     def add(self, other: "ReadStats") -> "ReadStats":
         return ReadStats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
                             for f in dataclasses.fields(self)})
-
-
-def compression_of(path: str) -> str | None:
-    """The fsspec compression name implied by a path's suffix, or None."""
-    for suffix, name in _COMPRESSION_BY_SUFFIX.items():
-        if path.endswith(suffix):
-            return name
-    return None
-
-
-def is_jsonl(path: str) -> bool:
-    """Whether a path names JSON-lines records (possibly compressed)."""
-    base = path
-    suffix = compression_of(path)
-    if suffix is not None:
-        base = path.rsplit(".", 1)[0]
-    return base.endswith(".jsonl") or base.endswith(".ndjson")
-
-
-def expand_corpus(paths: Sequence[str], storage_options: dict | None = None) -> list[str]:
-    """Expand files, directories, globs and fsspec URLs into a sorted list of shard URLs.
-
-    Raises
-    ------
-    CorpusError
-        If a path matches nothing; the message names every such path.
-    """
-    if isinstance(paths, str):
-        paths = [paths]
-    shards: list[str] = []
-    missing: list[str] = []
-    for path in paths:
-        if path == BUILTIN_CORPUS:
-            shards.append(path)
-            continue
-        found = _expand_one(str(path), storage_options or {})
-        if not found:
-            missing.append(str(path))
-        shards.extend(found)
-    if missing:
-        raise CorpusError(
-            "corpus path(s) not found or matching no files: " + ", ".join(missing)
-        )
-    # Deterministic order, duplicates removed (a shard listed twice is read twice only
-    # when the user lists it twice on purpose, so keep the user's multiplicity).
-    return shards
-
-
-def _expand_one(path: str, storage_options: dict) -> list[str]:
-    if "://" not in path:
-        local = os.path.expanduser(path)
-        if os.path.isdir(local):
-            found = []
-            for root, dirs, files in os.walk(local):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.extend(os.path.join(root, f) for f in sorted(files)
-                             if not f.startswith("."))
-            return sorted(found)
-        if os.path.isfile(local):
-            return [local]
-        if any(ch in local for ch in "*?["):
-            return sorted(p for p in glob.glob(local, recursive=True) if os.path.isfile(p))
-        return []
-    fs, _, roots = fsspec.get_fs_token_paths(path, storage_options=storage_options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    found = []
-    for root in roots:
-        if fs.isdir(root):
-            found.extend(sorted(p for p in fs.find(root)))
-        elif fs.exists(root):
-            found.append(root)
-    return [p if "://" in p else f"{protocol}://{p}" for p in found]
-
-
-def file_digest(path: str, storage_options: dict | None = None, chunk: int = 8 << 20) -> str:
-    """SHA-256 of a shard's bytes as stored (compressed files are not decompressed).
-
-    This is the shard's identity in a store's manifest: re-adding the same bytes is a no-op.
-    """
-    import hashlib
-
-    hasher = hashlib.sha256()
-    if path == BUILTIN_CORPUS:
-        from pydoc_data.topics import topics
-
-        for name in sorted(topics):
-            hasher.update(topics[name].encode("utf-8"))
-        return hasher.hexdigest()
-    if "://" not in path and not os.path.exists(path):
-        raise CorpusError(f"shard not found: {path}")
-    try:
-        with fsspec.open(path, "rb", **(storage_options or {})) as handle:
-            while True:
-                data = handle.read(chunk)
-                if not data:
-                    break
-                hasher.update(data)
-    except FileNotFoundError as exc:
-        raise CorpusError(f"shard not found: {path}") from exc
-    except OSError as exc:
-        raise CorpusError(f"shard not readable: {path}: {exc}") from exc
-    return hasher.hexdigest()
-
-
-def open_binary(path: str, storage_options: dict | None = None):
-    """Open a shard for reading decompressed bytes (a context manager)."""
-    if "://" not in path and not os.path.exists(path):
-        raise CorpusError(f"shard not found: {path}")
-    try:
-        return fsspec.open(path, mode="rb", compression=compression_of(path),
-                           **(storage_options or {})).open()
-    except FileNotFoundError as exc:
-        raise CorpusError(f"shard not found: {path}") from exc
-    except PermissionError as exc:
-        raise CorpusError(f"shard not readable (permission denied): {path}") from exc
 
 
 def decode_counting(data: bytes) -> tuple[str, int]:
@@ -231,8 +128,103 @@ def decode_counting(data: bytes) -> tuple[str, int]:
     return "".join(pieces), bad
 
 
-def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats) -> Iterator[list[str]]:
+def cut_point(data: bytes, start: int, bound: int) -> int:
+    """Where the piece of a line starting at ``data[start]`` ends (the line is longer than
+    ``bound``; ``data`` holds at least ``bound + 1`` bytes from ``start``).
+
+    Before the last whitespace byte among ``data[start + 1:start + bound + 1]`` (so the
+    piece has 1 to ``bound`` bytes and the next one starts with that whitespace), else at the
+    last UTF-8 character boundary at most ``bound`` bytes in.
+    """
+    end = start + bound
+    cut = max(data.rfind(byte, start + 1, end + 1) for byte in _WHITESPACE_BYTES)
+    if cut > start:
+        return cut
+    for back in range(4):  # a UTF-8 character has at most 3 continuation bytes
+        pos = end - back
+        if pos <= start:
+            break
+        if data[pos] & 0xC0 != 0x80:
+            return pos
+    return end  # not UTF-8 here anyway: cut at the bound
+
+
+class LineCutter:
+    """Turns a stream of byte blocks into segments no line of which exceeds ``bound`` bytes.
+
+    Each segment is either a run of whole newline-terminated lines or one piece of a longer
+    line (see the module docstring). At most ``bound`` bytes of an unfinished line are kept
+    between blocks.
+    """
+
+    def __init__(self, bound: int, stats: ReadStats):
+        self.bound = int(bound)
+        self.stats = stats
+        self.carry = b""
+        self.continued = False  # the carry starts inside a line already cut
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Segments completed by ``chunk``."""
+        data = self.carry + chunk if self.carry else chunk
+        end = data.rfind(b"\n") + 1
+        tail_continued = self.continued and not end  # no newline: the tail is the same line
+        segments = self._complete(data, end) if end else []
+        self.carry = self._tail(data, end, tail_continued, segments)
+        return segments
+
+    def finish(self) -> list[bytes]:
+        """Segments of the last line, when the shard does not end with a newline."""
+        if not self.carry:
+            return []
+        data, self.carry = self.carry + b"\n", b""
+        return self._complete(data, len(data))
+
+    def _complete(self, data: bytes, end: int) -> list[bytes]:
+        segments: list[bytes] = []
+        first_continued, self.continued = self.continued, False
+        if end <= self.bound:
+            return [data[:end]]
+        stops = np.flatnonzero(np.frombuffer(data, np.uint8, count=end) == 10) + 1
+        starts = np.concatenate(([0], stops[:-1]))
+        pos = 0
+        for i in np.flatnonzero(stops - starts > self.bound):
+            start, stop = int(starts[i]), int(stops[i])
+            if start > pos:
+                segments.append(data[pos:start])
+            if not (i == 0 and first_continued):
+                self.stats.split_lines += 1
+            start = self._cut(data, start, stop, segments)
+            segments.append(data[start:stop])
+            pos = stop
+        if pos < end:
+            segments.append(data[pos:end])
+        return segments
+
+    def _tail(self, data: bytes, start: int, continued: bool, segments: list[bytes]) -> bytes:
+        """Cut pieces off an unfinished line while it is longer than the bound; keep the rest."""
+        if len(data) - start > self.bound:
+            if not continued:
+                self.stats.split_lines += 1
+            start = self._cut(data, start, len(data), segments)
+            continued = True
+        self.continued = continued
+        return data[start:]
+
+    def _cut(self, data: bytes, start: int, stop: int, segments: list[bytes]) -> int:
+        while stop - start > self.bound:
+            cut = cut_point(data, start, self.bound)
+            segments.append(data[start:cut])
+            start = cut
+        return start
+
+
+def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats,
+                     hasher=None) -> Iterator[list[str]]:
     """Yield lists of decoded lines (newline-terminated), about ``block_bytes`` at a time.
+
+    A line longer than ``options.max_line_bytes`` comes as several pieces (only the last ends
+    with a newline). With ``hasher``, the shard's stored bytes update it as they are read;
+    once the generator is exhausted it holds the hash of every stored byte.
 
     Raises
     ------
@@ -240,14 +232,12 @@ def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats) -> Itera
         If the first block contains NUL bytes.
     """
     if path == BUILTIN_CORPUS:
+        if hasher is not None:
+            _hash_builtin(hasher)
         yield from _builtin_blocks(options, stats)
         return
-    try:
-        stream = open_binary(path, options.storage_options)
-    except OSError as exc:
-        raise CorpusError(f"shard not readable: {path}: {exc}") from exc
-    with stream:
-        carry = b""
+    cutter = LineCutter(options.max_line_bytes, stats)
+    with open_binary(path, options.storage_options, hasher) as stream:
         first = True
         while True:
             try:
@@ -261,20 +251,32 @@ def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats) -> Itera
             if not chunk:
                 break
             stats.bytes += len(chunk)
-            data = carry + chunk
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry = data
-                continue
-            carry = data[cut + 1:]
-            yield _decode_lines(data[:cut + 1], stats)
-        if carry:
-            yield _decode_lines(carry + b"\n", stats)
+            lines = _decode_segments(cutter.feed(chunk), stats)
+            if lines:
+                yield lines
+        lines = _decode_segments(cutter.finish(), stats)
+        try:
+            stream.finish()
+        except OSError as exc:
+            raise CorpusError(f"shard not readable: {path}: {exc}") from exc
+    if lines:
+        yield lines
+
+
+def _decode_segments(segments: list[bytes], stats: ReadStats) -> list[str]:
+    lines: list[str] = []
+    for segment in segments:
+        lines.extend(_decode_lines(segment, stats))
+    return lines
 
 
 def _decode_lines(data: bytes, stats: ReadStats) -> list[str]:
+    """Lines of newline-terminated data, or the one piece of a cut line (no newline)."""
     text, bad = decode_counting(data)
     stats.invalid_bytes += bad
+    if not data.endswith(b"\n"):
+        stats.lines += 1
+        return [text]
     lines = text.replace("\r\n", "\n").split("\n")
     lines.pop()  # data ends with a newline: the last piece is empty
     stats.lines += len(lines)
@@ -295,19 +297,20 @@ def _builtin_blocks(options: ReadOptions, stats: ReadStats) -> Iterator[list[str
     yield block
 
 
-def iter_document_pieces(path: str, options: ReadOptions,
-                         stats: ReadStats) -> Iterator[list[tuple[list[str], bool]]]:
+def iter_document_pieces(path: str, options: ReadOptions, stats: ReadStats,
+                         hasher=None) -> Iterator[list[tuple[list[str], bool]]]:
     """Yield blocks of ``(lines, starts_document)`` pieces.
 
     ``starts_document`` is False when the piece continues the last piece of the previous
     block (a document split by the block size); the counter then carries the context over.
+    ``hasher`` is updated with the shard's stored bytes (see `iter_line_blocks`).
     """
     if is_jsonl(path):
-        yield from _jsonl_pieces(path, options, stats)
+        yield from _jsonl_pieces(path, options, stats, hasher)
         return
     mode = options.documents
     open_doc = False  # whether the last piece of the previous block is an unfinished document
-    for lines in iter_line_blocks(path, options, stats):
+    for lines in iter_line_blocks(path, options, stats, hasher):
         pieces: list[tuple[list[str], bool]] = []
         if mode == "file":
             if lines:
@@ -345,12 +348,22 @@ def iter_document_pieces(path: str, options: ReadOptions,
             yield pieces
 
 
-def _jsonl_pieces(path: str, options: ReadOptions,
-                  stats: ReadStats) -> Iterator[list[tuple[list[str], bool]]]:
+def _jsonl_pieces(path: str, options: ReadOptions, stats: ReadStats,
+                  hasher=None) -> Iterator[list[tuple[list[str], bool]]]:
+    """Documents of JSON-lines records. A record longer than ``max_line_bytes`` cannot be
+    parsed without holding it whole: it is skipped as one bad record."""
     field = options.text_field
-    for lines in iter_line_blocks(path, options, stats):
+    in_long_record = False
+    for lines in iter_line_blocks(path, options, stats, hasher):
         pieces = []
-        for number, line in enumerate(lines):
+        for line in lines:
+            if in_long_record or not line.endswith("\n"):
+                if not in_long_record:
+                    stats.bad_records += 1
+                    logger.warning("%s: skipping a record longer than %d bytes", path,
+                                   options.max_line_bytes)
+                in_long_record = not line.endswith("\n")
+                continue
             if not line.strip():
                 continue
             try:

@@ -1,0 +1,308 @@
+"""Shards: which files a corpus names, and their bytes (opened, hashed, decompressed).
+
+A corpus is a list of files, directories (recursively, hidden files skipped), globs and fsspec
+URLs; each regular file is a shard. FIFOs, sockets, devices and symlinks to them are skipped
+(logged and reported) inside directories and globs, and refused when named explicitly, so a
+corpus can never hang the run. A shard is identified by the SHA-256 of its stored bytes, taken
+while they are read for counting (`open_binary` with a hasher), so the recorded hash is that of
+exactly the bytes counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import logging
+import os
+import stat
+from collections.abc import Sequence
+
+import fsspec
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_CORPUS = "builtin://pydoc-topics"
+
+_COMPRESSION_BY_SUFFIX = {
+    ".gz": "gzip",
+    ".bz2": "bz2",
+    ".xz": "xz",
+    ".zst": "zstd",
+}
+
+
+class CorpusError(ValueError):
+    """A corpus path or shard cannot be used; the message names it and the fix."""
+
+
+class BinaryShardError(CorpusError):
+    """The shard looks like a binary file (NUL bytes in its first block)."""
+
+
+def compression_of(path: str) -> str | None:
+    """The fsspec compression name implied by a path's suffix, or None."""
+    for suffix, name in _COMPRESSION_BY_SUFFIX.items():
+        if path.endswith(suffix):
+            return name
+    return None
+
+
+def is_jsonl(path: str) -> bool:
+    """Whether a path names JSON-lines records (possibly compressed)."""
+    base = path
+    suffix = compression_of(path)
+    if suffix is not None:
+        base = path.rsplit(".", 1)[0]
+    return base.endswith(".jsonl") or base.endswith(".ndjson")
+
+
+def expand_corpus(paths: Sequence[str], storage_options: dict | None = None) -> list[str]:
+    """Expand files, directories, globs and fsspec URLs into a sorted list of shard URLs.
+
+    Non-regular files found in directories or globs are skipped (and logged); see
+    `expand_shards` to get them with the reason.
+
+    Raises
+    ------
+    CorpusError
+        If a path matches nothing, or names a special file; the message names it.
+    """
+    return expand_shards(paths, storage_options)[0]
+
+
+def expand_shards(paths: Sequence[str],
+                  storage_options: dict | None = None) -> tuple[list[str], list[dict]]:
+    """`expand_corpus`, plus the entries it skipped: ``(shards, skipped)``.
+
+    ``skipped`` holds ``{"path": ..., "skipped": reason}`` for every FIFO, socket, device,
+    dangling symlink or symlink to one of those found in a directory or glob.
+
+    Raises
+    ------
+    CorpusError
+        If a path matches nothing, or names a special file explicitly.
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    shards: list[str] = []
+    skipped: list[dict] = []
+    missing: list[str] = []
+    for path in paths:
+        if path == BUILTIN_CORPUS:
+            shards.append(path)
+            continue
+        found = _expand_one(str(path), storage_options or {}, skipped)
+        if not found:
+            missing.append(str(path))
+        shards.extend(found)
+    if missing:
+        raise CorpusError(
+            "corpus path(s) not found or matching no regular files: " + ", ".join(missing)
+        )
+    # The user's multiplicity is kept (a shard listed twice is de-duplicated by its hash).
+    return shards, skipped
+
+
+def special_file_kind(path: str) -> str | None:
+    """What a local path is when it is not a regular file (or a symlink to one), else None.
+
+    E.g. ``"FIFO"``, ``"symlink to a character device"``, ``"dangling symlink"``.
+    """
+    link = os.path.islink(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "dangling symlink" if link else "missing file"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode)
+            else "socket" if stat.S_ISSOCK(mode) else "character device" if stat.S_ISCHR(mode)
+            else "block device" if stat.S_ISBLK(mode) else "special file")
+    if link:
+        return f"symlink to a {kind}" if kind[0] not in "AEIOU" else f"symlink to an {kind}"
+    return kind
+
+
+def _keep_regular(candidates: Sequence[str], skipped: list[dict]) -> list[str]:
+    """The regular files among ``candidates``; the others are logged and added to ``skipped``."""
+    found = []
+    for candidate in candidates:
+        kind = special_file_kind(candidate)
+        if kind is None:
+            found.append(candidate)
+            continue
+        logger.warning("skipping %s: not a regular file (%s)", candidate, kind)
+        skipped.append({"path": candidate, "skipped": kind})
+    return found
+
+
+def _local_path(path: str) -> str | None:
+    """The local filesystem path of a plain path or ``file://`` URL, else None."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if "://" in path else os.path.expanduser(path)
+
+
+def _expand_one(path: str, storage_options: dict, skipped: list[dict]) -> list[str]:
+    local = _local_path(path)
+    if local is not None:
+        found = _expand_local(local, skipped)
+        return [f"file://{p}" for p in found] if path.startswith("file://") else found
+    fs, _, roots = fsspec.get_fs_token_paths(path, storage_options=storage_options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    found = []
+    for root in roots:
+        if fs.isdir(root):
+            found.extend(sorted(p for p in fs.find(root)))
+        elif fs.exists(root):
+            found.append(root)
+    return [p if "://" in p else f"{protocol}://{p}" for p in found]
+
+
+def _expand_local(local: str, skipped: list[dict]) -> list[str]:
+    if os.path.isdir(local):
+        candidates = []
+        for root, dirs, files in os.walk(local):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            candidates.extend(os.path.join(root, f) for f in sorted(files)
+                              if not f.startswith("."))
+        return _keep_regular(sorted(candidates), skipped)
+    if os.path.lexists(local):
+        _require_regular(local)
+        return [local]
+    if any(ch in local for ch in "*?["):
+        matches = sorted(p for p in glob.glob(local, recursive=True) if not os.path.isdir(p))
+        return _keep_regular(matches, skipped)
+    return []
+
+
+def _require_regular(local: str) -> None:
+    """Refuse a local path that is not a regular file (a FIFO would block, a device never end)."""
+    kind = special_file_kind(local)
+    if kind == "missing file":
+        raise CorpusError(f"shard not found: {local}")
+    if kind is not None:
+        raise CorpusError(f"not a regular file: {local} is a {kind}; name regular files, "
+                          "or directories and globs of them")
+
+
+def file_digest(path: str, storage_options: dict | None = None, chunk: int = 8 << 20) -> str:
+    """SHA-256 of a shard's bytes as stored (compressed files are not decompressed).
+
+    This is the shard's identity in a store's manifest: re-adding the same bytes is a no-op.
+    """
+    hasher = hashlib.sha256()
+    if path == BUILTIN_CORPUS:
+        _hash_builtin(hasher)
+        return hasher.hexdigest()
+    with _HashingReader(_open_raw(path, storage_options), hasher) as reader:
+        try:
+            reader.drain(chunk)
+        except OSError as exc:
+            raise CorpusError(f"shard not readable: {path}: {exc}") from exc
+    return hasher.hexdigest()
+
+
+def _hash_builtin(hasher) -> None:
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        hasher.update(topics[name].encode("utf-8"))
+
+
+def _open_raw(path: str, storage_options: dict | None):
+    """Open a shard's stored bytes (a regular file; not decompressed)."""
+    local = _local_path(path)
+    if local is not None:
+        _require_regular(local)
+    try:
+        return fsspec.open(path, "rb", **(storage_options or {})).open()
+    except FileNotFoundError as exc:
+        raise CorpusError(f"shard not found: {path}") from exc
+    except PermissionError as exc:
+        raise CorpusError(f"shard not readable (permission denied): {path}") from exc
+    except OSError as exc:
+        raise CorpusError(f"shard not readable: {path}: {exc}") from exc
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only file that feeds every byte read through it to a hash (or None)."""
+
+    def __init__(self, raw, hasher=None):
+        super().__init__()
+        self._raw = raw
+        self._hasher = hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read() if size is None or size < 0 else self._raw.read(size)
+        if self._hasher is not None and data:
+            self._hasher.update(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def drain(self, chunk: int = 64 << 10) -> None:
+        """Read (and hash) everything left."""
+        while self.read(chunk):
+            pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class ShardStream:
+    """A shard's decompressed bytes; its stored bytes are hashed into ``hasher`` as they are read.
+
+    Call `finish` after the last read: it hashes stored bytes the decompressor left unread
+    (trailing bytes), so ``hasher`` ends with the SHA-256 of exactly the bytes read.
+    """
+
+    def __init__(self, path: str, storage_options: dict | None = None, hasher=None):
+        self._raw = _HashingReader(_open_raw(path, storage_options), hasher)
+        name = compression_of(path)
+        if name is None:
+            self._text = self._raw
+        else:
+            from fsspec.compression import compr
+
+            self._text = compr[name](self._raw, mode="rb")
+
+    def read(self, size: int) -> bytes:
+        return self._text.read(size)
+
+    def finish(self) -> None:
+        self._raw.drain()
+
+    def close(self) -> None:
+        try:
+            if self._text is not self._raw:
+                self._text.close()
+        finally:
+            self._raw.close()
+
+    def __enter__(self) -> "ShardStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_binary(path: str, storage_options: dict | None = None, hasher=None) -> ShardStream:
+    """Open a shard for reading decompressed bytes (a context manager).
+
+    With ``hasher`` (a ``hashlib`` object), the shard's stored bytes update it as they are read.
+    """
+    return ShardStream(path, storage_options, hasher)
+
+
