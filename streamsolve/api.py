@@ -32,11 +32,13 @@ from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .store.locking import StoreLock
 from .text.reading import (CorpusError, ReadOptions, ReadStats, expand_corpus,
                       file_digest, iter_document_pieces, read_sample)
-from .store.model_store import (MAX_RADIUS, ModelStore, StoreCorruptError, StoreError,
-                                 creatable_location, is_inside_store, remove_store)
+from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError
+from .store.location import creatable_location, is_inside_store, remove_store
+from .store.model_store import ModelStore
 from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                              tokenizer_json, train_bpe, vocab_size_of)
-from .core.weights import check_smoothing, commit_store_weights, compute_store_weights
+from .core.smoothing import check_smoothing
+from .engine.finalize import commit_store_weights, compute_store_weights
 
 logger = logging.getLogger(__name__)
 

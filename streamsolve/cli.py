@@ -18,7 +18,7 @@ from . import api
 from .engine import cluster
 from .text.reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
 from .store.locking import DEFAULT_WAIT_SECONDS, StoreLockedError, wait_seconds
-from .store.model_store import StoreError
+from .store.layout import StoreError
 from .text.tokenizer import TokenizerError
 
 logger = logging.getLogger("streamsolve")

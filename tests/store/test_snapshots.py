@@ -22,9 +22,10 @@ import pytest
 
 from streamsolve import LanguageModel, api
 from streamsolve.cli import main
-from streamsolve.store.model_store import ModelStore, StoreCorruptError, StoreError
+from streamsolve.store.layout import StoreCorruptError, StoreError
+from streamsolve.store.model_store import ModelStore
 
-from .conftest import write_text
+from ..conftest import write_text
 
 RADIUS = 2
 #: Seconds each looping reader waits between reads (threads share one GIL with the writer).
@@ -251,7 +252,7 @@ def test_sigkill_during_calibration_keeps_the_first_weights(calibrated_store, he
     store = calibrated_store["store"]
     big = write_text(tmp_path / "big.txt", Path(heldout).read_text() * 12)
     before = complete_weight_blocks(store)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-m", "streamsolve", "finalize", store, "--mu", "50",
                              "--calibrate", str(big), "-q"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
