@@ -493,7 +493,8 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
 
 
 def info(store: str, storage_options: dict | None = None) -> dict:
-    """A summary of a store: configuration, sizes, shards and weights."""
+    """A summary of a store: configuration, sizes, shards, weights and the provenance
+    ``history`` (every event, oldest first; empty for stores older than the history)."""
     model_store = ModelStore(store, storage_options).snapshot()
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
@@ -517,6 +518,7 @@ def info(store: str, storage_options: dict | None = None) -> dict:
         "weights": None if not weights else {
             **{k: v for k, v in weights.items() if k != "counts_id"},
             "stale": weights["counts_id"] != meta["counts"]["id"]},
+        "history": model_store.history,
     }
 
 

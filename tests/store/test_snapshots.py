@@ -43,7 +43,7 @@ def shards(tmp_path, documents) -> list[str]:
 
 @pytest.fixture
 def heldout(tmp_path) -> str:
-    from .conftest import pydoc_documents
+    from ..conftest import pydoc_documents
 
     return str(write_text(tmp_path / "heldout.txt", "\n\n".join(pydoc_documents()[60:80]) + "\n"))
 
