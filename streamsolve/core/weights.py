@@ -18,7 +18,6 @@ column form, q the smoothed context unigram.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,8 +26,6 @@ from .counting import CountConfig, Counts
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
                         check_smoothing_scale,
                         check_smoothing, resolve_strengths, smoothed_unigram)
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

@@ -18,7 +18,6 @@ import streamsolve as ss
 from streamsolve.cli import main
 from streamsolve.store import transaction
 from streamsolve.store.layout import StoreError
-from streamsolve.store.model_store import ModelStore
 
 from ..conftest import write_text
 
