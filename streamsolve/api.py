@@ -32,11 +32,13 @@ from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .store.locking import StoreLock
 from .text.reading import CorpusError, ReadOptions, ReadStats, iter_document_pieces, read_sample
 from .text.shards import expand_corpus, expand_shards, file_digest
-from .store.model_store import (MAX_RADIUS, ModelStore, StoreCorruptError, StoreError,
-                                 creatable_location, is_inside_store, remove_store)
+from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError
+from .store.location import creatable_location, is_inside_store, remove_store
+from .store.model_store import ModelStore
 from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                              tokenizer_json, train_bpe, vocab_size_of)
-from .core.weights import check_smoothing, commit_store_weights, compute_store_weights
+from .core.smoothing import check_smoothing
+from .engine.finalize import commit_store_weights, compute_store_weights
 
 logger = logging.getLogger(__name__)
 
@@ -520,7 +522,8 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
 
 
 def info(store: str, storage_options: dict | None = None) -> dict:
-    """A summary of a store: configuration, sizes, shards and weights."""
+    """A summary of a store: configuration, sizes, shards, weights and the provenance
+    ``history`` (every event, oldest first; empty for stores older than the history)."""
     model_store = ModelStore(store, storage_options).snapshot()
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
@@ -544,6 +547,7 @@ def info(store: str, storage_options: dict | None = None) -> dict:
         "weights": None if not weights else {
             **{k: v for k, v in weights.items() if k != "counts_id"},
             "stale": weights["counts_id"] != meta["counts"]["id"]},
+        "history": model_store.history,
     }
 
 

@@ -18,7 +18,7 @@ from . import api
 from .engine import cluster
 from .text.reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
 from .store.locking import DEFAULT_WAIT_SECONDS, StoreLockedError, wait_seconds
-from .store.model_store import StoreError
+from .store.layout import StoreError
 from .text.tokenizer import TokenizerError
 
 logger = logging.getLogger("streamsolve")
@@ -314,9 +314,54 @@ def _print_human(command: str, result: dict):
         print("\n".join(lines))
     elif command == "cluster-script":
         print(result["job_script"])
+    elif command == "info":
+        _print_info(result)
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
+
+
+#: How many of the latest provenance events `streamsolve info` prints (``--json``: all).
+INFO_HISTORY_EVENTS = 5
+
+
+def describe_event(event: dict) -> str:
+    """One line for a provenance event of a store's history."""
+    name, when = event.get("event", "?"), event.get("time", "?")
+    if name == "ingest":
+        shards = event.get("shards", [])
+        detail = (f"generation {event.get('generation')}: {len(shards)} shard(s) added, "
+                  f"{event.get('tokens', 0):,} tokens in the store")
+    elif name == "finalized":
+        params = event.get("parameters", {})
+        detail = (f"weights {event.get('weights_id')}: {params.get('form')} form, "
+                  f"{params.get('smoothing')} (mu {params.get('mu')}, alpha "
+                  f"{params.get('alpha')}), {event.get('reused_blocks')} row block(s) reused")
+    elif name == "calibrated":
+        detail = (f"weights {event.get('weights_id')}: beta {event.get('beta')}, gamma "
+                  f"{event.get('gamma')}, held-out CE {event.get('cross_entropy_before')} -> "
+                  f"{event.get('cross_entropy_after')} on {event.get('heldout_tokens')} tokens")
+    elif name == "created":
+        config = event.get("config", {})
+        detail = (f"V={config.get('vocab_size')}, radius {config.get('radius')}, "
+                  f"{config.get('aggregation')}; streamsolve "
+                  f"{event.get('versions', {}).get('streamsolve')}")
+    else:
+        detail = ""
+    return f"{when}  {name:<10} {detail}".rstrip()
+
+
+def _print_info(result: dict):
+    history = result.get("history", [])
+    for key, value in result.items():
+        if key != "history":
+            print(f"{key}: {value}")
+    shown = history[-INFO_HISTORY_EVENTS:]
+    print(f"history: {len(history)} event(s)"
+          + (f", the last {len(shown)}:" if len(shown) < len(history) else
+             (":" if history else " (a store older than the history)")))
+    for event in shown:
+        print(f"  {describe_event(event)}")
 
 
 class Terminated(SystemExit):

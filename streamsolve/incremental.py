@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from . import api
 from .language_model import Evaluation, LanguageModel
-from .store.model_store import ModelStore, StoreError
+from .store.layout import StoreError
+from .store.model_store import ModelStore
 
 logger = logging.getLogger(__name__)
 

@@ -92,12 +92,13 @@ class LanguageModel:
     def open(cls, store: str, storage_options: dict | None = None,
              allow_stale: bool = False) -> "LanguageModel":
         """Load the finalized model of a store (refuses stale weights)."""
+        from .engine.finalize import read_store_weights
         from .store.model_store import ModelStore
         from .text.tokenizer import tokenizer_from_json
 
         model_store = store if hasattr(store, "read_weights") else ModelStore(store, storage_options)
         model_store = model_store.snapshot()  # the weights and tokenizer of one state
-        weights = model_store.read_weights(allow_stale=allow_stale)
+        weights = read_store_weights(model_store, allow_stale=allow_stale)
         tokenizer = tokenizer_from_json(model_store.tokenizer_text())
         return cls(weights, tokenizer)
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from streamsolve import Model, api
-from streamsolve.store.model_store import ModelStore, StoreError
+from streamsolve.store import transaction
+from streamsolve.store.layout import StoreError
+from streamsolve.store.model_store import ModelStore
 
 from .conftest import write_text
 
@@ -93,7 +95,7 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
     api.count(shards[:1], store, tokenizer=tokenizer_file, rows_per_block=32)
     before = ModelStore(store).read_counts()
     calls = {"n": 0}
-    original = ModelStore.write_count_block
+    original = transaction.write_count_block
 
     def failing(self, *args, **kwargs):
         calls["n"] += 1
@@ -101,7 +103,7 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ModelStore, "write_count_block", failing)
+    monkeypatch.setattr(transaction, "write_count_block", failing)
     with pytest.raises(StoreError, match="disk is full.*unchanged"):
         api.count(shards[1:], store)
     monkeypatch.undo()
@@ -114,7 +116,7 @@ def test_disk_full_leaves_the_store_intact(tmp_path, shards, tokenizer_file, mon
     assert {name for name, _ in reopened.group["counts"].groups()} - retired == \
         {f"g{reopened.meta['counts']['generation']}"}, "debris of the failed ingest is removed"
     # a failure while creating a new store leaves no store at all
-    monkeypatch.setattr(ModelStore, "write_count_block", failing)
+    monkeypatch.setattr(transaction, "write_count_block", failing)
     calls["n"] = 0
     fresh = tmp_path / "fresh.zarr"
     with pytest.raises(StoreError, match="disk is full"):
@@ -136,7 +138,7 @@ def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, sharded_co
     updated = api.finalize(store, smoothing="additive")
     assert 0 < updated.weights.reused_blocks < n_blocks
     full = api.finalize(store, smoothing="additive")  # reuses all: compare with a recompute
-    from streamsolve.core.weights import finalize_store
+    from streamsolve.engine.finalize import finalize_store
 
     recomputed = finalize_store(ModelStore(store), "row", "additive", reuse=False)
     for a, b, c in zip(updated.weights.dense_blocks(), full.weights.dense_blocks(),

@@ -18,6 +18,7 @@ from streamsolve.engine.spill import _ArraySource, merge_sources, write_run, _Ru
 from streamsolve.engine.pipeline import count_corpus, count_shard, line_tokenizer, write_counts
 from streamsolve.text.reading import ReadOptions
 from streamsolve.store.model_store import ModelStore
+from streamsolve.store.locking import StoreLock
 
 
 def test_parse_memory_units_and_share():
@@ -89,7 +90,9 @@ def test_tiny_budget_spills_and_gives_exact_counts(tmp_path, sharded_corpus, tok
     store = ModelStore.create(str(tmp_path / "m.zarr"), config, tokenizer_text, "x" * 64,
                               "<|doc|>", {"documents": "blank-line", "text_field": "text"},
                               rows_per_block=64)
-    write_counts(store, partial, partial.shards, {}, add=False, scheduler="threads", workers=2)
+    with StoreLock(store.url):
+        write_counts(store, partial, partial.shards, {}, add=False, scheduler="threads",
+                     workers=2)
     assert os.listdir(spill_root) == []
     assert store.read_counts().equal_counts(reference)
 

@@ -13,8 +13,10 @@ from tokenizers import Tokenizer
 from streamsolve.api import calibrate_checked
 from streamsolve.core.counting import CountConfig, count_sequences
 from streamsolve.language_model import LanguageModel, logsumexp
+from streamsolve.core.weights import finalize, smoothed_unigram
+from streamsolve.engine.finalize import finalize_store, read_store_weights
+from streamsolve.store.locking import StoreLock
 from streamsolve.store.model_store import ModelStore
-from streamsolve.core.weights import finalize, finalize_store, smoothed_unigram
 
 
 def counts_of(docs, V, radius, aggregation="cat"):
@@ -119,11 +121,12 @@ def test_store_finalize_equals_in_memory(tmp_path, form, smoothing):
     counts = counts_of(random_docs(2, V, n_docs=60), V, 2)
     store = ModelStore.create(str(tmp_path / "s.zarr"), counts.config, "{}", "x" * 64, "<|doc|>",
                               {"documents": "blank-line", "text_field": "text"}, rows_per_block=5)
-    store.commit_counts(counts, [], {})
+    with StoreLock(store.url) as lock:
+        store.commit_counts(counts, [], {}, lock)
     assert store.read_counts().equal_counts(counts)
     from_store = finalize_store(store, form, smoothing)
     in_memory = finalize(counts, form, smoothing)
-    reread = store.read_weights()
+    reread = read_store_weights(store)
     for a, b, c in zip(from_store.dense_blocks(), in_memory.dense_blocks(), reread.dense_blocks()):
         np.testing.assert_allclose(a, b, rtol=1e-13)
         np.testing.assert_array_equal(a, c)

@@ -7,6 +7,13 @@ library versions (`streamsolve.versions.library_versions`). Counts add, so sever
 (one per shard or worker) are summed by `read_counts`. The store returns arrays, never an
 estimator: `ExplicitSoftmaxClassifier.from_counts` builds one from them.
 
+It follows the language-model store's safety rules, from the same helpers
+(`streamsolve.store.location`, `streamsolve.store.integrity`): a path is written only when
+nothing is there, it is an empty directory, or it is a classifier counts store holding
+nothing but its own entries (``overwrite=True``) - a directory of a user's files is refused,
+never cleared; every array is written with checksummed codecs and a content digest that
+`read_one` verifies.
+
 Zarr is imported only when a store is opened.
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 
 import numpy as np
 
@@ -26,6 +34,8 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = "streamsolve.classifier.estimator-counts"
 STORE_FORMAT_VERSION = 1
 ESTIMATOR_NAME = "ExplicitSoftmaxClassifier"
+#: The top-level entries of a count store: the only names `write_counts` replaces.
+STORE_ENTRIES = ("zarr.json", "class_count", "feature_count")
 
 
 @dataclasses.dataclass
@@ -101,12 +111,15 @@ def write_counts(store, counts: StoredCounts, *, storage_options: dict | None = 
     except TypeError as exc:
         raise ValueError("save_counts needs JSON-serialisable class labels and parameters "
                          f"(int, float, str, bool): {exc}") from None
+    from ..store.integrity import write_checksummed_array
+
+    if isinstance(store, (str, os.PathLike)):
+        _check_writable(str(store), storage_options, overwrite)
     group = open_group(store, "w" if overwrite else "w-", storage_options)
-    group.create_array("class_count", data=counts.class_count,
-                       chunks=counts.class_count.shape)
+    write_checksummed_array(group, "class_count", np.asarray(counts.class_count, np.int64))
     n_classes, n_features = counts.feature_count.shape
-    group.create_array("feature_count", data=counts.feature_count,
-                       chunks=(n_classes, min(n_features, 1 << 16)))
+    write_checksummed_array(group, "feature_count",
+                            np.asarray(counts.feature_count, np.float64))
     group.attrs.update({
         "format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION,
         "estimator": ESTIMATOR_NAME, "classes": classes,
@@ -115,6 +128,39 @@ def write_counts(store, counts: StoredCounts, *, storage_options: dict | None = 
         "versions": library_versions()})
     logger.info("saved counts (%d classes x %d features) to %s", n_classes, n_features, store)
     return group
+
+
+def _check_writable(location: str, storage_options: dict | None, overwrite: bool):
+    """Refuse a location holding anything but a classifier counts store of its own entries.
+
+    Raises
+    ------
+    streamsolve.store.layout.StoreError
+        A ``ValueError`` naming what is there (a user's files, another dataset); nothing is
+        changed.
+    FileExistsError
+        When a counts store is there and ``overwrite`` is False.
+    """
+    from ..store.location import replaceable_location
+
+    found = replaceable_location(location, storage_options, format_name=STORE_FORMAT,
+                                 store_noun=f"a {ESTIMATOR_NAME} count store",
+                                 own_entries=STORE_ENTRIES)
+    if found.kind == "store" and not overwrite:
+        raise FileExistsError(f"{location} already exists; pass overwrite=True to replace it.")
+
+
+def _verified(group, name: str) -> np.ndarray:
+    """An array of a count store, checked against the digest recorded when it was written."""
+    from ..store.integrity import array_digest
+
+    array = group[name]
+    values = array[...]
+    recorded = array.attrs.get("digest")
+    if recorded is not None and array_digest(values) != recorded:
+        raise ValueError(f"{name} of the count store {group.store} fails its digest check: the "
+                         "store is damaged; write it again with save_counts.")
+    return values
 
 
 def read_one(location, storage_options: dict | None = None) -> StoredCounts:
@@ -131,8 +177,8 @@ def read_one(location, storage_options: dict | None = None) -> StoredCounts:
     return StoredCounts(
         classes=np.asarray(attrs["classes"], dtype=np.dtype(attrs["classes_dtype"])),
         n_features_in=int(attrs["n_features_in"]),
-        class_count=np.asarray(group["class_count"][...], dtype=np.int64),
-        feature_count=np.asarray(group["feature_count"][...], dtype=np.float64),
+        class_count=np.asarray(_verified(group, "class_count"), dtype=np.int64),
+        feature_count=np.asarray(_verified(group, "feature_count"), dtype=np.float64),
         params=dict(attrs["params"]))
 
 

@@ -18,7 +18,6 @@ column form, q the smoothed context unigram.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,8 +26,6 @@ from .counting import CountConfig, Counts
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
                         check_smoothing_scale,
                         check_smoothing, resolve_strengths, smoothed_unigram)
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -216,139 +213,3 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
             log_q = np.log(smoothed_unigram(np.asarray(F.sum(axis=1)).ravel()))
         blocks.append(block_weights(F, form, smoothing, mu, alpha, log_p, log_q))
     return ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
-
-
-@dataclasses.dataclass
-class PendingWeights:
-    """Weights whose row blocks are written to a store but which are not its weights yet.
-
-    Made by `compute_store_weights`; `commit_store_weights` switches the store to them in one
-    attribute write (with calibration scalars, if any), so until then the store's previous
-    weights stay current and readable.
-    """
-
-    weights: ExplicitWeights
-    block_keys: list
-    col_terms: np.ndarray
-    counts_id: str
-
-
-def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
-                   mu: float | None = None, alpha: float | None = None,
-                   reuse: bool = True) -> ExplicitWeights:
-    """Explicit weights from a `ModelStore`, row block by row block (counts never densified).
-
-    The weights are returned and written to the store (`compute_store_weights` then
-    `commit_store_weights`). A weight row block is a pure function of its count block and a
-    few global inputs (the unigram for Dirichlet row weights, column sums for the column
-    form); blocks whose inputs are unchanged since the last finalize are reused, not
-    recomputed (``reuse=False`` recomputes everything).
-    """
-    pending = compute_store_weights(store, form, smoothing, mu, alpha, reuse)
-    commit_store_weights(store, pending)
-    return pending.weights
-
-
-def commit_store_weights(store, pending: PendingWeights,
-                         weights: ExplicitWeights | None = None) -> str:
-    """Make pending weights the store's (``weights``: the same weights, e.g. calibrated)."""
-    weights = pending.weights if weights is None else weights
-    return store.commit_weights(weights.params(), pending.block_keys, pending.col_terms,
-                                pending.weights.bias, pending.weights.log_unigram,
-                                counts_id=pending.counts_id)
-
-
-def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet",
-                          mu: float | None = None, alpha: float | None = None,
-                          reuse: bool = True) -> PendingWeights:
-    """Compute and write the weight row blocks of a store's counts, without committing them.
-
-    Every count block is read (and so verified against its digest) from one snapshot of the
-    store, also when its weights are reused. Raises `StoreCorruptError` on damaged counts.
-    """
-    import hashlib
-
-    check_smoothing(smoothing, mu, alpha, form)
-    source = store.snapshot()
-    config = source.config
-    V = config.vocab_size
-    mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
-    log_p = np.log(smoothed_unigram(source.read_unigram()))
-    check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
-    ranges = list(enumerate(row_blocks_of(source)))
-    blocks, block_keys, col_terms_all = [], [], []
-    reused = 0
-    for r in range(config.n_blocks):
-        col_sums = log_q_all = None
-        if form == "column":
-            col_sums = np.zeros(V)
-            row_sums = np.zeros(V)
-            for start, stop, (ip, ix, d) in source.iter_count_blocks(r):
-                np.add.at(col_sums, ix, d)
-                rows = np.repeat(np.arange(stop - start), np.diff(ip))
-                row_sums[start:stop] = np.bincount(rows, weights=d, minlength=stop - start)
-            log_q_all = np.log(smoothed_unigram(row_sums))
-            global_inputs = col_sums.tobytes() + log_q_all.tobytes()
-        elif smoothing == "dirichlet":
-            global_inputs = log_p.tobytes()
-        else:
-            global_inputs = b""
-        global_digest = hashlib.blake2b(global_inputs, digest_size=16).hexdigest()
-        empty = sp.csr_array((0, V), dtype=np.int64)
-        col_terms = block_weights(empty, form, smoothing, mu, alpha, log_p,
-                                  np.zeros(0) if form == "column" else None, col_sums,
-                                  row_sums=np.zeros(0)).col_terms
-        pieces_S, row_terms, keys = [], [], []
-        for k, (start, stop) in ranges:
-            # read (and so verify) the count block even when its weights are reused
-            ip, ix, d = source.read_count_block_csr(source.committed_generation(), r, k)
-            F = sp.csr_array((d, ix, ip), shape=(stop - start, V))
-            recipe = f"{r}|{k}|{start}|{stop}|{V}|{form}|{smoothing}|{mu}|{alpha}|" \
-                     f"{source.count_block_digest(r, k)}|{global_digest}"
-            key = hashlib.blake2b(recipe.encode(), digest_size=16).hexdigest()
-            previous = _stored_weight_block(source, key, (stop - start, V)) if reuse else None
-            if previous is not None:
-                S, rt = previous
-                reused += 1
-            else:
-                log_q = log_q_all[start:stop] if log_q_all is not None else None
-                block = block_weights(F, form, smoothing, mu, alpha, log_p, log_q, col_sums)
-                S, rt = block.sparse, block.row_terms
-                store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
-            pieces_S.append(S)
-            row_terms.append(rt)
-            keys.append(key)
-        S = sp.csr_array(sp.vstack(pieces_S, format="csr"))
-        blocks.append(SparseRankOne(S, np.concatenate(row_terms), col_terms))
-        block_keys.append(keys)
-        col_terms_all.append(col_terms)
-        logger.info("finalized block %d/%d (%d nonzeros)", r + 1, config.n_blocks, S.nnz)
-    total = len(ranges) * config.n_blocks
-    logger.info("finalize: recomputed %d of %d row blocks, reused %d unchanged", total - reused,
-                total, reused)
-    weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
-    weights.reused_blocks = reused
-    return PendingWeights(weights, block_keys, np.stack(col_terms_all),
-                          source.meta["counts"]["id"])
-
-
-def _stored_weight_block(store, key: str, shape: tuple):
-    """``(S, row_terms)`` of a stored weight block, or None when absent or damaged (a damaged
-    block is derived data: it is recomputed from its verified counts and written again)."""
-    from ..store.model_store import StoreCorruptError
-
-    if not store.has_weight_block(key):
-        return None
-    try:
-        ip, ix, d, rt = store.read_weight_block(key)
-    except StoreCorruptError as exc:
-        logger.warning("recomputing a damaged weight block: %s", exc)
-        return None
-    return sp.csr_array((d, ix, ip), shape=shape), rt
-
-
-def row_blocks_of(store) -> list[tuple[int, int]]:
-    """The row ranges of a store's blocks."""
-    from ..store.model_store import row_blocks
-
-    return row_blocks(store.config.vocab_size, store.meta["rows_per_block"])

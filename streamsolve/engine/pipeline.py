@@ -478,7 +478,7 @@ def make_plan(paths: Sequence[str], config: CountConfig, read_options: ReadOptio
     """
     from .memory import default_spill_root, format_bytes, parse_memory
     from .spill import SpillDirectory
-    from ..store.model_store import DEFAULT_ROWS_PER_BLOCK
+    from ..store.layout import DEFAULT_ROWS_PER_BLOCK
 
     budget = parse_memory(memory)
     spill = SpillDirectory(default_spill_root(tmp))
@@ -637,7 +637,9 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
     other task finishes before `write_counts_with` raises it and discards the generation.
     """
     from .spill import collect, merge_sources
-    from ..store.model_store import ModelStore, StoreCorruptError, csr_of_rows, merge_csr_block
+    from ..store.layout import StoreCorruptError, csr_of_rows, merge_csr_block
+    from ..store.model_store import ModelStore
+    from ..store.transaction import write_count_block
 
     tune_allocator()
     keys, values = collect(merge_sources(sources, memory_bytes, spill_dir, vocab_size,
@@ -651,13 +653,13 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
         except StoreCorruptError as exc:
             return exc
         csr = merge_csr_block(base, csr)
-    store.write_count_block(generation, r, k, *csr)
+    write_count_block(store, generation, r, k, *csr)
     return int(csr[1].size)
 
 
 def write_counts(store, counts, new_shards: list, totals: dict, *, add: bool,
                  scheduler: str | None = None, workers: int | None = None, client=None,
-                 progress: bool = True) -> list[int]:
+                 progress: bool = True, lock=None) -> list[int]:
     """Write counts into a store as a new generation (adding the committed one if ``add``).
 
     ``scheduler`` may be a ``dask.distributed`` address (``tcp://...``): the row blocks are
@@ -668,23 +670,25 @@ def write_counts(store, counts, new_shards: list, totals: dict, *, add: bool,
 
         with Client(scheduler, timeout=10) as own:
             return write_counts_with(store, counts, new_shards, totals, add=add, workers=workers,
-                                     client=own, progress=progress)
+                                     client=own, progress=progress, lock=lock)
     return write_counts_with(store, counts, new_shards, totals, add=add, scheduler=scheduler,
-                             workers=workers, client=client, progress=progress)
+                             workers=workers, client=client, progress=progress, lock=lock)
 
 
 def write_counts_with(store, counts, new_shards: list, totals: dict, *, add: bool,
                       scheduler: str | None = None, workers: int | None = None, client=None,
-                      progress: bool = True) -> list[int]:
+                      progress: bool = True, lock=None) -> list[int]:
     """Write counts into a store as a new generation (adding the committed one if ``add``).
 
     ``counts`` is a `PartialCounts` (from ``count_corpus(..., keep_partial=True)``) or a
     `Counts`. Each row block of each count block is merged and written by exactly one Dask
-    task; the generation is committed once all are written, and the spill files removed.
-    Returns the nnz per count block.
+    task, in one counts transaction (``lock``: the store's held `StoreLock`, by default the
+    one the calling thread holds); the generation is committed once all are written, and the
+    spill files removed. Returns the nnz per count block.
     """
     from .progress import Stage
-    from ..store.model_store import row_blocks
+    from ..store.layout import row_blocks
+    from ..store.locking import held_lock
 
     partial = counts if isinstance(counts, PartialCounts) else PartialCounts.of(
         counts, store.meta["rows_per_block"])
@@ -701,38 +705,40 @@ def write_counts_with(store, counts, new_shards: list, totals: dict, *, add: boo
         config = partial.config
         V = config.vocab_size
         memory_bytes = partial.merge_bytes or (64 << 20)
-        generation = store.begin_counts_generation()
-        tasks, index = [], []
-        for r in range(config.n_blocks):
-            for k, (start, stop) in enumerate(row_blocks(V, rows)):
-                sources = partial.sources(r, row_block=k)
-                if not any(s.n for s in sources) and base is None:
-                    sources = []
-                if client is not None and sources:
-                    sources = client.scatter([sources], hash=False)[0]
-                tasks.append(dask_delayed(write_row_block)(
-                    store.url, store.storage_options, generation, base, r, k, start, stop,
-                    sources, V, memory_bytes, spill.path if spill is not None else None, rows,
-                    dask_key_name=f"write-r{r}-b{k}-g{generation}-{tokenize_key([store.url, generation])}"))
-                index.append(r)
-        import dask
+        lock = lock or held_lock(store.url, store.storage_options)
+        with store.counts_transaction(lock) as transaction:
+            generation = transaction.generation
+            tasks, index = [], []
+            for r in range(config.n_blocks):
+                for k, (start, stop) in enumerate(row_blocks(V, rows)):
+                    sources = partial.sources(r, row_block=k)
+                    if not any(s.n for s in sources) and base is None:
+                        sources = []
+                    if client is not None and sources:
+                        sources = client.scatter([sources], hash=False)[0]
+                    tasks.append(dask_delayed(write_row_block)(
+                        store.url, store.storage_options, generation, base, r, k, start, stop,
+                        sources, V, memory_bytes, spill.path if spill is not None else None, rows,
+                        dask_key_name=f"write-r{r}-b{k}-g{generation}-{tokenize_key([store.url, generation])}"))
+                    index.append(r)
+            import dask
 
-        with Stage("k-way merge + write row blocks", 2, 3) as stage:
-            nnz_blocks = _compute(dask.delayed(list)(tasks), scheduler=scheduler, workers=workers,
-                                  client=client, progress=progress)
-            stage.detail = f"{len(tasks)} row block(s)"
-        damaged = [n for n in nnz_blocks if isinstance(n, Exception)]
-        if damaged:
-            raise damaged[0]
-        nnz = [0] * config.n_blocks
-        for r, n in zip(index, nnz_blocks):
-            nnz[r] += n
-        unigram = partial.unigram
-        if base is not None:
-            unigram = store.read_unigram(base) + unigram  # verified, like every merged block
-        with Stage("commit", 3, 3):
-            store.commit_counts_generation(generation, unigram, nnz, new_shards, totals)
-        return nnz
+            with Stage("k-way merge + write row blocks", 2, 3) as stage:
+                nnz_blocks = _compute(dask.delayed(list)(tasks), scheduler=scheduler, workers=workers,
+                                      client=client, progress=progress)
+                stage.detail = f"{len(tasks)} row block(s)"
+            damaged = [n for n in nnz_blocks if isinstance(n, Exception)]
+            if damaged:
+                raise damaged[0]
+            nnz = [0] * config.n_blocks
+            for r, n in zip(index, nnz_blocks):
+                nnz[r] += n
+            unigram = partial.unigram
+            if base is not None:
+                unigram = store.read_unigram(base) + unigram  # verified, like every merged block
+            with Stage("commit", 3, 3):
+                transaction.commit(unigram, nnz, new_shards, totals)
+            return nnz
     finally:
         if spill is not None:
             files, nbytes = spill.usage()

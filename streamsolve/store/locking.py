@@ -41,6 +41,7 @@ import os
 import posixpath
 import socket
 import sys
+import threading
 import time
 import uuid
 
@@ -63,6 +64,10 @@ PROGRESS_SECONDS = 30.0
 """Interval of the "still waiting" log lines."""
 
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+#: Locks this process holds: lock URL -> the `StoreLock` (see `held_lock`).
+_HELD_BY_THIS_PROCESS: dict[str, "StoreLock"] = {}
 
 
 class StoreLockedError(RuntimeError):
@@ -218,6 +223,7 @@ class StoreLock:
         self.break_lock, self.command, self.poll = break_lock, command, poll
         self.token = uuid.uuid4().hex
         self.held = False
+        self.holder_thread: int | None = None  # the thread that acquired it
         self._fd: int | None = None
 
     def _record(self) -> dict:
@@ -392,6 +398,8 @@ class StoreLock:
             holder = self._attempt_local() if self.kernel_lock else self._attempt_object()
             if holder is None:
                 self.held = True
+                self.holder_thread = threading.get_ident()
+                _HELD_BY_THIS_PROCESS[self.url] = self
                 return self
             waited = time.monotonic() - started
             if waited >= self.wait_seconds:
@@ -407,6 +415,9 @@ class StoreLock:
         if not self.held:
             return
         self.held = False
+        self.holder_thread = None
+        if _HELD_BY_THIS_PROCESS.get(self.url) is self:
+            del _HELD_BY_THIS_PROCESS[self.url]
         if self._fd is not None:
             # unlink while still holding the flock, then close: a writer that opened the old
             # file meanwhile sees it replaced and retries (see `_try_flock`)
@@ -421,8 +432,25 @@ class StoreLock:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(self.path)
 
+    def covers(self, store_url: str, storage_options: dict | None = None) -> bool:
+        """Whether this lock is held and is the lock of ``store_url`` (any spelling)."""
+        return self.held and self.url == lock_url(store_url, storage_options)
+
     def __enter__(self) -> "StoreLock":
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
+
+
+def held_lock(store_url: str, storage_options: dict | None = None) -> StoreLock | None:
+    """The `StoreLock` of ``store_url`` that the calling thread holds, or None.
+
+    For code that runs inside a locked section without being handed the lock (e.g. the
+    counts writer under ``count``); `streamsolve.store.transaction` still refuses to start
+    when there is none.
+    """
+    lock = _HELD_BY_THIS_PROCESS.get(lock_url(store_url, storage_options))
+    if lock is not None and lock.held and lock.holder_thread == threading.get_ident():
+        return lock
+    return None

@@ -91,3 +91,41 @@ def test_versions_docstring_examples():
 
     result = doctest.testmod(versions, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_counts_refuses_a_directory_of_user_files(digits, tmp_path, overwrite):
+    X, y = digits
+    model = ExplicitSoftmaxClassifier().fit(X, y)
+    target = tmp_path / "results"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match="refusing to overwrite .*notes.txt.*nothing was deleted"):
+        model.save_counts(str(target), overwrite=overwrite)
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+    assert (target / "notes.txt").read_text() == "mine\n"
+
+
+def test_save_counts_refuses_files_beside_a_count_store(digits, tmp_path):
+    X, y = digits
+    model = ExplicitSoftmaxClassifier().fit(X, y)
+    store = tmp_path / "counts.zarr"
+    model.save_counts(str(store))
+    (store / "extra.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match="besides the store it holds extra.csv"):
+        model.save_counts(str(store), overwrite=True)
+    assert (store / "extra.csv").exists()
+    same_counts(ExplicitSoftmaxClassifier.from_counts(str(store)), model)
+
+
+def test_count_store_arrays_are_checksummed_and_verified(digits, tmp_path):
+    X, y = digits
+    model = ExplicitSoftmaxClassifier().fit(X, y)
+    store = tmp_path / "counts.zarr"
+    model.save_counts(str(store))
+    group = zarr.open_group(str(store), mode="r+")
+    codecs = [type(c).__name__ for c in group["feature_count"].metadata.codecs]
+    assert "Crc32cCodec" in codecs and "ZstdCodec" in codecs
+    group["class_count"][0] += 1  # a changed value, re-encoded: only the digest can tell
+    with pytest.raises(ValueError, match="class_count .*digest"):
+        ExplicitSoftmaxClassifier.from_counts(str(store))

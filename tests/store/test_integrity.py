@@ -17,7 +17,7 @@ from streamsolve import api
 from streamsolve.cli import main
 from streamsolve.store.model_store import ModelStore
 
-from .conftest import write_text
+from ..conftest import write_text
 
 DAMAGES = ("flip", "delete")
 

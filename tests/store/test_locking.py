@@ -23,7 +23,7 @@ from streamsolve.store import locking
 from streamsolve.cli import build_parser
 from streamsolve.store.locking import StoreLock, StoreLockedError, lock_url
 
-from .conftest import write_text
+from ..conftest import write_text
 
 WORKTREE = str(Path(streamsolve.__file__).resolve().parents[1])  # for child processes
 

@@ -22,9 +22,10 @@ import pytest
 
 from streamsolve import LanguageModel, api
 from streamsolve.cli import main
-from streamsolve.store.model_store import ModelStore, StoreCorruptError, StoreError
+from streamsolve.store.layout import StoreCorruptError, StoreError
+from streamsolve.store.model_store import ModelStore
 
-from .conftest import write_text
+from ..conftest import write_text
 
 RADIUS = 2
 #: Seconds each looping reader waits between reads (threads share one GIL with the writer).
@@ -42,7 +43,7 @@ def shards(tmp_path, documents) -> list[str]:
 
 @pytest.fixture
 def heldout(tmp_path) -> str:
-    from .conftest import pydoc_documents
+    from ..conftest import pydoc_documents
 
     return str(write_text(tmp_path / "heldout.txt", "\n\n".join(pydoc_documents()[60:80]) + "\n"))
 
@@ -251,7 +252,7 @@ def test_sigkill_during_calibration_keeps_the_first_weights(calibrated_store, he
     store = calibrated_store["store"]
     big = write_text(tmp_path / "big.txt", Path(heldout).read_text() * 12)
     before = complete_weight_blocks(store)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-m", "streamsolve", "finalize", store, "--mu", "50",
                              "--calibrate", str(big), "-q"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -20,7 +20,7 @@ import pytest
 from streamsolve import api
 from streamsolve.store.model_store import ModelStore
 
-from .conftest import pydoc_documents
+from ..conftest import pydoc_documents
 
 TRIALS = int(os.environ.get("STREAMSOLVE_CRASH_TRIALS", "20"))
 STAGE = re.compile(r"ingest stage: (\w+)|(finalized block)|(committed counts generation)")

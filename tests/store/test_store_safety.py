@@ -16,9 +16,10 @@ import zarr
 
 import streamsolve as ss
 from streamsolve.cli import main
-from streamsolve.store.model_store import ModelStore, StoreError
+from streamsolve.store import transaction
+from streamsolve.store.layout import StoreError
 
-from .conftest import write_text
+from ..conftest import write_text
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -261,7 +262,7 @@ def _fail_writing(monkeypatch, drop_into=None):
             (drop_into / "user-notes.txt").write_text("written during the run\n")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ModelStore, "write_count_block", failing)
+    monkeypatch.setattr(transaction, "write_count_block", failing)
 
 
 @pytest.mark.parametrize("existed", [False, True])

@@ -1,0 +1,153 @@
+"""Weights in the store: content-addressed weight row blocks, weights versions, their commit.
+
+A weights version (``weights/v{id}``) holds the rank-one vectors (``col_terms`` per block,
+``bias``, ``log_unigram``) and names its row blocks (``weights/blocks/{key}``: CSR of the
+sparse part plus ``row_terms``). A block's key hashes the digest of the count block it came
+from and every global input of its formula (see `streamsolve.engine.finalize`), so
+re-finalizing after an update recomputes only blocks whose inputs changed.
+
+The store hands back arrays (`StoredWeights`), never a model object: the caller builds the
+weights (``streamsolve.engine.finalize.read_store_weights``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import numpy as np
+
+from .history import calibrated_event, finalized_event, with_event
+from .integrity import array_digest, block_digest, write_checksummed_array
+from .layout import StoreError, count_block_path, stack_row_blocks, utc_now
+
+#: Keys of ``attrs["weights"]`` that describe the version rather than its parameters.
+VERSION_KEYS = ("id", "counts_id", "written", "blocks", "reused_blocks")
+
+
+@dataclasses.dataclass
+class StoredWeights:
+    """The arrays and parameters of a store's weights version.
+
+    Attributes
+    ----------
+    blocks : list of tuple
+        Per weight block ``(sparse, row_terms, col_terms)``: ``sparse`` a V x V
+        ``scipy.sparse.csr_array`` (float64), the two others float64 [V].
+    bias, log_unigram : ndarray
+    params : dict
+        form, smoothing, mu, alpha and calibration (or None).
+    """
+
+    blocks: list
+    bias: np.ndarray
+    log_unigram: np.ndarray
+    params: dict
+
+
+class WeightBlocks:
+    """Weight blocks and versions of a store (mixed into `ModelStore`)."""
+
+    def count_block_digest(self, r: int, k: int) -> str:
+        """Digest of row block ``k`` of count block ``r`` in the committed generation."""
+        generation = self.committed_generation()
+        block = self.group[count_block_path(generation, r, k)]
+        digest = block.attrs.get("digest")
+        if digest is None:  # stores written before digests were recorded
+            digest = block_digest(*self.read_count_block_csr(generation, r, k))
+        return digest
+
+    def has_weight_block(self, key: str) -> bool:
+        """Whether a complete weight row block ``key`` is stored."""
+        path = f"weights/blocks/{key}"
+        return path in self.group and bool(self.group[path].attrs.get("complete"))
+
+    def write_weight_block(self, key: str, indptr, indices, data, row_terms):
+        """Write one weight row block (marked complete only after all its arrays)."""
+        group = self.group.require_group(f"weights/blocks/{key}")
+        arrays = {"indptr": np.asarray(indptr, dtype=np.int64),
+                  "indices": np.asarray(indices, dtype=np.int32),
+                  "data": np.asarray(data, dtype=np.float64),
+                  "row_terms": np.asarray(row_terms, dtype=np.float64)}
+        for name, values in arrays.items():
+            write_checksummed_array(group, name, values)
+        group.attrs.put({"complete": True, "digest": array_digest(*arrays.values())})
+
+    def read_weight_block(self, key: str):
+        """``(indptr, indices, data, row_terms)`` of a weight row block, verified."""
+        path = f"weights/blocks/{key}"
+        node, arrays = self._read_arrays(path, ("indptr", "indices", "data", "row_terms"))
+        indptr, indices, data, row_terms = arrays
+        self._check_csr(path, indptr, indices, data)
+        self._check_digest(path, node.attrs.get("digest"),
+                           lambda: array_digest(indptr, indices, data, row_terms))
+        return indptr, indices, data, row_terms
+
+    def commit_weights(self, params: dict, block_keys: list[list[str]], col_terms: np.ndarray,
+                       bias: np.ndarray, log_unigram: np.ndarray,
+                       counts_id: str | None = None, reused_blocks: int | None = None) -> str:
+        """Make written weight blocks plus the rank-one vectors the store's weights.
+
+        One attribute write switches to them and appends a ``finalized`` event (and a
+        ``calibrated`` one when ``params`` holds calibration scalars) to the history; the
+        replaced version is retired, not deleted. ``counts_id`` names the counts they were
+        computed from (default: the committed ones); ``reused_blocks`` (how many row
+        blocks a re-finalize kept) goes into the event.
+
+        Returns
+        -------
+        str
+            The new weights version id.
+        """
+        weights_id = uuid.uuid4().hex[:12]
+        root = self.group.require_group(f"weights/v{weights_id}")
+        write_checksummed_array(root, "col_terms", np.asarray(col_terms, dtype=np.float64))
+        write_checksummed_array(root, "bias", np.asarray(bias, dtype=np.float64))
+        write_checksummed_array(root, "log_unigram", np.asarray(log_unigram, dtype=np.float64))
+        meta = dict(self.meta)
+        counts_id = counts_id or meta["counts"]["id"]
+        meta["weights"] = {"id": weights_id, "counts_id": counts_id,
+                           "written": utc_now(), "blocks": block_keys, **params}
+        meta = with_event(meta, finalized_event(weights_id, counts_id, params, reused_blocks))
+        if params.get("calibration"):
+            meta = with_event(meta, calibrated_event(weights_id, params["calibration"]))
+        self.commit_attributes(meta)
+        return weights_id
+
+    def set_calibration(self, calibration: dict | None):
+        """Record calibration scalars on the current weights (with a ``calibrated`` event)."""
+        meta = dict(self.meta)
+        if "weights" not in meta:
+            raise StoreError(f"store {self.url} has no weights to calibrate")
+        meta["weights"] = {**meta["weights"], "calibration": calibration}
+        if calibration:
+            meta = with_event(meta, calibrated_event(meta["weights"]["id"], calibration))
+        self._set_meta(meta)
+
+    def read_weights(self, allow_stale: bool = False) -> StoredWeights:
+        """The arrays and parameters of the store's weights (one snapshot), verified.
+
+        Raises
+        ------
+        StoreError
+            If there are no weights, or they were computed from older counts (stale).
+        """
+        view = self.snapshot()
+        meta = view.meta
+        info = meta.get("weights")
+        if not info:
+            raise StoreError(f"store {self.url} has no weights: run `streamsolve finalize {self.url}`")
+        if info["counts_id"] != meta.get("counts", {}).get("id") and not allow_stale:
+            raise StoreError(f"the weights in {self.url} are stale (counts changed since they were "
+                             f"computed): run `streamsolve finalize {self.url}` again")
+        root = f"weights/v{info['id']}"
+        V = view.config.vocab_size
+        col_terms = view._read_single(f"{root}/col_terms")
+        blocks = []
+        for r, keys in enumerate(info["blocks"]):
+            pieces = [view.read_weight_block(key) for key in keys]
+            sparse = stack_row_blocks([p[:3] for p in pieces], V, np.float64)
+            blocks.append((sparse, np.concatenate([p[3] for p in pieces]), col_terms[r]))
+        params = {k: v for k, v in info.items() if k not in VERSION_KEYS}
+        return StoredWeights(blocks, view._read_single(f"{root}/bias"),
+                             view._read_single(f"{root}/log_unigram"), params)
