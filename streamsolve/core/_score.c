@@ -175,3 +175,67 @@ void target_values(int R, int n_blocks, const int64_t *const *indptr,
         }
     }
 }
+
+/* The evaluation path of score_contexts (no gradient), without a merge or an exp per entry:
+   edata[b][p] = exp(beta_b * S^(b) data[p]) is precomputed once per (beta, gamma), so
+   exp(T_j) is the product of the R rows' factors at j, accumulated in a dense scratch
+   vector (stamped per context, so it is never cleared), and
+
+       log_zhat = log(U + sum_{j in J} u_j (exp(T_j) - 1)).
+
+   Only valid while exp(T_j) cannot overflow (the caller checks a bound on T). Returns 0,
+   or -1 when out of memory. */
+int score_contexts_product(int R, const int64_t *const *indptr, const int32_t *const *indices,
+                           const double *const *edata, const int32_t *block_of,
+                           const double *u, double U, int64_t V, int64_t n,
+                           const int64_t *contexts, double *log_zhat)
+{
+    if (R == 1) {
+        const int64_t *ip = indptr[block_of[0]];
+        const int32_t *ix = indices[block_of[0]];
+        const double *e = edata[block_of[0]];
+        for (int64_t i = 0; i < n; i++) {
+            double corr = 0.0;
+            for (int64_t p = ip[contexts[i]]; p < ip[contexts[i] + 1]; p++)
+                corr += u[ix[p]] * (e[p] - 1.0);
+            log_zhat[i] = log(U + corr);
+        }
+        return 0;
+    }
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    if (acc == NULL || stamp == NULL || touched == NULL) {
+        free(acc), free(stamp), free(touched);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            const int64_t c = contexts[i * R + r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                } else {
+                    acc[j] *= e[p];
+                }
+            }
+        }
+        double corr = 0.0;
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = touched[q];
+            corr += u[j] * (acc[j] - 1.0);
+        }
+        log_zhat[i] = log(U + corr);
+    }
+    free(acc), free(stamp), free(touched);
+    return 0;
+}

@@ -48,6 +48,8 @@ def library():
     lib.score_contexts.argtypes = [i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, i32, ptr,
                                    ptr, i64, ptr, i64, f64, f64, f64]
     lib.score_contexts.restype = ctypes.c_int
+    lib.score_contexts_product.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, dbl, i64, i64, ptr, ptr]
+    lib.score_contexts_product.restype = ctypes.c_int
     lib.target_values.argtypes = [i32, i32, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr]
     lib.target_values.restype = None
     return lib
@@ -95,6 +97,21 @@ def score_contexts(lib, blocks: BlockPointers, block_of: np.ndarray, beta_of: np
     if status != 0:
         raise MemoryError("the scoring kernel could not allocate its buffers")
     return log_zhat, exp_sparse, exp_dense
+
+
+def score_contexts_product(lib, blocks: BlockPointers, exp_data: "ctypes.Array",
+                           block_of: np.ndarray, u: np.ndarray, U: float,
+                           contexts: np.ndarray) -> np.ndarray:
+    """``log_zhat`` of C-contiguous int64 ``contexts`` (n, R) from the per-cell factors
+    ``exp_data`` (a pointer table, one ``exp(beta_b S^(b))`` array per block)."""
+    n, R = contexts.shape
+    log_zhat = np.empty(n)
+    status = lib.score_contexts_product(R, blocks.indptr, blocks.indices, exp_data,
+                                        _p(block_of), _p(u), float(U), u.size, n,
+                                        _p(contexts), _p(log_zhat))
+    if status != 0:
+        raise MemoryError("the scoring kernel could not allocate its buffers")
+    return log_zhat
 
 
 def target_values(lib, blocks: BlockPointers, block_of: np.ndarray, contexts: np.ndarray,

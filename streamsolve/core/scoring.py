@@ -50,6 +50,8 @@ DEFAULT_CACHE_SIZE = 1 << 18
 KERNEL_CHUNK = 512
 #: Stored entries gathered at once by the NumPy fallback (bounds its memory).
 NUMPY_CHUNK_NNZ = 1 << 22
+#: Largest exponent the product kernel may meet (``exp(T_j)`` stays far from overflow).
+PRODUCT_EXPONENT_BOUND = 600.0
 #: Contexts with ``Z(c) / U`` below this are scored densely (cancellation, see module doc).
 CANCELLATION_RATIO = 1e-4
 
@@ -82,6 +84,8 @@ class ScoringParts:
         self.n_blocks = len(self.indptr)
         self.radius = self.block_of.size
         self.uses = np.bincount(self.block_of, minlength=self.n_blocks).astype(np.float64)
+        self.data_range = [(float(d.min(initial=0.0)), float(d.max(initial=0.0)))
+                           for d in self.data]
         longest = [int(np.diff(ip).max(initial=0)) for ip in self.indptr]
         self.max_union = int(sum(longest[b] for b in self.block_of))
         self.pointers = score_native.BlockPointers(self.indptr, self.indices, self.data)
@@ -241,6 +245,7 @@ class Scorer:
             cache_size = max(cache_size, parts.vocab_size)
         self.cache = ContextCache(cache_size, parts.radius) if cache_size else None
         self._dense = None
+        self._exp_data = None
 
     # -- per context ----------------------------------------------------------------------
     def _dense_features(self):
@@ -269,6 +274,8 @@ class Scorer:
         contexts = np.ascontiguousarray(contexts, dtype=np.int64)
         k = contexts.shape[0]
         chunks = [(s, min(k, s + KERNEL_CHUNK)) for s in range(0, k, KERNEL_CHUNK)]
+        if self.lib is not None and not gradient:
+            self._product_factors()  # built once, before the threads share it
         if self.lib is not None and len(chunks) > 1:
             pieces = list(_executor().map(lambda c: self._terms(contexts[c[0]:c[1]], gradient),
                                           chunks))
@@ -283,7 +290,26 @@ class Scorer:
                 array[bad] = fixed
         return tuple(out) if gradient else out[0]
 
+    def _product_factors(self):
+        """Pointer table to ``exp(beta_b S^(b))`` per block (built once, O(nnz)), or None
+        when ``exp(T_j)`` could come near overflow (then the kernel factors out the max)."""
+        if self._exp_data is None:
+            bound = sum(max(0.0, self.beta[b] * self.parts.data_range[b][0],
+                            self.beta[b] * self.parts.data_range[b][1])
+                        for b in self.parts.block_of)
+            if bound > PRODUCT_EXPONENT_BOUND:
+                self._exp_data = (None, None)
+            else:
+                arrays = [np.exp(self.beta[b] * d) for b, d in enumerate(self.parts.data)]
+                table = score_native.BlockPointers(arrays, arrays, arrays).data
+                self._exp_data = (arrays, table)
+        return self._exp_data[1]
+
     def _terms(self, contexts: np.ndarray, gradient: bool):
+        if self.lib is not None and not gradient and self._product_factors() is not None:
+            return (score_native.score_contexts_product(
+                self.lib, self.parts.pointers, self._product_factors(), self.parts.block_of,
+                self.u, self.U, contexts),)
         if self.lib is not None:
             dense, totals = self._dense_features() if gradient else (None, None)
             return score_native.score_contexts(self.lib, self.parts.pointers,

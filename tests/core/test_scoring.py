@@ -109,6 +109,21 @@ def test_kernel_equals_numpy_fallback(aggregation, radius):
 
 @pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize("radius", [1, 3])
+def test_large_exponents_factor_out_the_largest_term(radius, native):
+    """beta * S beyond the product kernel's bound: the max-factoring path, still exact."""
+    V = 12
+    weights = weights_of(random_docs(5, V), V, radius).with_calibration([150.0] * radius, 0.5)
+    ctx, tgt = positions(random_docs(6, V, n_docs=30), radius)
+    scorer = Scorer(ScoringParts.from_weights(weights), weights.beta, weights.gamma,
+                    native=native)
+    if native:
+        assert scorer._product_factors() is None
+    np.testing.assert_allclose(scorer.log_probs(ctx, tgt), dense_log_probs(weights, ctx, tgt),
+                               rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("radius", [1, 3])
 def test_cache_hits_give_identical_results(radius, native):
     V = 30
     weights = weights_of(random_docs(3, V, n_docs=300), V, radius)
