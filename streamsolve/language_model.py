@@ -24,7 +24,7 @@ EVAL_BATCH_FLOATS = 1 << 20
 #: Positions per batch of the sparse evaluation path (distinct contexts are scored once).
 SPARSE_EVAL_BATCH = 1 << 14
 #: Held-out positions calibration fits on by default (drawn uniformly; all when fewer).
-CALIBRATION_POSITIONS = 1 << 17
+CALIBRATION_POSITIONS = 1 << 15
 
 
 def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,

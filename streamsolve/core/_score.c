@@ -239,3 +239,76 @@ int score_contexts_product(int R, const int64_t *const *indptr, const int32_t *c
     free(acc), free(stamp), free(touched);
     return 0;
 }
+
+/* score_contexts_product with the calibration gradient's expectations (see score_contexts):
+   with P_j = exp(T_j) the product of the rows' factors and Zs = U + sum_J u_j (P_j - 1),
+
+       E_p[x_d]    = (X_d + sum_J u_j (P_j - 1) x_dj) / Zs
+       E_p[Sraw_b] = sum_J u_j P_j Sraw_b(j) / Zs
+
+   Same validity condition (no overflow of P_j). Returns 0, or -1 when out of memory. */
+int score_contexts_product_grad(int R, int n_blocks, const int64_t *const *indptr,
+                                const int32_t *const *indices, const double *const *data,
+                                const double *const *edata, const int32_t *block_of,
+                                const double *u, double U, int64_t V, int n_dense,
+                                const double *dense, const double *dense_totals, int64_t n,
+                                const int64_t *contexts, double *log_zhat, double *exp_sparse,
+                                double *exp_dense)
+{
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    double *sraw = malloc(sizeof(double) * (size_t)V * (size_t)n_blocks);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    double *sums = malloc(sizeof(double) * (size_t)(n_dense + n_blocks + 1));
+    if (acc == NULL || sraw == NULL || stamp == NULL || touched == NULL || sums == NULL) {
+        free(acc), free(sraw), free(stamp), free(touched), free(sums);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            const int64_t c = contexts[i * R + r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b], *d = data[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                double *s = sraw + (int64_t)j * n_blocks;
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                    for (int q = 0; q < n_blocks; q++)
+                        s[q] = 0.0;
+                } else {
+                    acc[j] *= e[p];
+                }
+                s[b] += d[p];
+            }
+        }
+        double *cx = sums, *ws = sums + n_dense;
+        for (int q = 0; q < n_dense + n_blocks; q++)
+            sums[q] = 0.0;
+        double corr = 0.0;
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = touched[q];
+            const double w = u[j] * acc[j], d0 = w - u[j];
+            const double *x = dense + (int64_t)j * n_dense, *s = sraw + (int64_t)j * n_blocks;
+            corr += d0;
+            for (int t = 0; t < n_dense; t++)
+                cx[t] += d0 * x[t];
+            for (int b = 0; b < n_blocks; b++)
+                ws[b] += w * s[b];
+        }
+        const double zs = U + corr;
+        log_zhat[i] = log(zs);
+        for (int t = 0; t < n_dense; t++)
+            exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
+        for (int b = 0; b < n_blocks; b++)
+            exp_sparse[i * n_blocks + b] = ws[b] / zs;
+    }
+    free(acc), free(sraw), free(stamp), free(touched), free(sums);
+    return 0;
+}

@@ -50,6 +50,9 @@ def library():
     lib.score_contexts.restype = ctypes.c_int
     lib.score_contexts_product.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, dbl, i64, i64, ptr, ptr]
     lib.score_contexts_product.restype = ctypes.c_int
+    lib.score_contexts_product_grad.argtypes = [i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, dbl,
+                                                i64, i32, ptr, ptr, i64, ptr, ptr, ptr, ptr]
+    lib.score_contexts_product_grad.restype = ctypes.c_int
     lib.target_values.argtypes = [i32, i32, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr]
     lib.target_values.restype = None
     return lib
@@ -101,17 +104,29 @@ def score_contexts(lib, blocks: BlockPointers, block_of: np.ndarray, beta_of: np
 
 def score_contexts_product(lib, blocks: BlockPointers, exp_data: "ctypes.Array",
                            block_of: np.ndarray, u: np.ndarray, U: float,
-                           contexts: np.ndarray) -> np.ndarray:
+                           contexts: np.ndarray, dense: np.ndarray | None = None,
+                           dense_totals: np.ndarray | None = None):
     """``log_zhat`` of C-contiguous int64 ``contexts`` (n, R) from the per-cell factors
-    ``exp_data`` (a pointer table, one ``exp(beta_b S^(b))`` array per block)."""
+    ``exp_data`` (a pointer table, one ``exp(beta_b S^(b))`` array per block); with
+    ``dense`` also the expectations, as `score_contexts`."""
     n, R = contexts.shape
     log_zhat = np.empty(n)
+    if dense is not None:
+        n_blocks, n_dense = len(blocks.indptr), dense.shape[1]
+        exp_sparse, exp_dense = np.empty((n, n_blocks)), np.empty((n, n_dense))
+        status = lib.score_contexts_product_grad(
+            R, n_blocks, blocks.indptr, blocks.indices, blocks.data, exp_data, _p(block_of),
+            _p(u), float(U), u.size, n_dense, _p(dense), _p(dense_totals), n, _p(contexts),
+            _p(log_zhat), _p(exp_sparse), _p(exp_dense))
+        if status != 0:
+            raise MemoryError("the scoring kernel could not allocate its buffers")
+        return log_zhat, exp_sparse, exp_dense
     status = lib.score_contexts_product(R, blocks.indptr, blocks.indices, exp_data,
                                         _p(block_of), _p(u), float(U), u.size, n,
                                         _p(contexts), _p(log_zhat))
     if status != 0:
         raise MemoryError("the scoring kernel could not allocate its buffers")
-    return log_zhat
+    return (log_zhat,)
 
 
 def target_values(lib, blocks: BlockPointers, block_of: np.ndarray, contexts: np.ndarray,

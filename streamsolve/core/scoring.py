@@ -274,8 +274,10 @@ class Scorer:
         contexts = np.ascontiguousarray(contexts, dtype=np.int64)
         k = contexts.shape[0]
         chunks = [(s, min(k, s + KERNEL_CHUNK)) for s in range(0, k, KERNEL_CHUNK)]
-        if self.lib is not None and not gradient:
-            self._product_factors()  # built once, before the threads share it
+        if self.lib is not None:  # built once, before the threads share them
+            self._product_factors()
+            if gradient:
+                self._dense_features()
         if self.lib is not None and len(chunks) > 1:
             pieces = list(_executor().map(lambda c: self._terms(contexts[c[0]:c[1]], gradient),
                                           chunks))
@@ -306,10 +308,11 @@ class Scorer:
         return self._exp_data[1]
 
     def _terms(self, contexts: np.ndarray, gradient: bool):
-        if self.lib is not None and not gradient and self._product_factors() is not None:
-            return (score_native.score_contexts_product(
+        if self.lib is not None and self._product_factors() is not None:
+            dense, totals = self._dense_features() if gradient else (None, None)
+            return score_native.score_contexts_product(
                 self.lib, self.parts.pointers, self._product_factors(), self.parts.block_of,
-                self.u, self.U, contexts),)
+                self.u, self.U, contexts, dense, totals)
         if self.lib is not None:
             dense, totals = self._dense_features() if gradient else (None, None)
             return score_native.score_contexts(self.lib, self.parts.pointers,

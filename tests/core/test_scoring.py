@@ -120,6 +120,10 @@ def test_large_exponents_factor_out_the_largest_term(radius, native):
         assert scorer._product_factors() is None
     np.testing.assert_allclose(scorer.log_probs(ctx, tgt), dense_log_probs(weights, ctx, tgt),
                                rtol=1e-12, atol=1e-9)
+    fallback = Scorer(scorer.parts, weights.beta, weights.gamma, native=False)
+    for x, y in zip(scorer.context_terms(ctx, gradient=True),
+                    fallback.context_terms(ctx, gradient=True)):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-9)
 
 
 @pytest.mark.parametrize("native", NATIVE)
