@@ -178,10 +178,16 @@ class ContextCache:
         self.values[slots] = values
 
 
-@functools.lru_cache(maxsize=1)
-def _executor() -> concurrent.futures.ThreadPoolExecutor:
+@functools.lru_cache(maxsize=4)
+def _executor_of(pid: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
                                                  thread_name_prefix="streamsolve-score")
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The kernel's thread pool, one per process (a forked worker gets its own: the parent's
+    threads do not exist in the child)."""
+    return _executor_of(os.getpid())
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
