@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .core.counting import CountConfig
-from .language_model import Evaluation, LanguageModel
+from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
 from .engine.memory import line_bytes_for, parse_memory, tune_allocator
 from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
 from .store.locking import StoreLock
@@ -402,7 +402,7 @@ def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = 
 def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
              mu: float | None = None, alpha: float | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
-             calibration_sample: int = 4096, wait: bool | float = False,
+             calibration_sample: int = CALIBRATION_POSITIONS, wait: bool | float = False,
              break_lock: bool = False) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
@@ -486,7 +486,8 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
     return model
 
 
-def calibrate_checked(model: LanguageModel, docs, n_bytes: int, sample: int = 4096):
+def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
+                      sample: int = CALIBRATION_POSITIONS):
     """Calibrate on ``docs`` and keep it only if held-out cross-entropy does not get worse.
 
     Returns ``(model, raw Evaluation, calibrated Evaluation)``.

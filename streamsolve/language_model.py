@@ -13,17 +13,18 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .core.calibration import fit_calibration, logsumexp  # noqa: F401 (logsumexp: public here too)
+from .core.calibration import logsumexp  # noqa: F401 (logsumexp: public here too)
+from .core.scoring import fit_calibration_scored
 from .core.weights import ExplicitWeights
 
 logger = logging.getLogger(__name__)
 
 #: Floats of dense logits per evaluation batch (B * V); bounds evaluation memory.
 EVAL_BATCH_FLOATS = 1 << 20
-#: Positions per batch of the sparse evaluation path.
-SPARSE_EVAL_BATCH = 1024
-#: Bytes of cached per-block features for calibration.
-CALIBRATION_BUDGET_BYTES = 256 << 20
+#: Positions per batch of the sparse evaluation path (distinct contexts are scored once).
+SPARSE_EVAL_BATCH = 1 << 14
+#: Held-out positions calibration fits on by default (drawn uniformly; all when fewer).
+CALIBRATION_POSITIONS = 1 << 15
 
 
 def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
@@ -136,9 +137,8 @@ class LanguageModel:
         """Total log-probability (nats) of a document, from its start."""
         ids = self.encode(text_or_ids) if isinstance(text_or_ids, str) else np.asarray(text_or_ids)
         total = 0.0
-        for ctx, tgt in _batches([ids], self.config.radius, self.bos_id, self.batch_size):
-            logits = self.weights.logits(ctx)
-            total += float(np.sum(logits[np.arange(tgt.size), tgt] - logsumexp(logits, axis=1)))
+        for ctx, tgt in _batches([ids], self.config.radius, self.bos_id, SPARSE_EVAL_BATCH):
+            total += float(np.sum(self.weights.target_log_probs(ctx, tgt)))
         return total
 
     def evaluate_ids(self, documents: Iterable[np.ndarray], n_bytes: int | None = None) -> Evaluation:
@@ -186,15 +186,15 @@ class LanguageModel:
             ids.append(nxt)
         return self.tokenizer.decode([int(i) for i in ids[start:]])
 
-    def calibrate(self, documents: Sequence[np.ndarray], sample_size: int = 4096,
-                  seed: int = 0) -> "LanguageModel":
+    def calibrate(self, documents: Sequence[np.ndarray],
+                  sample_size: int = CALIBRATION_POSITIONS, seed: int = 0) -> "LanguageModel":
         """Fit the R + 1 calibration scalars (DESIGN §3) on held-out documents.
 
-        The fit itself is `streamsolve.core.calibration.fit_calibration`, shared with the
-        classifier.
-
-        Positions are drawn uniformly across all the documents. L-BFGS starts at the
-        uncalibrated point, so the loss on the sample can only go down.
+        Up to ``sample_size`` positions are drawn uniformly across all the documents (all of
+        them when there are fewer). Each L-BFGS evaluation is one O(nnz) pass over the
+        sample's distinct contexts (`streamsolve.core.scoring.CalibrationObjective`), so the
+        sample can be large. L-BFGS starts at the uncalibrated point and its result is kept
+        only if the sample's loss does not go up.
 
         Returns
         -------
@@ -203,17 +203,8 @@ class LanguageModel:
         """
         weights = self.weights.uncalibrated()
         ctx, tgt = sample_positions(documents, self.config.radius, self.bos_id, sample_size, seed)
-        n_blocks = len(weights.blocks)
-        max_rows = max(64, CALIBRATION_BUDGET_BYTES // (4 * n_blocks * self.vocab_size))
-        if tgt.size > max_rows:
-            ctx, tgt = ctx[:max_rows], tgt[:max_rows]
-        features = np.empty((n_blocks, tgt.size, self.vocab_size), dtype=np.float32)
-        step = self.batch_size
-        for s in range(0, tgt.size, step):
-            features[:, s:s + step] = weights.block_features(ctx[s:s + step])
-        fit = fit_calibration(features, weights.log_unigram[None, :], tgt,
-                              theta0=np.r_[weights.beta, weights.gamma], max_iter=100,
-                              batch_rows=step)
+        fit = fit_calibration_scored(weights.scoring_parts(), ctx, tgt,
+                                     theta0=np.r_[weights.beta, weights.gamma], max_iter=100)
         theta = fit.theta
         logger.info("calibration on %d positions: %.4f -> %.4f nats/token (beta=%s, gamma=%.3f)",
                     tgt.size, fit.loss_before, fit.loss_after,
@@ -231,13 +222,11 @@ def sample_positions(documents: Sequence[np.ndarray], radius: int, bos_id: int,
         raise ValueError("no held-out tokens to calibrate on")
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(total, size=min(sample_size, total), replace=False))
-    doc_index = np.searchsorted(np.cumsum(lengths), chosen, side="right")
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    ends = np.cumsum(lengths)
+    doc_index = np.searchsorted(ends, chosen, side="right")
+    within = chosen - (ends - lengths)[doc_index]
+    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents])
     ctx = np.empty((chosen.size, radius), dtype=np.int64)
-    tgt = np.empty(chosen.size, dtype=np.int64)
-    for n, (d, pos) in enumerate(zip(doc_index, chosen - starts[doc_index])):
-        doc = documents[d]
-        tgt[n] = doc[pos]
-        for r in range(1, radius + 1):
-            ctx[n, r - 1] = doc[pos - r] if pos - r >= 0 else bos_id
-    return ctx, tgt
+    for r in range(1, radius + 1):
+        ctx[:, r - 1] = np.where(within >= r, flat[np.maximum(chosen - r, 0)], bos_id)
+    return ctx, flat[chosen]

@@ -167,11 +167,18 @@ def fit_calibration(sample_components: np.ndarray, shared_components: np.ndarray
         return calibration_loss(theta, sample_components, shared_components, targets,
                                 class_mask, batch_rows)
 
+    return minimize_kept(loss_and_grad, theta0, max_iter, targets.size)
+
+
+def minimize_kept(loss_and_grad, theta0: np.ndarray, max_iter: int,
+                  n_samples: int) -> CalibrationFit:
+    """L-BFGS from ``theta0`` on ``loss_and_grad(theta) -> (loss, grad)``; the result is kept
+    only if its loss is finite and not above the start's (else ``theta0`` is kept)."""
     start_loss = loss_and_grad(theta0)[0]
     result = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
                       options={"maxiter": max_iter})
     if np.isfinite(result.fun) and result.fun <= start_loss:
-        return CalibrationFit(result.x, float(start_loss), float(result.fun), targets.size)
+        return CalibrationFit(result.x, float(start_loss), float(result.fun), n_samples)
     logger.info("calibration did not lower the loss (%.6g -> %.6g): kept the start point",
                 start_loss, result.fun)
-    return CalibrationFit(theta0, float(start_loss), float(start_loss), targets.size)
+    return CalibrationFit(theta0, float(start_loss), float(start_loss), n_samples)

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .counting import CountConfig, Counts
+from .scoring import Scorer, ScoringParts
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
                         check_smoothing_scale,
                         check_smoothing, resolve_strengths, smoothed_unigram)
@@ -96,11 +97,19 @@ class ExplicitWeights:
         beta = np.asarray(beta, dtype=np.float64).reshape(-1)
         if beta.size != len(self.blocks):
             raise ValueError(f"need {len(self.blocks)} beta values, got {beta.size}")
-        return dataclasses.replace(self, beta=beta, gamma=float(gamma), calibrated=True)
+        return self._share_parts(dataclasses.replace(self, beta=beta, gamma=float(gamma),
+                                                     calibrated=True))
 
     def uncalibrated(self) -> "ExplicitWeights":
-        return dataclasses.replace(self, beta=np.ones(len(self.blocks)),
-                                   gamma=self.default_gamma(), calibrated=False)
+        return self._share_parts(dataclasses.replace(self, beta=np.ones(len(self.blocks)),
+                                                     gamma=self.default_gamma(),
+                                                     calibrated=False))
+
+    def _share_parts(self, other: "ExplicitWeights") -> "ExplicitWeights":
+        """``other`` (a copy with other scalars) reuses these blocks' scoring layout."""
+        if getattr(self, "_scoring_parts", None) is not None:
+            other._scoring_parts = self._scoring_parts
+        return other
 
     def block_of_offset(self, r: int) -> int:
         """Index of the weight block used by offset r (0-based)."""
@@ -137,44 +146,29 @@ class ExplicitWeights:
             out += self.beta[b] * self.blocks[b].rows(contexts[:, r])
         return out
 
+    def scoring_parts(self) -> ScoringParts:
+        """The weight parts in the scorer's layout (built once, shared by calibrated copies)."""
+        parts = getattr(self, "_scoring_parts", None)
+        if parts is None:
+            parts = self._scoring_parts = ScoringParts.from_weights(self)
+        return parts
+
+    def scorer(self) -> Scorer:
+        """The O(nnz) `Scorer` of these weights (kept while beta and gamma are unchanged)."""
+        key = (self.beta.tobytes(), float(self.gamma))
+        cached = getattr(self, "_scorer", None)
+        if cached is None or cached[0] != key:
+            cached = self._scorer = (key, Scorer(self.scoring_parts(), self.beta, self.gamma))
+        return cached[1]
+
     def target_log_probs(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """log softmax(logits)[target] for a batch, in O(nnz of the context rows), not O(V).
 
-        The logits are ``D_j + T_j`` plus a per-context constant, where
-        ``D = sum_r beta_r col_terms_r + gamma log p`` is the same for every context and
-        ``T = sum_r beta_r S_r[c_r]`` is sparse. So
-        ``sum_j exp(D_j + T_j) = Z0 + sum_{j in supp T} exp(D_j) expm1(T_j)`` with the constant
-        ``Z0 = sum_j exp(D_j)``. Contexts where that sum cancels badly fall back to dense logits.
+        Computed by `streamsolve.core.scoring.Scorer` (DESIGN 3b): ``log Z`` of a context is
+        a constant plus a correction over the union of its R rows' supports, cached per
+        context tuple; equal to the dense formula to rounding.
         """
-        contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
-        targets = np.asarray(targets, dtype=np.int64)
-        B = contexts.shape[0]
-        dense_part = self.bias.copy()
-        for b, block in enumerate(self.blocks):
-            uses = self.config.radius if self.config.aggregation == "sum" else 1
-            dense_part += self.beta[b] * uses * block.col_terms
-        peak = dense_part.max()
-        E = np.exp(dense_part - peak)
-        Z0 = E.sum()
-        T = None
-        for r in range(self.config.radius):
-            b = self.block_of_offset(r)
-            rows = self.blocks[b].sparse[contexts[:, r]] * self.beta[b]
-            T = rows if T is None else T + rows
-        T = sp.csr_array(T)
-        T.sum_duplicates()
-        row_of = np.repeat(np.arange(B), np.diff(T.indptr))
-        correction = np.bincount(row_of, weights=E[T.indices] * np.expm1(T.data), minlength=B)
-        total = Z0 + correction
-        target_T = np.asarray(T[np.arange(B), targets]).ravel()
-        out = dense_part[targets] + target_T - peak - np.log(np.maximum(total, 1e-300))
-        bad = total < 1e-9 * Z0
-        if np.any(bad):
-            logits = self.logits(contexts[bad])
-            peak_b = logits.max(axis=1, keepdims=True)
-            lse = np.log(np.exp(logits - peak_b).sum(axis=1)) + peak_b[:, 0]
-            out[bad] = logits[np.arange(bad.sum()), targets[bad]] - lse
-        return out
+        return self.scorer().log_probs(contexts, targets)
 
     def dense_blocks(self) -> list[np.ndarray]:
         """Dense W^(r) (V x V each); small vocabularies only."""

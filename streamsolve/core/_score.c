@@ -1,0 +1,314 @@
+/* Scoring kernels of streamsolve (DESIGN 3b, "Scoring in O(nnz)"): per context, the log
+   normaliser of the sparse + rank-one logits, and on request the expectations that the
+   calibration gradient needs, in O(sum of the context's R rows' nnz), never O(V).
+
+   For a context c = (c_1..c_R) (offset r reads row c_r of weight block b(r)):
+
+       T_j   = sum_r beta_r S^(b(r))[c_r, j]          nonzero on J(c), the union of the rows
+       e_j   = a'_j + T_j,  a' = a - max(a),  u_j = exp(a'_j),  U = sum_j u_j
+       m     = max(0, max_{j in J} e_j)
+       Zs    = (U - sum_J u_j) e^-m + sum_J exp(e_j - m)
+       log_zhat = m + log(Zs)     (log Z(c) = A(c) + max(a) + log_zhat)
+
+   The R rows are merged (indices sorted within each CSR row) so equal targets of several
+   rows (the `sum` aggregation reads one block R times) add up. Gradient extras:
+
+       E_p[x_k]       = ((X_k - sum_J u_j x_kj) e^-m + sum_J exp(e_j - m) x_kj) / Zs
+       E_p[Sraw_b]    = sum_J exp(e_j - m) Sraw_b(c, j) / Zs,  Sraw_b = sum_{r: b(r)=b} S^(b)[c_r, .]
+
+   with x dense per-target vectors (laid out target-major: x[j * n_dense + k]) and X_k their
+   u-weighted totals. Loaded with ctypes by streamsolve/core/score_native.py, which releases
+   the GIL during a call: Python runs one call per thread on slices of the contexts. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ROWS 64
+
+/* Merge the R rows of one context into (j, T_j[, Sraw_b(j)]) triplets; return |J|. */
+static int64_t merge_rows(int R, int n_blocks, const int64_t *const *indptr,
+                          const int32_t *const *indices, const double *const *data,
+                          const int32_t *block_of, const double *beta, const int64_t *ctx,
+                          int32_t *jbuf, double *tbuf, double *sbuf)
+{
+    int64_t pos[MAX_ROWS], end[MAX_ROWS];
+    for (int r = 0; r < R; r++) {
+        const int b = block_of[r];
+        pos[r] = indptr[b][ctx[r]];
+        end[r] = indptr[b][ctx[r] + 1];
+    }
+    if (R == 1 && sbuf == NULL) {
+        const int32_t *ix = indices[block_of[0]];
+        const double *d = data[block_of[0]];
+        const double be = beta[0];
+        int64_t k = 0;
+        for (int64_t p = pos[0]; p < end[0]; p++, k++) {
+            jbuf[k] = ix[p];
+            tbuf[k] = be * d[p];
+        }
+        return k;
+    }
+    int64_t k = 0;
+    for (;;) {
+        int32_t jmin = INT32_MAX;
+        for (int r = 0; r < R; r++)
+            if (pos[r] < end[r] && indices[block_of[r]][pos[r]] < jmin)
+                jmin = indices[block_of[r]][pos[r]];
+        if (jmin == INT32_MAX)
+            break;
+        double t = 0.0;
+        if (sbuf != NULL)
+            memset(sbuf + k * n_blocks, 0, sizeof(double) * (size_t)n_blocks);
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            if (pos[r] < end[r] && indices[b][pos[r]] == jmin) {
+                const double v = data[b][pos[r]];
+                t += beta[r] * v;
+                if (sbuf != NULL)
+                    sbuf[k * n_blocks + b] += v;
+                pos[r]++;
+            }
+        }
+        jbuf[k] = jmin;
+        tbuf[k] = t;
+        k++;
+    }
+    return k;
+}
+
+/* log_zhat[i] for contexts[i * R .. i * R + R); with exp_sparse / exp_dense not NULL also
+   the expectations (n x n_blocks, n x n_dense). max_union bounds |J| (the sum of the R
+   largest row lengths). Returns 0, or -1 when out of memory or R is too large. */
+int score_contexts(int R, int n_blocks, const int64_t *const *indptr,
+                   const int32_t *const *indices, const double *const *data,
+                   const int32_t *block_of, const double *beta, const double *a,
+                   const double *u, double U, int n_dense, const double *dense,
+                   const double *dense_totals, int64_t n, const int64_t *contexts,
+                   int64_t max_union, double *log_zhat, double *exp_sparse, double *exp_dense)
+{
+    if (R < 1 || R > MAX_ROWS)
+        return -1;
+    const int grad = exp_sparse != NULL && exp_dense != NULL;
+    int32_t *jbuf = malloc(sizeof(int32_t) * (size_t)(max_union + 1));
+    double *tbuf = malloc(sizeof(double) * (size_t)(max_union + 1));
+    double *sbuf = grad ? malloc(sizeof(double) * (size_t)(max_union + 1) * (size_t)n_blocks)
+                        : NULL;
+    double *acc = grad ? malloc(sizeof(double) * (size_t)(2 * n_dense + n_blocks + 1)) : NULL;
+    if (jbuf == NULL || tbuf == NULL || (grad && (sbuf == NULL || acc == NULL))) {
+        free(jbuf), free(tbuf), free(sbuf), free(acc);
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t k = merge_rows(R, n_blocks, indptr, indices, data, block_of, beta,
+                                     contexts + i * R, jbuf, tbuf, grad ? sbuf : NULL);
+        double m = 0.0;
+        for (int64_t q = 0; q < k; q++) {
+            tbuf[q] += a[jbuf[q]]; /* now e_j */
+            if (tbuf[q] > m)
+                m = tbuf[q];
+        }
+        double s0 = 0.0, s1 = 0.0;
+        if (!grad) {
+            for (int64_t q = 0; q < k; q++) {
+                s0 += u[jbuf[q]];
+                s1 += exp(tbuf[q] - m);
+            }
+            log_zhat[i] = m + log((U - s0) * exp(-m) + s1);
+            continue;
+        }
+        /* acc: [0, n_dense) sum_J u x; [n_dense, 2 n_dense) sum_J w x; then n_blocks w Sraw */
+        double *ux = acc, *wx = acc + n_dense, *ws = acc + 2 * n_dense;
+        memset(acc, 0, sizeof(double) * (size_t)(2 * n_dense + n_blocks));
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = jbuf[q];
+            const double uj = u[j], w = exp(tbuf[q] - m);
+            const double *x = dense + (int64_t)j * n_dense;
+            s0 += uj;
+            s1 += w;
+            for (int d = 0; d < n_dense; d++) {
+                ux[d] += uj * x[d];
+                wx[d] += w * x[d];
+            }
+            const double *sb = sbuf + q * n_blocks;
+            for (int b = 0; b < n_blocks; b++)
+                ws[b] += w * sb[b];
+        }
+        const double scale = exp(-m);
+        const double zs = (U - s0) * scale + s1;
+        log_zhat[i] = m + log(zs);
+        for (int d = 0; d < n_dense; d++)
+            exp_dense[i * n_dense + d] = ((dense_totals[d] - ux[d]) * scale + wx[d]) / zs;
+        for (int b = 0; b < n_blocks; b++)
+            exp_sparse[i * n_blocks + b] = ws[b] / zs;
+    }
+    free(jbuf), free(tbuf), free(sbuf), free(acc);
+    return 0;
+}
+
+/* out[i * n_blocks + b] = sum_{r: b(r)=b} S^(b)[contexts[i, r], targets[i]] (binary search in
+   each sorted row; 0 where the target is not stored). */
+void target_values(int R, int n_blocks, const int64_t *const *indptr,
+                   const int32_t *const *indices, const double *const *data,
+                   const int32_t *block_of, int64_t n, const int64_t *contexts,
+                   const int64_t *targets, double *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double *o = out + i * n_blocks;
+        for (int b = 0; b < n_blocks; b++)
+            o[b] = 0.0;
+        const int32_t t = (int32_t)targets[i];
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            const int32_t *ix = indices[b];
+            int64_t lo = indptr[b][contexts[i * R + r]], hi = indptr[b][contexts[i * R + r] + 1];
+            while (lo < hi) {
+                const int64_t mid = lo + (hi - lo) / 2;
+                if (ix[mid] < t)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo < indptr[b][contexts[i * R + r] + 1] && ix[lo] == t)
+                o[b] += data[b][lo];
+        }
+    }
+}
+
+/* The evaluation path of score_contexts (no gradient), without a merge or an exp per entry:
+   edata[b][p] = exp(beta_b * S^(b) data[p]) is precomputed once per (beta, gamma), so
+   exp(T_j) is the product of the R rows' factors at j, accumulated in a dense scratch
+   vector (stamped per context, so it is never cleared), and
+
+       log_zhat = log(U + sum_{j in J} u_j (exp(T_j) - 1)).
+
+   Only valid while exp(T_j) cannot overflow (the caller checks a bound on T). Returns 0,
+   or -1 when out of memory. */
+int score_contexts_product(int R, const int64_t *const *indptr, const int32_t *const *indices,
+                           const double *const *edata, const int32_t *block_of,
+                           const double *u, double U, int64_t V, int64_t n,
+                           const int64_t *contexts, double *log_zhat)
+{
+    if (R == 1) {
+        const int64_t *ip = indptr[block_of[0]];
+        const int32_t *ix = indices[block_of[0]];
+        const double *e = edata[block_of[0]];
+        for (int64_t i = 0; i < n; i++) {
+            double corr = 0.0;
+            for (int64_t p = ip[contexts[i]]; p < ip[contexts[i] + 1]; p++)
+                corr += u[ix[p]] * (e[p] - 1.0);
+            log_zhat[i] = log(U + corr);
+        }
+        return 0;
+    }
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    if (acc == NULL || stamp == NULL || touched == NULL) {
+        free(acc), free(stamp), free(touched);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            const int64_t c = contexts[i * R + r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                } else {
+                    acc[j] *= e[p];
+                }
+            }
+        }
+        double corr = 0.0;
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = touched[q];
+            corr += u[j] * (acc[j] - 1.0);
+        }
+        log_zhat[i] = log(U + corr);
+    }
+    free(acc), free(stamp), free(touched);
+    return 0;
+}
+
+/* score_contexts_product with the calibration gradient's expectations (see score_contexts):
+   with P_j = exp(T_j) the product of the rows' factors and Zs = U + sum_J u_j (P_j - 1),
+
+       E_p[x_d]    = (X_d + sum_J u_j (P_j - 1) x_dj) / Zs
+       E_p[Sraw_b] = sum_J u_j P_j Sraw_b(j) / Zs
+
+   Same validity condition (no overflow of P_j). Returns 0, or -1 when out of memory. */
+int score_contexts_product_grad(int R, int n_blocks, const int64_t *const *indptr,
+                                const int32_t *const *indices, const double *const *data,
+                                const double *const *edata, const int32_t *block_of,
+                                const double *u, double U, int64_t V, int n_dense,
+                                const double *dense, const double *dense_totals, int64_t n,
+                                const int64_t *contexts, double *log_zhat, double *exp_sparse,
+                                double *exp_dense)
+{
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    double *sraw = malloc(sizeof(double) * (size_t)V * (size_t)n_blocks);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    double *sums = malloc(sizeof(double) * (size_t)(n_dense + n_blocks + 1));
+    if (acc == NULL || sraw == NULL || stamp == NULL || touched == NULL || sums == NULL) {
+        free(acc), free(sraw), free(stamp), free(touched), free(sums);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            const int64_t c = contexts[i * R + r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b], *d = data[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                double *s = sraw + (int64_t)j * n_blocks;
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                    for (int q = 0; q < n_blocks; q++)
+                        s[q] = 0.0;
+                } else {
+                    acc[j] *= e[p];
+                }
+                s[b] += d[p];
+            }
+        }
+        double *cx = sums, *ws = sums + n_dense;
+        for (int q = 0; q < n_dense + n_blocks; q++)
+            sums[q] = 0.0;
+        double corr = 0.0;
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = touched[q];
+            const double w = u[j] * acc[j], d0 = w - u[j];
+            const double *x = dense + (int64_t)j * n_dense, *s = sraw + (int64_t)j * n_blocks;
+            corr += d0;
+            for (int t = 0; t < n_dense; t++)
+                cx[t] += d0 * x[t];
+            for (int b = 0; b < n_blocks; b++)
+                ws[b] += w * s[b];
+        }
+        const double zs = U + corr;
+        log_zhat[i] = log(zs);
+        for (int t = 0; t < n_dense; t++)
+            exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
+        for (int b = 0; b < n_blocks; b++)
+            exp_sparse[i * n_blocks + b] = ws[b] / zs;
+    }
+    free(acc), free(sraw), free(stamp), free(touched), free(sums);
+    return 0;
+}

@@ -1,0 +1,194 @@
+"""The O(nnz) scorer of DESIGN 3b equals the dense formula (log_softmax of the logits) to
+1e-9 for every form, smoothing, aggregation, radius and calibration; the C kernel equals
+its NumPy twin; cached and uncached results are identical; the calibration loss and
+gradient on the same kernel equal the dense ones; calibration never worsens held-out CE."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from streamsolve.core import score_native
+from streamsolve.core.calibration import logsumexp
+from streamsolve.core.counting import CountConfig, count_sequences
+from streamsolve.core.scoring import (CalibrationObjective, Scorer, ScoringParts,
+                                      fit_calibration_scored)
+from streamsolve.core.weights import finalize
+from streamsolve.language_model import LanguageModel, contexts_and_targets
+
+NATIVE = [False] + ([True] if score_native.available() else [])
+
+
+def random_docs(seed, V, n_docs=120, max_len=30, skew=True):
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) for i in range(V)] if skew else None
+    return [rng.choices(range(V), weights=weights, k=rng.randrange(1, max_len))
+            for _ in range(n_docs)]
+
+
+def weights_of(docs, V, radius, aggregation="cat", form="row", smoothing="dirichlet"):
+    counts = count_sequences([(np.asarray(d, dtype=np.int64), True) for d in docs],
+                             CountConfig(V, radius, aggregation, bos_id=0))
+    return finalize(counts, form=form, smoothing=smoothing)
+
+
+def positions(docs, radius):
+    pairs = list(contexts_and_targets([np.asarray(d) for d in docs], radius, 0))
+    return np.concatenate([c for c, _ in pairs]), np.concatenate([t for _, t in pairs])
+
+
+def dense_log_probs(weights, ctx, tgt):
+    logits = weights.logits(ctx)
+    return logits[np.arange(tgt.size), tgt] - logsumexp(logits, axis=1)
+
+
+CASES = [(form, smoothing, aggregation, radius)
+         for form, smoothing in [("row", "dirichlet"), ("row", "additive"),
+                                 ("column", "dirichlet"), ("column", "additive")]
+         for aggregation in ("cat", "sum") for radius in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("form,smoothing,aggregation,radius", CASES)
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_scorer_equals_dense_formula(form, smoothing, aggregation, radius, calibrated, native):
+    V = 12
+    weights = weights_of(random_docs(radius, V), V, radius, aggregation, form, smoothing)
+    if calibrated:
+        n_blocks = len(weights.blocks)
+        weights = weights.with_calibration(np.linspace(0.4, 1.3, n_blocks), -0.7)
+    ctx, tgt = positions(random_docs(100 + radius, V, n_docs=30), radius)
+    parts = ScoringParts.from_weights(weights)
+    scorer = Scorer(parts, weights.beta, weights.gamma, native=native)
+    expected = dense_log_probs(weights, ctx, tgt)
+    np.testing.assert_allclose(scorer.log_probs(ctx, tgt), expected, rtol=0, atol=1e-9)
+    logits = weights.logits(ctx)
+    np.testing.assert_allclose(scorer.log_normalizers(ctx), logsumexp(logits, axis=1),
+                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(weights.target_log_probs(ctx, tgt), expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("native", NATIVE)
+def test_unsmoothed_bigram_and_negative_calibration(native):
+    """smoothing='none' (full rows) and negative betas (the correction cancels U: dense path)."""
+    V = 4
+    docs = random_docs(0, V, n_docs=300, skew=False)
+    weights = weights_of(docs, V, 1, smoothing="none")
+    ctx, tgt = positions(docs[:40], 1)
+    for beta, gamma in [(1.0, 0.0), (-3.0, 0.5), (-40.0, 2.0)]:
+        w = weights.with_calibration([beta], gamma)
+        scorer = Scorer(ScoringParts.from_weights(w), w.beta, w.gamma, native=native)
+        np.testing.assert_allclose(scorer.log_probs(ctx, tgt), dense_log_probs(w, ctx, tgt),
+                                   rtol=0, atol=1e-9)
+    # a strongly negative beta on an R = 2 model makes the correction cancel U
+    weights = weights_of(docs, V, 2).with_calibration([-30.0, -30.0], 0.0)
+    ctx, tgt = positions(docs[:40], 2)
+    scorer = Scorer(ScoringParts.from_weights(weights), weights.beta, weights.gamma, native=native)
+    np.testing.assert_allclose(scorer.log_probs(ctx, tgt), dense_log_probs(weights, ctx, tgt),
+                               rtol=0, atol=1e-9)
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+@pytest.mark.parametrize("aggregation,radius", [("cat", 1), ("cat", 3), ("sum", 3)])
+def test_kernel_equals_numpy_fallback(aggregation, radius):
+    V = 40
+    weights = weights_of(random_docs(7, V, n_docs=400), V, radius, aggregation)
+    weights = weights.with_calibration(np.linspace(0.5, 1.1, len(weights.blocks)), -0.4)
+    parts = ScoringParts.from_weights(weights)
+    ctx, tgt = positions(random_docs(8, V, n_docs=200), radius)  # > one kernel chunk: threads
+    args = (parts, weights.beta, weights.gamma)
+    c, f = Scorer(*args, native=True), Scorer(*args, native=False)
+    np.testing.assert_allclose(c.log_probs(ctx, tgt), f.log_probs(ctx, tgt), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(c.target_values(ctx, tgt), f.target_values(ctx, tgt))
+    for x, y in zip(c.context_terms(ctx[:300], gradient=True),
+                    f.context_terms(ctx[:300], gradient=True)):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("radius", [1, 3])
+def test_large_exponents_factor_out_the_largest_term(radius, native):
+    """beta * S beyond the product kernel's bound: the max-factoring path, still exact."""
+    V = 12
+    weights = weights_of(random_docs(5, V), V, radius).with_calibration([150.0] * radius, 0.5)
+    ctx, tgt = positions(random_docs(6, V, n_docs=30), radius)
+    scorer = Scorer(ScoringParts.from_weights(weights), weights.beta, weights.gamma,
+                    native=native)
+    if native:
+        assert scorer._product_factors() is None
+    np.testing.assert_allclose(scorer.log_probs(ctx, tgt), dense_log_probs(weights, ctx, tgt),
+                               rtol=1e-12, atol=1e-9)
+    fallback = Scorer(scorer.parts, weights.beta, weights.gamma, native=False)
+    for x, y in zip(scorer.context_terms(ctx, gradient=True),
+                    fallback.context_terms(ctx, gradient=True)):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("radius", [1, 3])
+def test_cache_hits_give_identical_results(radius, native):
+    V = 30
+    weights = weights_of(random_docs(3, V, n_docs=300), V, radius)
+    parts = ScoringParts.from_weights(weights)
+    ctx, tgt = positions(random_docs(4, V, n_docs=200), radius)
+    uncached = Scorer(parts, weights.beta, weights.gamma, cache_size=0, native=native)
+    cached = Scorer(parts, weights.beta, weights.gamma, cache_size=64, native=native)
+    expected = uncached.log_probs(ctx, tgt)
+    first = np.concatenate([cached.log_probs(ctx[s:s + 97], tgt[s:s + 97])
+                            for s in range(0, tgt.size, 97)])
+    second = cached.log_probs(ctx, tgt)  # now mostly from the cache (collisions evict some)
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(second, expected)
+    assert cached.cache.hits > 0
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("form,aggregation,radius",
+                         [("row", "cat", 1), ("row", "cat", 3), ("row", "sum", 2),
+                          ("column", "cat", 2)])
+def test_calibration_loss_and_gradient_equal_dense(form, aggregation, radius, native):
+    V = 10
+    weights = weights_of(random_docs(11, V), V, radius, aggregation, form)
+    ctx, tgt = positions(random_docs(12, V, n_docs=40), radius)
+    objective = CalibrationObjective(ScoringParts.from_weights(weights), ctx, tgt, native=native)
+
+    def dense_loss(theta):
+        w = weights.with_calibration(theta[:-1], theta[-1])
+        return -float(np.mean(dense_log_probs(w, ctx, tgt)))
+
+    theta = np.r_[np.linspace(0.6, 1.2, len(weights.blocks)), -0.3]
+    loss, grad = objective(theta)
+    assert loss == pytest.approx(dense_loss(theta), abs=1e-9)
+    h = 1e-5
+    numeric = [(dense_loss(theta + h * e) - dense_loss(theta - h * e)) / (2 * h)
+               for e in np.eye(theta.size)]
+    np.testing.assert_allclose(grad, numeric, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("aggregation,radius", [("cat", 3), ("sum", 3), ("cat", 1)])
+def test_calibrated_heldout_cross_entropy_never_worse(aggregation, radius):
+    V = 24
+    docs = random_docs(21, V, n_docs=600)
+    weights = weights_of(docs[:500], V, radius, aggregation)
+    heldout = [np.asarray(d) for d in docs[500:]]
+    model = LanguageModel(weights)
+    raw = model.evaluate_ids(heldout).cross_entropy
+    calibrated = model.calibrate(heldout, sample_size=10 ** 6)
+    assert calibrated.weights.calibrated
+    assert calibrated.evaluate_ids(heldout).cross_entropy <= raw + 1e-12
+    ctx, tgt = positions(heldout, radius)
+    fit = fit_calibration_scored(ScoringParts.from_weights(weights), ctx, tgt,
+                                 np.r_[weights.beta, weights.gamma])
+    assert fit.loss_after <= fit.loss_before
+    assert fit.loss_before == pytest.approx(raw, abs=1e-9)
+
+
+def test_scorer_rejects_bad_shapes():
+    weights = weights_of(random_docs(0, 6), 6, 2)
+    scorer = Scorer(ScoringParts.from_weights(weights), weights.beta, weights.gamma)
+    with pytest.raises(ValueError, match="contexts must be"):
+        scorer.log_probs(np.zeros((3, 1), dtype=np.int64), np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="beta values"):
+        Scorer(scorer.parts, [1.0], 0.0)
