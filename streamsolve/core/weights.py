@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .counting import CountConfig, Counts
+from .kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
                         check_smoothing_scale,
                         check_smoothing, resolve_strengths, smoothed_unigram)
@@ -49,6 +50,8 @@ class ExplicitWeights:
     gamma : float
         Weight of log p_j; the bias is ``gamma * log_unigram``.
     calibrated : bool
+    discounts : list of (float, float, float), optional
+        Kneser–Ney ``(D1, D2, D3+)`` used by each block (``smoothing="kneser-ney"`` only).
     """
 
     blocks: list
@@ -61,6 +64,7 @@ class ExplicitWeights:
     beta: np.ndarray = None
     gamma: float = 0.0
     calibrated: bool = False
+    discounts: list | None = None
 
     def __post_init__(self):
         if self.beta is None:
@@ -81,13 +85,17 @@ class ExplicitWeights:
         if self.calibrated:
             calibration = {**getattr(self, "calibration_info", {}),
                            "beta": [float(b) for b in self.beta], "gamma": float(self.gamma)}
-        return {"form": self.form, "smoothing": self.smoothing, "mu": self.mu, "alpha": self.alpha,
-                "calibration": calibration}
+        params = {"form": self.form, "smoothing": self.smoothing, "mu": self.mu,
+                  "alpha": self.alpha, "calibration": calibration}
+        if self.discounts is not None:
+            params["discounts"] = [[float(d) for d in block] for block in self.discounts]
+        return params
 
     @classmethod
     def from_params(cls, blocks, bias, log_unigram, config, params) -> "ExplicitWeights":
         weights = cls(blocks, np.asarray(log_unigram), config, params["form"], params["smoothing"],
-                      params.get("mu"), params.get("alpha"))
+                      params.get("mu"), params.get("alpha"),
+                      discounts=params.get("discounts"))
         calibration = params.get("calibration")
         if calibration:
             weights = weights.with_calibration(np.asarray(calibration["beta"]), calibration["gamma"])
@@ -185,7 +193,8 @@ class ExplicitWeights:
 
 
 def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
-             mu: float | None = None, alpha: float | None = None) -> ExplicitWeights:
+             mu: float | None = None, alpha: float | None = None,
+             discount=None) -> ExplicitWeights:
     """Explicit weights from in-memory counts.
 
     Parameters
@@ -193,29 +202,41 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
     counts : Counts
     form : {"row", "column"}
         Row (published, default) or column (multinomial naive-Bayes) form.
-    smoothing : {"dirichlet", "additive", "none"}
+    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}
         Dirichlet towards the unigram (default, ``mu`` defaults to V), additive (``alpha``
-        defaults to 0.1), or none (exact maximum likelihood; needs every count positive).
+        defaults to 0.1), none (exact maximum likelihood; needs every count positive), or
+        modified Kneser–Ney (row form; discounts estimated per block from its
+        counts-of-counts unless ``discount`` is given).
     mu, alpha : float, optional
+    discount : float or (float, float, float), optional
+        Kneser–Ney discounts ``D`` (all three) or ``(D1, D2, D3+)`` for every block.
 
     Returns
     -------
     ExplicitWeights
     """
-    check_smoothing(smoothing, mu, alpha, form)
+    check_smoothing(smoothing, mu, alpha, form, discount)
     config = counts.config
     V = config.vocab_size
     mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(counts.unigram))
     check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
-    blocks = []
+    blocks, used_discounts = [], []
     for r in range(config.n_blocks):
         F = counts.block_csr(r)
         log_q = None
         if form == "column":
             log_q = np.log(smoothed_unigram(np.asarray(F.sum(axis=1)).ravel()))
+        if smoothing == "kneser-ney":
+            discounts, log_cont = kneser_ney_parameters(
+                block_statistics(F.indptr, F.indices, F.data, V), discount)
+            used_discounts.append(discounts)
+            blocks.append(block_weights(F, form, smoothing, None, None, log_cont,
+                                        discounts=discounts))
+            continue
         blocks.append(block_weights(F, form, smoothing, mu, alpha, log_p, log_q))
-    return ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
+    return ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha,
+                           discounts=used_discounts if smoothing == "kneser-ney" else None)
 
 
 @dataclasses.dataclass
@@ -235,7 +256,7 @@ class PendingWeights:
 
 def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
                    mu: float | None = None, alpha: float | None = None,
-                   reuse: bool = True) -> ExplicitWeights:
+                   reuse: bool = True, discount=None) -> ExplicitWeights:
     """Explicit weights from a `ModelStore`, row block by row block (counts never densified).
 
     The weights are returned and written to the store (`compute_store_weights` then
@@ -244,7 +265,7 @@ def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
     form); blocks whose inputs are unchanged since the last finalize are reused, not
     recomputed (``reuse=False`` recomputes everything).
     """
-    pending = compute_store_weights(store, form, smoothing, mu, alpha, reuse)
+    pending = compute_store_weights(store, form, smoothing, mu, alpha, reuse, discount)
     commit_store_weights(store, pending)
     return pending.weights
 
@@ -260,15 +281,17 @@ def commit_store_weights(store, pending: PendingWeights,
 
 def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet",
                           mu: float | None = None, alpha: float | None = None,
-                          reuse: bool = True) -> PendingWeights:
+                          reuse: bool = True, discount=None) -> PendingWeights:
     """Compute and write the weight row blocks of a store's counts, without committing them.
 
     Every count block is read (and so verified against its digest) from one snapshot of the
     store, also when its weights are reused. Raises `StoreCorruptError` on damaged counts.
+    Kneser–Ney (``discount``: see `core.weights.finalize`) first makes one statistics pass
+    over each offset's row blocks (`_kneser_ney_globals`).
     """
     import hashlib
 
-    check_smoothing(smoothing, mu, alpha, form)
+    check_smoothing(smoothing, mu, alpha, form, discount)
     source = store.snapshot()
     config = source.config
     V = config.vocab_size
@@ -276,11 +299,16 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     log_p = np.log(smoothed_unigram(source.read_unigram()))
     check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
     ranges = list(enumerate(row_blocks_of(source)))
-    blocks, block_keys, col_terms_all = [], [], []
+    blocks, block_keys, col_terms_all, used_discounts = [], [], [], []
     reused = 0
     for r in range(config.n_blocks):
-        col_sums = log_q_all = None
-        if form == "column":
+        col_sums = log_q_all = discounts = None
+        background = log_p  # log of the row form's column background
+        if smoothing == "kneser-ney":
+            discounts, background = _kneser_ney_globals(source, r, V, discount)
+            used_discounts.append(discounts)
+            global_inputs = np.asarray(discounts).tobytes() + background.tobytes()
+        elif form == "column":
             col_sums = np.zeros(V)
             row_sums = np.zeros(V)
             for start, stop, (ip, ix, d) in source.iter_count_blocks(r):
@@ -295,9 +323,9 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
             global_inputs = b""
         global_digest = hashlib.blake2b(global_inputs, digest_size=16).hexdigest()
         empty = sp.csr_array((0, V), dtype=np.int64)
-        col_terms = block_weights(empty, form, smoothing, mu, alpha, log_p,
+        col_terms = block_weights(empty, form, smoothing, mu, alpha, background,
                                   np.zeros(0) if form == "column" else None, col_sums,
-                                  row_sums=np.zeros(0)).col_terms
+                                  row_sums=np.zeros(0), discounts=discounts).col_terms
         pieces_S, row_terms, keys = [], [], []
         for k, (start, stop) in ranges:
             # read (and so verify) the count block even when its weights are reused
@@ -312,7 +340,8 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
                 reused += 1
             else:
                 log_q = log_q_all[start:stop] if log_q_all is not None else None
-                block = block_weights(F, form, smoothing, mu, alpha, log_p, log_q, col_sums)
+                block = block_weights(F, form, smoothing, mu, alpha, background, log_q, col_sums,
+                                      discounts=discounts)
                 S, rt = block.sparse, block.row_terms
                 store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
             pieces_S.append(S)
@@ -326,10 +355,20 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     total = len(ranges) * config.n_blocks
     logger.info("finalize: recomputed %d of %d row blocks, reused %d unchanged", total - reused,
                 total, reused)
-    weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
+    weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha,
+                              discounts=used_discounts if smoothing == "kneser-ney" else None)
     weights.reused_blocks = reused
     return PendingWeights(weights, block_keys, np.stack(col_terms_all),
                           source.meta["counts"]["id"])
+
+
+def _kneser_ney_globals(source, r: int, V: int, discount):
+    """Kneser–Ney's global-statistics pass over the row blocks of offset ``r`` of a store:
+    ``(discounts, log q)``, the inputs every weight row block needs besides its own counts."""
+    statistics = KneserNeyStatistics.empty(V)
+    for _start, _stop, (ip, ix, d) in source.iter_count_blocks(r):
+        statistics = statistics + block_statistics(ip, ix, d, V)
+    return kneser_ney_parameters(statistics, discount)
 
 
 def _stored_weight_block(store, key: str, shape: tuple):
