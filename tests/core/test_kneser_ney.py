@@ -244,6 +244,15 @@ def test_store_finalize_equals_in_memory_and_is_recorded(tmp_path, sharded_corpu
                       discount=(0.6, 1.2, 1.8))
     for a, b in zip(given.weights.dense_blocks(), memory.dense_blocks()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    # the sum aggregation: one block
+    summed = str(tmp_path / "sum.zarr")
+    api.count(sharded_corpus(2), summed, tokenizer=tokenizer_file, radius=2, aggregation="sum",
+              rows_per_block=64)
+    model = api.finalize(summed, smoothing="kneser-ney")
+    memory = finalize(ModelStore(summed).read_counts(), smoothing="kneser-ney")
+    assert len(model.weights.blocks) == 1 and model.weights.discounts == memory.discounts
+    np.testing.assert_allclose(model.weights.dense_blocks()[0], memory.dense_blocks()[0],
+                               rtol=0, atol=1e-12)
 
 
 def test_incremental_counts_then_finalize_equal_one_build(tmp_path, sharded_corpus,
