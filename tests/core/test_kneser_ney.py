@@ -289,3 +289,12 @@ def test_calibration_runs_on_kneser_ney_weights(tmp_path, sharded_corpus, tokeni
     info = fitted.weights.params()["calibration"]
     assert info is not None and info["calibrated_cross_entropy"] <= info["raw_cross_entropy"]
     assert LanguageModel.open(store).weights.calibrated
+
+
+def test_statistics_docstring_examples_run():
+    import doctest
+
+    from streamsolve.core import kneser_ney
+
+    result = doctest.testmod(kneser_ney, verbose=False)
+    assert result.attempted >= 3 and result.failed == 0
