@@ -21,7 +21,7 @@ import numpy as np
 
 from streamsolve import Model
 from streamsolve.store.model_store import ModelStore
-from streamsolve.core.weights import finalize_store
+from streamsolve.engine.finalize import finalize_store
 
 logger = logging.getLogger("incremental_update")
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "bench")

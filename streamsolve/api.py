@@ -403,7 +403,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
              mu: float | None = None, alpha: float | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
              calibration_sample: int = CALIBRATION_POSITIONS, wait: bool | float = False,
-             break_lock: bool = False) -> LanguageModel:
+             break_lock: bool = False, discount=None) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
     Parameters
@@ -411,9 +411,11 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     store : str
         Store path or URL (with counts).
     form : {"row", "column"}
-    smoothing : {"dirichlet", "additive", "none"}
+    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}
     mu, alpha : float, optional
         Dirichlet strength (default V) / additive pseudo-count (default 0.1).
+    discount : float or (float, float, float), optional
+        Kneser–Ney discounts (default: estimated per block from its counts-of-counts).
     calibrate : list of str, optional
         Held-out text files; fit the R + 1 calibration scalars on them.
     wait : bool or float
@@ -425,7 +427,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     -------
     LanguageModel
     """
-    check_smoothing(smoothing, mu, alpha, form)
+    check_smoothing(smoothing, mu, alpha, form, discount)
     if calibrate:  # validated before anything is written
         try:
             calibrate = check_readable(calibrate, storage_options)
@@ -439,7 +441,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
                       command="finalize"):
         return _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate,
-                                storage_options, calibration_sample)
+                                storage_options, calibration_sample, discount)
 
 
 def check_readable(paths: Sequence[str], storage_options: dict | None = None) -> list[str]:
@@ -469,13 +471,14 @@ def check_readable(paths: Sequence[str], storage_options: dict | None = None) ->
 
 
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
-                     calibration_sample) -> LanguageModel:
+                     calibration_sample, discount=None) -> LanguageModel:
     """All or nothing: the weights (with their calibration) become the store's in one
     attribute write at the very end; any failure before leaves the previous weights."""
     from .engine.progress import Stage
 
     with Stage("finalize (explicit weights, row block by row block)"):
-        pending = compute_store_weights(model_store, form, smoothing, mu, alpha)
+        pending = compute_store_weights(model_store, form, smoothing, mu, alpha,
+                                        discount=discount)
     model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
@@ -602,7 +605,7 @@ def verify(store: str, storage_options: dict | None = None) -> dict:
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
           calibrate: bool = True, form: str = "row", smoothing: str = "dirichlet",
           mu: float | None = None, alpha: float | None = None, overwrite: bool = False,
-          **count_kwargs) -> dict:
+          discount=None, **count_kwargs) -> dict:
     """Count + finalize + calibrate + evaluate on a part of the corpus held out by `count`.
 
     The whole run holds the store's writer lock (taken once, before anything is changed).
@@ -619,24 +622,24 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         Summary: tokens, distinct pairs, seconds, tokens/s, held-out perplexity (raw and
         calibrated), store path.
     """
-    check_smoothing(smoothing, mu, alpha, form)
+    check_smoothing(smoothing, mu, alpha, form, discount)
     storage_options = count_kwargs.get("storage_options")
     with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),
                       break_lock=count_kwargs.get("break_lock", False), command="solve"):
         if overwrite:
             remove_store(store, storage_options)
         return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,
-                             alpha, count_kwargs)
+                             alpha, count_kwargs, discount)
 
 
 def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
-                  count_kwargs) -> dict:
+                  count_kwargs, discount=None) -> dict:
     started = time.perf_counter()
     counted = count(corpus, store, heldout_fraction=heldout_fraction, **count_kwargs)
     count_seconds = counted.seconds
     t0 = time.perf_counter()
     model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha,
-                     storage_options=count_kwargs.get("storage_options"))
+                     storage_options=count_kwargs.get("storage_options"), discount=discount)
     finalize_seconds = time.perf_counter() - t0
     summary = counted.summary()
     summary.update({"count_seconds": round(count_seconds, 3),

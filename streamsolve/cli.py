@@ -49,6 +49,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _discount(text: str) -> float | tuple[float, ...]:
+    """``--discount D`` or ``D1,D2,D3`` (ranges checked by `check_smoothing`, one line)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or three comma-separated numbers: {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 _positive_int = cluster._positive_int  # one validator for both modules' options
 
 
@@ -146,10 +155,13 @@ def _add_locking(parser: argparse.ArgumentParser):
 def _add_finalizing(parser: argparse.ArgumentParser):
     parser.add_argument("--form", choices=("row", "column"), default="row",
                         help="row (published, default) or column (naive Bayes) form")
-    parser.add_argument("--smoothing", choices=("dirichlet", "additive", "none"),
+    parser.add_argument("--smoothing", choices=("dirichlet", "additive", "none", "kneser-ney"),
                         default="dirichlet", help="default %(default)s")
     parser.add_argument("--mu", type=_positive_float, help="Dirichlet strength (default V)")
     parser.add_argument("--alpha", type=_positive_float, help="additive pseudo-count (default 0.1)")
+    parser.add_argument("--discount", type=_discount, metavar="D | D1,D2,D3",
+                        help="kneser-ney discounts for counts 1, 2, >= 3 (default: estimated per "
+                             "offset from its counts-of-counts)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +261,7 @@ def run(args) -> dict:
     if args.command == "finalize":
         model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
                              alpha=args.alpha, calibrate=args.calibrate, storage_options=so,
-                             wait=args.wait, break_lock=args.break_lock)
+                             wait=args.wait, break_lock=args.break_lock, discount=args.discount)
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated)
@@ -280,7 +292,8 @@ def run(args) -> dict:
         return api.solve(corpus, args.store, heldout_fraction=args.heldout,
                          calibrate=not args.no_calibrate, form=args.form,
                          smoothing=args.smoothing, mu=args.mu, alpha=args.alpha,
-                         overwrite=args.overwrite, **_count_kwargs(args, so))
+                         discount=args.discount, overwrite=args.overwrite,
+                         **_count_kwargs(args, so))
     raise AssertionError(args.command)
 
 

@@ -15,6 +15,13 @@ Row form, ``W_ij = log P(j | i)`` (the published LM form):
 - additive: ``P(j | i) = (F_ij + alpha) / (f_i + alpha n_cols)``
   ``S_ij = log1p(F_ij / alpha)``, ``row_i = -log(f_i + alpha n_cols)``, ``col_j = log alpha``
 - none: ``P(j | i) = F_ij / f_i`` (needs every F_ij > 0: the exact R = 1 optimum)
+- Kneser–Ney (modified, interpolated; Chen & Goodman 1998), discounts ``D(F)`` = D1, D2, D3+
+  for counts 1, 2, >= 3 and the continuation distribution ``q`` as the background ``p``:
+  ``P(j | i) = max(F_ij - D(F_ij), 0) / f_i + lambda_i q_j``,
+  ``lambda_i = m_i / f_i`` with ``m_i = sum_j D(F_ij) = D1 N1(i) + D2 N2(i) + D3+ N3+(i)``
+  ``S_ij = log1p(max(F_ij - D, 0) / (m_i q_j))``, ``row_i = log lambda_i``, ``col_j = log q_j``
+  (rows with ``f_i = 0``: ``P = q``, ``row_i = 0``). The discounts and ``q`` are statistics of
+  the whole block: `streamsolve.core.kneser_ney`.
 
 Column form, ``W_ij = log P(i | j)`` (multinomial naive Bayes):
 
@@ -40,7 +47,9 @@ import numpy as np
 import scipy.sparse as sp
 
 FORMS = ("row", "column")
-SMOOTHINGS = ("dirichlet", "additive", "none")
+SMOOTHINGS = ("dirichlet", "additive", "none", "kneser-ney")
+#: Largest discount for counts 1, 2 and >= 3 (modified Kneser–Ney: D_k <= k keeps F - D >= 0).
+DISCOUNT_LIMITS = (1.0, 2.0, 3.0)
 #: Pseudo-count of the smoothed unigram (the LM's Dirichlet background).
 UNIGRAM_ALPHA = 1.0
 #: Additive pseudo-count of the language model when none is given.
@@ -104,15 +113,44 @@ def is_strength(value) -> bool:
             and bool(np.isfinite(value)) and value > 0)
 
 
-def check_smoothing(smoothing: str, mu: float | None, alpha: float | None, form: str = "row"):
+def check_discount(discount) -> tuple[float, float, float] | None:
+    """Kneser–Ney discounts ``(D1, D2, D3+)`` from one value or a triple (None: estimate them).
+
+    One value ``D`` means ``(D, D, D)``. Each ``D_k`` must be finite and in ``(0, k]``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the bad value and the allowed ranges.
+    """
+    if discount is None:
+        return None
+    values = [discount] if isinstance(discount, numbers.Real) else list(discount)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                   for v in values):
+        raise ValueError(f"--discount must be one number D or three D1,D2,D3, got {discount!r}")
+    for k, (value, limit) in enumerate(zip(values, DISCOUNT_LIMITS), start=1):
+        if not (np.isfinite(value) and 0 < value <= limit):
+            name = "D3+" if k == 3 else f"D{k}"
+            raise ValueError(f"--discount: {name} = {value} is outside (0, {limit:g}] "
+                             f"(D1 in (0, 1], D2 in (0, 2], D3+ in (0, 3])")
+    return tuple(float(v) for v in values)
+
+
+def check_smoothing(smoothing: str, mu: float | None, alpha: float | None, form: str = "row",
+                    discount=None):
     """Validate the language model's smoothing parameters; raise ValueError with the fix.
 
     Parameters
     ----------
-    smoothing : {"dirichlet", "additive", "none"}
+    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}
     mu, alpha : float or None
         Only the one of the chosen smoothing may be given (the CLI's ``--mu``/``--alpha``).
     form : {"row", "column"}
+    discount : float or sequence of 3 floats, optional
+        Kneser–Ney discounts (see `check_discount`); only with ``smoothing="kneser-ney"``.
     """
     if form not in FORMS:
         raise ValueError(f"form must be 'row' or 'column', got {form!r}")
@@ -126,6 +164,14 @@ def check_smoothing(smoothing: str, mu: float | None, alpha: float | None, form:
         raise ValueError("--alpha applies to additive smoothing; use --mu with dirichlet")
     if smoothing == "additive" and mu is not None:
         raise ValueError("--mu applies to dirichlet smoothing; use --alpha with additive")
+    if smoothing == "kneser-ney":
+        if mu is not None or alpha is not None:
+            raise ValueError("--mu/--alpha do not apply to kneser-ney smoothing; use --discount")
+        if form != "row":
+            raise ValueError("kneser-ney smoothing is a row-form smoothing; use --form row")
+        check_discount(discount)
+    elif discount is not None:
+        raise ValueError("--discount applies to kneser-ney smoothing; use --smoothing kneser-ney")
 
 
 def resolve_strengths(smoothing: str, mu, alpha, support: int) -> tuple[float | None, float | None]:
@@ -147,22 +193,70 @@ def _observed(F: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
             np.repeat(np.arange(F.shape[0]), np.diff(F.indptr)))
 
 
+def cell_discounts(counts: np.ndarray, discounts) -> np.ndarray:
+    """Modified Kneser–Ney discount ``D(F)`` of each count: D1, D2, D3+ for 1, 2, >= 3; 0 for 0.
+
+    Raises ValueError for counts that are not whole numbers (Kneser–Ney needs integer counts).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if np.any(counts != np.round(counts)) or np.any(counts < 0):
+        raise ValueError("kneser-ney smoothing needs integer counts >= 0; use dirichlet")
+    D1, D2, D3 = discounts
+    return np.select([counts == 1, counts == 2, counts >= 3], [D1, D2, D3], 0.0)
+
+
+def kneser_ney_row_terms(F: sp.csr_array, discounts, log_q: np.ndarray,
+                         row_sums: np.ndarray | None = None):
+    """``(S data, row_terms, col_terms)`` of the modified Kneser–Ney ``log P(j | i)``.
+
+    ``P(j | i) = max(F_ij - D(F_ij), 0) / f_i + lambda_i q_j`` (module docstring); ``F`` may
+    be a row block, since every term but ``discounts`` and ``q`` is local to its row.
+
+    Parameters
+    ----------
+    F : csr_array of shape (n_rows, n_cols)
+        Integer counts.
+    discounts : (float, float, float)
+        ``(D1, D2, D3+)`` of the whole block (`streamsolve.core.kneser_ney.block_discounts`).
+    log_q : ndarray of shape (n_cols,)
+        Log continuation distribution of the whole block (no entry -inf).
+    row_sums : ndarray of shape (n_rows,), optional
+        ``f_i`` (default: computed from F).
+    """
+    counts, rows = _observed(F)
+    f = np.asarray(F.sum(axis=1)).ravel().astype(np.float64) if row_sums is None else row_sums
+    cell_d = cell_discounts(counts, discounts)
+    mass = np.bincount(rows, weights=cell_d, minlength=F.shape[0])  # m_i = lambda_i f_i
+    kept = np.maximum(counts - cell_d, 0.0)
+    denominator = mass[rows] * np.exp(log_q[F.indices])
+    data = np.log1p(np.divide(kept, denominator, out=np.zeros_like(kept), where=kept > 0))
+    observed = (f > 0) & (mass > 0)
+    row_terms = np.zeros(F.shape[0])
+    row_terms[observed] = np.log(mass[observed]) - np.log(f[observed])
+    return data, row_terms, np.asarray(log_q, dtype=np.float64).copy()
+
+
 def row_form_terms(F: sp.csr_array, smoothing: str, mu: float | None, alpha: float | None,
-                   log_p: np.ndarray | None, row_sums: np.ndarray | None = None):
+                   log_p: np.ndarray | None, row_sums: np.ndarray | None = None,
+                   discounts=None):
     """``(S data, row_terms, col_terms)`` of ``log P(j | i)`` for a CSR count block.
 
     Parameters
     ----------
     F : csr_array of shape (n_rows, n_cols)
         Counts (int or float, >= 0); may be a row block of a larger matrix.
-    smoothing : {"dirichlet", "additive", "none"}
+    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}
     mu, alpha : float or None
         Strength of the chosen smoothing.
     log_p : ndarray of shape (n_cols,) or None
-        Log background over the columns (Dirichlet only).
+        Log background over the columns (Dirichlet; Kneser–Ney: the continuation ``log q``).
     row_sums : ndarray of shape (n_rows,), optional
         ``f_i`` (default: computed from F).
+    discounts : (float, float, float), optional
+        Kneser–Ney ``(D1, D2, D3+)`` of the whole block.
     """
+    if smoothing == "kneser-ney":
+        return kneser_ney_row_terms(F, discounts, log_p, row_sums)
     counts, _ = _observed(F)
     n_cols = F.shape[1]
     f = np.asarray(F.sum(axis=1)).ravel().astype(np.float64) if row_sums is None else row_sums
@@ -258,7 +352,8 @@ def check_smoothing_scale(smoothing: str, mu: float | None, alpha: float | None,
 def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float | None,
                   alpha: float | None, log_p: np.ndarray | None = None,
                   log_q: np.ndarray | None = None, col_sums: np.ndarray | None = None,
-                  row_sums: np.ndarray | None = None, n_rows: int | None = None) -> SparseRankOne:
+                  row_sums: np.ndarray | None = None, n_rows: int | None = None,
+                  discounts=None) -> SparseRankOne:
     """Weights of one count block (or one row block of it) in the row or column form.
 
     Parameters
@@ -266,11 +361,12 @@ def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float | None,
     F : sparse matrix of shape (rows, n_cols)
         Counts: rows = features (context tokens), columns = targets (next tokens, classes).
     form : {"row", "column"}
-    smoothing : {"dirichlet", "additive", "none"}
+    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}
     mu, alpha : float or None
         Strength of the chosen smoothing (resolved: no defaults are filled in here).
     log_p : ndarray of shape (n_cols,), optional
-        Log background over the columns (row form, Dirichlet).
+        Log background over the columns (row form, Dirichlet; Kneser–Ney: the continuation
+        distribution ``log q``).
     log_q : ndarray of shape (rows,), optional
         Log background over the rows of F (column form, Dirichlet).
     col_sums : ndarray of shape (n_cols,), optional
@@ -279,6 +375,8 @@ def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float | None,
         ``f_i`` of the rows of F (row form; default: computed from F).
     n_rows : int, optional
         Rows of the whole matrix (column form, additive; default ``n_cols``).
+    discounts : (float, float, float), optional
+        Kneser–Ney ``(D1, D2, D3+)`` of the whole block (row form).
 
     Returns
     -------
@@ -295,7 +393,8 @@ def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float | None,
     """
     F = sp.csr_array(F)
     if form == "row":
-        data, row_terms, col_terms = row_form_terms(F, smoothing, mu, alpha, log_p, row_sums)
+        data, row_terms, col_terms = row_form_terms(F, smoothing, mu, alpha, log_p, row_sums,
+                                                    discounts)
     else:
         data, row_terms, col_terms = column_form_terms(F, smoothing, mu, alpha, log_q, col_sums,
                                                        n_rows)

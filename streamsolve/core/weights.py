@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import scipy.sparse as sp
 
 from .counting import CountConfig, Counts
+from .kneser_ney import block_statistics, kneser_ney_parameters
 from .scoring import Scorer, ScoringParts
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
                         check_smoothing_scale,
@@ -47,6 +47,8 @@ class ExplicitWeights:
     gamma : float
         Weight of log p_j; the bias is ``gamma * log_unigram``.
     calibrated : bool
+    discounts : list of (float, float, float), optional
+        Kneser–Ney ``(D1, D2, D3+)`` used by each block (``smoothing="kneser-ney"`` only).
     """
 
     blocks: list
@@ -59,6 +61,7 @@ class ExplicitWeights:
     beta: np.ndarray = None
     gamma: float = 0.0
     calibrated: bool = False
+    discounts: list | None = None
 
     def __post_init__(self):
         if self.beta is None:
@@ -79,13 +82,17 @@ class ExplicitWeights:
         if self.calibrated:
             calibration = {**getattr(self, "calibration_info", {}),
                            "beta": [float(b) for b in self.beta], "gamma": float(self.gamma)}
-        return {"form": self.form, "smoothing": self.smoothing, "mu": self.mu, "alpha": self.alpha,
-                "calibration": calibration}
+        params = {"form": self.form, "smoothing": self.smoothing, "mu": self.mu,
+                  "alpha": self.alpha, "calibration": calibration}
+        if self.discounts is not None:
+            params["discounts"] = [[float(d) for d in block] for block in self.discounts]
+        return params
 
     @classmethod
     def from_params(cls, blocks, bias, log_unigram, config, params) -> "ExplicitWeights":
         weights = cls(blocks, np.asarray(log_unigram), config, params["form"], params["smoothing"],
-                      params.get("mu"), params.get("alpha"))
+                      params.get("mu"), params.get("alpha"),
+                      discounts=params.get("discounts"))
         calibration = params.get("calibration")
         if calibration:
             weights = weights.with_calibration(np.asarray(calibration["beta"]), calibration["gamma"])
@@ -176,7 +183,8 @@ class ExplicitWeights:
 
 
 def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
-             mu: float | None = None, alpha: float | None = None) -> ExplicitWeights:
+             mu: float | None = None, alpha: float | None = None,
+             discount=None) -> ExplicitWeights:
     """Explicit weights from in-memory counts.
 
     Parameters
@@ -184,26 +192,39 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
     counts : Counts
     form : {"row", "column"}
         Row (published, default) or column (multinomial naive-Bayes) form.
-    smoothing : {"dirichlet", "additive", "none"}
+    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}
         Dirichlet towards the unigram (default, ``mu`` defaults to V), additive (``alpha``
-        defaults to 0.1), or none (exact maximum likelihood; needs every count positive).
+        defaults to 0.1), none (exact maximum likelihood; needs every count positive), or
+        modified Kneser–Ney (row form; discounts estimated per block from its
+        counts-of-counts unless ``discount`` is given).
     mu, alpha : float, optional
+    discount : float or (float, float, float), optional
+        Kneser–Ney discounts ``D`` (all three) or ``(D1, D2, D3+)`` for every block.
 
     Returns
     -------
     ExplicitWeights
     """
-    check_smoothing(smoothing, mu, alpha, form)
+    check_smoothing(smoothing, mu, alpha, form, discount)
     config = counts.config
     V = config.vocab_size
     mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(counts.unigram))
     check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
-    blocks = []
+    blocks, used_discounts = [], []
     for r in range(config.n_blocks):
         F = counts.block_csr(r)
         log_q = None
         if form == "column":
             log_q = np.log(smoothed_unigram(np.asarray(F.sum(axis=1)).ravel()))
+        if smoothing == "kneser-ney":
+            discounts, log_cont = kneser_ney_parameters(
+                block_statistics(F.indptr, F.indices, F.data, V), discount)
+            used_discounts.append(discounts)
+            blocks.append(block_weights(F, form, smoothing, None, None, log_cont,
+                                        discounts=discounts))
+            continue
         blocks.append(block_weights(F, form, smoothing, mu, alpha, log_p, log_q))
-    return ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
+    return ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha,
+                           discounts=used_discounts if smoothing == "kneser-ney" else None)
+

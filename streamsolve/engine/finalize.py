@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from ..core.smoothing import (SparseRankOne, block_weights, check_smoothing,
                               check_smoothing_scale, resolve_strengths, smoothed_unigram)
+from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
 from ..core.weights import ExplicitWeights
 from ..store.layout import StoreCorruptError, row_blocks
 
@@ -54,13 +55,13 @@ class PendingWeights:
 
 def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
                    mu: float | None = None, alpha: float | None = None,
-                   reuse: bool = True) -> ExplicitWeights:
+                   reuse: bool = True, discount=None) -> ExplicitWeights:
     """Explicit weights from a `ModelStore`, row block by row block (counts never densified).
 
     The weights are returned and written to the store (`compute_store_weights` then
     `commit_store_weights`); ``reuse=False`` recomputes every row block.
     """
-    pending = compute_store_weights(store, form, smoothing, mu, alpha, reuse)
+    pending = compute_store_weights(store, form, smoothing, mu, alpha, reuse, discount)
     commit_store_weights(store, pending)
     return pending.weights
 
@@ -99,13 +100,15 @@ def read_store_weights(store, allow_stale: bool = False) -> ExplicitWeights:
 
 def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet",
                           mu: float | None = None, alpha: float | None = None,
-                          reuse: bool = True) -> PendingWeights:
+                          reuse: bool = True, discount=None) -> PendingWeights:
     """Compute and write the weight row blocks of a store's counts, without committing them.
 
     Every count block is read (and so verified against its digest) from one snapshot of the
     store, also when its weights are reused. Raises `StoreCorruptError` on damaged counts.
+    Kneser–Ney (``discount``: see `core.weights.finalize`) first makes one statistics pass
+    over each offset's row blocks (`_kneser_ney_globals`).
     """
-    check_smoothing(smoothing, mu, alpha, form)
+    check_smoothing(smoothing, mu, alpha, form, discount)
     source = store.snapshot()
     config = source.config
     V = config.vocab_size
@@ -113,11 +116,16 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     log_p = np.log(smoothed_unigram(source.read_unigram()))
     check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
     ranges = list(enumerate(row_blocks(V, source.meta["rows_per_block"])))
-    blocks, block_keys, col_terms_all = [], [], []
+    blocks, block_keys, col_terms_all, used_discounts = [], [], [], []
     reused = 0
     for r in range(config.n_blocks):
-        col_sums = log_q_all = None
-        if form == "column":
+        col_sums = log_q_all = discounts = None
+        background = log_p  # log of the row form's column background
+        if smoothing == "kneser-ney":
+            discounts, background = _kneser_ney_globals(source, r, V, discount)
+            used_discounts.append(discounts)
+            global_inputs = np.asarray(discounts).tobytes() + background.tobytes()
+        elif form == "column":
             col_sums = np.zeros(V)
             row_sums = np.zeros(V)
             for start, stop, (ip, ix, d) in source.iter_count_blocks(r):
@@ -132,9 +140,9 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
             global_inputs = b""
         global_digest = hashlib.blake2b(global_inputs, digest_size=16).hexdigest()
         empty = sp.csr_array((0, V), dtype=np.int64)
-        col_terms = block_weights(empty, form, smoothing, mu, alpha, log_p,
+        col_terms = block_weights(empty, form, smoothing, mu, alpha, background,
                                   np.zeros(0) if form == "column" else None, col_sums,
-                                  row_sums=np.zeros(0)).col_terms
+                                  row_sums=np.zeros(0), discounts=discounts).col_terms
         pieces_S, row_terms, keys = [], [], []
         for k, (start, stop) in ranges:
             # read (and so verify) the count block even when its weights are reused
@@ -149,7 +157,8 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
                 reused += 1
             else:
                 log_q = log_q_all[start:stop] if log_q_all is not None else None
-                block = block_weights(F, form, smoothing, mu, alpha, log_p, log_q, col_sums)
+                block = block_weights(F, form, smoothing, mu, alpha, background, log_q, col_sums,
+                                      discounts=discounts)
                 S, rt = block.sparse, block.row_terms
                 store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
             pieces_S.append(S)
@@ -163,10 +172,20 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     total = len(ranges) * config.n_blocks
     logger.info("finalize: recomputed %d of %d row blocks, reused %d unchanged", total - reused,
                 total, reused)
-    weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha)
+    weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha,
+                              discounts=used_discounts if smoothing == "kneser-ney" else None)
     weights.reused_blocks = reused
     return PendingWeights(weights, block_keys, np.stack(col_terms_all),
                           source.meta["counts"]["id"], reused)
+
+
+def _kneser_ney_globals(source, r: int, V: int, discount):
+    """Kneser–Ney's global-statistics pass over the row blocks of offset ``r`` of a store:
+    ``(discounts, log q)``, the inputs every weight row block needs besides its own counts."""
+    statistics = KneserNeyStatistics.empty(V)
+    for _start, _stop, (ip, ix, d) in source.iter_count_blocks(r):
+        statistics = statistics + block_statistics(ip, ix, d, V)
+    return kneser_ney_parameters(statistics, discount)
 
 
 def _stored_weight_block(store, key: str, shape: tuple):
