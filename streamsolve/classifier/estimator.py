@@ -491,10 +491,12 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
         passes : int, default=10
             Gradient passes (>= 0).
         init : {"current", "explicit", "zeros", "random"} or (coef, intercept), default="current"
-            Start point: the current weights (explicit or calibrated), the uncalibrated
-            explicit weights, zeros, small random normal weights, or given arrays.
+            Start point: the current weights, the minimum-norm explicit weights
+            (calibrated if `calibrate` ran; DESIGN 3b), zeros, small random weights, or arrays.
         l2 : float, default=0.0
-            L2 penalty on ``coef`` (not on the intercept).
+            L2 penalty on ``coef`` (not the intercept). scikit-learn's LogisticRegression
+            minimises ``C sum_n loss_n + ||coef||^2 / 2``; divided by ``C N`` that is this
+            objective with ``l2 = 1 / (C N)`` (N training samples): the same optimum.
         X_val, y_val : optional held-out data
             If given, each history entry also holds ``val_loss`` and ``val_accuracy`` (an
             extra evaluation pass over them, not counted in ``passes``).
@@ -515,8 +517,7 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
             raise ValueError("early_stopping=True needs validation data X_val, y_val.")
         weights = self._weights()
         coef0, intercept0 = _refine.start_point(
-            init, (weights.coef, weights.intercept),
-            weights.combine(np.ones(weights.n_components)), random_state)
+            init, (weights.coef, weights.intercept), weights.explicit_point(), random_state)
         floor = np.min(intercept0[np.isfinite(intercept0)], initial=0.0) - 50.0
         intercept0 = np.where(np.isfinite(intercept0), intercept0, floor)
         train_pass = self._loss_grad_pass(X, y, caller)

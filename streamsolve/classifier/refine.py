@@ -26,6 +26,8 @@ import scipy.optimize
 import scipy.sparse as sp
 from scipy.special import logsumexp
 
+from ..core.warm_start import min_norm_classifier
+
 logger = logging.getLogger(__name__)
 
 
@@ -214,7 +216,11 @@ def start_point(init, current: tuple, explicit: tuple, random_state=None):
     ----------
     init : {"current", "explicit", "zeros", "random"} or (coef, intercept)
     current, explicit : (coef, intercept)
-        The weights in use, and the uncalibrated explicit ones.
+        The weights in use, and the explicit ones (calibrated if calibration ran).
+        ``init="explicit"`` starts from the minimum-norm representative of ``explicit``
+        (`streamsolve.core.warm_start.min_norm_classifier`: each feature centred across
+        classes), which predicts identically but carries no per-feature offset for an L2
+        penalty to pay for.
     random_state : int or None
         Seed for ``init="random"``.
     """
@@ -223,7 +229,7 @@ def start_point(init, current: tuple, explicit: tuple, random_state=None):
         if init == "current":
             return current[0].copy(), current[1].copy()
         if init == "explicit":
-            return explicit[0].copy(), explicit[1].copy()
+            return min_norm_classifier(*explicit)
         if init == "zeros":
             return np.zeros(shape), np.zeros(shape[0])
         if init == "random":

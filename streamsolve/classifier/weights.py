@@ -87,6 +87,14 @@ class ClassifierWeights:
             intercept = intercept + t * vector
         return coef, intercept
 
+    def explicit_point(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(coef, intercept)`` of the explicit weights, with the calibration scalars if any."""
+        theta = (self.calibration["theta"] if self.calibration is not None
+                 else np.ones(self.n_components))
+        coef, intercept = self.combine(np.asarray(theta, dtype=np.float64))
+        finite = np.isfinite(self.combine(np.ones(self.n_components))[1])
+        return coef, np.where(finite, intercept, -np.inf)
+
     def calibrated(self, sample_components: np.ndarray, y_index: np.ndarray,
                    max_iter: int = 200) -> ClassifierWeights:
         """New weights with the explicit components rescaled by the scalars fitted on a sample.
