@@ -34,7 +34,7 @@ PACKAGE = "streamsolve"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 MAX_MODULE_LINES = 600
 #: Leaf modules that import nothing of ours: every layer may use them.
-SHARED_LEAVES = ("versions",)
+SHARED_LEAVES = ("versions", "extras")
 
 #: Layer package -> the parts of the package its modules may import (a dotted prefix
 #: relative to the package: "engine.runtime" allows that module only).

@@ -51,7 +51,7 @@ import numbers
 import numpy as np
 
 from ..core.smoothing import is_strength
-from . import refine as _refine
+from . import refine as _refine, torch_bridge as _torch_bridge
 from .inputs import (BadValues, RowBlocks, check_labels, class_index, count_block,
                      find_bad_values, map_reduce_rows, to_float_block)
 from .sklearn_protocol import EstimatorProtocol, NotFittedError, not_fitted
@@ -542,6 +542,8 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
             return map_reduce_rows(rows, y_index, loss_grad_block)
 
         return one_pass
+
+    to_torch = _torch_bridge.to_torch
 
     # ---- Zarr count store --------------------------------------------------------------
 

@@ -202,3 +202,20 @@ def min_norm_classifier(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.nda
     if finite.any():
         intercept[finite] -= intercept[finite].mean()
     return coef - coef.mean(axis=0, keepdims=True), intercept
+
+
+def check_dense_fits(vocab_size: int, n_blocks: int, itemsize: int, max_bytes: int) -> int:
+    """Bytes of ``n_blocks`` dense V x V tables; refuse (naming ``rank``) above ``max_bytes``.
+
+    Raises
+    ------
+    ValueError
+        One line: the size needed, the budget, and ``rank=d`` / ``--rank d`` as the fix.
+    """
+    needed = int(n_blocks) * int(vocab_size) ** 2 * int(itemsize)
+    if needed > max_bytes:
+        raise ValueError(
+            f"dense weights need {n_blocks} x {vocab_size} x {vocab_size} x {itemsize} bytes = "
+            f"{needed / 2**30:.2f} GiB, over the memory budget of {max_bytes / 2**30:.2f} GiB: "
+            "use a low-rank factorisation (rank=d, --rank d) or raise the budget")
+    return needed
