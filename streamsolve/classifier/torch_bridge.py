@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..core.warm_start import min_norm_classifier
-from ..extras import import_torch, torch_device
 
 
 def to_torch(self, device=None, dtype=None):
@@ -31,6 +30,8 @@ def to_torch(self, device=None, dtype=None):
     ImportError
         Without PyTorch, naming ``pip install 'streamsolve[torch]'``.
     """
+    from ..extras import import_torch, torch_device   # deferred: torch only on request
+
     torch = import_torch()
     resolved = torch_device(torch, device)
     dtype = dtype or torch.float32
