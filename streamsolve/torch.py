@@ -111,7 +111,7 @@ class FactoredLM(_OffsetLM):
         for E, B in factors:
             embeddings.append(nn.Embedding.from_pretrained(torch.as_tensor(E, dtype=dtype),
                                                            freeze=False))
-            out = nn.Linear(B.shape[0], B.shape[1], bias=False)
+            out = nn.Linear(B.shape[0], B.shape[1], bias=False, dtype=dtype)
             with torch.no_grad():
                 out.weight.copy_(torch.as_tensor(B.T, dtype=dtype))
             outputs.append(out)

@@ -121,3 +121,19 @@ def test_classifier_to_torch_is_a_linear_with_the_same_probabilities(form):
     np.testing.assert_allclose(linear.weight.detach().numpy().sum(axis=0), 0, atol=1e-9)
     got32 = torch.log_softmax(clf.to_torch()(torch.as_tensor(Xt, dtype=torch.float32)), dim=1)
     np.testing.assert_allclose(got32.detach().numpy(), clf.predict_log_proba(Xt), atol=1e-4)
+
+
+@pytest.mark.parametrize("aggregation", ["cat", "sum"])
+def test_factored_module_at_full_rank_equals_the_model(aggregation):
+    weights = weights_of(2, aggregation).with_calibration(
+        np.full(2 if aggregation == "cat" else 1, 0.8), -0.5)
+    ctx = np.random.default_rng(0).integers(0, V, size=(40, 2))
+    expected = weights.logits(ctx)
+    full = bridge.load(weights, rank=V - 1, dtype=torch.float64)   # centred: rank <= V - 1
+    assert isinstance(full, bridge.FactoredLM) and full.rank == V - 1
+    assert full.embeddings[0].weight.shape == (V, V - 1)
+    assert full.outputs[0].weight.shape == (V, V - 1)
+    np.testing.assert_allclose(full(torch.as_tensor(ctx)).detach().numpy(), expected, atol=1e-9)
+    small = bridge.load(weights, rank=4)(torch.as_tensor(ctx)).detach().numpy()
+    error = np.linalg.norm(small - expected)
+    assert 0 < error < np.linalg.norm(expected - expected.mean(axis=1, keepdims=True))
