@@ -24,7 +24,7 @@ from .text.tokenizer import TokenizerError
 logger = logging.getLogger("streamsolve")
 
 USER_ERRORS = (CorpusError, StoreError, StoreLockedError, TokenizerError, ValueError,
-               FileNotFoundError, PermissionError, RuntimeError)
+               FileNotFoundError, PermissionError, RuntimeError, ImportError)
 
 
 def _storage_options(text: str | None) -> dict | None:
@@ -199,11 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     _add_common(p)
 
-    p = sub.add_parser("export", help="export dense counts to .npz (small vocabularies)")
+    p = sub.add_parser("export", help="export counts (dense .npz), weights (safetensors or "
+                                      ".npz) or the tokenizer")
     p.add_argument("store")
-    p.add_argument("out", metavar="OUT.npz")
-    p.add_argument("--counts", action="store_true", required=True,
-                   help="export counts_1..counts_R (V x V) and unigram")
+    p.add_argument("out", metavar="OUT", nargs="?")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--counts", action="store_true",
+                      help="export counts_1..counts_R (V x V) and unigram to OUT.npz")
+    what.add_argument("--weights", action="store_true",
+                      help="export the weights: sparse + rank-one parts (any V) by default")
+    p.add_argument("--format", choices=("safetensors", "npz"),
+                   help="weights file format (default: from OUT's suffix, else safetensors)")
+    p.add_argument("--rank", type=_positive_int, metavar="D",
+                   help="weights as rank-D embedding/output factors of the min-norm blocks")
+    p.add_argument("--dense", action="store_true",
+                   help="weights as dense min-norm V x V tables (within --memory)")
+    p.add_argument("--memory", metavar="SIZE", help="budget of --dense (default: half the RAM)")
+    p.add_argument("--tokenizer", metavar="OUT.json", dest="tokenizer_out",
+                   help="also write the stored tokenizer JSON here")
     _add_common(p)
 
     p = sub.add_parser("generate", help="continue a prompt with a finalized store")
@@ -271,7 +284,7 @@ def run(args) -> dict:
     if args.command == "verify":
         return api.verify(args.store, so)
     if args.command == "export":
-        return api.export_counts(args.store, args.out, so)
+        return _export(args, so)
     if args.command == "generate":
         from .language_model import LanguageModel
 
@@ -295,6 +308,29 @@ def run(args) -> dict:
                          discount=args.discount, overwrite=args.overwrite,
                          **_count_kwargs(args, so))
     raise AssertionError(args.command)
+
+
+def _export(args, so) -> dict:
+    """``streamsolve export``: counts, weights and/or the tokenizer."""
+    from . import export
+    from .engine.memory import parse_memory
+
+    if not (args.counts or args.weights or args.tokenizer_out):
+        raise ValueError("nothing to export: pass --counts, --weights or --tokenizer OUT.json")
+    if (args.counts or args.weights) and not args.out:
+        raise ValueError(f"--{'counts' if args.counts else 'weights'} needs an OUT path")
+    if not args.weights and (args.rank or args.dense or args.format or args.memory):
+        raise ValueError("--format, --rank, --dense and --memory apply to --weights only")
+    result = {}
+    if args.counts:
+        result = api.export_counts(args.store, args.out, so)
+    if args.weights:
+        budget = parse_memory(args.memory) if args.memory else None
+        result = export.export_weights(args.store, args.out, args.format, args.rank,
+                                       args.dense, budget, so)
+    if args.tokenizer_out:
+        result.update(export.export_tokenizer(args.store, args.tokenizer_out, so))
+    return result
 
 
 def _print_human(command: str, result: dict):

@@ -1,0 +1,187 @@
+"""Export a store's weights (safetensors or .npz, never pickle) and its tokenizer.
+
+Three weight layouts (``metadata["layout"]``), all with the calibration scalars, the count
+configuration and the weight parameters as JSON in the metadata:
+
+- ``"sparse-rank-one"`` (default, any V): the store's explicit weights as they are. Per weight
+  block ``b``: ``block{b}.indptr``, ``block{b}.indices``, ``block{b}.data`` (the CSR of ``S``),
+  ``block{b}.row_terms``, ``block{b}.col_terms``; plus ``bias`` (``gamma log p``) and
+  ``log_unigram``. ``logit_j(c) = bias_j + sum_r beta_{b(r)} W^(b(r))[c_r, j]``.
+- ``"dense"``: the minimum-norm tables ``table{b}`` (V x V, float32; beta applied), the
+  centred ``bias``, the per-sample constants ``row_offsets`` and ``offset`` (metadata);
+  refused above a memory budget, naming ``--rank``.
+- ``"low-rank"`` (``rank=d``): ``embedding{b}`` (V x d) and ``output{b}`` (d x V) of the
+  best rank-d approximation of each minimum-norm block, ``bias``, ``row_offsets``.
+
+The format follows the file name (``.npz``) unless given. In an ``.npz`` the metadata is
+the JSON string ``__metadata__`` (a unicode array: ``np.load(allow_pickle=False)`` reads it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+
+from .core.warm_start import check_dense_fits, min_norm_weights
+from .extras import TORCH_HINT
+from .store.location import is_inside_store
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("safetensors", "npz")
+LAYOUT_VERSION = "streamsolve-weights/1"
+
+
+def _format_of(out: str, fmt: str | None) -> str:
+    if fmt is None:
+        return "npz" if str(out).endswith(".npz") else "safetensors"
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def _serialise(arrays: dict, metadata: dict, fmt: str) -> bytes:
+    arrays = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    text = {key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in metadata.items()}
+    if fmt == "npz":
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, __metadata__=np.array(json.dumps(text)), **arrays)
+        return buffer.getvalue()
+    try:
+        from safetensors.numpy import save
+    except ImportError as exc:
+        raise ImportError(f"safetensors is not installed: {TORCH_HINT}, or use --format npz") \
+            from exc
+    return save(arrays, metadata=text)
+
+
+def read_export(path: str) -> tuple[dict, dict]:
+    """Arrays and (JSON-decoded) metadata of a file written by `export_weights`."""
+    if str(path).endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files if name != "__metadata__"}
+            text = json.loads(str(data["__metadata__"]))
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+            text = handle.metadata()
+    metadata = {}
+    for key, value in text.items():
+        try:
+            metadata[key] = json.loads(value)
+        except ValueError:
+            metadata[key] = value
+    return arrays, metadata
+
+
+def weight_arrays(weights, layout: str = "sparse-rank-one", rank: int | None = None,
+                  max_bytes: int | None = None, n_iter: int = 7) -> tuple[dict, dict]:
+    """The arrays and metadata of one export layout of `ExplicitWeights` (see module doc)."""
+    config = weights.config
+    offset_blocks = [weights.block_of_offset(r) for r in range(config.radius)]
+    metadata = {"format": LAYOUT_VERSION, "layout": layout,
+                "config": {"vocab_size": config.vocab_size, "radius": config.radius,
+                           "aggregation": config.aggregation, "bos_id": config.bos_id},
+                "params": weights.params(), "beta": [float(b) for b in weights.beta],
+                "gamma": float(weights.gamma), "calibrated": bool(weights.calibrated),
+                "offset_blocks": offset_blocks}
+    arrays = {}
+    if layout == "sparse-rank-one":
+        for b, block in enumerate(weights.blocks):
+            S = sp.csr_array(block.sparse)
+            arrays.update({f"block{b}.indptr": S.indptr.astype(np.int64),
+                           f"block{b}.indices": S.indices.astype(np.int64),
+                           f"block{b}.data": S.data.astype(np.float64),
+                           f"block{b}.row_terms": block.row_terms,
+                           f"block{b}.col_terms": block.col_terms})
+        arrays.update(bias=np.asarray(weights.bias, dtype=np.float64),
+                      log_unigram=weights.log_unigram)
+        return arrays, metadata
+    warm = min_norm_weights(weights)
+    arrays.update(bias=warm.bias, row_offsets=warm.row_offsets)
+    metadata["offset"] = warm.offset
+    V = config.vocab_size
+    if layout == "dense":
+        check_dense_fits(V, len(warm.blocks), 4, max_bytes)
+        for b, block in enumerate(warm.blocks):
+            arrays[f"table{b}"] = block.dense().astype(np.float32)
+        return arrays, metadata
+    if layout != "low-rank":
+        raise ValueError(f"unknown export layout {layout!r}")
+    from .core.low_rank import low_rank_factors
+
+    metadata["rank"] = int(rank)
+    for b, block in enumerate(warm.blocks):
+        E, B = low_rank_factors(block, int(rank), n_iter=n_iter)
+        arrays[f"embedding{b}"], arrays[f"output{b}"] = E, B
+    return arrays, metadata
+
+
+def export_weights(store: str, out: str, fmt: str | None = None, rank: int | None = None,
+                   dense: bool = False, max_bytes: int | None = None,
+                   storage_options: dict | None = None, allow_stale: bool = False) -> dict:
+    """Write a store's weights to ``out`` (safetensors or .npz).
+
+    Parameters
+    ----------
+    store : str
+        A finalized store.
+    out : str
+        Output path or fsspec URL (not inside the store).
+    fmt : {"safetensors", "npz"}, optional
+        Default from the suffix (``.npz``), else safetensors.
+    rank : int, optional
+        Write the rank-d factors of the minimum-norm blocks (``"low-rank"``).
+    dense : bool
+        Write the dense minimum-norm tables (``"dense"``), within ``max_bytes`` (default half
+        the RAM).
+
+    Returns
+    -------
+    dict
+        ``out``, ``format``, ``layout``, ``arrays`` (names), ``bytes``.
+    """
+    import fsspec
+
+    from .language_model import LanguageModel
+
+    if rank is not None and dense:
+        raise ValueError("--rank and --dense are two layouts: pass one of them")
+    if is_inside_store(out, store, storage_options):
+        raise ValueError(f"refusing to export to {out}: it is inside the store {store}")
+    fmt = _format_of(out, fmt)
+    weights = LanguageModel.open(store, storage_options, allow_stale=allow_stale).weights
+    layout = "low-rank" if rank is not None else "dense" if dense else "sparse-rank-one"
+    if layout == "dense" and max_bytes is None:
+        from .engine.memory import total_ram
+
+        max_bytes = total_ram() // 2
+    arrays, metadata = weight_arrays(weights, layout, rank, max_bytes)
+    payload = _serialise(arrays, metadata, fmt)
+    with fsspec.open(out, "wb", **(storage_options or {})) as handle:
+        handle.write(payload)
+    logger.info("exported %s weights (%s) to %s: %d arrays, %d bytes", layout, fmt, out,
+                len(arrays), len(payload))
+    return {"out": out, "format": fmt, "layout": layout, "arrays": sorted(arrays),
+            "bytes": len(payload)}
+
+
+def export_tokenizer(store: str, out: str, storage_options: dict | None = None) -> dict:
+    """Write the store's tokenizer JSON (as stored, checksum verified) to ``out``."""
+    import fsspec
+
+    from .store.model_store import ModelStore
+
+    if is_inside_store(out, store, storage_options):
+        raise ValueError(f"refusing to export to {out}: it is inside the store {store}")
+    text = ModelStore(store, storage_options).snapshot().tokenizer_text()
+    with fsspec.open(out, "w", encoding="utf-8", **(storage_options or {})) as handle:
+        handle.write(text)
+    return {"tokenizer": out, "bytes": len(text.encode("utf-8"))}
