@@ -18,11 +18,11 @@ import pytest
 from tokenizers import Tokenizer
 
 import streamsolve
-from streamsolve import api
+from streamsolve import api, ingest
 from streamsolve.text import reading
 from streamsolve.text import shards as shard_files
 from streamsolve.core.counting import CountConfig
-from streamsolve.engine.pipeline import count_shard
+from streamsolve.engine.tasks import count_shard
 from streamsolve.text.reading import (CorpusError, ReadOptions, ReadStats, iter_document_pieces,
                                  iter_line_blocks, read_sample)
 from streamsolve.store.model_store import ModelStore, StoreError
@@ -277,7 +277,7 @@ def test_a_path_replaced_by_a_fifo_after_listing_is_refused_when_opened(tmp_path
 
 def _grow_after_hashing(monkeypatch, path: Path, extra: bytes):
     """Append to ``path`` right after the ingest's hashing pass (and before counting)."""
-    hash_stage = api.shard_digests
+    hash_stage = ingest.shard_digests
 
     def hash_then_grow(*args, **kwargs):
         digests = hash_stage(*args, **kwargs)
@@ -285,7 +285,7 @@ def _grow_after_hashing(monkeypatch, path: Path, extra: bytes):
             handle.write(extra)
         return digests
 
-    monkeypatch.setattr(api, "shard_digests", hash_then_grow)
+    monkeypatch.setattr(ingest, "shard_digests", hash_then_grow)
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".txt.gz"])
