@@ -164,29 +164,33 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
 # -- 1/5 configuration + tokenizer ----------------------------------------------------------------
 
 def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
-    """Stage 1/5: expand the corpus, read or check the store's configuration, get the tokenizer."""
+    """Stage 1/5: expand the corpus, read or check the store's configuration, get the tokenizer.
+
+    Arguments are checked (shards named, radius, the store's location) before the stage's
+    banner: a mistake fails with its one-line message only.
+    """
+    storage_options = options.storage_options
+    paths, special = expand_shards(corpus, storage_options)
+    model_store = ModelStore(store, storage_options)
+    existing = model_store.exists()
+    radius, aggregation = options.radius, options.aggregation
+    if existing:
+        stored = model_store.config
+        radius = stored.radius if radius is None else radius
+        aggregation = stored.aggregation if aggregation is None else aggregation
+    else:
+        creatable_location(store, storage_options)  # refuse a foreign path before counting
+    radius = DEFAULT_RADIUS if radius is None else radius
+    aggregation = aggregation or "cat"
+    if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
+        raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
+    read_meta = {"documents": options.documents, "text_field": options.text_field,
+                 "max_line_bytes": store_line_bytes(model_store if existing else None,
+                                                    options)}
+    read_options = ReadOptions(storage_options=storage_options, **read_meta,
+                               **({"block_bytes": options.block_bytes}
+                                  if options.block_bytes else {}))
     with Stage("configuration + tokenizer", 1, STAGES):
-        storage_options = options.storage_options
-        paths, special = expand_shards(corpus, storage_options)
-        model_store = ModelStore(store, storage_options)
-        existing = model_store.exists()
-        radius, aggregation = options.radius, options.aggregation
-        if existing:
-            stored = model_store.config
-            radius = stored.radius if radius is None else radius
-            aggregation = stored.aggregation if aggregation is None else aggregation
-        else:
-            creatable_location(store, storage_options)  # refuse a foreign path before counting
-        radius = DEFAULT_RADIUS if radius is None else radius
-        aggregation = aggregation or "cat"
-        if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
-            raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
-        read_meta = {"documents": options.documents, "text_field": options.text_field,
-                     "max_line_bytes": store_line_bytes(model_store if existing else None,
-                                                        options)}
-        read_options = ReadOptions(storage_options=storage_options, **read_meta,
-                                   **({"block_bytes": options.block_bytes}
-                                      if options.block_bytes else {}))
         tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None,
                                              options.tokenizer, options.vocab_size, read_options,
                                              options.bos_token)

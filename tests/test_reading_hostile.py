@@ -22,6 +22,7 @@ from streamsolve import api, ingest
 from streamsolve.text import reading
 from streamsolve.text import shards as shard_files
 from streamsolve.core.counting import CountConfig
+from streamsolve.engine.memory import line_bytes_for, parse_memory
 from streamsolve.engine.tasks import count_shard
 from streamsolve.text.reading import (CorpusError, ReadOptions, ReadStats, iter_document_pieces,
                                  iter_line_blocks, read_sample)
@@ -162,6 +163,29 @@ def test_fifty_megabyte_line_stays_within_a_256mb_budget(tmp_path):
     assert peak <= budget, f"peak RSS {peak / 2**20:.0f} MiB over the 256 MB budget"
     summary = json.loads(out)
     assert summary["split_lines"] >= 1 and summary["new_tokens"] > 100_000
+
+
+def test_line_bound_is_fixed_when_the_store_is_created(tmp_path, documents, tokenizer_file):
+    """Counts do not depend on a later run's --memory: the store records its line bound."""
+    long_line = " ".join(documents[0].split())[:300] * 700  # ~200 KB, one line
+    first = write_text(tmp_path / "first.txt", "\n\n".join(documents[:5]) + "\n")
+    second = write_text(tmp_path / "second.txt", "before\n\n" + long_line + "\n\nafter\n")
+    tight, roomy = "1MB", "8GB"
+    assert line_bytes_for(parse_memory(tight), 1) < len(long_line) < line_bytes_for(
+        parse_memory(roomy), 1)
+    together = str(tmp_path / "together.zarr")
+    api.count([str(first), str(second)], together, tokenizer=tokenizer_file, memory=tight,
+              workers=1)
+    added = str(tmp_path / "added.zarr")
+    api.count([str(first)], added, tokenizer=tokenizer_file, memory=tight, workers=1)
+    result = api.count([str(second)], added, memory=roomy, workers=1)
+    assert result.split_lines >= 1  # cut at the store's bound, not at this run's
+    assert ModelStore(added).read_counts().equal_counts(ModelStore(together).read_counts())
+    bound = api.info(added)["read_options"]["max_line_bytes"]
+    assert bound == line_bytes_for(parse_memory(tight), 1)
+    roomy_store = str(tmp_path / "roomy.zarr")
+    api.count([str(second)], roomy_store, tokenizer=tokenizer_file, memory=roomy, workers=1)
+    assert api.info(roomy_store)["read_options"]["max_line_bytes"] > bound
 
 
 def _watch_peak_rss(pid: int, kill_above: int, timeout: float) -> int:

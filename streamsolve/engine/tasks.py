@@ -20,7 +20,7 @@ import numpy as np
 from ..core.counting import ContextCarry, CountConfig, Counts, count_flat, merge_counts
 from ..store.layout import StoreCorruptError, csr_of_rows, merge_csr_block, row_blocks
 from ..store.model_store import ModelStore
-from ..store.transaction import write_count_block
+from ..store import transaction as store_transaction
 from ..text.encoding import LineEncoder
 from ..text.holdout import HoldOut, RunSplitter
 from ..text.reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
@@ -241,7 +241,7 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
         except StoreCorruptError as exc:
             return exc
         csr = merge_csr_block(base, csr)
-    write_count_block(store, generation, r, k, *csr)
+    store_transaction.write_count_block(store, generation, r, k, *csr)
     return int(csr[1].size)
 
 
