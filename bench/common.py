@@ -124,13 +124,14 @@ def read_token_documents(paths: list[str], tokenizer_text: str, max_tokens: int 
     """Documents (blank-line separated) of token ids, as streamsolve counts them."""
     import numpy as np
 
-    from streamsolve.engine.pipeline import _tokenize
+    from streamsolve.text.encoding import LineEncoder
     from streamsolve.text.reading import ReadOptions, ReadStats, iter_document_pieces
 
+    encoder = LineEncoder(tokenizer_text)
     docs, total = [], 0
     for path in paths:
         for pieces in iter_document_pieces(path, ReadOptions(block_bytes=1 << 20), ReadStats()):
-            for ids, starts in _tokenize(tokenizer_text, pieces):
+            for ids, starts in encoder.encode_documents(pieces):
                 if not starts and docs:
                     docs[-1] = np.concatenate([docs[-1], ids])
                 elif ids.size:

@@ -39,8 +39,8 @@ def _count_and_merge(blocks, config) -> tuple[float, float]:
 
 def run(full: bool) -> str:
     from streamsolve.core import native
-    from streamsolve.engine import pipeline
     from streamsolve.core.counting import CountConfig
+    from streamsolve.text.encoding import LineEncoder
     from streamsolve.text.reading import ReadOptions, ReadStats, iter_document_pieces
 
     if not native.available():
@@ -48,7 +48,8 @@ def run(full: bool) -> str:
     paths = common.shards()[:FULL_SHARDS] if full else common.shards(common.QUICK_SHARDS[:2])
     tokenizer_text = common.bench_tokenizer(8192).read_text(encoding="utf-8")
     cpu_started = time.process_time()
-    blocks = [pipeline._tokenize_flat(tokenizer_text, pieces, 0)
+    encoder = LineEncoder(tokenizer_text, 0)
+    blocks = [encoder.encode_pieces(pieces)
               for path in paths
               for pieces in iter_document_pieces(path, ReadOptions(block_bytes=8 << 20),
                                                  ReadStats())]

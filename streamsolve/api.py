@@ -14,8 +14,6 @@ user can run stages separately, add shards later, and re-finalize::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
 import logging
 import math
 import os
@@ -25,107 +23,49 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .core.counting import CountConfig
-from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
-from .engine.memory import line_bytes_for, parse_memory, tune_allocator
-from .engine.pipeline import HoldOut, ShardResult, count_corpus, write_counts
-from .store.locking import StoreLock
-from .text.reading import CorpusError, ReadOptions, ReadStats, iter_document_pieces, read_sample
-from .text.shards import expand_corpus, expand_shards, file_digest
-from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError
-from .store.location import creatable_location, is_inside_store, remove_store
-from .store.model_store import ModelStore
-from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
-                             tokenizer_json, train_bpe, vocab_size_of)
+from . import ingest
 from .core.smoothing import check_smoothing
 from .engine.finalize import commit_store_weights, compute_store_weights
+from .ingest import (DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions,  # noqa: F401
+                     plan_ingest)
+from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
+from .store.layout import StoreError
+from .store.location import is_inside_store, remove_store
+from .store.locking import StoreLock
+from .store.model_store import ModelStore
+from .text.encoding import LineEncoder
+from .text.reading import (DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, ReadStats,
+                           iter_document_pieces)
+from .text.shards import expand_corpus
+from .text.tokenizer import tokenizer_from_json
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VOCAB_SIZE = 8192
-DEFAULT_RADIUS = 3
-TOKENIZER_SAMPLE_BYTES = 16 << 20
 #: Dense export is refused above this vocabulary size (V x V int64 per block).
 MAX_DENSE_EXPORT_VOCAB = 8192
 
 
-@dataclasses.dataclass
-class CountResult:
-    """What `count` did."""
-
-    store: str
-    shards: list
-    tokens: int
-    new_tokens: int
-    nnz: list
-    seconds: float
-    heldout: list = dataclasses.field(default_factory=list, repr=False)
-    heldout_bytes: int = 0
-    skipped: list = dataclasses.field(default_factory=list)
-    invalid_bytes: int = 0
-    already: list = dataclasses.field(default_factory=list)
-    changed: list = dataclasses.field(default_factory=list)
-    split_lines: int = 0
-    skipped_reasons: dict = dataclasses.field(default_factory=dict)
-
-    def summary(self) -> dict:
-        return {"store": self.store, "shards": len(self.shards), "tokens": self.tokens,
-                "already_ingested": [a["path"] for a in self.already],
-                "changed_added": [c["path"] for c in self.changed],
-                "new_tokens": self.new_tokens, "distinct_pairs": self.nnz,
-                "seconds": round(self.seconds, 3),
-                "tokens_per_second": round(self.new_tokens / self.seconds) if self.seconds else None,
-                "skipped_shards": self.skipped, "skipped_reasons": self.skipped_reasons,
-                "invalid_bytes": self.invalid_bytes, "split_lines": self.split_lines}
-
-
-#: Stores whose writer lock this process holds, per thread: (thread id, store URL).
-_HELD_LOCKS: set[tuple[int, str]] = set()
+#: Writer locks this process holds, per thread: (thread id, store URL) -> the `StoreLock`.
+_HELD_LOCKS: dict[tuple[int, str], StoreLock] = {}
 
 
 @contextlib.contextmanager
 def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_lock: bool,
                  command: str):
     """The store's `StoreLock`, re-entrant within a thread (so `solve` can hold it across
-    overwrite + count + finalize while `count` and `finalize` still take it themselves)."""
+    overwrite + count + finalize while `count` and `finalize` still take it themselves).
+    Yields the held `StoreLock`."""
     key = (threading.get_ident(), str(store))
     if key in _HELD_LOCKS:
-        yield
+        yield _HELD_LOCKS[key]
         return
-    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command=command):
-        _HELD_LOCKS.add(key)
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock,
+                   command=command) as lock:
+        _HELD_LOCKS[key] = lock
         try:
-            yield
+            yield lock
         finally:
-            _HELD_LOCKS.discard(key)
-
-
-def _client_for(scheduler_address: str | None, timeout: float = 10.0):
-    if not scheduler_address:
-        return None
-    from distributed import Client
-
-    try:
-        return Client(scheduler_address, timeout=timeout)
-    except (OSError, TimeoutError) as exc:
-        raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler_address} "
-                           f"within {timeout:.0f}s: {exc}") from exc
-
-
-def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer: str | None,
-                      vocab_size: int, read_options: ReadOptions,
-                      bos_token: str | None, sample_bytes: int = TOKENIZER_SAMPLE_BYTES):
-    """The tokenizer for a count run: the store's, a given file, or a BPE trained on a sample."""
-    if tokenizer is not None:
-        tok = load_tokenizer(tokenizer, read_options.storage_options)
-    elif store is not None and store.exists():
-        tok = tokenizer_from_json(store.tokenizer_text())
-    else:
-        logger.info("training a byte-level BPE tokenizer (vocab-size %d) on a %d MB sample",
-                    vocab_size, sample_bytes >> 20)
-        tok = train_bpe(read_sample(paths, sample_bytes, read_options), vocab_size)
-    bos, bos_id = find_bos(tok, bos_token)
-    return tok, bos, bos_id
+            _HELD_LOCKS.pop(key, None)
 
 
 def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = None,
@@ -178,208 +118,39 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     -------
     CountResult
     """
-    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock, command="count"):
-        return _ingest(corpus, store, tokenizer=tokenizer, vocab_size=vocab_size, radius=radius,
-                       aggregation=aggregation, documents=documents, text_field=text_field,
-                       bos_token=bos_token, heldout_fraction=heldout_fraction,
-                       scheduler=scheduler, workers=workers, storage_options=storage_options,
-                       block_bytes=block_bytes, rows_per_block=rows_per_block,
-                       allow_changed=allow_changed, memory=memory, tmp=tmp)
-
-
-def plan_ingest(paths: Sequence[str], digests: Sequence[str], manifest: list[dict],
-                allow_changed: bool = False) -> tuple[list[str], list[dict], list[dict]]:
-    """Decide which shards to count: ``(to_count, already_ingested, changed)``.
-
-    A shard whose bytes (SHA-256) are in the manifest, or earlier in this run, is skipped.
-    A path in the manifest with other bytes is "changed": counted only with ``allow_changed``.
-    """
-    known = {entry.get("sha256"): entry["path"] for entry in manifest if entry.get("sha256")}
-    by_path = {entry["path"]: entry.get("sha256") for entry in manifest}
-    to_count, already, changed = [], [], []
-    for path, digest in zip(paths, digests):
-        if digest in known:
-            already.append({"path": path, "sha256": digest, "same_as": known[digest]})
-            continue
-        if path in by_path and by_path[path] != digest:
-            changed.append({"path": path, "old_sha256": by_path[path], "sha256": digest})
-            if not allow_changed:
-                continue
-        known[digest] = path
-        to_count.append(path)
-    return to_count, already, changed
-
-
-def shard_digests(paths: Sequence[str], storage_options, scheduler, workers, client) -> list[str]:
-    """SHA-256 of every shard's bytes, computed where the shards are read (Dask tasks)."""
-    import dask
-
-    tasks = [dask.delayed(file_digest, pure=True)(p, storage_options) for p in paths]
-    if client is not None:
-        return list(client.gather(client.compute(tasks)))
-    kwargs = {"scheduler": scheduler or "threads"}
-    if kwargs["scheduler"] in ("threads", "processes"):
-        kwargs["num_workers"] = workers or os.cpu_count() or 1
-    return list(dask.compute(*tasks, **kwargs))
-
-
-def _ingest(corpus, store, *, tokenizer, vocab_size, radius, aggregation, documents,
-            text_field, bos_token, heldout_fraction, scheduler, workers, storage_options,
-            block_bytes, rows_per_block, allow_changed, memory=None, tmp=None) -> CountResult:
-    started = time.perf_counter()
-    # Before the tokenizer trainer's and the scheduler's threads exist: glibc gives a thread
-    # its own heap arena on its first malloc (count_corpus and each task call it again).
-    tune_allocator()
-    read_kwargs = {"documents": documents, "text_field": text_field,
-                   "storage_options": storage_options,
-                   "max_line_bytes": line_bytes_for(parse_memory(memory), workers or os.cpu_count() or 1)}
-    if block_bytes:
-        read_kwargs["block_bytes"] = block_bytes
-    read_options = ReadOptions(**read_kwargs)
-    paths, special = expand_shards(corpus, storage_options)
-    model_store = ModelStore(store, storage_options)
-    existing = model_store.exists()
-    if not existing:
-        creatable_location(store, storage_options)  # refuse a foreign path before counting
-    if existing:
-        stored = model_store.config
-        radius = stored.radius if radius is None else radius
-        aggregation = stored.aggregation if aggregation is None else aggregation
-    radius = DEFAULT_RADIUS if radius is None else radius
-    aggregation = aggregation or "cat"
-    if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
-        raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
-    tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None, tokenizer,
-                                         vocab_size, read_options, bos_token)
-    text = tokenizer_json(tok) if not existing or tokenizer is not None else model_store.tokenizer_text()
-    sha = tokenizer_hash(text)
-    config = CountConfig(vocab_size_of(tok), radius, aggregation, bos_id)
-    read_meta = {"documents": documents, "text_field": text_field}
-    if existing:
-        model_store.check_compatible(config, sha, read_meta)
-    client = None
-    address = scheduler  # the row blocks are written on the same scheduler / cluster
-    if scheduler and "://" in scheduler:
-        client = _client_for(scheduler)
-        scheduler = None
-    try:
-        logger.info("ingest stage: hashing %d shard(s)", len(paths))
-        digests = shard_digests(paths, storage_options, scheduler, workers, client)
-        manifest = model_store.meta.get("shards", []) if existing else []
-        to_count, already, changed = plan_ingest(paths, digests, manifest, allow_changed)
-        for entry in already:
-            logger.info("skipping %s: already ingested (same bytes as %s)", entry["path"],
-                        entry["same_as"])
-        if changed and not allow_changed:
-            raise StoreError(
-                "shard(s) already ingested with different content: "
-                + ", ".join(f"{c['path']} (was sha256 {c['old_sha256'][:12]}..., now "
-                            f"{c['sha256'][:12]}...)" for c in changed)
-                + ". Nothing was added. Pass --allow-changed to add the new content as well "
-                  "(the old content's counts stay), or use a new store.")
-        if not to_count:
-            logger.info("nothing new to count: every shard was already ingested")
-            meta = model_store.meta
-            return CountResult(store, [], meta["counts"]["tokens"], 0, meta["counts"]["nnz"],
-                               time.perf_counter() - started, already=already,
-                               skipped=[e["path"] for e in special],
-                               skipped_reasons={e["path"]: e["skipped"] for e in special})
-        logger.info("ingest stage: counting %d shard(s): V=%d, radius=%d, aggregation=%s",
-                    len(to_count), config.vocab_size, radius, aggregation)
-        result: ShardResult = count_corpus(to_count, text, config, read_options,
-                                           HoldOut(heldout_fraction), scheduler=scheduler,
-                                           workers=workers, client=client, memory=memory,
-                                           tmp=tmp, keep_partial=True,
-                                           rows_per_block=(model_store.meta["rows_per_block"]
-                                                           if existing else rows_per_block))
-    finally:
-        if client is not None:
-            client.close()
-    new = result.counts
-    _check_counted_bytes(new, dict(zip(paths, digests)))
-    skipped_entries = special + [s for s in new.shards if s["skipped"]]
-    skipped = [s["path"] for s in skipped_entries]
-    if new.tokens == 0 and not result.heldout:
-        if getattr(new, "spill_directory", None) is not None:
-            new.spill_directory.cleanup()
-        raise CorpusError("no text found in the corpus (all shards empty or binary): "
-                          + ", ".join(paths))
-    new_stats = {k: int(v) for k, v in new.stats.items()}
-    logger.info("ingest stage: writing %d new tokens to %s", new.tokens, store)
-    try:
-        if existing:
-            totals = dict(model_store.meta.get("totals", {}))
-            for key, value in new_stats.items():
-                totals[key] = int(totals.get(key, 0)) + value
-            write_counts(model_store, new, new.shards, totals, add=True,
-                         scheduler=address, workers=workers)
-        else:
-            model_store = ModelStore.create(store, config, text, sha, bos, read_meta,
-                                            storage_options, **({"rows_per_block": rows_per_block}
-                                                                if rows_per_block else {}))
-            write_counts(model_store, new, new.shards, new_stats, add=False,
-                         scheduler=address, workers=workers)
-    except StoreCorruptError:
-        model_store.discard_uncommitted()  # damaged counts: nothing is built on top of them
-        raise
-    except OSError as exc:
-        model_store.discard_uncommitted()
-        full = getattr(exc, "errno", None) == errno.ENOSPC
-        reason = "the disk is full" if full else str(exc)
-        fix = "free space" if full else "fix that"
-        raise StoreError(f"writing the counts to {store} failed: {reason}. The store is "
-                         "unchanged (partial data is never read, and is removed now or by the "
-                         f"next ingest); {fix} and run the same command again.") from exc
-    logger.info("ingest stage: committed")
-    meta = model_store.meta
-    seconds = time.perf_counter() - started
-    return CountResult(store, new.shards, meta["counts"]["tokens"], new.tokens,
-                       meta["counts"]["nnz"], seconds,
-                       result.heldout, result.heldout_bytes, skipped,
-                       int(new.stats.get("invalid_bytes", 0)), already=already, changed=changed,
-                       split_lines=int(new.stats.get("split_lines", 0)),
-                       skipped_reasons={s["path"]: s["skipped"] for s in skipped_entries})
-
-
-def _check_counted_bytes(counts, planned: dict) -> None:
-    """Make each manifest entry's sha256 the hash of exactly the bytes counted.
-
-    The ingest is planned on one hash of every shard and counted in a second pass that
-    hashes the bytes it reads. A shard whose bytes differ between the two passes (it grew,
-    or was replaced, meanwhile) fails the run naming it, before anything is written.
-    """
-    moved = []
-    for entry in counts.shards:
-        counted = entry.get("sha256")
-        if counted is not None and counted != planned[entry["path"]]:
-            moved.append(entry["path"])
-        entry["sha256"] = planned[entry["path"]]
-    if moved:
-        if getattr(counts, "spill_directory", None) is not None:
-            counts.spill_directory.cleanup()
-        raise StoreError("shard(s) changed while being ingested (the bytes counted are not "
-                         "the bytes hashed when the ingest was planned): " + ", ".join(moved)
-                         + ". Nothing was added; run the command again once they no longer "
-                           "change.")
+    options = IngestOptions(
+        tokenizer=tokenizer, vocab_size=vocab_size, radius=radius, aggregation=aggregation,
+        documents=documents, text_field=text_field, bos_token=bos_token,
+        heldout_fraction=heldout_fraction, scheduler=scheduler, workers=workers,
+        storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
+        allow_changed=allow_changed, memory=memory, tmp=tmp)
+    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
+                      command="count") as lock:
+        return ingest.run(corpus, store, options, lock)
 
 
 def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",
                          text_field: str = "text", storage_options: dict | None = None,
-                         stats: ReadStats | None = None):
+                         stats: ReadStats | None = None, max_line_bytes: int | None = None):
     """Yield documents of token ids from text files, streaming (block by block).
 
-    A document split across read blocks is yielded in pieces that each restart the context
-    only if ``starts`` says so; to keep evaluation exact, pieces of one document are joined.
-    ``stats.bytes`` ends up holding the UTF-8 bytes of the tokenized lines.
+    Lines are tokenized as counting tokenizes them (`streamsolve.text.encoding.LineEncoder`;
+    lines over ``max_line_bytes``, the store's bound, cut alike). A document split across
+    read blocks is yielded in pieces that each restart the context only if ``starts`` says
+    so; to keep evaluation exact, pieces of one document are joined. ``stats.bytes`` ends up
+    holding the UTF-8 bytes of the tokenized lines.
     """
     options = ReadOptions(documents=documents, text_field=text_field,
-                          storage_options=storage_options)
+                          storage_options=storage_options,
+                          max_line_bytes=max_line_bytes or DEFAULT_MAX_LINE_BYTES)
     stats = stats if stats is not None else ReadStats()
+    if model.tokenizer is None:
+        raise ValueError("this model has no tokenizer; pass token ids")
+    encoder = LineEncoder(model.tokenizer.to_str(), model.bos_id)
     for path in expand_corpus(paths, storage_options):
         pending = None
         for pieces in iter_document_pieces(path, options, ReadStats()):
-            for lines, starts in pieces:
-                ids = model.encode("".join(lines))
+            for (lines, starts), (ids, _) in zip(pieces, encoder.encode_documents(pieces)):
                 stats.bytes += sum(len(line.encode("utf-8")) for line in lines)
                 if pending is not None and not starts:
                     pending = np.concatenate([pending, ids])
@@ -392,10 +163,12 @@ def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: 
 
 
 def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = "blank-line",
-                   text_field: str = "text", storage_options: dict | None = None):
+                   text_field: str = "text", storage_options: dict | None = None,
+                   max_line_bytes: int | None = None):
     """Tokenize text files into a list of documents of ids; returns ``(documents, n_bytes)``."""
     stats = ReadStats()
-    docs = list(iter_token_documents(paths, model, documents, text_field, storage_options, stats))
+    docs = list(iter_token_documents(paths, model, documents, text_field, storage_options, stats,
+                                     max_line_bytes))
     return docs, stats.bytes
 
 
@@ -483,7 +256,8 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
         docs, n_bytes = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
-                                       read_meta.get("text_field", "text"), storage_options)
+                                       read_meta.get("text_field", "text"), storage_options,
+                                       read_meta.get("max_line_bytes"))
         model, raw, cal = calibrate_checked(model, docs, n_bytes, calibration_sample)
     commit_store_weights(model_store, pending, model.weights)
     return model
@@ -518,7 +292,8 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
     read_meta = model_store.meta.get("read_options", {})
     stats = ReadStats()
     docs = iter_token_documents(texts, model, read_meta.get("documents", "blank-line"),
-                                read_meta.get("text_field", "text"), storage_options, stats)
+                                read_meta.get("text_field", "text"), storage_options, stats,
+                                read_meta.get("max_line_bytes"))
     result = model.evaluate_ids(docs)
     result.bytes = stats.bytes
     result.bits_per_byte = result.cross_entropy * result.tokens / math.log(2) / stats.bytes

@@ -16,6 +16,7 @@ import threading
 
 from . import api
 from .engine import cluster
+from .engine.runtime import DEFAULT_CONNECT_TIMEOUT
 from .text.reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
 from .store.locking import DEFAULT_WAIT_SECONDS, StoreLockedError, wait_seconds
 from .store.layout import StoreError
@@ -58,7 +59,67 @@ def _discount(text: str) -> float | tuple[float, ...]:
     return values[0] if len(values) == 1 else values
 
 
-_positive_int = cluster._positive_int  # one validator for both modules' options
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _add_scheduler_argument(parser: argparse.ArgumentParser):
+    """``--scheduler`` for commands that do not count locally (finalize)."""
+    parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
+                        help="run on the dask.distributed scheduler at tcp://HOST:PORT "
+                             "(also DASK_SCHEDULER_ADDRESS)")
+
+
+def _add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = False):
+    """``--cluster slurm|pbs`` and the batch-job sizes (dask-jobqueue)."""
+    group = parser.add_argument_group("HPC batch jobs (dask-jobqueue, extra 'cluster')")
+    group.add_argument("--cluster", choices=sorted(cluster.JOBQUEUE_CLASSES), required=required,
+                       help="start Dask workers as SLURM or PBS batch jobs")
+    group.add_argument("--jobs", type=_positive_int, default=1,
+                       help="batch jobs to submit (default %(default)s)")
+    group.add_argument("--cores", type=_positive_int, default=1,
+                       help="cores per job (default %(default)s)")
+    group.add_argument("--memory", default=None, metavar="SIZE",
+                       help="one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; "
+                            "default 50%%; counts above it spill to --tmp), and with --cluster "
+                            "also the memory of each batch job (default 4GiB there)")
+    group.add_argument("--walltime", default="01:00:00",
+                       help="wall time per job (default %(default)s)")
+    group.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
+    group.add_argument("--account", help="account/project to charge")
+    group.add_argument("--interface", help="network interface of scheduler and workers "
+                                           "(e.g. ib0)")
+    group.add_argument("--job-extra", action="append", default=[], metavar="DIRECTIVE",
+                       help="extra #SBATCH/#PBS directive, e.g. '--gres=gpu:0' (repeatable)")
+    group.add_argument("--job-prologue", action="append", default=[], metavar="COMMAND",
+                       help="shell command run before the worker starts, e.g. "
+                            "'source venv/bin/activate' (repeatable)")
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = False):
+    """All cluster options of count/finalize/solve (``scheduler``: add ``--scheduler`` too)."""
+    if scheduler:
+        _add_scheduler_argument(parser)
+    _add_connect_timeout(parser)
+    parser.add_argument("--send-credentials", action="store_true",
+                        help="with --scheduler/--cluster, send credentials given in "
+                             "--storage-options inside the job (the scheduler keeps them in "
+                             "clear, readable by all its clients); by default they are refused: "
+                             "give the workers their own credentials")
+    _add_jobqueue_arguments(parser)
+
+
+def _add_connect_timeout(parser: argparse.ArgumentParser):
+    parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
+                        metavar="SECONDS",
+                        help="give up reaching the scheduler after this long "
+                             "(default %(default)s)")
 
 
 def _add_common(parser: argparse.ArgumentParser):
@@ -172,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("count", help="stream a corpus into sparse counts (adds to an existing store)")
     _add_counting(p)
-    cluster.add_cluster_arguments(p)
+    _add_cluster_arguments(p)
     _add_common(p)
 
     p = sub.add_parser("finalize", help="compute explicit weights from a store's counts")
@@ -181,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", nargs="+", metavar="HELDOUT",
                    help="held-out text to fit the R + 1 calibration scalars on")
     _add_locking(p)
-    cluster.add_cluster_arguments(p, scheduler=True)
+    _add_cluster_arguments(p, scheduler=True)
     _add_common(p)
 
     p = sub.add_parser("eval", help="held-out cross-entropy / perplexity of a finalized store")
@@ -237,11 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", action="store_true")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing streamsolve store (nothing else is ever deleted)")
-    cluster.add_cluster_arguments(p)
+    _add_cluster_arguments(p)
     _add_common(p)
 
     p = sub.add_parser("cluster-script", help="print the batch job script --cluster would submit")
-    cluster.add_jobqueue_arguments(p, required=True)
+    _add_jobqueue_arguments(p, required=True)
     _add_common(p)
     return parser
 

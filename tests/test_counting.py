@@ -10,7 +10,9 @@ import pytest
 from tokenizers import Tokenizer
 
 from streamsolve.core.counting import ContextCarry, CountConfig, Counts, count_sequences, merge_counts
-from streamsolve.engine.pipeline import HoldOut, count_corpus, count_shard
+from streamsolve.engine.tasks import count_shard
+from streamsolve.ingest import count_corpus
+from streamsolve.text.holdout import HoldOut
 from streamsolve.text.reading import ReadOptions
 
 

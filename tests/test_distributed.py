@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from streamsolve.core.counting import CountConfig
-from streamsolve.engine.pipeline import count_corpus
+from streamsolve.ingest import count_corpus
 from streamsolve.text.reading import ReadOptions
 from streamsolve.store.model_store import ModelStore
 
@@ -61,14 +61,6 @@ def test_cluster_counts_equal_local_counts(tmp_path, cluster, sharded_corpus, to
     assert os.listdir(spill) == []
 
 
-def _set_delay(value):
-    if value is None:
-        os.environ.pop("STREAMSOLVE_TEST_SHARD_DELAY", None)
-    else:
-        os.environ["STREAMSOLVE_TEST_SHARD_DELAY"] = value
-    return os.getpid()
-
-
 def _tasks_in_memory(dask_scheduler=None):
     return sum(1 for ts in dask_scheduler.tasks.values()
                if ts.state == "memory" and str(ts.key).startswith("count-"))
@@ -84,14 +76,15 @@ def test_killing_a_worker_mid_run_does_not_change_the_counts(tmp_path, cluster, 
     reference = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="sync").counts
     spill = tmp_path / "spill"
     spill.mkdir()
-    pids = client.run(_set_delay, "0.4")  # 24 shards x 0.4 s on 2 workers: about 5 s
+    pids = client.run(os.getpid)
     outcome = {}
 
     def run():
         try:
             outcome["result"] = count_corpus(paths, tokenizer_text, config, ReadOptions(),
                                              client=client, split_every=3, memory="1MB",
-                                             tmp=str(spill))
+                                             tmp=str(spill),
+                                             shard_delay=0.4)  # 24 x 0.4 s on 2 workers: ~5 s
         except BaseException as exc:  # noqa: BLE001 - reported below
             outcome["error"] = exc
 
@@ -108,7 +101,7 @@ def test_killing_a_worker_mid_run_does_not_change_the_counts(tmp_path, cluster, 
         thread.join(timeout=120)
         assert not thread.is_alive(), "the run did not finish after the worker was killed"
     finally:
-        client.run(_set_delay, None)
+        thread.join(timeout=120)
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert result.counts.equal_counts(reference)

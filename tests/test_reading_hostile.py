@@ -18,11 +18,12 @@ import pytest
 from tokenizers import Tokenizer
 
 import streamsolve
-from streamsolve import api
+from streamsolve import api, ingest
 from streamsolve.text import reading
 from streamsolve.text import shards as shard_files
 from streamsolve.core.counting import CountConfig
-from streamsolve.engine.pipeline import count_shard
+from streamsolve.engine.memory import line_bytes_for, parse_memory
+from streamsolve.engine.tasks import count_shard
 from streamsolve.text.reading import (CorpusError, ReadOptions, ReadStats, iter_document_pieces,
                                  iter_line_blocks, read_sample)
 from streamsolve.store.model_store import ModelStore, StoreError
@@ -164,6 +165,29 @@ def test_fifty_megabyte_line_stays_within_a_256mb_budget(tmp_path):
     assert summary["split_lines"] >= 1 and summary["new_tokens"] > 100_000
 
 
+def test_line_bound_is_fixed_when_the_store_is_created(tmp_path, documents, tokenizer_file):
+    """Counts do not depend on a later run's --memory: the store records its line bound."""
+    long_line = " ".join(documents[0].split())[:300] * 700  # ~200 KB, one line
+    first = write_text(tmp_path / "first.txt", "\n\n".join(documents[:5]) + "\n")
+    second = write_text(tmp_path / "second.txt", "before\n\n" + long_line + "\n\nafter\n")
+    tight, roomy = "1MB", "8GB"
+    assert line_bytes_for(parse_memory(tight), 1) < len(long_line) < line_bytes_for(
+        parse_memory(roomy), 1)
+    together = str(tmp_path / "together.zarr")
+    api.count([str(first), str(second)], together, tokenizer=tokenizer_file, memory=tight,
+              workers=1)
+    added = str(tmp_path / "added.zarr")
+    api.count([str(first)], added, tokenizer=tokenizer_file, memory=tight, workers=1)
+    result = api.count([str(second)], added, memory=roomy, workers=1)
+    assert result.split_lines >= 1  # cut at the store's bound, not at this run's
+    assert ModelStore(added).read_counts().equal_counts(ModelStore(together).read_counts())
+    bound = api.info(added)["read_options"]["max_line_bytes"]
+    assert bound == line_bytes_for(parse_memory(tight), 1)
+    roomy_store = str(tmp_path / "roomy.zarr")
+    api.count([str(second)], roomy_store, tokenizer=tokenizer_file, memory=roomy, workers=1)
+    assert api.info(roomy_store)["read_options"]["max_line_bytes"] > bound
+
+
 def _watch_peak_rss(pid: int, kill_above: int, timeout: float) -> int:
     """The kernel's high-water mark of a child's resident memory (``VmHWM``), read until it
     exits; the child is killed above ``kill_above`` bytes. (``ru_maxrss`` of a child started
@@ -277,7 +301,7 @@ def test_a_path_replaced_by_a_fifo_after_listing_is_refused_when_opened(tmp_path
 
 def _grow_after_hashing(monkeypatch, path: Path, extra: bytes):
     """Append to ``path`` right after the ingest's hashing pass (and before counting)."""
-    hash_stage = api.shard_digests
+    hash_stage = ingest.shard_digests
 
     def hash_then_grow(*args, **kwargs):
         digests = hash_stage(*args, **kwargs)
@@ -285,7 +309,7 @@ def _grow_after_hashing(monkeypatch, path: Path, extra: bytes):
             handle.write(extra)
         return digests
 
-    monkeypatch.setattr(api, "shard_digests", hash_then_grow)
+    monkeypatch.setattr(ingest, "shard_digests", hash_then_grow)
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".txt.gz"])

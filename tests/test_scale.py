@@ -15,7 +15,8 @@ from tokenizers import Tokenizer
 from streamsolve.core.counting import CountConfig, sum_duplicates
 from streamsolve.engine.memory import MemoryPlan, parse_memory, total_ram
 from streamsolve.engine.spill import _ArraySource, merge_sources, write_run, _RunSource
-from streamsolve.engine.pipeline import count_corpus, count_shard, line_tokenizer, write_counts
+from streamsolve.engine.tasks import count_shard
+from streamsolve.ingest import count_corpus, write_counts
 from streamsolve.text.reading import ReadOptions
 from streamsolve.store.model_store import ModelStore
 from streamsolve.store.locking import StoreLock
@@ -90,9 +91,9 @@ def test_tiny_budget_spills_and_gives_exact_counts(tmp_path, sharded_corpus, tok
     store = ModelStore.create(str(tmp_path / "m.zarr"), config, tokenizer_text, "x" * 64,
                               "<|doc|>", {"documents": "blank-line", "text_field": "text"},
                               rows_per_block=64)
-    with StoreLock(store.url):
-        write_counts(store, partial, partial.shards, {}, add=False, scheduler="threads",
-                     workers=2)
+    with StoreLock(store.url) as lock:
+        write_counts(store, partial, partial.shards, {}, add=False, lock=lock,
+                     scheduler="threads", workers=2)
     assert os.listdir(spill_root) == []
     assert store.read_counts().equal_counts(reference)
 
@@ -144,70 +145,6 @@ def test_cli_memory_and_tmp_flags(tmp_path, sharded_corpus, tokenizer_file):
                           str(tmp_path / "n.zarr"), "--tokenizer", tokenizer_file,
                           "-S", "lots"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "memory" in bad.stderr
-
-
-def test_joined_lines_tokenize_exactly_as_single_lines(tokenizer_text):
-    tricky = ["plain line\n", "trailing spaces   \n", "  leading\n", "\n", "tabs\t\t\n",
-              "numbers 12345 and symbols ?!\n", "caf\u00e9 \u00fcber\n", " \n", "end"]
-    tokenizer = Tokenizer.from_str(tokenizer_text)
-    fast, joinable = line_tokenizer(tokenizer_text)
-    assert joinable
-    per_line = [i for line in tricky for i in tokenizer.encode(line, add_special_tokens=False).ids]
-    assert fast.encode("".join(tricky), add_special_tokens=False).ids == per_line
-    batch = fast.encode_batch_fast(["".join(tricky[:4]), "".join(tricky[4:])],
-                                   add_special_tokens=False)
-    assert [i for e in batch for i in e.ids] == per_line
-
-
-def test_metaspace_first_tokenizer_is_not_joined():
-    from tokenizers import models, pre_tokenizers
-
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "\u2581a": 1}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
-    _, joinable = line_tokenizer(tok.to_str())
-    assert not joinable
-
-
-def test_pieces_joined_by_the_bos_marker_give_per_line_ids(tmp_path, documents, tokenizer_text):
-    from streamsolve.engine.pipeline import _tokenize_flat, piece_marker
-
-    tokenizer = Tokenizer.from_str(tokenizer_text)
-    assert piece_marker(tokenizer_text, 0) == ("<|doc|>", 0)
-    pieces = [([line + "\n" for line in doc.split("\n") if line.strip()], True)
-              for doc in documents[:12]]
-    pieces = [p for p in pieces if p[0]]
-    expected = [[i for line in lines for i in tokenizer.encode(line, add_special_tokens=False).ids]
-                for lines, _ in pieces]
-    for extra in ([], [(["a line that mentions <|doc|> literally\n"], True)]):
-        # a text containing the marker itself falls back to one input per piece
-        test_pieces = pieces + extra
-        want = expected + [[i for line in lines for i in tokenizer.encode(line, add_special_tokens=False).ids]
-                           for lines, _ in extra]
-        flat, lengths = _tokenize_flat(tokenizer_text, test_pieces, 0)
-        assert lengths.tolist() == [len(w) for w in want]
-        assert flat.tolist() == [i for w in want for i in w]
-
-
-@pytest.mark.parametrize("serial", [False, True])
-def test_tokenizing_in_small_batches_gives_the_same_ids(monkeypatch, documents, tokenizer_text,
-                                                         serial):
-    import dataclasses
-
-    from streamsolve.engine import pipeline
-
-    pieces = [([line + "\n" for line in doc.split("\n") if line.strip()], True)
-              for doc in documents[:40]]
-    pieces = [p for p in pieces if p[0]]
-    whole_flat, whole_lengths = pipeline._tokenize_flat(tokenizer_text, pieces, 0)
-    calls = []
-    monkeypatch.setattr(pipeline, "ENCODE_BATCH_CHARS", 200)
-    monkeypatch.setattr(pipeline, "release_free_memory", lambda above: calls.append(above))
-    plan = dataclasses.replace(MemoryPlan.build(parse_memory("4GB"), 2, 3, 4096, "/tmp/x"),
-                               serial_tokenizer=serial)
-    for bos in (0, None):  # joined by the marker, and one input per line
-        flat, lengths = pipeline._tokenize_flat(tokenizer_text, pieces, bos, plan)
-        assert flat.tolist() == whole_flat.tolist() and lengths.tolist() == whole_lengths.tolist()
-    assert len(calls) > 20 and set(calls) == {plan.trim_above}  # trim checked after each batch
 
 
 def test_plan_serializes_the_tokenizer_only_under_a_tight_budget():

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 import streamsolve as ss
 from streamsolve.core.counting import CountConfig
-from streamsolve.engine.pipeline import count_corpus
+from streamsolve.ingest import count_corpus
 from streamsolve.text.reading import CorpusError, ReadOptions
 
 from .deploy_helpers import child_env, wait_for, write_shards

@@ -21,12 +21,13 @@ local (default)
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import logging
 import os
 import time
+
+from .runtime import DEFAULT_CONNECT_TIMEOUT, ClusterError, connect_client, is_address
 
 logger = logging.getLogger(__name__)
 
@@ -34,110 +35,7 @@ logger = logging.getLogger(__name__)
 REMOTE_COMMANDS = ("count", "finalize", "solve")
 #: --cluster kinds and their dask-jobqueue classes.
 JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
-DEFAULT_CONNECT_TIMEOUT = 10.0
-
-
-class ClusterError(RuntimeError):
-    """A cluster cannot be reached or started; the message names the address or the fix."""
-
-
-# -- command-line options ---------------------------------------------------------------------
-def add_scheduler_argument(parser: argparse.ArgumentParser):
-    """``--scheduler`` for commands that do not count locally (finalize)."""
-    parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-                        help="run on the dask.distributed scheduler at tcp://HOST:PORT "
-                             "(also DASK_SCHEDULER_ADDRESS)")
-
-
-def add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = False):
-    """``--cluster slurm|pbs`` and the batch-job sizes (dask-jobqueue)."""
-    group = parser.add_argument_group("HPC batch jobs (dask-jobqueue, extra 'cluster')")
-    group.add_argument("--cluster", choices=sorted(JOBQUEUE_CLASSES), required=required,
-                       help="start Dask workers as SLURM or PBS batch jobs")
-    group.add_argument("--jobs", type=_positive_int, default=1,
-                       help="batch jobs to submit (default %(default)s)")
-    group.add_argument("--cores", type=_positive_int, default=1,
-                       help="cores per job (default %(default)s)")
-    group.add_argument("--memory", default=None, metavar="SIZE",
-                       help="one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; "
-                            "default 50%%; counts above it spill to --tmp), and with --cluster "
-                            "also the memory of each batch job (default 4GiB there)")
-    group.add_argument("--walltime", default="01:00:00",
-                       help="wall time per job (default %(default)s)")
-    group.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
-    group.add_argument("--account", help="account/project to charge")
-    group.add_argument("--interface", help="network interface of scheduler and workers "
-                                           "(e.g. ib0)")
-    group.add_argument("--job-extra", action="append", default=[], metavar="DIRECTIVE",
-                       help="extra #SBATCH/#PBS directive, e.g. '--gres=gpu:0' (repeatable)")
-    group.add_argument("--job-prologue", action="append", default=[], metavar="COMMAND",
-                       help="shell command run before the worker starts, e.g. "
-                            "'source venv/bin/activate' (repeatable)")
-
-
 DEFAULT_JOB_MEMORY = "4GiB"
-
-
-def add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = False):
-    """All cluster options of count/finalize/solve (``scheduler``: add ``--scheduler`` too)."""
-    if scheduler:
-        add_scheduler_argument(parser)
-    add_connect_timeout(parser)
-    parser.add_argument("--send-credentials", action="store_true",
-                        help="with --scheduler/--cluster, send credentials given in "
-                             "--storage-options inside the job (the scheduler keeps them in "
-                             "clear, readable by all its clients); by default they are refused: "
-                             "give the workers their own credentials")
-    add_jobqueue_arguments(parser)
-
-
-def add_connect_timeout(parser: argparse.ArgumentParser):
-    parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
-                        metavar="SECONDS",
-                        help="give up reaching the scheduler after this long "
-                             "(default %(default)s)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-# -- connecting -------------------------------------------------------------------------------
-def is_address(scheduler: str | None) -> bool:
-    """Whether ``--scheduler`` names a dask.distributed scheduler (not threads/processes)."""
-    return bool(scheduler) and "://" in scheduler
-
-
-def connect(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
-    """A ``distributed.Client`` on ``address``.
-
-    Raises
-    ------
-    ClusterError
-        Naming the address, if no scheduler answers within ``timeout`` seconds.
-    """
-    from distributed import Client
-    from distributed.security import Security
-
-    if address.startswith("tls://") and \
-            Security().get_connection_args("client").get("ssl_context") is None:
-        raise ClusterError(
-            f"cannot connect to the Dask scheduler at {address} without TLS settings: set "
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._TLS__CLIENT__CERT and "
-            "..._TLS__CLIENT__KEY (or Dask's distributed.comm.tls configuration)")
-    try:
-        return Client(address, timeout=f"{timeout}s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
-                           f"{timeout:g}s: {exc}") from exc
-    except ValueError as exc:  # malformed address
-        raise ClusterError(f"not a Dask scheduler address: {address}: {exc}") from exc
 
 
 def jobqueue_cluster(args):
@@ -436,7 +334,7 @@ def run_on_cluster(args, run):
     else:
         address = args.scheduler
     try:
-        client = connect(address, getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+        client = connect_client(address, getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT))
         try:
             return submit_and_wait(client, run, args)
         finally:

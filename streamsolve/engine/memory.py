@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 from ..text.reading import DEFAULT_MAX_LINE_BYTES
 
@@ -45,7 +46,7 @@ DEFAULT_MEMORY = "50%"
 #: per-token objects): measured 130-175 with a byte-level BPE, so a 30 MB line cost 5.5 GB.
 TOKENIZER_BYTES_PER_BYTE = 200
 #: Smallest and largest bound on the bytes of a line read whole (longer lines are cut): the
-#: largest is about one tokenizer batch (``pipeline.ENCODE_BATCH_CHARS``).
+#: largest is about one tokenizer batch (``streamsolve.text.encoding.ENCODE_BATCH_CHARS``).
 MIN_LINE_BYTES = 64 << 10
 MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES  # the reader's default: 1 MiB
 
@@ -144,7 +145,9 @@ class MemoryPlan:
         of the budget. Trimming always costs ~15% of throughput (pages are faulted in again),
         so it is done only when memory is getting tight.
     line_bytes : int
-        Longest line read whole; longer lines are cut (`line_bytes_for`).
+        Longest line read whole under this budget (`line_bytes_for`): the bound a store
+        created under this plan records (`streamsolve.ingest`); later ingests into that
+        store use the recorded bound, whatever their budget.
     """
 
     budget: int
@@ -183,6 +186,11 @@ class MemoryPlan:
                    serial_tokenizer=workers > 1 and budget < workers * SERIAL_TOKENIZER_BELOW,
                    trim_above=int(budget // (2 * max(1, min(int(processes), workers)))),
                    line_bytes=line_bytes_for(budget, workers))
+
+    def trim_heap(self) -> bool:
+        """Give freed heap pages back to the OS if this process holds more than
+        ``trim_above`` (called after each tokenizer batch; see `release_free_memory`)."""
+        return release_free_memory(self.trim_above)
 
     def estimate(self, input_bytes: int, n_blocks: int, compressed_ratio: float = 1.0) -> dict:
         """Up-front estimate of peak memory and (at most) spill disk, for the log.
@@ -277,3 +285,52 @@ def _resident_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[int, float]:
+    """Bytes of the shards on disk and their expected expansion (for the up-front estimate)."""
+    import fsspec
+
+    total, expanded = 0, 0.0
+    for path in paths:
+        try:
+            if "://" in path and not path.startswith("file://"):
+                fs, _, (root,) = fsspec.get_fs_token_paths(path, storage_options=storage_options or {})
+                size = fs.size(root)
+            else:
+                size = os.path.getsize(path)
+        except Exception:  # noqa: BLE001 - only an estimate
+            size = 0
+        ratio = 3.5 if path.endswith((".gz", ".bz2", ".xz", ".zst")) else 1.0
+        total += size or 0
+        expanded += (size or 0) * ratio
+    return total, (expanded / total if total else 1.0)
+
+
+def make_plan(paths: Sequence[str], n_blocks: int, read_block_bytes: int,
+              storage_options: dict | None = None, *, memory=None, tmp: str | None = None,
+              workers: int = 1, processes: int = 1, rows_per_block: int | None = None,
+              split_every: int = 4):
+    """The run's `MemoryPlan` and spill directory, logging the up-front estimate.
+
+    Returns ``(plan, spill)``; ``spill`` is the run's `SpillDirectory` (created on first
+    spill, removed by the caller at the end).
+    """
+    from ..store.layout import DEFAULT_ROWS_PER_BLOCK
+    from .spill import SpillDirectory
+
+    budget = parse_memory(memory)
+    spill = SpillDirectory(default_spill_root(tmp))
+    plan = MemoryPlan.build(budget, workers, n_blocks, rows_per_block or DEFAULT_ROWS_PER_BLOCK,
+                            spill.path, split_every, read_block_bytes, processes)
+    size, ratio = input_bytes(paths, storage_options)
+    estimate = plan.estimate(size, n_blocks, ratio)
+    logger.info("memory budget %s for %d worker(s): read blocks of %s, counts spill to %s above "
+                "%s per task%s", format_bytes(budget), plan.workers, format_bytes(plan.block_bytes),
+                spill.path, format_bytes(plan.task_bytes),
+                "; one tokenizer batch at a time (tight budget)" if plan.serial_tokenizer else "")
+    logger.info("estimate: %d shard(s), %s on disk, ~%s of text, ~%s tokens; peak memory ~%s; "
+                "spill disk at most ~%s", len(paths), format_bytes(size),
+                format_bytes(estimate["text_bytes"]), f"{estimate['tokens']:,}",
+                format_bytes(estimate["peak_bytes"]), format_bytes(estimate["spill_bytes_max"]))
+    return plan, spill

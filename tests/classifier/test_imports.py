@@ -11,7 +11,7 @@ import pytest
 
 #: Modules the classifier package must not load at import time.
 FORBIDDEN = ("tokenizers", "zarr", "distributed", "sklearn", "streamsolve.text",
-             "streamsolve.store", "streamsolve.engine.pipeline", "streamsolve.engine.memory",
+             "streamsolve.store", "streamsolve.engine.tasks", "streamsolve.ingest", "streamsolve.engine.memory",
              "streamsolve.language_model", "streamsolve.api", "streamsolve.core.counting",
              "streamsolve.core.native", "streamsolve.core.weights")
 

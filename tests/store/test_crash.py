@@ -23,7 +23,10 @@ from streamsolve.store.model_store import ModelStore
 from ..conftest import pydoc_documents
 
 TRIALS = int(os.environ.get("STREAMSOLVE_CRASH_TRIALS", "20"))
-STAGE = re.compile(r"ingest stage: (\w+)|(finalized block)|(committed counts generation)")
+#: The ingest's numbered stage banners (`streamsolve.ingest`), and the commit's log line.
+STAGE = re.compile(r"=== ([1-5])/5 |(finalized block)|(committed counts generation)")
+STAGE_NAMES = {"1": "configuring", "2": "hashing", "3": "counting", "4": "writing",
+               "5": "committing"}
 
 
 def ingest_command(store: Path, shards: list[str]) -> list[str]:
@@ -46,7 +49,7 @@ def run_and_kill(command: list[str], kill_after: float,
         for line in proc.stderr:
             match = STAGE.search(line)
             if match:
-                stages.append(match.group(1) or "committed")
+                stages.append(STAGE_NAMES.get(match.group(1), "committed"))
                 if stage_starts is not None:
                     stage_starts.setdefault(stages[-1], time.monotonic() - started)
 

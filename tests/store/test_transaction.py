@@ -106,7 +106,7 @@ def test_commit_switches_in_one_write_and_records_one_event(store):
 
 def test_writing_counts_outside_a_locked_section_is_refused(tmp_path, sharded_corpus,
                                                              tokenizer_file):
-    from streamsolve.engine.pipeline import write_counts
+    from streamsolve.ingest import write_counts
 
     store = str(tmp_path / "m.zarr")
     api.count(sharded_corpus(2), store, tokenizer=tokenizer_file, rows_per_block=64)
@@ -114,5 +114,5 @@ def test_writing_counts_outside_a_locked_section_is_refused(tmp_path, sharded_co
     before = state(model_store)
     with pytest.raises(StoreError, match="writer lock"):
         write_counts(model_store, model_store.read_counts(), [], {}, add=True,
-                     scheduler="sync", progress=False)
+                     lock=None, scheduler="sync", progress=False)
     assert state(model_store) == before

@@ -1,0 +1,501 @@
+"""The ingest: a corpus into a store's counts, in five numbered stages (as KenLM's lmplz).
+
+=====  ==========================================  ==========================================
+stage  what                                        function
+=====  ==========================================  ==========================================
+1/5    configuration + tokenizer                   `configure`
+2/5    hash the shards, skip those already counted `hash_shards`
+3/5    read + tokenize + count + tree merge        `count_corpus` (Dask: `engine.tasks`)
+4/5    k-way merge + row-block writes              `write_row_blocks` (Dask: one task a block)
+5/5    commit                                      `commit`
+=====  ==========================================  ==========================================
+
+`run` chains them under the store's held writer lock; `streamsolve.api.count` validates its
+arguments, takes the lock and calls it. The store's counts change in one atomic step (stage
+5) or not at all.
+
+The longest line read whole (longer lines are cut into pieces, see
+`streamsolve.text.reading`) is fixed when the store is created, from the memory budget of
+that run (`streamsolve.engine.memory.line_bytes_for`), and recorded in the store's
+``read_options`` as ``max_line_bytes``: every later ingest into the store uses it, so counts
+never depend on a later run's ``--memory`` or worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+from .core.counting import CountConfig
+from .engine.memory import line_bytes_for, make_plan, parse_memory, tune_allocator
+from .engine.progress import Stage
+from .engine.runtime import Runtime, delayed
+from .engine.spill import PartialCounts
+from .engine.tasks import ShardResult, count_graph, write_graph
+from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError
+from .store.location import creatable_location
+from .store.model_store import ModelStore
+from .text.holdout import HoldOut
+from .text.reading import DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, read_sample
+from .text.shards import expand_shards, file_digest
+from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
+                             tokenizer_json, train_bpe, vocab_size_of)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_RADIUS = 3
+TOKENIZER_SAMPLE_BYTES = 16 << 20
+STAGES = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestOptions:
+    """How to count a corpus (the keyword arguments of `streamsolve.api.count`)."""
+
+    tokenizer: str | None = None
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    radius: int | None = None
+    aggregation: str | None = None
+    documents: str = "blank-line"
+    text_field: str = "text"
+    bos_token: str | None = None
+    heldout_fraction: float = 0.0
+    scheduler: str | None = None
+    workers: int | None = None
+    storage_options: dict | None = None
+    block_bytes: int | None = None
+    rows_per_block: int | None = None
+    allow_changed: bool = False
+    memory: str | int | None = None
+    tmp: str | None = None
+
+
+@dataclasses.dataclass
+class CountResult:
+    """What `streamsolve.api.count` did."""
+
+    store: str
+    shards: list
+    tokens: int
+    new_tokens: int
+    nnz: list
+    seconds: float
+    heldout: list = dataclasses.field(default_factory=list, repr=False)
+    heldout_bytes: int = 0
+    skipped: list = dataclasses.field(default_factory=list)
+    invalid_bytes: int = 0
+    already: list = dataclasses.field(default_factory=list)
+    changed: list = dataclasses.field(default_factory=list)
+    split_lines: int = 0
+    skipped_reasons: dict = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """The JSON-able summary printed by ``streamsolve count``."""
+        return {"store": self.store, "shards": len(self.shards), "tokens": self.tokens,
+                "already_ingested": [a["path"] for a in self.already],
+                "changed_added": [c["path"] for c in self.changed],
+                "new_tokens": self.new_tokens, "distinct_pairs": self.nnz,
+                "seconds": round(self.seconds, 3),
+                "tokens_per_second": round(self.new_tokens / self.seconds) if self.seconds else None,
+                "skipped_shards": self.skipped, "skipped_reasons": self.skipped_reasons,
+                "invalid_bytes": self.invalid_bytes, "split_lines": self.split_lines}
+
+
+@dataclasses.dataclass
+class IngestSetup:
+    """What stage 1 fixes: the shards, the store, the count configuration and the tokenizer."""
+
+    paths: list
+    special: list  # manifest entries of shards skipped before reading (FIFOs, devices, ...)
+    store: ModelStore
+    existing: bool
+    config: CountConfig
+    tokenizer_text: str
+    tokenizer_sha256: str
+    bos: str
+    read_options: ReadOptions
+    read_meta: dict  # the store's read_options (documents, text_field, max_line_bytes)
+    rows_per_block: int | None
+
+
+def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -> CountResult:
+    """Count ``corpus`` into ``store`` (created if absent), holding its writer ``lock``."""
+    started = time.perf_counter()
+    # Before the tokenizer trainer's and the scheduler's threads exist: glibc gives a thread
+    # its own heap arena on its first malloc.
+    tune_allocator()
+    setup = configure(corpus, store, options)
+    with Runtime(options.scheduler, options.workers, worker_setup=tune_allocator) as runtime:
+        to_count, digests, already, changed = hash_shards(setup, runtime, options.allow_changed)
+        if not to_count:
+            logger.info("nothing new to count: every shard was already ingested")
+            meta = setup.store.meta
+            return CountResult(store, [], meta["counts"]["tokens"], 0, meta["counts"]["nnz"],
+                               time.perf_counter() - started, already=already,
+                               skipped=[e["path"] for e in setup.special],
+                               skipped_reasons={e["path"]: e["skipped"] for e in setup.special})
+        result = count_corpus(to_count, setup.tokenizer_text, setup.config, setup.read_options,
+                              HoldOut(options.heldout_fraction), runtime=runtime,
+                              memory=options.memory, tmp=options.tmp, keep_partial=True,
+                              rows_per_block=setup.rows_per_block)
+        new = result.counts
+        check_counted_bytes(new, dict(zip(setup.paths, digests)))
+        skipped_entries = setup.special + [s for s in new.shards if s["skipped"]]
+        if new.tokens == 0 and not result.heldout:
+            _remove_spill(new)
+            raise CorpusError("no text found in the corpus (all shards empty or binary): "
+                              + ", ".join(setup.paths))
+        model_store = _write_generation(setup, new, lock, runtime)
+    meta = model_store.meta
+    return CountResult(store, new.shards, meta["counts"]["tokens"], new.tokens,
+                       meta["counts"]["nnz"], time.perf_counter() - started,
+                       result.heldout, result.heldout_bytes,
+                       [s["path"] for s in skipped_entries],
+                       int(new.stats.get("invalid_bytes", 0)), already=already, changed=changed,
+                       split_lines=int(new.stats.get("split_lines", 0)),
+                       skipped_reasons={s["path"]: s["skipped"] for s in skipped_entries})
+
+
+# -- 1/5 configuration + tokenizer ----------------------------------------------------------------
+
+def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
+    """Stage 1/5: expand the corpus, read or check the store's configuration, get the tokenizer.
+
+    Arguments are checked (shards named, radius, the store's location) before the stage's
+    banner: a mistake fails with its one-line message only.
+    """
+    storage_options = options.storage_options
+    paths, special = expand_shards(corpus, storage_options)
+    model_store = ModelStore(store, storage_options)
+    existing = model_store.exists()
+    radius, aggregation = options.radius, options.aggregation
+    if existing:
+        stored = model_store.config
+        radius = stored.radius if radius is None else radius
+        aggregation = stored.aggregation if aggregation is None else aggregation
+    else:
+        creatable_location(store, storage_options)  # refuse a foreign path before counting
+    radius = DEFAULT_RADIUS if radius is None else radius
+    aggregation = aggregation or "cat"
+    if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
+        raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
+    read_meta = {"documents": options.documents, "text_field": options.text_field,
+                 "max_line_bytes": store_line_bytes(model_store if existing else None,
+                                                    options)}
+    read_options = ReadOptions(storage_options=storage_options, **read_meta,
+                               **({"block_bytes": options.block_bytes}
+                                  if options.block_bytes else {}))
+    with Stage("configuration + tokenizer", 1, STAGES):
+        tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None,
+                                             options.tokenizer, options.vocab_size, read_options,
+                                             options.bos_token)
+        text = (tokenizer_json(tok) if not existing or options.tokenizer is not None
+                else model_store.tokenizer_text())
+        sha = tokenizer_hash(text)
+        config = CountConfig(vocab_size_of(tok), radius, aggregation, bos_id)
+        if existing:
+            model_store.check_compatible(config, sha, read_meta)
+        rows = model_store.meta["rows_per_block"] if existing else options.rows_per_block
+        logger.info("%d shard(s): V=%d, radius=%d, aggregation=%s, lines cut above %d bytes",
+                    len(paths), config.vocab_size, radius, aggregation,
+                    read_meta["max_line_bytes"])
+    return IngestSetup(paths, special, model_store, existing, config, text, sha, bos,
+                       read_options, read_meta, rows)
+
+
+def store_line_bytes(existing: ModelStore | None, options: IngestOptions) -> int:
+    """The longest line read whole: the store's recorded bound (the reader's default for a
+    store without one), or for a new store the bound of this run's memory budget."""
+    if existing is not None:
+        return int(existing.meta.get("read_options", {}).get("max_line_bytes",
+                                                             DEFAULT_MAX_LINE_BYTES))
+    return line_bytes_for(parse_memory(options.memory), options.workers or os.cpu_count() or 1)
+
+
+def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer: str | None,
+                      vocab_size: int, read_options: ReadOptions,
+                      bos_token: str | None, sample_bytes: int = TOKENIZER_SAMPLE_BYTES):
+    """The tokenizer for a count run: the store's, a given file, or a BPE trained on a sample.
+
+    Returns ``(tokenizer, bos token, bos id)``.
+    """
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer, read_options.storage_options)
+    elif store is not None and store.exists():
+        tok = tokenizer_from_json(store.tokenizer_text())
+    else:
+        logger.info("training a byte-level BPE tokenizer (vocab-size %d) on a %d MB sample",
+                    vocab_size, sample_bytes >> 20)
+        tok = train_bpe(read_sample(paths, sample_bytes, read_options), vocab_size)
+    bos, bos_id = find_bos(tok, bos_token)
+    return tok, bos, bos_id
+
+
+# -- 2/5 hash --------------------------------------------------------------------------------
+
+def hash_shards(setup: IngestSetup, runtime: Runtime, allow_changed: bool = False):
+    """Stage 2/5: hash every shard; returns ``(to_count, digests, already, changed)``.
+
+    Raises
+    ------
+    StoreError
+        When a path already ingested has other bytes now, unless ``allow_changed``.
+    """
+    with Stage("hash shards", 2, STAGES) as stage:
+        digests = shard_digests(setup.paths, setup.read_options.storage_options, runtime)
+        manifest = setup.store.meta.get("shards", []) if setup.existing else []
+        to_count, already, changed = plan_ingest(setup.paths, digests, manifest, allow_changed)
+        stage.detail = f"{len(setup.paths)} shard(s), {len(to_count)} to count"
+    for entry in already:
+        logger.info("skipping %s: already ingested (same bytes as %s)", entry["path"],
+                    entry["same_as"])
+    if changed and not allow_changed:
+        raise StoreError(
+            "shard(s) already ingested with different content: "
+            + ", ".join(f"{c['path']} (was sha256 {c['old_sha256'][:12]}..., now "
+                        f"{c['sha256'][:12]}...)" for c in changed)
+            + ". Nothing was added. Pass --allow-changed to add the new content as well "
+              "(the old content's counts stay), or use a new store.")
+    return to_count, digests, already, changed
+
+
+def shard_digests(paths: Sequence[str], storage_options, runtime: Runtime) -> list[str]:
+    """SHA-256 of every shard's bytes, computed where the shards are read (Dask tasks)."""
+    return runtime.compute([delayed(file_digest)(p, storage_options) for p in paths],
+                           progress=False)
+
+
+def plan_ingest(paths: Sequence[str], digests: Sequence[str], manifest: list[dict],
+                allow_changed: bool = False) -> tuple[list[str], list[dict], list[dict]]:
+    """Decide which shards to count: ``(to_count, already_ingested, changed)``.
+
+    A shard whose bytes (SHA-256) are in the manifest, or earlier in this run, is skipped.
+    A path in the manifest with other bytes is "changed": counted only with ``allow_changed``.
+    """
+    known = {entry.get("sha256"): entry["path"] for entry in manifest if entry.get("sha256")}
+    by_path = {entry["path"]: entry.get("sha256") for entry in manifest}
+    to_count, already, changed = [], [], []
+    for path, digest in zip(paths, digests):
+        if digest in known:
+            already.append({"path": path, "sha256": digest, "same_as": known[digest]})
+            continue
+        if path in by_path and by_path[path] != digest:
+            changed.append({"path": path, "old_sha256": by_path[path], "sha256": digest})
+            if not allow_changed:
+                continue
+        known[digest] = path
+        to_count.append(path)
+    return to_count, already, changed
+
+
+# -- 3/5 read + tokenize + count + tree merge ----------------------------------------------------
+
+def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
+                 read_options: ReadOptions, holdout: HoldOut = HoldOut(), *,
+                 runtime: Runtime | None = None, scheduler: str | None = None,
+                 workers: int | None = None, client=None, split_every: int = 4,
+                 progress: bool = True, memory=None, tmp: str | None = None,
+                 rows_per_block: int | None = None, keep_partial: bool = False,
+                 shard_delay: float = 0.0) -> ShardResult:
+    """Stage 3/5: count a corpus with Dask: one task per shard, then a tree merge.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Shard paths or URLs (already expanded).
+    tokenizer_text : str
+        Tokenizer JSON, sent to every task.
+    config, read_options, holdout
+        See `CountConfig`, `ReadOptions`, `HoldOut`.
+    runtime : Runtime, optional
+        Where the graph runs; default: one made of ``scheduler``, ``workers``, ``client``
+        (see `Runtime`) and closed at the end.
+    split_every : int
+        Fan-in of the tree reduction.
+    memory : str or int, optional
+        Memory budget of the whole run (``2GB``, ``80%``); default: in-memory counts
+        without a cap, unless ``keep_partial``.
+    tmp : str, optional
+        Directory for spill files (default: the system temp directory).
+    rows_per_block : int, optional
+        Row-block size of the store the counts go to (spilled runs are indexed by it).
+    keep_partial : bool
+        Return `PartialCounts` (in-memory part + spilled runs, to be written by
+        `write_counts`, which removes the spill files) instead of a `Counts`.
+    shard_delay : float
+        Seconds each shard task sleeps first (tests).
+
+    Returns
+    -------
+    ShardResult
+    """
+    if not paths:
+        raise CorpusError("no shards to count")
+    if runtime is None:
+        with Runtime(scheduler, workers, client=client, progress=progress,
+                     worker_setup=tune_allocator) as own:
+            return count_corpus(paths, tokenizer_text, config, read_options, holdout,
+                                runtime=own, split_every=split_every, memory=memory, tmp=tmp,
+                                rows_per_block=rows_per_block, keep_partial=keep_partial,
+                                shard_delay=shard_delay)
+    plan = spill = None
+    if memory is not None or tmp is not None or keep_partial:
+        plan, spill = make_plan(paths, config.n_blocks, read_options.block_bytes,
+                                read_options.storage_options, memory=memory, tmp=tmp,
+                                workers=runtime.worker_threads,
+                                processes=runtime.worker_processes,
+                                rows_per_block=rows_per_block, split_every=split_every)
+    graph = count_graph(paths, tokenizer_text, config, read_options, holdout, plan, split_every,
+                        shard_delay)
+    logger.info("counting %d shard(s) on the %s", len(paths), runtime.describe())
+    try:
+        with Stage("read + tokenize + count + tree merge", 3, STAGES) as stage:
+            result = runtime.compute(graph)
+            stage.tokens = result.counts.tokens
+            if isinstance(result.counts, PartialCounts) and result.counts.spilled_runs:
+                stage.detail = (f"{result.counts.spilled_runs} run(s) spilled "
+                                f"({result.counts.spilled_bytes / 2**20:.1f} MB)")
+        if isinstance(result.counts, PartialCounts):
+            result.counts.spill_directory = spill
+            result.counts.merge_bytes = plan.task_bytes
+            if not keep_partial:
+                counts = result.counts.to_counts(plan.task_bytes, plan.spill_dir)
+                result = ShardResult(counts, result.heldout, result.heldout_bytes)
+    except BaseException:
+        if spill is not None:
+            spill.cleanup()
+        raise
+    if spill is not None and not keep_partial:
+        spill.cleanup()
+    return result
+
+
+def check_counted_bytes(counts, planned: dict) -> None:
+    """Make each manifest entry's sha256 the hash of exactly the bytes counted.
+
+    The ingest is planned on one hash of every shard (stage 2) and counted in a second pass
+    that hashes the bytes it reads. A shard whose bytes differ between the two passes (it
+    grew, or was replaced, meanwhile) fails the run naming it, before anything is written.
+    """
+    moved = []
+    for entry in counts.shards:
+        counted = entry.get("sha256")
+        if counted is not None and counted != planned[entry["path"]]:
+            moved.append(entry["path"])
+        entry["sha256"] = planned[entry["path"]]
+    if moved:
+        _remove_spill(counts)
+        raise StoreError("shard(s) changed while being ingested (the bytes counted are not "
+                         "the bytes hashed when the ingest was planned): " + ", ".join(moved)
+                         + ". Nothing was added; run the command again once they no longer "
+                           "change.")
+
+
+def _remove_spill(counts) -> None:
+    if getattr(counts, "spill_directory", None) is not None:
+        counts.spill_directory.cleanup()
+
+
+# -- 4/5 k-way merge + row-block writes, 5/5 commit ----------------------------------------------
+
+def _write_generation(setup: IngestSetup, new, lock, runtime: Runtime) -> ModelStore:
+    """Stages 4 and 5 into the store (created now if new); a failed write leaves it unchanged."""
+    model_store = setup.store
+    new_stats = {k: int(v) for k, v in new.stats.items()}
+    try:
+        if setup.existing:
+            totals = dict(model_store.meta.get("totals", {}))
+            for key, value in new_stats.items():
+                totals[key] = int(totals.get(key, 0)) + value
+        else:
+            totals = new_stats
+            model_store = ModelStore.create(
+                model_store.url, setup.config, setup.tokenizer_text, setup.tokenizer_sha256,
+                setup.bos, setup.read_meta, setup.read_options.storage_options,
+                **({"rows_per_block": setup.rows_per_block} if setup.rows_per_block else {}))
+        write_counts(model_store, new, new.shards, totals, add=setup.existing, lock=lock,
+                     runtime=runtime)
+    except StoreCorruptError:
+        model_store.discard_uncommitted()  # damaged counts: nothing is built on top of them
+        raise
+    except OSError as exc:
+        model_store.discard_uncommitted()
+        full = getattr(exc, "errno", None) == errno.ENOSPC
+        reason = "the disk is full" if full else str(exc)
+        fix = "free space" if full else "fix that"
+        raise StoreError(f"writing the counts to {model_store.url} failed: {reason}. The store "
+                         "is unchanged (partial data is never read, and is removed now or by "
+                         f"the next ingest); {fix} and run the same command again.") from exc
+    return model_store
+
+
+def write_counts(store: ModelStore, counts, new_shards: list, totals: dict, *, add: bool,
+                 lock, runtime: Runtime | None = None, scheduler: str | None = None,
+                 workers: int | None = None, client=None, progress: bool = True) -> list[int]:
+    """Stages 4 and 5: write counts into a store as a new generation (adding the committed
+    one if ``add``) in one counts transaction under ``lock`` (the store's held `StoreLock`).
+
+    ``counts`` is a `PartialCounts` (from ``count_corpus(..., keep_partial=True)``) or a
+    `Counts`. The spill files are removed at the end, whatever happens. Returns the nnz per
+    count block.
+    """
+    if runtime is None:
+        with Runtime(scheduler, workers, client=client, progress=progress,
+                     worker_setup=tune_allocator) as own:
+            return write_counts(store, counts, new_shards, totals, add=add, lock=lock,
+                                runtime=own)
+    partial = counts if isinstance(counts, PartialCounts) else PartialCounts.of(
+        counts, store.meta["rows_per_block"])
+    try:
+        rows = store.meta["rows_per_block"]
+        if partial.n_runs and rows != partial.rows_per_block:
+            raise ValueError(f"counts were spilled in row blocks of {partial.rows_per_block} "
+                             f"but the store {store.url} has {rows}")
+        if partial.n_runs == 0:
+            partial.rows_per_block = rows
+        base = store.meta["counts"]["generation"] if add else None
+        with store.counts_transaction(lock) as transaction:
+            nnz = write_row_blocks(transaction, partial, base, runtime)
+            commit(transaction, partial, base, nnz, new_shards, totals)
+            return nnz
+    finally:
+        _remove_spill(partial)
+
+
+def write_row_blocks(transaction, partial: PartialCounts, base: int | None,
+                     runtime: Runtime) -> list[int]:
+    """Stage 4/5: k-way merge and write every row block (one Dask task each); nnz per block.
+
+    Raises
+    ------
+    StoreCorruptError
+        When a block of the base generation is damaged (after every task has finished).
+    """
+    spill = partial.spill_directory
+    with Stage("k-way merge + write row blocks", 4, STAGES) as stage:
+        tasks, index = write_graph(transaction.store, transaction.generation, base, partial,
+                                   runtime, spill.path if spill is not None else None)
+        nnz_blocks = runtime.compute(tasks)
+        stage.detail = f"{len(tasks)} row block(s)"
+    damaged = [n for n in nnz_blocks if isinstance(n, Exception)]
+    if damaged:
+        raise damaged[0]
+    nnz = [0] * partial.config.n_blocks
+    for r, n in zip(index, nnz_blocks):
+        nnz[r] += n
+    return nnz
+
+
+def commit(transaction, partial: PartialCounts, base: int | None, nnz: list[int],
+           new_shards: list, totals: dict) -> None:
+    """Stage 5/5: switch the store to the written generation (one attribute write)."""
+    with Stage("commit", 5, STAGES):
+        unigram = partial.unigram
+        if base is not None:
+            unigram = transaction.store.read_unigram(base) + unigram  # verified
+        transaction.commit(unigram, nnz, new_shards, totals)
