@@ -17,7 +17,7 @@ from streamsolve.ingest import count_corpus
 from streamsolve.text.reading import ReadOptions
 from streamsolve.store.model_store import ModelStore
 
-from .conftest import pydoc_documents
+from ..conftest import pydoc_documents
 
 distributed = pytest.importorskip("distributed")
 

@@ -19,7 +19,7 @@ from streamsolve.core.counting import CountConfig
 from streamsolve.ingest import count_corpus
 from streamsolve.text.reading import CorpusError, ReadOptions
 
-from .deploy_helpers import child_env, wait_for, write_shards
+from ..deploy_helpers import child_env, wait_for, write_shards
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from streamsolve import api
 from streamsolve.cli import main
 from streamsolve.store.model_store import ModelStore
 
-from .deploy_helpers import (Processes, child_env, create_bucket, json_out, run_cli,
+from ..deploy_helpers import (Processes, child_env, create_bucket, json_out, run_cli,
                              start_dask_cluster, start_moto, wait_for,
                              write_shards)
 
@@ -355,7 +355,7 @@ def test_compose_and_readme_publish_no_unauthenticated_scheduler():
     """docker/compose.yaml publishes nothing beyond 127.0.0.1 and never the scheduler's port;
     the README's cluster commands bind no scheduler to 0.0.0.0 and show TLS."""
     yaml = pytest.importorskip("yaml")
-    from .deploy_helpers import REPO
+    from ..deploy_helpers import REPO
 
     services = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"]
     scheduler = services["scheduler"]["command"]

@@ -28,8 +28,8 @@ from streamsolve.text.reading import (CorpusError, ReadOptions, ReadStats, iter_
                                  iter_line_blocks, read_sample)
 from streamsolve.store.model_store import ModelStore, StoreError
 
-from .conftest import write_text
-from .test_counting import as_dict, brute_force
+from ..conftest import write_text
+from ..core.test_counting import as_dict, brute_force
 
 PACKAGE_ROOT = str(Path(streamsolve.__file__).resolve().parents[1])
 WHITESPACE = b" \t\r\x0b\x0c"

@@ -8,7 +8,7 @@ from streamsolve.text.reading import (BUILTIN_CORPUS, CorpusError, ReadOptions, 
                                       decode_counting, iter_document_pieces)
 from streamsolve.text.shards import expand_corpus
 
-from .conftest import write_text
+from ..conftest import write_text
 
 TEXT = "first line\nsecond line\n\n\nthird, new document\r\n  \nlast\n"
 
