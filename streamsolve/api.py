@@ -509,10 +509,11 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
 
 
 def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = None,
-             uncalibrated: bool = False) -> Evaluation:
-    """Streaming held-out cross-entropy of a finalized store on text files."""
+             uncalibrated: bool = False, memory: str | int | None = None) -> Evaluation:
+    """Streaming held-out cross-entropy of a finalized store on text files (``memory``
+    bounds the cache of weight row blocks, see `LanguageModel.open`)."""
     model_store = ModelStore(store, storage_options).snapshot()  # one weights version
-    model = LanguageModel.open(model_store)
+    model = LanguageModel.open(model_store, memory=memory)
     if uncalibrated:
         model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
     read_meta = model_store.meta.get("read_options", {})

@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("text", nargs="+", metavar="TEXT")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
+    p.add_argument("--memory", metavar="SIZE",
+                   help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
     _add_common(p)
 
     p = sub.add_parser("info", help="describe a store")
@@ -264,7 +266,8 @@ def run(args) -> dict:
                              wait=args.wait, break_lock=args.break_lock, discount=args.discount)
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
-        result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated)
+        result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
+                              memory=args.memory)
         return {"store": args.store, **result.to_dict()}
     if args.command == "info":
         return api.info(args.store, so)

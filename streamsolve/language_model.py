@@ -91,15 +91,25 @@ class LanguageModel:
 
     @classmethod
     def open(cls, store: str, storage_options: dict | None = None,
-             allow_stale: bool = False) -> "LanguageModel":
-        """Load the finalized model of a store (refuses stale weights)."""
+             allow_stale: bool = False, memory: str | int | None = None) -> "LanguageModel":
+        """Load the finalized model of a store (refuses stale weights).
+
+        The sparse weights stay in the store and are read row block by row block through a
+        bounded cache: a quarter of ``memory`` (e.g. ``"1GB"``) when given, else
+        `streamsolve.engine.finalize.DEFAULT_CACHE_BYTES`.
+        """
         from .engine.finalize import read_store_weights
         from .store.model_store import ModelStore
         from .text.tokenizer import tokenizer_from_json
 
         model_store = store if hasattr(store, "read_weights") else ModelStore(store, storage_options)
         model_store = model_store.snapshot()  # the weights and tokenizer of one state
-        weights = read_store_weights(model_store, allow_stale=allow_stale)
+        cache_bytes = None
+        if memory is not None:
+            from .engine.memory import parse_memory
+
+            cache_bytes = parse_memory(memory) // 4
+        weights = read_store_weights(model_store, allow_stale=allow_stale, cache_bytes=cache_bytes)
         tokenizer = tokenizer_from_json(model_store.tokenizer_text())
         return cls(weights, tokenizer)
 
