@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=_positive_int, default=20)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=_positive_int, help="sample among the K most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most likely tokens whose "
+                                               "probability reaches P (nucleus, 0 < P <= 1)")
     p.add_argument("--top", type=_positive_int, default=5,
                    help="also show the top next tokens after the prompt")
     _add_common(p)
@@ -279,11 +282,18 @@ def run(args) -> dict:
         from .language_model import LanguageModel
 
         model = LanguageModel.open(args.store, so)
-        return {"prompt": args.prompt,
-                "top_next": [{"token": t, "p": round(p, 5)}
-                             for t, p in model.next_token_distribution(args.prompt, args.top)]
-                if args.prompt else None,
-                "continuation": model.generate(args.prompt, args.tokens, args.temperature, args.seed)}
+        pieces = model.iter_generate(args.prompt, args.tokens, args.temperature, args.seed,
+                                     args.top_k, args.top_p)
+        top_next = [{"token": t, "p": round(p, 5)}
+                    for t, p in model.next_token_distribution(args.prompt, args.top)] \
+            if args.prompt else None
+        if args.json:
+            return {"prompt": args.prompt, "top_next": top_next, "continuation": "".join(pieces)}
+        for piece in pieces:  # streamed as generated
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return {"prompt": args.prompt, "top_next": top_next}
     if args.command == "solve":
         corpus = args.corpus or [BUILTIN_CORPUS]
         if not args.corpus:

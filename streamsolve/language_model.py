@@ -6,6 +6,7 @@ Evaluation streams documents in batches of positions: the logits of a batch are 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -177,24 +178,86 @@ class LanguageModel:
                 for i in top]
 
     def generate(self, prompt: str = "", max_tokens: int = 20, temperature: float = 0.0,
-                 seed: int | None = 0) -> str:
-        """Continue ``prompt``: greedy when ``temperature`` is 0, else sampled."""
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
+                 seed: int | None = 0, top_k: int | None = None,
+                 top_p: float | None = None) -> str:
+        """Continue ``prompt``; the text of `iter_generate` joined (parameters there)."""
+        return "".join(self.iter_generate(prompt, max_tokens, temperature, seed, top_k, top_p))
+
+    def iter_generate(self, prompt: str = "", max_tokens: int = 20, temperature: float = 0.0,
+                      seed: int | None = 0, top_k: int | None = None,
+                      top_p: float | None = None) -> Iterator[str]:
+        """Continue ``prompt``: an iterator of text as it is generated (streaming; the
+        arguments are checked at once).
+
+        Each step costs one dense V-vector of logits from the R context rows (O(R V), so
+        the whole is linear in ``max_tokens``). Greedy when ``temperature`` is 0 or
+        ``top_k`` is 1; otherwise sampled from ``softmax(logits / temperature)`` restricted
+        to the ``top_k`` most likely tokens and then to the smallest set of them whose
+        probability reaches ``top_p`` (nucleus sampling). The BOS token is never produced.
+        Text is yielded once it decodes to whole characters (a byte-level token may end
+        inside a UTF-8 sequence).
+
+        Parameters
+        ----------
+        prompt : str
+        max_tokens : int
+        temperature : float, >= 0
+        seed : int or None
+            The same seed gives the same text.
+        top_k : int, optional
+            >= 1.
+        top_p : float, optional
+            In (0, 1].
+
+        Yields
+        ------
+        str
+        """
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and not (isinstance(top_k, (int, np.integer)) and top_k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; generation needs one")
+        return self._generated_text(prompt, max_tokens, temperature, seed, top_k, top_p)
+
+    def _generated_text(self, prompt, max_tokens, temperature, seed, top_k, top_p):
         rng = np.random.default_rng(seed)
-        ids = list(self.encode(prompt)) if prompt else []
-        start = len(ids)
+        R = self.config.radius
+        context = collections.deque(self.encode(prompt)[-R:].tolist() if prompt else [],
+                                    maxlen=R)
+        pending: list[int] = []
         for _ in range(max_tokens):
-            logits = self.logits(np.asarray(ids, dtype=np.int64))
+            logits = self.logits(np.asarray(context, dtype=np.int64))
             logits[self.bos_id] = -np.inf
-            if temperature == 0:
-                nxt = int(np.argmax(logits))
-            else:
-                z = logits / temperature
-                p = np.exp(z - logsumexp(z))
-                nxt = int(rng.choice(p.size, p=p / p.sum()))
-            ids.append(nxt)
-        return self.tokenizer.decode([int(i) for i in ids[start:]])
+            nxt = self._next_token(logits, temperature, top_k, top_p, rng)
+            context.append(nxt)
+            pending.append(nxt)
+            text = self.tokenizer.decode(pending)
+            if not text.endswith("\ufffd") or len(pending) >= 8:
+                pending = []
+                yield text
+        if pending:
+            yield self.tokenizer.decode(pending)
+
+    @staticmethod
+    def _next_token(logits: np.ndarray, temperature: float, top_k, top_p, rng) -> int:
+        if temperature == 0 or top_k == 1:
+            return int(np.argmax(logits))
+        candidates = np.arange(logits.size)
+        if top_k is not None and top_k < logits.size:
+            candidates = np.argpartition(-logits, top_k - 1)[:top_k]
+        z = logits[candidates] / temperature
+        order = np.argsort(-z, kind="stable")
+        candidates, z = candidates[order], z[order]
+        p = np.exp(z - z[0])
+        p /= p.sum()
+        if top_p is not None and top_p < 1:
+            keep = int(np.searchsorted(np.cumsum(p), top_p)) + 1
+            candidates, p = candidates[:keep], p[:keep] / p[:keep].sum()
+        return int(candidates[rng.choice(candidates.size, p=p)])
 
     def calibrate(self, documents: Sequence[np.ndarray],
                   sample_size: int = CALIBRATION_POSITIONS, seed: int = 0) -> "LanguageModel":
