@@ -19,9 +19,10 @@ import errno
 import logging
 import math
 import os
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -524,6 +525,43 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
     result.bytes = stats.bytes
     result.bits_per_byte = result.cross_entropy * result.tokens / math.log(2) / stats.bytes
     return result
+
+
+def score(store: str, texts: Sequence[str] = ("-",), *, per_token: bool = False,
+          storage_options: dict | None = None, uncalibrated: bool = False,
+          memory: str | int | None = None, stdin=None) -> Iterator[dict]:
+    """Log-probabilities of text under a finalized store, as records (an iterator).
+
+    One record per document ``{"document", "tokens", "log_prob", "bytes"}`` (natural log),
+    or with ``per_token`` one per token ``{"document", "token", "text", "log_prob"}``, then a
+    summary ``{"summary": True, "tokens", "cross_entropy", "perplexity", "bits_per_byte",
+    ...}``. ``texts`` are files (or globs); ``"-"`` reads ``stdin`` (default
+    ``sys.stdin.buffer``). Documents are split as the store's counting split them.
+
+    Raises
+    ------
+    StoreError
+        No weights, or stale weights.
+    ValueError
+        Empty text, or text without tokens (raised when the iterator reaches the end).
+    """
+    from .score_text import file_documents, score_documents, stream_documents
+
+    model_store = ModelStore(store, storage_options).snapshot()  # one weights version
+    model = LanguageModel.open(model_store, memory=memory)
+    if uncalibrated:
+        model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
+    read_meta = model_store.meta.get("read_options", {})
+    mode, field = read_meta.get("documents", "blank-line"), read_meta.get("text_field", "text")
+    texts = list(texts) or ["-"]
+    if "-" in texts and texts != ["-"]:
+        raise ValueError("read either files or stdin (-), not both")
+    if texts == ["-"]:
+        documents = stream_documents(stdin if stdin is not None else sys.stdin.buffer, mode)
+    else:
+        documents = file_documents(check_readable(texts, storage_options), mode, field,
+                                   storage_options)
+    return score_documents(model, documents, per_token)
 
 
 def info(store: str, storage_options: dict | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Command line: ``streamsolve count|finalize|eval|info|verify|export|generate|solve``.
+"""Command line: ``streamsolve count|finalize|eval|score|info|verify|export|generate|solve``.
 
 Every command takes ``--json`` to print exactly one JSON object on stdout; logs and progress
 go to stderr. Errors print one line naming the problem and exit with status 2.
@@ -192,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
     _add_common(p)
 
+    p = sub.add_parser("score", help="log-probabilities of text, one JSON line per document "
+                                     "(or token), then a summary line")
+    p.add_argument("store")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="files, or - (default) for stdin")
+    p.add_argument("--per-token", action="store_true", help="one line per token")
+    p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
+    p.add_argument("--memory", metavar="SIZE",
+                   help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
+    _add_common(p)
+
     p = sub.add_parser("info", help="describe a store")
     p.add_argument("store")
     _add_common(p)
@@ -272,6 +282,17 @@ def run(args) -> dict:
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
                               memory=args.memory)
         return {"store": args.store, **result.to_dict()}
+    if args.command == "score":
+        summary = None
+        for record in api.score(args.store, args.text, per_token=args.per_token,
+                                storage_options=so, uncalibrated=args.uncalibrated,
+                                memory=args.memory):
+            if record.get("summary"):
+                summary = record
+                break
+            sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+        return summary  # printed by main as the last JSON line
     if args.command == "info":
         return api.info(args.store, so)
     if args.command == "verify":
@@ -342,6 +363,8 @@ def _print_human(command: str, result: dict):
         print(result["job_script"])
     elif command == "info":
         _print_info(result)
+    elif command == "score":
+        print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
