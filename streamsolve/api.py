@@ -477,9 +477,12 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
     attribute write at the very end; any failure before leaves the previous weights."""
     from .engine.progress import Stage
 
-    with Stage("finalize (explicit weights, row block by row block)"):
+    with Stage("finalize (explicit weights, row block by row block)") as stage:
         pending = compute_store_weights(model_store, form, smoothing, mu, alpha,
                                         discount=discount)
+        blocks = sum(len(keys) for keys in pending.block_keys)
+        stage.tokens = model_store.meta.get("totals", {}).get("tokens")
+        stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
     model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
@@ -496,9 +499,19 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
 
     Returns ``(model, raw Evaluation, calibrated Evaluation)``.
     """
-    raw = model.evaluate_ids(docs, n_bytes)
-    calibrated_model = model.calibrate(docs, sample_size=sample)
-    calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
+    from .engine.progress import Stage
+
+    docs = list(docs)
+    with Stage("held-out eval (uncalibrated)") as stage:
+        raw = model.evaluate_ids(docs, n_bytes)
+        stage.tokens = raw.tokens
+    with Stage("calibration (R + 1 scalars, L-BFGS on the O(nnz) scorer)") as stage:
+        calibrated_model = model.calibrate(docs, sample_size=sample)
+        stage.tokens = min(sample, raw.tokens)
+        stage.detail = "tokens = calibration positions"
+    with Stage("held-out eval (calibrated)") as stage:
+        calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
+        stage.tokens = calibrated.tokens
     if calibrated.cross_entropy > raw.cross_entropy:
         logger.warning("calibration made held-out cross-entropy worse (%.4f > %.4f); keeping "
                        "the uncalibrated weights", calibrated.cross_entropy, raw.cross_entropy)
@@ -521,7 +534,11 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
     stats = ReadStats()
     docs = iter_token_documents(texts, model, read_meta.get("documents", "blank-line"),
                                 read_meta.get("text_field", "text"), storage_options, stats)
-    result = model.evaluate_ids(docs)
+    from .engine.progress import Stage
+
+    with Stage("eval") as stage:
+        result = model.evaluate_ids(docs)
+        stage.tokens = result.tokens
     result.bytes = stats.bytes
     result.bits_per_byte = result.cross_entropy * result.tokens / math.log(2) / stats.bytes
     return result

@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 EVAL_BATCH_FLOATS = 1 << 20
 #: Positions per batch of the sparse evaluation path (distinct contexts are scored once).
 SPARSE_EVAL_BATCH = 1 << 14
+#: Seconds between progress lines of a long evaluation.
+PROGRESS_SECONDS = 30.0
 #: Held-out positions calibration fits on by default (drawn uniformly; all when fewer).
 CALIBRATION_POSITIONS = 1 << 15
 
@@ -153,11 +156,24 @@ class LanguageModel:
         return total
 
     def evaluate_ids(self, documents: Iterable[np.ndarray], n_bytes: int | None = None) -> Evaluation:
-        """Streaming cross-entropy over documents of token ids (sparse: O(nnz) per token)."""
+        """Streaming cross-entropy over documents of token ids (sparse: O(nnz) per token).
+
+        Logs tokens/s (and, when ``documents`` has a length, an ETA) every
+        `PROGRESS_SECONDS` on long runs.
+        """
+        expected = sum(len(d) for d in documents) if isinstance(documents, Sequence) else None
         total, tokens = 0.0, 0
+        started = last = time.perf_counter()
         for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, SPARSE_EVAL_BATCH):
             total -= float(np.sum(self.weights.target_log_probs(ctx, tgt)))
             tokens += tgt.size
+            now = time.perf_counter()
+            if now - last >= PROGRESS_SECONDS:
+                last = now
+                rate = tokens / (now - started)
+                eta = f", ETA {(expected - tokens) / rate:.0f} s" if expected else ""
+                logger.info("    scored %s tokens, %s tokens/s%s", f"{tokens:,}",
+                            f"{rate:,.0f}", eta)
         if tokens == 0:
             raise ValueError("no tokens to evaluate")
         ce = total / tokens

@@ -23,6 +23,7 @@ from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_
 from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
 from ..store.layout import StoreCorruptError, row_blocks
+from .progress import TaskProgress
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +213,8 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
             source, store, generation, r, k, start, stop, recipe,
             log_q_all[start:stop] if log_q_all is not None else None, reuse)
             for k, (start, stop) in ranges])
-    (results,) = dask.compute(tasks, scheduler=scheduler)
+    with TaskProgress():  # the same bar (or log lines) as counting's tasks
+        (results,) = dask.compute(tasks, scheduler=scheduler)
     block_keys = [[res.key for res in block] for block in results]
     reused = sum(res.reused for block in results for res in block)
     for r, block in enumerate(results):
