@@ -268,15 +268,43 @@ class BlockedScorer(Scorer):
         return tuple(out)
 
     def target_values(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """As `Scorer.target_values`, searching each position's row inside its cached row
+        block (no copy of the rows): offset by offset, row block by row block."""
         contexts = np.ascontiguousarray(np.atleast_2d(contexts), dtype=np.int64)
         targets = np.ascontiguousarray(targets, dtype=np.int64)
-        out = np.zeros((targets.size, self.parts.n_blocks))
-        for s in range(0, targets.size, GATHER_CONTEXTS):
-            parts, local = self.parts.gather(contexts[s:s + GATHER_CONTEXTS])
-            window = _Window(self, parts)
-            per_offset = Scorer.target_values(window, local, targets[s:s + GATHER_CONTEXTS])
-            out[s:s + GATHER_CONTEXTS] = self._to_blocks(per_offset)
+        p = self.parts
+        out = np.zeros((targets.size, p.n_blocks))
+        for r, b in enumerate(p.block_of):
+            rows = contexts[:, r]
+            which = np.searchsorted(p.row_starts[b], rows, side="right") - 1
+            values = np.zeros(targets.size)
+            for k in np.unique(which):
+                sel = np.flatnonzero(which == k)
+                ip, ix, d = p.cache.get(int(b), int(k))
+                local = np.ascontiguousarray((rows[sel] - p.row_starts[b][k])[:, None])
+                values[sel] = _row_block_values(self.lib, ip, ix, d, local,
+                                                np.ascontiguousarray(targets[sel]))
+            out[:, b] += values
         return out
+
+
+def _row_block_values(lib, indptr, indices, data, rows: np.ndarray, targets: np.ndarray):
+    """``S[rows, targets]`` of one CSR row block (0 where not stored)."""
+    if lib is not None:
+        pointers = score_native.BlockPointers([indptr], [indices], [data])
+        return score_native.target_values(lib, pointers, np.zeros(1, dtype=np.int32), rows,
+                                          targets)[:, 0]
+    rows = rows[:, 0]
+    width = int(max(indices.max(initial=0), targets.max(initial=0))) + 1
+    keys = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr)) * width \
+        + indices
+    wanted = rows * width + targets
+    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+    values = np.zeros(rows.size)
+    if keys.size:
+        found = keys[at] == wanted
+        values[found] = data[at[found]]
+    return values
 
 
 class LazySparseRankOne:
