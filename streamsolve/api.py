@@ -379,8 +379,8 @@ def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: 
     for path in expand_corpus(paths, storage_options):
         pending = None
         for pieces in iter_document_pieces(path, options, ReadStats()):
-            for lines, starts in pieces:
-                ids = model.encode("".join(lines))
+            encoded = model.encode_many([lines for lines, _ in pieces])  # one call per block
+            for (lines, starts), ids in zip(pieces, encoded):
                 stats.bytes += sum(len(line.encode("utf-8")) for line in lines)
                 if pending is not None and not starts:
                     pending = np.concatenate([pending, ids])

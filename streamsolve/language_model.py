@@ -133,6 +133,21 @@ class LanguageModel:
         encodings = self.tokenizer.encode_batch_fast(lines, add_special_tokens=False)
         return np.asarray([i for enc in encodings for i in enc.ids], dtype=np.int64)
 
+    def encode_many(self, texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Token ids of several texts, each given as its lines, tokenized as counting
+        tokenizes a read block (lines joined into large inputs where that cannot change the
+        ids, one batched call; `streamsolve.engine.pipeline`); each equals
+        ``encode("".join(lines))``."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids")
+        from .engine.pipeline import _tokenize
+
+        if getattr(self, "_tokenizer_text", None) is None:
+            self._tokenizer_text = self.tokenizer.to_str()
+        pieces = [([seg for line in lines for seg in line.splitlines(keepends=True)], True)
+                  for lines in texts]
+        return [ids for ids, _ in _tokenize(self._tokenizer_text, pieces)]
+
     def context(self, ids: Sequence[int]) -> np.ndarray:
         """The context row (R,) for predicting the token after ``ids`` (BOS-padded)."""
         R = self.config.radius

@@ -94,17 +94,16 @@ def score_documents(model: LanguageModel, documents: Iterable[tuple[list[str], i
         If the text is empty, or no document of it has a token.
     """
     totals = {"documents": 0, "tokens": 0, "bytes": 0, "log_prob": 0.0}
-    batch: list[tuple[int, np.ndarray, int]] = []
     size = 0
+    texts: list[tuple[int, list[str], int]] = []
     for index, (lines, n_bytes) in enumerate(documents):
-        ids = model.encode("".join(lines))
-        batch.append((index, ids, n_bytes))
-        size += ids.size
-        if size >= SCORE_BATCH:
-            yield from _scored_batch(model, batch, per_token, totals)
-            batch, size = [], 0
-    if batch:
-        yield from _scored_batch(model, batch, per_token, totals)
+        texts.append((index, lines, n_bytes))
+        size += sum(len(line) for line in lines)
+        if size >= SCORE_BATCH * 4:  # about SCORE_BATCH tokens: one tokenizer call
+            yield from _scored_batch(model, _encoded(model, texts), per_token, totals)
+            texts, size = [], 0
+    if texts:
+        yield from _scored_batch(model, _encoded(model, texts), per_token, totals)
     if totals["documents"] == 0:
         raise ValueError("no text to score: the input is empty (or only blank lines)")
     if totals["tokens"] == 0:
@@ -114,6 +113,11 @@ def score_documents(model: LanguageModel, documents: Iterable[tuple[list[str], i
     yield {"summary": True, **totals, "cross_entropy": ce, "perplexity": math.exp(ce),
            "bits_per_byte": (-totals["log_prob"] / math.log(2) / totals["bytes"]
                              if totals["bytes"] else None)}
+
+
+def _encoded(model: LanguageModel, texts) -> list[tuple[int, np.ndarray, int]]:
+    encoded = model.encode_many([lines for _, lines, _ in texts])
+    return [(index, ids, n_bytes) for (index, _, n_bytes), ids in zip(texts, encoded)]
 
 
 def _scored_batch(model: LanguageModel, batch, per_token: bool, totals: dict) -> Iterator[dict]:
