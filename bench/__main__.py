@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-BENCHES = ["throughput", "kernels", "memory", "quality", "backprop"]
+BENCHES = ["throughput", "kernels", "memory", "quality", "backprop", "scoring"]
 
 
 def main(argv=None) -> int:

@@ -17,9 +17,10 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -249,9 +250,12 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
     attribute write at the very end; any failure before leaves the previous weights."""
     from .engine.progress import Stage
 
-    with Stage("finalize (explicit weights, row block by row block)"):
+    with Stage("finalize (explicit weights, row block by row block)") as stage:
         pending = compute_store_weights(model_store, form, smoothing, mu, alpha,
                                         discount=discount)
+        blocks = sum(len(keys) for keys in pending.block_keys)
+        stage.tokens = model_store.meta.get("totals", {}).get("tokens")
+        stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
     model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
@@ -269,9 +273,19 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
 
     Returns ``(model, raw Evaluation, calibrated Evaluation)``.
     """
-    raw = model.evaluate_ids(docs, n_bytes)
-    calibrated_model = model.calibrate(docs, sample_size=sample)
-    calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
+    from .engine.progress import Stage
+
+    docs = list(docs)
+    with Stage("held-out eval (uncalibrated)") as stage:
+        raw = model.evaluate_ids(docs, n_bytes)
+        stage.tokens = raw.tokens
+    with Stage("calibration (R + 1 scalars, L-BFGS on the O(nnz) scorer)") as stage:
+        calibrated_model = model.calibrate(docs, sample_size=sample)
+        stage.tokens = min(sample, raw.tokens)
+        stage.detail = "tokens = calibration positions"
+    with Stage("held-out eval (calibrated)") as stage:
+        calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
+        stage.tokens = calibrated.tokens
     if calibrated.cross_entropy > raw.cross_entropy:
         logger.warning("calibration made held-out cross-entropy worse (%.4f > %.4f); keeping "
                        "the uncalibrated weights", calibrated.cross_entropy, raw.cross_entropy)
@@ -283,10 +297,11 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
 
 
 def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = None,
-             uncalibrated: bool = False) -> Evaluation:
-    """Streaming held-out cross-entropy of a finalized store on text files."""
+             uncalibrated: bool = False, memory: str | int | None = None) -> Evaluation:
+    """Streaming held-out cross-entropy of a finalized store on text files (``memory``
+    bounds the cache of weight row blocks, see `LanguageModel.open`)."""
     model_store = ModelStore(store, storage_options).snapshot()  # one weights version
-    model = LanguageModel.open(model_store)
+    model = LanguageModel.open(model_store, memory=memory)
     if uncalibrated:
         model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
     read_meta = model_store.meta.get("read_options", {})
@@ -294,10 +309,51 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
     docs = iter_token_documents(texts, model, read_meta.get("documents", "blank-line"),
                                 read_meta.get("text_field", "text"), storage_options, stats,
                                 read_meta.get("max_line_bytes"))
-    result = model.evaluate_ids(docs)
+    from .engine.progress import Stage
+
+    with Stage("eval") as stage:
+        result = model.evaluate_ids(docs)
+        stage.tokens = result.tokens
     result.bytes = stats.bytes
     result.bits_per_byte = result.cross_entropy * result.tokens / math.log(2) / stats.bytes
     return result
+
+
+def score(store: str, texts: Sequence[str] = ("-",), *, per_token: bool = False,
+          storage_options: dict | None = None, uncalibrated: bool = False,
+          memory: str | int | None = None, stdin=None) -> Iterator[dict]:
+    """Log-probabilities of text under a finalized store, as records (an iterator).
+
+    One record per document ``{"document", "tokens", "log_prob", "bytes"}`` (natural log),
+    or with ``per_token`` one per token ``{"document", "token", "text", "log_prob"}``, then a
+    summary ``{"summary": True, "tokens", "cross_entropy", "perplexity", "bits_per_byte",
+    ...}``. ``texts`` are files (or globs); ``"-"`` reads ``stdin`` (default
+    ``sys.stdin.buffer``). Documents are split as the store's counting split them.
+
+    Raises
+    ------
+    StoreError
+        No weights, or stale weights.
+    ValueError
+        Empty text, or text without tokens (raised when the iterator reaches the end).
+    """
+    from .score_text import file_documents, score_documents, stream_documents
+
+    model_store = ModelStore(store, storage_options).snapshot()  # one weights version
+    model = LanguageModel.open(model_store, memory=memory)
+    if uncalibrated:
+        model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
+    read_meta = model_store.meta.get("read_options", {})
+    mode, field = read_meta.get("documents", "blank-line"), read_meta.get("text_field", "text")
+    texts = list(texts) or ["-"]
+    if "-" in texts and texts != ["-"]:
+        raise ValueError("read either files or stdin (-), not both")
+    if texts == ["-"]:
+        documents = stream_documents(stdin if stdin is not None else sys.stdin.buffer, mode)
+    else:
+        documents = file_documents(check_readable(texts, storage_options), mode, field,
+                                   storage_options)
+    return score_documents(model, documents, per_token)
 
 
 def info(store: str, storage_options: dict | None = None) -> dict:

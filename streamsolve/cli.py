@@ -1,4 +1,4 @@
-"""Command line: ``streamsolve count|finalize|eval|info|verify|export|generate|solve``.
+"""Command line: ``streamsolve count|finalize|eval|score|info|verify|export|generate|solve``.
 
 Every command takes ``--json`` to print exactly one JSON object on stdout; logs and progress
 go to stderr. Errors print one line naming the problem and exit with status 2.
@@ -249,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("text", nargs="+", metavar="TEXT")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
+    p.add_argument("--memory", metavar="SIZE",
+                   help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
+    _add_common(p)
+
+    p = sub.add_parser("score", help="log-probabilities of text, one JSON line per document "
+                                     "(or token), then a summary line")
+    p.add_argument("store")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="files, or - (default) for stdin")
+    p.add_argument("--per-token", action="store_true", help="one line per token")
+    p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
+    p.add_argument("--memory", metavar="SIZE",
+                   help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
     _add_common(p)
 
     p = sub.add_parser("info", help="describe a store")
@@ -286,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=_positive_int, default=20)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=_positive_int, help="sample among the K most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most likely tokens whose "
+                                               "probability reaches P (nucleus, 0 < P <= 1)")
     p.add_argument("--top", type=_positive_int, default=5,
                    help="also show the top next tokens after the prompt")
     _add_common(p)
@@ -338,8 +353,20 @@ def run(args) -> dict:
                              wait=args.wait, break_lock=args.break_lock, discount=args.discount)
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
-        result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated)
+        result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
+                              memory=args.memory)
         return {"store": args.store, **result.to_dict()}
+    if args.command == "score":
+        summary = None
+        for record in api.score(args.store, args.text, per_token=args.per_token,
+                                storage_options=so, uncalibrated=args.uncalibrated,
+                                memory=args.memory):
+            if record.get("summary"):
+                summary = record
+                break
+            sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+        return summary  # printed by main as the last JSON line
     if args.command == "info":
         return api.info(args.store, so)
     if args.command == "verify":
@@ -350,11 +377,18 @@ def run(args) -> dict:
         from .language_model import LanguageModel
 
         model = LanguageModel.open(args.store, so)
-        return {"prompt": args.prompt,
-                "top_next": [{"token": t, "p": round(p, 5)}
-                             for t, p in model.next_token_distribution(args.prompt, args.top)]
-                if args.prompt else None,
-                "continuation": model.generate(args.prompt, args.tokens, args.temperature, args.seed)}
+        pieces = model.iter_generate(args.prompt, args.tokens, args.temperature, args.seed,
+                                     args.top_k, args.top_p)
+        top_next = [{"token": t, "p": round(p, 5)}
+                    for t, p in model.next_token_distribution(args.prompt, args.top)] \
+            if args.prompt else None
+        if args.json:
+            return {"prompt": args.prompt, "top_next": top_next, "continuation": "".join(pieces)}
+        for piece in pieces:  # streamed as generated
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return {"prompt": args.prompt, "top_next": top_next}
     if args.command == "solve":
         corpus = args.corpus or [BUILTIN_CORPUS]
         if not args.corpus:
@@ -426,6 +460,8 @@ def _print_human(command: str, result: dict):
         print(result["job_script"])
     elif command == "info":
         _print_info(result)
+    elif command == "score":
+        print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key}: {value}")

@@ -6,9 +6,11 @@ Evaluation streams documents in batches of positions: the logits of a batch are 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 EVAL_BATCH_FLOATS = 1 << 20
 #: Positions per batch of the sparse evaluation path (distinct contexts are scored once).
 SPARSE_EVAL_BATCH = 1 << 14
+#: Seconds between progress lines of a long evaluation.
+PROGRESS_SECONDS = 30.0
 #: Held-out positions calibration fits on by default (drawn uniformly; all when fewer).
 CALIBRATION_POSITIONS = 1 << 15
 
@@ -91,15 +95,25 @@ class LanguageModel:
 
     @classmethod
     def open(cls, store: str, storage_options: dict | None = None,
-             allow_stale: bool = False) -> "LanguageModel":
-        """Load the finalized model of a store (refuses stale weights)."""
+             allow_stale: bool = False, memory: str | int | None = None) -> "LanguageModel":
+        """Load the finalized model of a store (refuses stale weights).
+
+        The sparse weights stay in the store and are read row block by row block through a
+        bounded cache: a quarter of ``memory`` (e.g. ``"1GB"``) when given, else
+        `streamsolve.engine.finalize.DEFAULT_CACHE_BYTES`.
+        """
         from .engine.finalize import read_store_weights
         from .store.model_store import ModelStore
         from .text.tokenizer import tokenizer_from_json
 
         model_store = store if hasattr(store, "read_weights") else ModelStore(store, storage_options)
         model_store = model_store.snapshot()  # the weights and tokenizer of one state
-        weights = read_store_weights(model_store, allow_stale=allow_stale)
+        cache_bytes = None
+        if memory is not None:
+            from .engine.memory import parse_memory
+
+            cache_bytes = parse_memory(memory) // 4
+        weights = read_store_weights(model_store, allow_stale=allow_stale, cache_bytes=cache_bytes)
         tokenizer = tokenizer_from_json(model_store.tokenizer_text())
         return cls(weights, tokenizer)
 
@@ -118,6 +132,21 @@ class LanguageModel:
         lines = text.splitlines(keepends=True)
         encodings = self.tokenizer.encode_batch_fast(lines, add_special_tokens=False)
         return np.asarray([i for enc in encodings for i in enc.ids], dtype=np.int64)
+
+    def encode_many(self, texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Token ids of several texts, each given as its lines, tokenized as counting
+        tokenizes a read block (lines joined into large inputs where that cannot change the
+        ids, one batched call; `streamsolve.text.encoding.LineEncoder`); each equals
+        ``encode("".join(lines))``."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids")
+        from .text.encoding import LineEncoder
+
+        if getattr(self, "_line_encoder", None) is None:
+            self._line_encoder = LineEncoder(self.tokenizer.to_str())
+        pieces = [([seg for line in lines for seg in line.splitlines(keepends=True)], True)
+                  for lines in texts]
+        return [ids for ids, _ in self._line_encoder.encode_documents(pieces)]
 
     def context(self, ids: Sequence[int]) -> np.ndarray:
         """The context row (R,) for predicting the token after ``ids`` (BOS-padded)."""
@@ -142,11 +171,24 @@ class LanguageModel:
         return total
 
     def evaluate_ids(self, documents: Iterable[np.ndarray], n_bytes: int | None = None) -> Evaluation:
-        """Streaming cross-entropy over documents of token ids (sparse: O(nnz) per token)."""
+        """Streaming cross-entropy over documents of token ids (sparse: O(nnz) per token).
+
+        Logs tokens/s (and, when ``documents`` has a length, an ETA) every
+        `PROGRESS_SECONDS` on long runs.
+        """
+        expected = sum(len(d) for d in documents) if isinstance(documents, Sequence) else None
         total, tokens = 0.0, 0
+        started = last = time.perf_counter()
         for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, SPARSE_EVAL_BATCH):
             total -= float(np.sum(self.weights.target_log_probs(ctx, tgt)))
             tokens += tgt.size
+            now = time.perf_counter()
+            if now - last >= PROGRESS_SECONDS:
+                last = now
+                rate = tokens / (now - started)
+                eta = f", ETA {(expected - tokens) / rate:.0f} s" if expected else ""
+                logger.info("    scored %s tokens, %s tokens/s%s", f"{tokens:,}",
+                            f"{rate:,.0f}", eta)
         if tokens == 0:
             raise ValueError("no tokens to evaluate")
         ce = total / tokens
@@ -167,24 +209,86 @@ class LanguageModel:
                 for i in top]
 
     def generate(self, prompt: str = "", max_tokens: int = 20, temperature: float = 0.0,
-                 seed: int | None = 0) -> str:
-        """Continue ``prompt``: greedy when ``temperature`` is 0, else sampled."""
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
+                 seed: int | None = 0, top_k: int | None = None,
+                 top_p: float | None = None) -> str:
+        """Continue ``prompt``; the text of `iter_generate` joined (parameters there)."""
+        return "".join(self.iter_generate(prompt, max_tokens, temperature, seed, top_k, top_p))
+
+    def iter_generate(self, prompt: str = "", max_tokens: int = 20, temperature: float = 0.0,
+                      seed: int | None = 0, top_k: int | None = None,
+                      top_p: float | None = None) -> Iterator[str]:
+        """Continue ``prompt``: an iterator of text as it is generated (streaming; the
+        arguments are checked at once).
+
+        Each step costs one dense V-vector of logits from the R context rows (O(R V), so
+        the whole is linear in ``max_tokens``). Greedy when ``temperature`` is 0 or
+        ``top_k`` is 1; otherwise sampled from ``softmax(logits / temperature)`` restricted
+        to the ``top_k`` most likely tokens and then to the smallest set of them whose
+        probability reaches ``top_p`` (nucleus sampling). The BOS token is never produced.
+        Text is yielded once it decodes to whole characters (a byte-level token may end
+        inside a UTF-8 sequence).
+
+        Parameters
+        ----------
+        prompt : str
+        max_tokens : int
+        temperature : float, >= 0
+        seed : int or None
+            The same seed gives the same text.
+        top_k : int, optional
+            >= 1.
+        top_p : float, optional
+            In (0, 1].
+
+        Yields
+        ------
+        str
+        """
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and not (isinstance(top_k, (int, np.integer)) and top_k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; generation needs one")
+        return self._generated_text(prompt, max_tokens, temperature, seed, top_k, top_p)
+
+    def _generated_text(self, prompt, max_tokens, temperature, seed, top_k, top_p):
         rng = np.random.default_rng(seed)
-        ids = list(self.encode(prompt)) if prompt else []
-        start = len(ids)
+        R = self.config.radius
+        context = collections.deque(self.encode(prompt)[-R:].tolist() if prompt else [],
+                                    maxlen=R)
+        pending: list[int] = []
         for _ in range(max_tokens):
-            logits = self.logits(np.asarray(ids, dtype=np.int64))
+            logits = self.logits(np.asarray(context, dtype=np.int64))
             logits[self.bos_id] = -np.inf
-            if temperature == 0:
-                nxt = int(np.argmax(logits))
-            else:
-                z = logits / temperature
-                p = np.exp(z - logsumexp(z))
-                nxt = int(rng.choice(p.size, p=p / p.sum()))
-            ids.append(nxt)
-        return self.tokenizer.decode([int(i) for i in ids[start:]])
+            nxt = self._next_token(logits, temperature, top_k, top_p, rng)
+            context.append(nxt)
+            pending.append(nxt)
+            text = self.tokenizer.decode(pending)
+            if not text.endswith("\ufffd") or len(pending) >= 8:
+                pending = []
+                yield text
+        if pending:
+            yield self.tokenizer.decode(pending)
+
+    @staticmethod
+    def _next_token(logits: np.ndarray, temperature: float, top_k, top_p, rng) -> int:
+        if temperature == 0 or top_k == 1:
+            return int(np.argmax(logits))
+        candidates = np.arange(logits.size)
+        if top_k is not None and top_k < logits.size:
+            candidates = np.argpartition(-logits, top_k - 1)[:top_k]
+        z = logits[candidates] / temperature
+        order = np.argsort(-z, kind="stable")
+        candidates, z = candidates[order], z[order]
+        p = np.exp(z - z[0])
+        p /= p.sum()
+        if top_p is not None and top_p < 1:
+            keep = int(np.searchsorted(np.cumsum(p), top_p)) + 1
+            candidates, p = candidates[:keep], p[:keep] / p[:keep].sum()
+        return int(candidates[rng.choice(candidates.size, p=p)])
 
     def calibrate(self, documents: Sequence[np.ndarray],
                   sample_size: int = CALIBRATION_POSITIONS, seed: int = 0) -> "LanguageModel":

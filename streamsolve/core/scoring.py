@@ -460,6 +460,12 @@ class Scorer:
         return self.a[targets] + T - self.log_zhat(contexts)
 
 
+def scorer_class(parts) -> type:
+    """The scorer of a parts object: `Scorer`, or the class lazily loaded parts name
+    (`streamsolve.core.blocked_scoring.BlockedScorer`)."""
+    return getattr(parts, "scorer_class", Scorer)
+
+
 class CalibrationObjective:
     """Mean cross-entropy of calibration scalars on a sample, and its gradient, in O(nnz).
 
@@ -483,7 +489,8 @@ class CalibrationObjective:
         self.parts, self.native, self.n = parts, native, targets.size
         self.unique, inverse = unique_contexts(contexts, parts.vocab_size)
         self.counts = np.bincount(inverse, minlength=self.unique.shape[0]).astype(np.float64)
-        probe = Scorer(parts, np.ones(parts.n_blocks), 0.0, cache_size=0, native=native)
+        probe = scorer_class(parts)(parts, np.ones(parts.n_blocks), 0.0, cache_size=0,
+                                    native=native)
         self.target_raw = probe.target_values(contexts, targets).sum(axis=0)
         target_counts = np.bincount(targets, minlength=parts.vocab_size).astype(np.float64)
         self.target_dense = target_counts @ parts.dense_features()  # sum_n x[t_n]
@@ -492,7 +499,8 @@ class CalibrationObjective:
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         theta = np.asarray(theta, dtype=np.float64)
         beta, gamma = theta[:-1], theta[-1]
-        scorer = Scorer(self.parts, beta, gamma, cache_size=0, native=self.native)
+        scorer = scorer_class(self.parts)(self.parts, beta, gamma, cache_size=0,
+                                          native=self.native)
         log_zhat, exp_sparse, exp_dense = scorer.context_terms(self.unique, gradient=True)
         target_logits = self.target_dense[:-1] @ beta + gamma * self.target_dense[-1] \
             + self.target_raw @ beta - self.n * scorer.a_max

@@ -23,7 +23,7 @@ import numpy as np
 
 from .counting import CountConfig, Counts
 from .kneser_ney import block_statistics, kneser_ney_parameters
-from .scoring import Scorer, ScoringParts
+from .scoring import Scorer, ScoringParts, scorer_class
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
                         check_smoothing_scale,
                         check_smoothing, resolve_strengths, smoothed_unigram)
@@ -165,7 +165,8 @@ class ExplicitWeights:
         key = (self.beta.tobytes(), float(self.gamma))
         cached = getattr(self, "_scorer", None)
         if cached is None or cached[0] != key:
-            cached = self._scorer = (key, Scorer(self.scoring_parts(), self.beta, self.gamma))
+            parts = self.scoring_parts()
+            cached = self._scorer = (key, scorer_class(parts)(parts, self.beta, self.gamma))
         return cached[1]
 
     def target_log_probs(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:

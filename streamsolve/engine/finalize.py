@@ -21,7 +21,9 @@ from ..core.smoothing import (SparseRankOne, block_weights, check_smoothing,
                               check_smoothing_scale, resolve_strengths, smoothed_unigram)
 from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
 from ..core.weights import ExplicitWeights
+from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
 from ..store.layout import StoreCorruptError, row_blocks
+from .progress import TaskProgress
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,19 @@ def commit_store_weights(store, pending: PendingWeights,
                                 reused_blocks=pending.reused_blocks)
 
 
-def read_store_weights(store, allow_stale: bool = False) -> ExplicitWeights:
+#: Bytes of CSR weight row blocks a lazily loaded model keeps (`read_store_weights`).
+DEFAULT_CACHE_BYTES = 256 << 20
+
+
+def read_store_weights(store, allow_stale: bool = False, lazy: bool = True,
+                       cache_bytes: int | None = None) -> ExplicitWeights:
     """The store's explicit weights (one snapshot), built from the arrays it holds.
+
+    With ``lazy`` (default) only the O(V) vectors are read now; the sparse part ``S`` is
+    read row block by row block when scoring needs it, through a bounded LRU of
+    ``cache_bytes`` (default `DEFAULT_CACHE_BYTES`), so the model's memory does not grow
+    with its number of nonzeros (`streamsolve.core.blocked_scoring`; the log-probabilities
+    are bit-identical to the eager model's). ``lazy=False`` stacks every block in memory.
 
     Raises
     ------
@@ -91,23 +104,73 @@ def read_store_weights(store, allow_stale: bool = False) -> ExplicitWeights:
         If there are no weights, or they are stale and ``allow_stale`` is False.
     """
     view = store.snapshot()
-    stored = view.read_weights(allow_stale=allow_stale)
-    blocks = [SparseRankOne(sparse, row_terms, col_terms)
-              for sparse, row_terms, col_terms in stored.blocks]
-    return ExplicitWeights.from_params(blocks, stored.bias, stored.log_unigram, view.config,
-                                       stored.params)
+    if not lazy:
+        stored = view.read_weights(allow_stale=allow_stale)
+        blocks = [SparseRankOne(sparse, row_terms, col_terms)
+                  for sparse, row_terms, col_terms in stored.blocks]
+        return ExplicitWeights.from_params(blocks, stored.bias, stored.log_unigram, view.config,
+                                           stored.params)
+    index = view.read_weights_index(allow_stale=allow_stale)
+    keys = [block[0] for block in index.blocks]
+    weights = lazy_weights(view, keys, [block[2] for block in index.blocks],
+                           index.log_unigram, view.config, index.params, cache_bytes)
+    return weights
+
+
+def lazy_weights(view, keys: list, col_terms: list, log_unigram: np.ndarray, config,
+                 params: dict, cache_bytes: int | None = None,
+                 row_terms: list | None = None, data_range: list | None = None) -> ExplicitWeights:
+    """`ExplicitWeights` whose ``S`` is read from the weight row blocks ``keys`` (per weight
+    block, in row order) of a store view on demand. ``row_terms`` and ``data_range`` (per
+    block) are read from the blocks when not given."""
+    V = config.vocab_size
+    bounds = np.asarray([0] + [stop for _start, stop in
+                               row_blocks(V, view.meta["rows_per_block"])], dtype=np.int64)
+    if len(keys) and len(keys[0]) != bounds.size - 1:
+        raise StoreCorruptError(f"store {view.url}: {len(keys[0])} weight row blocks for "
+                                f"{bounds.size - 1} row ranges")
+
+    def load(b: int, k: int):
+        ip, ix, d, _rt = view.read_weight_block(keys[b][k])
+        return ip, ix, d
+
+    if row_terms is None:
+        row_terms = [np.concatenate([view.read_weight_block(key)[3] for key in block_keys])
+                     for block_keys in keys]
+    if data_range is None:
+        data_range = []
+        for block_keys in keys:
+            ranges = [view.weight_block_range(key) for key in block_keys]
+            data_range.append((min(lo for lo, _ in ranges), max(hi for _, hi in ranges)))
+    cache = RowBlockCache(load, DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+    block_of = [r if config.aggregation == "cat" else 0 for r in range(config.radius)]
+    parts = LazyScoringParts(cache, [bounds] * len(keys), row_terms, col_terms, log_unigram,
+                             block_of, data_range)
+    blocks = [LazySparseRankOne(parts, b) for b in range(len(keys))]
+    weights = ExplicitWeights.from_params(blocks, None, log_unigram, config, params)
+    weights._scoring_parts = parts
+    return weights
 
 
 def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet",
                           mu: float | None = None, alpha: float | None = None,
-                          reuse: bool = True, discount=None) -> PendingWeights:
+                          reuse: bool = True, discount=None, scheduler: str = "threads",
+                          cache_bytes: int | None = None) -> PendingWeights:
     """Compute and write the weight row blocks of a store's counts, without committing them.
+
+    One task per weight row block (``dask.delayed``, run with ``scheduler``: "threads" by
+    default, "sync" for one at a time; the result is the same bit for bit). A task reads
+    its count block, computes or reuses its weights and writes them; it hands back only the
+    block's key, row terms and value range, so memory holds a few row blocks at a time and
+    the returned weights read ``S`` lazily from the written blocks (`lazy_weights`).
 
     Every count block is read (and so verified against its digest) from one snapshot of the
     store, also when its weights are reused. Raises `StoreCorruptError` on damaged counts.
     Kneser–Ney (``discount``: see `core.weights.finalize`) first makes one statistics pass
     over each offset's row blocks (`_kneser_ney_globals`).
     """
+    import dask
+
     check_smoothing(smoothing, mu, alpha, form, discount)
     source = store.snapshot()
     config = source.config
@@ -116,8 +179,8 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     log_p = np.log(smoothed_unigram(source.read_unigram()))
     check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
     ranges = list(enumerate(row_blocks(V, source.meta["rows_per_block"])))
-    blocks, block_keys, col_terms_all, used_discounts = [], [], [], []
-    reused = 0
+    tasks, col_terms_all, used_discounts = [], [], []
+    generation = source.committed_generation()
     for r in range(config.n_blocks):
         col_sums = log_q_all = discounts = None
         background = log_p  # log of the row form's column background
@@ -143,40 +206,84 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
         col_terms = block_weights(empty, form, smoothing, mu, alpha, background,
                                   np.zeros(0) if form == "column" else None, col_sums,
                                   row_sums=np.zeros(0), discounts=discounts).col_terms
-        pieces_S, row_terms, keys = [], [], []
-        for k, (start, stop) in ranges:
-            # read (and so verify) the count block even when its weights are reused
-            ip, ix, d = source.read_count_block_csr(source.committed_generation(), r, k)
-            F = sp.csr_array((d, ix, ip), shape=(stop - start, V))
-            recipe = f"{r}|{k}|{start}|{stop}|{V}|{form}|{smoothing}|{mu}|{alpha}|" \
-                     f"{source.count_block_digest(r, k)}|{global_digest}"
-            key = hashlib.blake2b(recipe.encode(), digest_size=16).hexdigest()
-            previous = _stored_weight_block(source, key, (stop - start, V)) if reuse else None
-            if previous is not None:
-                S, rt = previous
-                reused += 1
-            else:
-                log_q = log_q_all[start:stop] if log_q_all is not None else None
-                block = block_weights(F, form, smoothing, mu, alpha, background, log_q, col_sums,
-                                      discounts=discounts)
-                S, rt = block.sparse, block.row_terms
-                store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
-            pieces_S.append(S)
-            row_terms.append(rt)
-            keys.append(key)
-        S = sp.csr_array(sp.vstack(pieces_S, format="csr"))
-        blocks.append(SparseRankOne(S, np.concatenate(row_terms), col_terms))
-        block_keys.append(keys)
         col_terms_all.append(col_terms)
-        logger.info("finalized block %d/%d (%d nonzeros)", r + 1, config.n_blocks, S.nnz)
+        recipe = _BlockRecipe(V, form, smoothing, mu, alpha, background, col_sums, discounts,
+                              global_digest)
+        tasks.append([dask.delayed(_weight_row_block, pure=False)(
+            source, store, generation, r, k, start, stop, recipe,
+            log_q_all[start:stop] if log_q_all is not None else None, reuse)
+            for k, (start, stop) in ranges])
+    with TaskProgress():  # the same bar (or log lines) as counting's tasks
+        (results,) = dask.compute(tasks, scheduler=scheduler)
+    block_keys = [[res.key for res in block] for block in results]
+    reused = sum(res.reused for block in results for res in block)
+    for r, block in enumerate(results):
+        logger.info("finalized block %d/%d (%d nonzeros)", r + 1, config.n_blocks,
+                    sum(res.nnz for res in block))
     total = len(ranges) * config.n_blocks
     logger.info("finalize: recomputed %d of %d row blocks, reused %d unchanged", total - reused,
                 total, reused)
-    weights = ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha,
-                              discounts=used_discounts if smoothing == "kneser-ney" else None)
+    row_terms = [np.concatenate([res.row_terms for res in block]) for block in results]
+    data_range = [(min(res.low for res in block), max(res.high for res in block))
+                  for block in results]
+    weights = lazy_weights(store.snapshot(), block_keys, col_terms_all, log_p, config,
+                           {"form": form, "smoothing": smoothing, "mu": mu, "alpha": alpha,
+                            "discounts": used_discounts if smoothing == "kneser-ney" else None},
+                           cache_bytes, row_terms, data_range)
     weights.reused_blocks = reused
     return PendingWeights(weights, block_keys, np.stack(col_terms_all),
                           source.meta["counts"]["id"], reused)
+
+
+@dataclasses.dataclass
+class _BlockRecipe:
+    """The inputs every row block of one weight block shares."""
+
+    vocab_size: int
+    form: str
+    smoothing: str
+    mu: float | None
+    alpha: float | None
+    background: np.ndarray
+    col_sums: np.ndarray | None
+    discounts: tuple | None
+    global_digest: str
+
+
+@dataclasses.dataclass
+class _RowBlockResult:
+    key: str
+    row_terms: np.ndarray
+    nnz: int
+    low: float
+    high: float
+    reused: bool
+
+
+def _weight_row_block(source, store, generation: int, r: int, k: int, start: int, stop: int,
+                      recipe: _BlockRecipe, log_q, reuse: bool) -> _RowBlockResult:
+    """One task: the weight row block ``k`` of weight block ``r`` (computed and written, or
+    reused when its content key is already stored)."""
+    V = recipe.vocab_size
+    # read (and so verify) the count block even when its weights are reused
+    ip, ix, d = source.read_count_block_csr(generation, r, k)
+    F = sp.csr_array((d, ix, ip), shape=(stop - start, V))
+    text = f"{r}|{k}|{start}|{stop}|{V}|{recipe.form}|{recipe.smoothing}|{recipe.mu}|" \
+           f"{recipe.alpha}|{source.count_block_digest(r, k)}|{recipe.global_digest}"
+    key = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    previous = _stored_weight_block(source, key, (stop - start, V)) if reuse else None
+    if previous is not None:
+        S, rt = previous
+    else:
+        block = block_weights(F, recipe.form, recipe.smoothing, recipe.mu, recipe.alpha,
+                              recipe.background, log_q, recipe.col_sums,
+                              discounts=recipe.discounts)
+        S, rt = block.sparse, block.row_terms
+        store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
+    data = np.asarray(S.data)
+    return _RowBlockResult(key, np.asarray(rt, dtype=np.float64), int(S.nnz),
+                           float(data.min(initial=0.0)), float(data.max(initial=0.0)),
+                           previous is not None)
 
 
 def _kneser_ney_globals(source, r: int, V: int, discount):

@@ -71,7 +71,19 @@ class WeightBlocks:
                   "row_terms": np.asarray(row_terms, dtype=np.float64)}
         for name, values in arrays.items():
             write_checksummed_array(group, name, values)
-        group.attrs.put({"complete": True, "digest": array_digest(*arrays.values())})
+        data = arrays["data"]
+        group.attrs.put({"complete": True, "digest": array_digest(*arrays.values()),
+                         "data_min": float(data.min(initial=0.0)),
+                         "data_max": float(data.max(initial=0.0))})
+
+    def weight_block_range(self, key: str) -> tuple[float, float]:
+        """``(min, max)`` of a weight row block's values (0 included), from its attributes
+        (blocks written before they were recorded are read)."""
+        attrs = self.group[f"weights/blocks/{key}"].attrs
+        if "data_min" in attrs and "data_max" in attrs:
+            return float(attrs["data_min"]), float(attrs["data_max"])
+        data = self.read_weight_block(key)[2]
+        return float(data.min(initial=0.0)), float(data.max(initial=0.0))
 
     def read_weight_block(self, key: str):
         """``(indptr, indices, data, row_terms)`` of a weight row block, verified."""
@@ -123,6 +135,30 @@ class WeightBlocks:
         if calibration:
             meta = with_event(meta, calibrated_event(meta["weights"]["id"], calibration))
         self._set_meta(meta)
+
+    def read_weights_index(self, allow_stale: bool = False) -> StoredWeights:
+        """The store's weights without their row blocks: ``blocks`` holds, per weight block,
+        ``(row block keys, None, col_terms)``; read a row block with `read_weight_block`.
+
+        Raises
+        ------
+        StoreError
+            As `read_weights`.
+        """
+        view = self.snapshot()
+        meta = view.meta
+        info = meta.get("weights")
+        if not info:
+            raise StoreError(f"store {self.url} has no weights: run `streamsolve finalize {self.url}`")
+        if info["counts_id"] != meta.get("counts", {}).get("id") and not allow_stale:
+            raise StoreError(f"the weights in {self.url} are stale (counts changed since they were "
+                             f"computed): run `streamsolve finalize {self.url}` again")
+        root = f"weights/v{info['id']}"
+        col_terms = view._read_single(f"{root}/col_terms")
+        blocks = [(list(keys), None, col_terms[r]) for r, keys in enumerate(info["blocks"])]
+        params = {k: v for k, v in info.items() if k not in VERSION_KEYS}
+        return StoredWeights(blocks, view._read_single(f"{root}/bias"),
+                             view._read_single(f"{root}/log_unigram"), params)
 
     def read_weights(self, allow_stale: bool = False) -> StoredWeights:
         """The arrays and parameters of the store's weights (one snapshot), verified.
