@@ -291,3 +291,19 @@ def test_shared_leaves_import_nothing_of_ours():
     for leaf in SHARED_LEAVES:
         module = f"{PACKAGE}.{leaf}"
         assert [i.target for i in IMPORTS[module]] == [], f"{module} must stay a leaf"
+
+
+def test_readme_layout_table_names_every_module():
+    """The README's "Layout of the code" table matches the tree: every module is named in it."""
+    readme = (PACKAGE_DIR.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Layout of the code", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        relative = path.relative_to(PACKAGE_DIR.parent).as_posix()
+        package_row = f"`{relative.rsplit('/', 1)[0]}/`"
+        if (f"`{relative}`" not in table and f"`{path.name}`" not in table
+                and f"`{path.stem}`" not in table and package_row not in table):
+            missing.append(relative)
+    assert missing == [], f"README layout table does not name: {missing}"
