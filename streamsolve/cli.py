@@ -543,7 +543,11 @@ def main(argv=None) -> int:
     _setup_logging(args)
     try:
         with _sigterm_unwinds():
-            result = cluster.execute(args, run)
+            if args.command == "cluster-script" or cluster.wants_cluster(args):
+                result = cluster.execute(args, run)  # the command runs as a job on the cluster
+            else:
+                cluster.check_locations(args)
+                result = run(args)
     except USER_ERRORS as exc:
         logger.debug("error", exc_info=True)
         print(f"streamsolve {args.command}: error: {exc}", file=sys.stderr)

@@ -178,6 +178,13 @@ def execute(args, run):
 
 def run_checked(args, run):
     """``run(args)`` after checking that the object-store URLs it names can be used."""
+    check_locations(args)
+    return run(args)
+
+
+def check_locations(args) -> None:
+    """Check that the store and corpus URLs a parsed command names can be used (one line
+    naming the URL and the error otherwise), before any work."""
     import json
 
     try:
@@ -188,7 +195,6 @@ def run_checked(args, run):
         options = None
     for url in [*store_urls(args), *corpus_urls(args)]:
         check_store_location(url, options)
-    return run(args)
 
 
 def wants_cluster(args) -> bool:
