@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from . import ingest
-from .core.smoothing import check_smoothing
+from .core.smoothing import check_smoothing, default_smoothing
 from .engine.finalize import commit_store_weights, compute_store_weights
 from .ingest import (DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions,  # noqa: F401
                      plan_ingest)
@@ -173,7 +173,7 @@ def read_documents(paths: Sequence[str], model: LanguageModel, documents: str = 
     return docs, stats.bytes
 
 
-def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
+def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
              mu: float | None = None, alpha: float | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
              calibration_sample: int = CALIBRATION_POSITIONS, wait: bool | float = False,
@@ -185,7 +185,10 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     store : str
         Store path or URL (with counts).
     form : {"row", "column"}
-    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}
+    smoothing : {"dirichlet", "additive", "none", "kneser-ney"}, optional
+        Default: `default_smoothing` — Kneser–Ney for the row form (it wins on held-out
+        text, BENCHMARKS.md), Dirichlet for the column form or when ``mu`` is given,
+        additive when ``alpha`` is given.
     mu, alpha : float, optional
         Dirichlet strength (default V) / additive pseudo-count (default 0.1).
     discount : float or (float, float, float), optional
@@ -201,6 +204,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
     -------
     LanguageModel
     """
+    smoothing = default_smoothing(smoothing, form, mu, alpha)
     check_smoothing(smoothing, mu, alpha, form, discount)
     if calibrate:  # validated before anything is written
         try:
@@ -379,11 +383,30 @@ def info(store: str, storage_options: dict | None = None) -> dict:
         "tokenizer_sha256": meta["tokenizer"]["sha256"],
         "read_options": meta.get("read_options", {}),
         "versions": meta.get("versions", {}),
+        "smoothing": None if not weights else smoothing_values(weights, config),
         "weights": None if not weights else {
             **{k: v for k, v in weights.items() if k != "counts_id"},
             "stale": weights["counts_id"] != meta["counts"]["id"]},
         "history": model_store.history,
     }
+
+
+def smoothing_values(weights: dict, config: dict) -> dict:
+    """The smoothing values a store's weights were computed with, as `info` shows them.
+
+    ``mu`` (Dirichlet), ``alpha`` (additive) and, for Kneser–Ney, ``discounts``: per weight
+    block (``"r1"``, ``"r2"``, ... per offset for ``cat``; ``"sum"``), ``[D1, D2, D3+]``.
+    Values that do not apply are left out.
+    """
+    out = {"smoothing": weights.get("smoothing"), "form": weights.get("form")}
+    for key in ("mu", "alpha"):
+        if weights.get(key) is not None:
+            out[key] = weights[key]
+    if weights.get("discounts"):
+        labels = (["sum"] if config.get("aggregation") == "sum" else
+                  [f"r{r + 1}" for r in range(len(weights["discounts"]))])
+        out["discounts"] = dict(zip(labels, weights["discounts"]))
+    return out
 
 
 def export_counts(store: str, out: str, storage_options: dict | None = None,
@@ -434,7 +457,7 @@ def verify(store: str, storage_options: dict | None = None) -> dict:
 
 
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
-          calibrate: bool = True, form: str = "row", smoothing: str = "dirichlet",
+          calibrate: bool = True, form: str = "row", smoothing: str | None = None,
           mu: float | None = None, alpha: float | None = None, overwrite: bool = False,
           discount=None, **count_kwargs) -> dict:
     """Count + finalize + calibrate + evaluate on a part of the corpus held out by `count`.
@@ -443,6 +466,8 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
 
     Parameters
     ----------
+    smoothing : str, optional
+        As in `finalize` (default: Kneser–Ney for the row form).
     overwrite : bool
         First delete the streamsolve store at ``store`` (refused for anything that is not a
         streamsolve store, and nothing is deleted while another writer holds the lock).
@@ -453,6 +478,7 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         Summary: tokens, distinct pairs, seconds, tokens/s, held-out perplexity (raw and
         calibrated), store path.
     """
+    smoothing = default_smoothing(smoothing, form, mu, alpha)
     check_smoothing(smoothing, mu, alpha, form, discount)
     storage_options = count_kwargs.get("storage_options")
     with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),

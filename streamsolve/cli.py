@@ -217,7 +217,8 @@ def _add_finalizing(parser: argparse.ArgumentParser):
     parser.add_argument("--form", choices=("row", "column"), default="row",
                         help="row (published, default) or column (naive Bayes) form")
     parser.add_argument("--smoothing", choices=("dirichlet", "additive", "none", "kneser-ney"),
-                        default="dirichlet", help="default %(default)s")
+                        help="default kneser-ney (row form; dirichlet for --form column, or "
+                             "when --mu is given; additive when --alpha is given)")
     parser.add_argument("--mu", type=_positive_float, help="Dirichlet strength (default V)")
     parser.add_argument("--alpha", type=_positive_float, help="additive pseudo-count (default 0.1)")
     parser.add_argument("--discount", type=_discount, metavar="D | D1,D2,D3",
@@ -482,7 +483,9 @@ def describe_event(event: dict) -> str:
         params = event.get("parameters", {})
         detail = (f"weights {event.get('weights_id')}: {params.get('form')} form, "
                   f"{params.get('smoothing')} (mu {params.get('mu')}, alpha "
-                  f"{params.get('alpha')}), {event.get('reused_blocks')} row block(s) reused")
+                  f"{params.get('alpha')}"
+                  + (f", discounts {params['discounts']}" if params.get("discounts") else "")
+                  + f"), {event.get('reused_blocks')} row block(s) reused")
     elif name == "calibrated":
         detail = (f"weights {event.get('weights_id')}: beta {event.get('beta')}, gamma "
                   f"{event.get('gamma')}, held-out CE {event.get('cross_entropy_before')} -> "
@@ -497,10 +500,25 @@ def describe_event(event: dict) -> str:
     return f"{when}  {name:<10} {detail}".rstrip()
 
 
+def describe_smoothing(values: dict | None) -> str:
+    """One line for `api.smoothing_values` (``info``'s ``smoothing``)."""
+    if not values:
+        return "None (not finalized)"
+    parts = [f"{values.get('smoothing')} ({values.get('form')} form)"]
+    parts += [f"{k} {values[k]:g}" for k in ("mu", "alpha") if values.get(k) is not None]
+    if values.get("discounts"):
+        parts.append("discounts D1/D2/D3+ " + ", ".join(
+            f"{label} {'/'.join(f'{d:.4f}' for d in ds)}"
+            for label, ds in values["discounts"].items()))
+    return ", ".join(parts)
+
+
 def _print_info(result: dict):
     history = result.get("history", [])
     for key, value in result.items():
-        if key != "history":
+        if key == "smoothing":
+            print(f"smoothing: {describe_smoothing(value)}")
+        elif key != "history":
             print(f"{key}: {value}")
     shown = history[-INFO_HISTORY_EVENTS:]
     print(f"history: {len(history)} event(s)"

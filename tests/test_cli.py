@@ -44,7 +44,7 @@ def test_end_to_end(capsys, tmp_path, corpus, tokenizer_file, documents):
     heldout = write_text(tmp_path / "held.txt", "\n\n".join(documents[:3]) + "\n")
     code, fin, err = run_cli(capsys, "finalize", store, "--calibrate", heldout, "--json")
     assert code == 0, err
-    assert fin["smoothing"] == "dirichlet" and fin["calibration"]["calibrated_cross_entropy"] <= \
+    assert fin["smoothing"] == "kneser-ney" and fin["calibration"]["calibrated_cross_entropy"] <= \
         fin["calibration"]["raw_cross_entropy"]
 
     code, ev, err = run_cli(capsys, "eval", store, heldout, "--json")

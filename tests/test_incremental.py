@@ -146,9 +146,9 @@ def test_refinalize_reuses_unchanged_blocks_and_equals_full(tmp_path, sharded_co
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
     # Dirichlet weights depend on the unigram, so an update recomputes every block
-    api.finalize(store)
+    api.finalize(store, smoothing="dirichlet")
     api.count([str(write_text(tmp_path / "c.txt", "assert\n"))], store)
-    assert api.finalize(store).weights.reused_blocks == 0
+    assert api.finalize(store, smoothing="dirichlet").weights.reused_blocks == 0
     # unreferenced weight blocks are garbage-collected once retired for the grace period
     monkeypatch.setenv("STREAMSOLVE_RETIRE_SECONDS", "0")
     api.finalize(store)

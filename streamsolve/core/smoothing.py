@@ -174,6 +174,34 @@ def check_smoothing(smoothing: str, mu: float | None, alpha: float | None, form:
         raise ValueError("--discount applies to kneser-ney smoothing; use --smoothing kneser-ney")
 
 
+#: The language model's default smoothing (row form): modified Kneser–Ney won on held-out
+#: text held out by source (BENCHMARKS.md, "Smoothing: Dirichlet vs Kneser–Ney").
+DEFAULT_LM_SMOOTHING = "kneser-ney"
+
+
+def default_smoothing(smoothing: str | None, form: str = "row", mu=None, alpha=None) -> str:
+    """The smoothing a finalize uses when none is named (``smoothing=None``).
+
+    ``--mu`` alone means Dirichlet and ``--alpha`` alone additive (they name their
+    smoothing); otherwise Kneser–Ney (`DEFAULT_LM_SMOOTHING`) for the row form, and Dirichlet
+    for the column form, where Kneser–Ney does not apply.
+
+    Examples
+    --------
+    >>> default_smoothing(None), default_smoothing(None, "column"), default_smoothing(None, mu=8.0)
+    ('kneser-ney', 'dirichlet', 'dirichlet')
+    >>> default_smoothing("additive")
+    'additive'
+    """
+    if smoothing is not None:
+        return smoothing
+    if mu is not None:
+        return "dirichlet"
+    if alpha is not None:
+        return "additive"
+    return DEFAULT_LM_SMOOTHING if form == "row" else "dirichlet"
+
+
 def resolve_strengths(smoothing: str, mu, alpha, support: int) -> tuple[float | None, float | None]:
     """The language model's ``(mu, alpha)`` with defaults filled in.
 

@@ -206,7 +206,8 @@ def test_discount_without_kneser_ney_is_refused():
     (["--smoothing", "kneser-ney", "--discount", "1.5"], "D1 = 1.5 is outside (0, 1]"),
     (["--smoothing", "kneser-ney", "--discount", "0.5,1,4"], "D3+ = 4.0 is outside (0, 3]"),
     (["--smoothing", "kneser-ney", "--mu", "3"], "do not apply to kneser-ney"),
-    (["--discount", "0.5"], "--discount applies to kneser-ney"),
+    (["--smoothing", "dirichlet", "--discount", "0.5"], "--discount applies to kneser-ney"),
+    (["--mu", "3", "--discount", "0.5"], "--discount applies to kneser-ney"),
 ])
 def test_cli_refuses_bad_discounts_in_one_line(capsys, tmp_path, args, message):
     code = main(["finalize", str(tmp_path / "m.zarr"), *args])
