@@ -71,8 +71,9 @@ def test_info_shows_the_smoothing_values(capsys, store):
     assert main(["info", store]) == 0
     out = capsys.readouterr().out
     d1, d2, d3 = estimated.weights.discounts[0]
-    assert f"smoothing: kneser-ney (row form), discounts D1/D2/D3+ r1 {d1:.4f}/{d2:.4f}/{d3:.4f}, r2 " \
-        in out
+    line = ("smoothing: kneser-ney (row form), discounts D1/D2/D3+ "
+            f"r1 {d1:.4f}/{d2:.4f}/{d3:.4f}, r2 ")
+    assert line in out
     api.finalize(store, mu=50.0)
     assert api.info(store)["smoothing"] == {"smoothing": "dirichlet", "form": "row", "mu": 50.0}
     assert main(["info", store]) == 0

@@ -24,7 +24,9 @@ trained without backpropagation, in two separate steps:
 
    Smoothing: ``"additive"`` (``alpha`` pseudo-counts) or ``"dirichlet"`` (strength ``mu``
    towards a background distribution: the feature totals for the column form, ``pi`` for the
-   row form, so that an unseen feature carries no evidence).
+   row form, so that an unseen feature carries no evidence). No Kneser–Ney (the LM default): it
+   discounts integer counts from counts-of-counts, but features are real-valued (tf-idf); its
+   continuation counts have no analogue for classes; naive Bayes' native form is the column form.
 
    The formulas are the language model's (`streamsolve.core.smoothing.block_weights`, on
    ``feature_count_`` transposed). Counting and smoothing are separate, as in scikit-learn's
@@ -90,8 +92,7 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
         additively: ``pi_j = (t_j + alpha) / (T + alpha M)``.
     alpha : float, default=1.0
         Additive pseudo-count (> 0; it also keeps the Dirichlet backgrounds strictly
-        positive). ``alpha = 0`` is refused because
-        ``0 * log 0`` would make logits NaN; use a tiny value such as 1e-10 instead.
+        positive). ``alpha = 0`` is refused (``0 * log 0`` makes logits NaN): use e.g. 1e-10.
     mu : float or None, default=None
         Dirichlet strength (> 0). None: the size of the smoothed distribution's support,
         ``n_features`` for the column form and ``n_classes`` for the row form.
