@@ -22,30 +22,32 @@ logger = logging.getLogger(__name__)
 NATIVE_ENV = "STREAMSOLVE_NATIVE"
 
 
-def _library_path() -> Path | None:
+def load_kernel_library(name: str, purpose: str):
+    """The compiled kernel library ``name`` (``_radix``, ``_score``) of this package, or None
+    when it is not built or ``STREAMSOLVE_NATIVE=0`` disables it (logged: ``purpose`` then
+    falls back to NumPy)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        logger.info("native %s kernels disabled by %s=0: %s with NumPy", purpose, NATIVE_ENV,
+                    purpose)
+        return None
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_radix{suffix}"
+        path = here / f"{name}{suffix}"
         if path.exists():
-            return path
+            return ctypes.CDLL(str(path))
+    logger.warning("native %s kernels not built (reinstall with a C compiler for faster %s): "
+                   "%s with NumPy", purpose, purpose, purpose)
     return None
 
 
 @functools.lru_cache(maxsize=1)
 def _library():
-    if os.environ.get(NATIVE_ENV, "1") == "0":
-        logger.info("native counting kernels disabled by %s=0: counting with NumPy", NATIVE_ENV)
+    library = load_kernel_library("_radix", "counting")
+    if library is None:
         return None
-    path = _library_path()
-    if path is None:
-        logger.warning("native counting kernels not built (reinstall with a C compiler for "
-                       "faster counting): counting with NumPy")
-        return None
-    library = ctypes.CDLL(str(path))
     array = np.ctypeslib.ndpointer
     u32 = array(np.uint32, flags="C_CONTIGUOUS,WRITEABLE")
     i64_out = array(np.int64, flags="C_CONTIGUOUS,WRITEABLE")
-    i64_in = array(np.int64, flags="C_CONTIGUOUS")
     library.radix_count_u32.argtypes = [u32, u32, ctypes.c_int64, ctypes.c_int, i64_out]
     library.radix_count_u32.restype = ctypes.c_int64
     pointers = ctypes.POINTER(ctypes.c_void_p)

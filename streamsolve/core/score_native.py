@@ -10,39 +10,21 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.machinery
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 
-from .native import NATIVE_ENV
+from .native import load_kernel_library
 
 logger = logging.getLogger(__name__)
-
-
-def _library_path() -> Path | None:
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"_score{suffix}"
-        if path.exists():
-            return path
-    return None
 
 
 @functools.lru_cache(maxsize=1)
 def library():
     """The loaded kernel library, or None (not built, or disabled by ``STREAMSOLVE_NATIVE=0``)."""
-    if os.environ.get(NATIVE_ENV, "1") == "0":
-        logger.info("native scoring kernel disabled by %s=0: scoring with NumPy", NATIVE_ENV)
+    lib = load_kernel_library("_score", "scoring")
+    if lib is None:
         return None
-    path = _library_path()
-    if path is None:
-        logger.warning("native scoring kernel not built (reinstall with a C compiler for "
-                       "faster evaluation): scoring with NumPy")
-        return None
-    lib = ctypes.CDLL(str(path))
     ptr = ctypes.c_void_p
     i64, i32, f64, dbl = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_double
     lib.score_contexts.argtypes = [i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, dbl, i32, ptr,
