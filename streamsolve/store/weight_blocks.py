@@ -145,6 +145,16 @@ class WeightBlocks:
         StoreError
             As `read_weights`.
         """
+        view, info = self._current_weights(allow_stale)
+        root = f"weights/v{info['id']}"
+        col_terms = view._read_single(f"{root}/col_terms")
+        blocks = [(list(keys), None, col_terms[r]) for r, keys in enumerate(info["blocks"])]
+        params = {k: v for k, v in info.items() if k not in VERSION_KEYS}
+        return StoredWeights(blocks, view._read_single(f"{root}/bias"),
+                             view._read_single(f"{root}/log_unigram"), params)
+
+    def _current_weights(self, allow_stale: bool):
+        """``(snapshot, weights attributes)``, refusing a store without weights or stale ones."""
         view = self.snapshot()
         meta = view.meta
         info = meta.get("weights")
@@ -153,12 +163,7 @@ class WeightBlocks:
         if info["counts_id"] != meta.get("counts", {}).get("id") and not allow_stale:
             raise StoreError(f"the weights in {self.url} are stale (counts changed since they were "
                              f"computed): run `streamsolve finalize {self.url}` again")
-        root = f"weights/v{info['id']}"
-        col_terms = view._read_single(f"{root}/col_terms")
-        blocks = [(list(keys), None, col_terms[r]) for r, keys in enumerate(info["blocks"])]
-        params = {k: v for k, v in info.items() if k not in VERSION_KEYS}
-        return StoredWeights(blocks, view._read_single(f"{root}/bias"),
-                             view._read_single(f"{root}/log_unigram"), params)
+        return view, info
 
     def read_weights(self, allow_stale: bool = False) -> StoredWeights:
         """The arrays and parameters of the store's weights (one snapshot), verified.
@@ -168,14 +173,7 @@ class WeightBlocks:
         StoreError
             If there are no weights, or they were computed from older counts (stale).
         """
-        view = self.snapshot()
-        meta = view.meta
-        info = meta.get("weights")
-        if not info:
-            raise StoreError(f"store {self.url} has no weights: run `streamsolve finalize {self.url}`")
-        if info["counts_id"] != meta.get("counts", {}).get("id") and not allow_stale:
-            raise StoreError(f"the weights in {self.url} are stale (counts changed since they were "
-                             f"computed): run `streamsolve finalize {self.url}` again")
+        view, info = self._current_weights(allow_stale)
         root = f"weights/v{info['id']}"
         V = view.config.vocab_size
         col_terms = view._read_single(f"{root}/col_terms")
