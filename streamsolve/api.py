@@ -35,6 +35,7 @@ from .store.location import is_inside_store, remove_store
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
 from .text.encoding import LineEncoder
+from .text.holdout import HoldOut
 from .text.reading import (DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, ReadStats,
                            iter_document_pieces)
 from .text.shards import expand_corpus
@@ -463,6 +464,10 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
                              alpha, count_kwargs, discount)
 
 
+#: Fewer held-out tokens than this make `solve` warn that its held-out figures are noisy.
+MIN_HELDOUT_TOKENS = 1000
+
+
 def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
                   count_kwargs, discount=None) -> dict:
     started = time.perf_counter()
@@ -475,9 +480,16 @@ def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, m
     summary = counted.summary()
     summary.update({"count_seconds": round(count_seconds, 3),
                     "finalize_seconds": round(finalize_seconds, 3)})
+    summary["heldout"] = HoldOut(heldout_fraction).describe() if heldout_fraction > 0 else None
+    summary["heldout_documents"] = len(counted.heldout)
+    summary["heldout_bytes"] = counted.heldout_bytes
     if counted.heldout:
         t0 = time.perf_counter()
         docs = counted.heldout
+        held_tokens = sum(int(d.size) for d in docs)
+        if held_tokens < MIN_HELDOUT_TOKENS:
+            logger.warning("only %d tokens were held out (fewer than %d): the held-out figures "
+                           "are noisy; raise --heldout or add text", held_tokens, MIN_HELDOUT_TOKENS)
         if calibrate:
             calibrated_model, raw, cal = calibrate_checked(model, docs, counted.heldout_bytes)
             if calibrated_model is not model:

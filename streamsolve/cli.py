@@ -439,6 +439,9 @@ def _print_human(command: str, result: dict):
             f"finalize {result['finalize_seconds']}, eval {result.get('eval_seconds')})",
             f"  tokens/s (counting)   {result['tokens_per_second']:,}",
         ]
+        if result.get("heldout"):
+            lines.append(f"  held out              {result['heldout']}: "
+                         f"{result['heldout_documents']:,} pieces, {result['heldout_bytes']:,} bytes")
         if "heldout_perplexity" in result:
             lines += [
                 f"  held-out tokens       {result['heldout_tokens']:,}",
