@@ -191,8 +191,11 @@ def finalize(store: str, *, form: str = "row", smoothing: str = "dirichlet",
         Dirichlet strength (default V) / additive pseudo-count (default 0.1).
     discount : float or (float, float, float), optional
         Kneser–Ney discounts (default: estimated per block from its counts-of-counts).
-    calibrate : list of str, optional
-        Held-out text files; fit the R + 1 calibration scalars on them.
+    calibrate : list of str or False, optional
+        Held-out text files; fit the R + 1 calibration scalars on them (and record them).
+        None (default): re-calibrate on the text the store records (`solve`'s hold-out or
+        the last ``calibrate`` files), warning loudly when that cannot be read again.
+        False: no calibration.
     wait : bool or float
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
@@ -258,14 +261,51 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
         stage.tokens = model_store.meta.get("totals", {}).get("tokens")
         stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
     model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
+    recalibrate = None
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
-        docs, n_bytes = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
-                                       read_meta.get("text_field", "text"), storage_options,
-                                       read_meta.get("max_line_bytes"))
-        model, raw, cal = calibrate_checked(model, docs, n_bytes, calibration_sample)
+        recalibrate = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
+                                     read_meta.get("text_field", "text"), storage_options,
+                                     read_meta.get("max_line_bytes"))
+    elif calibrate is None:
+        recalibrate = _recorded_calibration(model_store, model, storage_options)
+    if recalibrate is not None:
+        model, raw, cal = calibrate_checked(model, *recalibrate, calibration_sample)
     commit_store_weights(model_store, pending, model.weights)
+    if calibrate:
+        model_store.set_calibration_source({"kind": "files", "paths": list(calibrate)})
     return model
+
+
+def _recorded_calibration(model_store, model, storage_options):
+    """``(documents, bytes)`` of the text the store says its weights are calibrated on, or
+    None (with a loud warning when earlier weights were calibrated and cannot be again)."""
+    meta = model_store.meta
+    source = meta.get("calibration_source")
+    was_calibrated = bool((meta.get("weights") or {}).get("calibration"))
+    try:
+        if source and source.get("kind") == "files":
+            read_meta = meta.get("read_options", {})
+            return read_documents(check_readable(source["paths"], storage_options), model,
+                                  read_meta.get("documents", "blank-line"),
+                                  read_meta.get("text_field", "text"), storage_options,
+                                  read_meta.get("max_line_bytes"))
+        if source and source.get("kind") == "heldout":
+            from .engine.finalize import recorded_heldout
+            docs, n_bytes = recorded_heldout(model_store, source, storage_options)
+            if docs:
+                return docs, n_bytes
+            raise OSError("the recorded hold-out is empty")
+    except (CorpusError, OSError, KeyError, TypeError) as exc:
+        logger.warning("CALIBRATION DROPPED: the store records its calibration text but it "
+                       "cannot be read again (%s); the new weights are uncalibrated: pass "
+                       "--calibrate FILES (calibrate=[...])", exc)
+        return None
+    if was_calibrated:
+        logger.warning("CALIBRATION DROPPED: the previous weights were calibrated on text this "
+                       "store does not record; the new weights are uncalibrated: pass "
+                       "--calibrate FILES (calibrate=[...])")
+    return None
 
 
 def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
@@ -474,7 +514,7 @@ def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, m
     counted = count(corpus, store, heldout_fraction=heldout_fraction, **count_kwargs)
     count_seconds = counted.seconds
     t0 = time.perf_counter()
-    model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha,
+    model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha, calibrate=False,
                      storage_options=count_kwargs.get("storage_options"), discount=discount)
     finalize_seconds = time.perf_counter() - t0
     summary = counted.summary()
@@ -492,9 +532,15 @@ def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, m
                            "are noisy; raise --heldout or add text", held_tokens, MIN_HELDOUT_TOKENS)
         if calibrate:
             calibrated_model, raw, cal = calibrate_checked(model, docs, counted.heldout_bytes)
+            model_store = ModelStore(store, count_kwargs.get("storage_options"))
             if calibrated_model is not model:
-                ModelStore(store, count_kwargs.get("storage_options")).set_calibration(
-                    calibrated_model.weights.params()["calibration"])
+                model_store.set_calibration(calibrated_model.weights.params()["calibration"])
+            holdout = HoldOut(heldout_fraction)
+            model_store.set_calibration_source({  # so a later finalize re-calibrates on it
+                "kind": "heldout", "fraction": holdout.fraction,
+                "group_lines": holdout.group_lines, "group_bytes": holdout.group_bytes,
+                "max_tokens_per_shard": holdout.max_tokens_per_shard,
+                "shards": [s["path"] for s in counted.shards if not s["skipped"]]})
             model = calibrated_model
         else:
             raw = cal = model.evaluate_ids(docs, counted.heldout_bytes)
