@@ -27,6 +27,7 @@ import numpy as np
 from . import ingest
 from .core.smoothing import check_smoothing
 from .engine.finalize import commit_store_weights, compute_store_weights
+from .engine.memory import parse_memory
 from .ingest import (DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions,  # noqa: F401
                      plan_ingest)
 from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
@@ -120,6 +121,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     -------
     CountResult
     """
+    if memory is not None:
+        parse_memory(memory)  # a bad budget fails before a tokenizer is trained
     options = IngestOptions(
         tokenizer=tokenizer, vocab_size=vocab_size, radius=radius, aggregation=aggregation,
         documents=documents, text_field=text_field, bos_token=bos_token,

@@ -31,7 +31,8 @@ import time
 from collections.abc import Sequence
 
 from .core.counting import CountConfig
-from .engine.memory import line_bytes_for, make_plan, parse_memory, tune_allocator
+from .engine.memory import (format_bytes, line_bytes_for, make_plan, parse_memory,
+                             tune_allocator)
 from .engine.progress import Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
@@ -349,7 +350,8 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
                                 read_options.storage_options, memory=memory, tmp=tmp,
                                 workers=runtime.worker_threads,
                                 processes=runtime.worker_processes,
-                                rows_per_block=rows_per_block, split_every=split_every)
+                                rows_per_block=rows_per_block, split_every=split_every,
+                                vocab_size=config.vocab_size)
     graph = count_graph(paths, tokenizer_text, config, read_options, holdout, plan, split_every,
                         shard_delay)
     logger.info("counting %d shard(s) on the %s", len(paths), runtime.describe())
@@ -359,7 +361,14 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
             stage.tokens = result.counts.tokens
             if isinstance(result.counts, PartialCounts) and result.counts.spilled_runs:
                 stage.detail = (f"{result.counts.spilled_runs} run(s) spilled "
-                                f"({result.counts.spilled_bytes / 2**20:.1f} MB)")
+                                f"({format_bytes(result.counts.spilled_bytes)})")
+        if plan is not None:
+            spilled = (result.counts.spilled_bytes
+                       if isinstance(result.counts, PartialCounts) else 0)
+            logger.info("estimate vs measured: peak memory ~%s estimated, %s measured; spill "
+                        "disk ~%s estimated, %s written", format_bytes(plan.estimated_peak_bytes),
+                        format_bytes(stage.peak_rss) if stage.peak_rss else "not sampled",
+                        format_bytes(plan.estimated_spill_bytes), format_bytes(spilled))
         if isinstance(result.counts, PartialCounts):
             result.counts.spill_directory = spill
             result.counts.merge_bytes = plan.task_bytes
