@@ -72,7 +72,7 @@ def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_
 
 
 def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = None,
-          vocab_size: int = DEFAULT_VOCAB_SIZE, radius: int | None = None,
+          vocab_size: int | None = None, radius: int | None = None,
           aggregation: str | None = None, documents: str = "blank-line",
           text_field: str = "text", bos_token: str | None = None, heldout_fraction: float = 0.0,
           scheduler: str | None = None, workers: int | None = None,

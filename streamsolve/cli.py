@@ -137,9 +137,9 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
     parser.add_argument("--store", required=True, help="store path or fsspec URL (Zarr v3)")
     tok = parser.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", metavar="PATH", help="a HuggingFace tokenizer.json to use")
-    tok.add_argument("--vocab-size", type=int, default=api.DEFAULT_VOCAB_SIZE,
-                     help="vocabulary of the byte-level BPE trained on a corpus sample "
-                          "(default %(default)s)")
+    tok.add_argument("--vocab-size", type=int, default=None,
+                     help="vocabulary of the byte-level BPE trained on a corpus sample for a new "
+                          f"store (default {api.DEFAULT_VOCAB_SIZE}; an existing store keeps its own)")
     parser.add_argument("--bos-token", help="token padding the context at document starts "
                                             "(default: <|doc|>, or a known special token)")
     parser.add_argument("--radius", type=int, default=None,
@@ -225,10 +225,18 @@ def _add_finalizing(parser: argparse.ArgumentParser):
                              "offset from its counts-of-counts)")
 
 
+def _version() -> str:
+    import streamsolve
+
+    return f"streamsolve {streamsolve.__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="streamsolve",
         description="Train single-layer softmax language models without backpropagation.")
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("count", help="stream a corpus into sparse counts (adds to an existing store)")
@@ -237,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("finalize", help="compute explicit weights from a store's counts")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     _add_finalizing(p)
     p.add_argument("--calibrate", nargs="+", metavar="HELDOUT",
                    help="held-out text to fit the R + 1 calibration scalars on")
@@ -246,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("eval", help="held-out cross-entropy / perplexity of a finalized store")
-    p.add_argument("store")
-    p.add_argument("text", nargs="+", metavar="TEXT")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
+    p.add_argument("text", nargs="+", metavar="TEXT", help="held-out text files to score")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
     p.add_argument("--memory", metavar="SIZE",
                    help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
@@ -255,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="log-probabilities of text, one JSON line per document "
                                      "(or token), then a summary line")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     p.add_argument("text", nargs="*", metavar="TEXT", help="files, or - (default) for stdin")
     p.add_argument("--per-token", action="store_true", help="one line per token")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
@@ -264,18 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("info", help="describe a store")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     _add_common(p)
 
     p = sub.add_parser("verify", help="check every block of a store against its checksums and "
                                       "digests (exit 2 naming the damaged blocks)")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     _add_common(p)
 
     p = sub.add_parser("export", help="export counts (dense .npz), weights (safetensors or "
                                       ".npz) or the tokenizer")
-    p.add_argument("store")
-    p.add_argument("out", metavar="OUT", nargs="?")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
+    p.add_argument("out", metavar="OUT", nargs="?",
+                   help="output file (.npz or .safetensors) for --counts / --weights")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--counts", action="store_true",
                       help="export counts_1..counts_R (V x V) and unigram to OUT.npz")
@@ -293,11 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("generate", help="continue a prompt with a finalized store")
-    p.add_argument("store")
-    p.add_argument("prompt", nargs="?", default="")
-    p.add_argument("--tokens", type=_positive_int, default=20)
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
+    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
+    p.add_argument("--tokens", type=_positive_int, default=20,
+                   help="tokens to generate (default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of sampling (default 0)")
     p.add_argument("--top-k", type=_positive_int, help="sample among the K most likely tokens")
     p.add_argument("--top-p", type=float, help="sample among the most likely tokens whose "
                                                "probability reaches P (nucleus, 0 < P <= 1)")
@@ -309,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_counting(p, corpus_required=False)
     _add_finalizing(p)
     p.add_argument("--heldout", type=float, default=0.05,
-                   help="fraction of 64-line runs held out (default %(default)s)")
-    p.add_argument("--no-calibrate", action="store_true")
+                   help="fraction of runs of 64 lines or 16 kB held out (default %(default)s)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not fit the calibration scalars on the held-out part")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing streamsolve store (nothing else is ever deleted)")
     _add_cluster_arguments(p)

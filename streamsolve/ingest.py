@@ -59,7 +59,7 @@ class IngestOptions:
     """How to count a corpus (the keyword arguments of `streamsolve.api.count`)."""
 
     tokenizer: str | None = None
-    vocab_size: int = DEFAULT_VOCAB_SIZE
+    vocab_size: int | None = None  # None: DEFAULT_VOCAB_SIZE for a new store
     radius: int | None = None
     aggregation: str | None = None
     documents: str = "blank-line"
@@ -178,6 +178,9 @@ def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
     if existing:
         stored = model_store.config
         radius = stored.radius if radius is None else radius
+        if options.vocab_size is not None and options.tokenizer is None:
+            logger.warning("--vocab-size %d is ignored: the store at %s keeps its tokenizer "
+                           "(V=%d)", options.vocab_size, store, stored.vocab_size)
         aggregation = stored.aggregation if aggregation is None else aggregation
     else:
         creatable_location(store, storage_options)  # refuse a foreign path before counting
@@ -219,7 +222,7 @@ def store_line_bytes(existing: ModelStore | None, options: IngestOptions) -> int
 
 
 def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer: str | None,
-                      vocab_size: int, read_options: ReadOptions,
+                      vocab_size: int | None, read_options: ReadOptions,
                       bos_token: str | None, sample_bytes: int = TOKENIZER_SAMPLE_BYTES):
     """The tokenizer for a count run: the store's, a given file, or a BPE trained on a sample.
 
@@ -230,6 +233,7 @@ def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer:
     elif store is not None and store.exists():
         tok = tokenizer_from_json(store.tokenizer_text())
     else:
+        vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
         logger.info("training a byte-level BPE tokenizer (vocab-size %d) on a %d MB sample",
                     vocab_size, sample_bytes >> 20)
         tok = train_bpe(read_sample(paths, sample_bytes, read_options), vocab_size)
