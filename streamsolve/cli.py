@@ -116,7 +116,7 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = Fa
 
 
 def _add_connect_timeout(parser: argparse.ArgumentParser):
-    parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
+    parser.add_argument("--connect-timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT,
                         metavar="SECONDS",
                         help="give up reaching the scheduler after this long "
                              "(default %(default)s)")
@@ -425,6 +425,10 @@ def _export(args, so) -> dict:
         raise ValueError("nothing to export: pass --counts, --weights or --tokenizer OUT.json")
     if (args.counts or args.weights) and not args.out:
         raise ValueError(f"--{'counts' if args.counts else 'weights'} needs an OUT path")
+    for out in (args.out, args.tokenizer_out):
+        if out and "://" not in out and os.path.isdir(out):
+            raise ValueError(f"{out} is a directory: give a file path to write, e.g. "
+                             f"{os.path.join(out, 'model.safetensors')}")
     if not args.weights and (args.rank or args.dense or args.format or args.memory):
         raise ValueError("--format, --rank, --dense and --memory apply to --weights only")
     result = {}
