@@ -201,7 +201,8 @@ def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
         text = (tokenizer_json(tok) if not existing or options.tokenizer is not None
                 else model_store.tokenizer_text())
         sha = tokenizer_hash(text)
-        config = CountConfig(vocab_size_of(tok), radius, aggregation, bos_id)
+        # a BOS reserved past the vocabulary (bos None) is one more id: V + 1
+        config = CountConfig(vocab_size_of(tok) + (bos is None), radius, aggregation, bos_id)
         if existing:
             model_store.check_compatible(config, sha, read_meta)
         rows = model_store.meta["rows_per_block"] if existing else options.rows_per_block
