@@ -162,7 +162,9 @@ def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: 
     lines over ``max_line_bytes``, the store's bound, cut alike). A document split across
     read blocks is yielded in pieces that each restart the context only if ``starts`` says
     so; to keep evaluation exact, pieces of one document are joined. ``stats.bytes`` ends up
-    holding the UTF-8 bytes of the tokenized lines.
+    holding every byte of the input text (decompressed; blank lines and newlines included;
+    for JSON lines, the UTF-8 bytes of the text fields), so bits per byte compare with
+    tools that score every byte.
     """
     options = ReadOptions(documents=documents, text_field=text_field,
                           storage_options=storage_options,
@@ -173,15 +175,16 @@ def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: 
     encoder = LineEncoder(model.tokenizer.to_str(), model.bos_id)
     for path in expand_corpus(paths, storage_options):
         pending = None
-        for pieces in iter_document_pieces(path, options, ReadStats()):
+        file_stats = ReadStats()
+        for pieces in iter_document_pieces(path, options, file_stats):
             for (lines, starts), (ids, _) in zip(pieces, encoder.encode_documents(pieces)):
-                stats.bytes += sum(len(line.encode("utf-8")) for line in lines)
                 if pending is not None and not starts:
                     pending = np.concatenate([pending, ids])
                     continue
                 if pending is not None:
                     yield pending
                 pending = ids
+        stats.bytes += file_stats.bytes
         if pending is not None:
             yield pending
 
