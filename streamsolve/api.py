@@ -32,7 +32,7 @@ from .ingest import (DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOpti
                      plan_ingest)
 from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
 from .store.layout import StoreError
-from .store.location import is_inside_store, remove_store
+from .store.location import check_writable, is_inside_store, remove_store
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
 from .text.encoding import LineEncoder
@@ -52,21 +52,6 @@ MAX_DENSE_EXPORT_VOCAB = 8192
 _HELD_LOCKS: dict[tuple[int, str], StoreLock] = {}
 
 
-def _check_writable(store: str) -> None:
-    """Refuse a local store (or the directory it would go in) this user cannot write, in one
-    line, before a lock file or anything else is written."""
-    if "://" in store and not store.startswith("file://"):
-        return
-    path = os.path.abspath(store.removeprefix("file://"))
-    if os.path.isfile(path):
-        raise StoreError(f"{store} is a regular file, not a store: choose a new path or an "
-                         "empty directory; nothing was changed")
-    where = path if os.path.isdir(path) else os.path.dirname(path)
-    if os.path.isdir(where) and not os.access(where, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write to {where} (read-only or not yours): nothing was "
-                         "changed; fix its permissions or choose another --store path")
-
-
 @contextlib.contextmanager
 def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_lock: bool,
                  command: str):
@@ -77,7 +62,7 @@ def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_
     if key in _HELD_LOCKS:
         yield _HELD_LOCKS[key]
         return
-    _check_writable(str(store))
+    check_writable(str(store))
     with StoreLock(store, storage_options, wait=wait, break_lock=break_lock,
                    command=command) as lock:
         _HELD_LOCKS[key] = lock

@@ -333,6 +333,8 @@ def recorded_heldout(store, source: dict, storage_options: dict | None = None):
     holdout = HoldOut(source["fraction"], source["group_lines"], source["group_bytes"],
                       source["max_tokens_per_shard"])
     counted = {s["path"]: s.get("sha256") for s in meta.get("shards", [])}
+    logger.info("re-calibrating on the hold-out recorded by solve: %s of %d shard(s)",
+                holdout.describe(), len(source["shards"]))
     docs, n_bytes = [], 0
     for path in source["shards"]:
         held, held_bytes, sha = heldout_of_shard(path, store.tokenizer_text(), store.config,
