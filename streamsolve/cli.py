@@ -462,9 +462,10 @@ def _print_human(command: str, result: dict):
                 f"  held-out tokens       {result['heldout_tokens']:,}",
                 f"  held-out perplexity   {result['heldout_perplexity']} raw "
                 f"({result['heldout_cross_entropy']} nats/token, {result['heldout_bits_per_byte']} bits/byte)",
-                f"  calibrated            {result['calibrated_perplexity']} "
-                f"({result['calibrated_cross_entropy']} nats/token)",
             ]
+            if result.get("calibration"):  # none with --no-calibrate (or when it did not help)
+                lines.append(f"  calibrated            {result['calibrated_perplexity']} "
+                             f"({result['calibrated_cross_entropy']} nats/token)")
         if result.get("invalid_bytes"):
             lines.append(f"  invalid UTF-8 bytes   {result['invalid_bytes']:,} (replaced)")
         if result.get("split_lines"):

@@ -44,3 +44,11 @@ def test_vocab_size_for_an_existing_store_warns(tmp_path, sharded_corpus, tokeni
     caplog.clear()
     api.count([shards[1]], store)  # nothing given: no warning
     assert "--vocab-size" not in caplog.text
+
+
+def test_no_calibrate_prints_no_calibrated_line(capsys, tmp_path, sharded_corpus, tokenizer_file):
+    shards = sharded_corpus(2, "")
+    code = main(["solve", *shards, "--store", str(tmp_path / "m.zarr"), "--tokenizer",
+                 tokenizer_file, "--radius", "1", "--heldout", "0.3", "--no-calibrate", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "held-out perplexity" in out and "calibrated " not in out
