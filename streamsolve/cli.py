@@ -387,6 +387,8 @@ def run(args) -> dict:
     if args.command == "generate":
         from .language_model import LanguageModel
 
+        if "\0" in args.prompt:  # counting treats NUL as binary: never text the model saw
+            raise ValueError("the prompt contains a NUL character: give text")
         model = LanguageModel.open(args.store, so)
         pieces = model.iter_generate(args.prompt, args.tokens, args.temperature, args.seed,
                                      args.top_k, args.top_p)

@@ -125,3 +125,10 @@ def test_damaged_store(capsys, built, damage, message):
                  ["verify", store], ["export", store, store.parent / "c.npz", "--counts"]):
         _fails_in_one_line(capsys, *args, message=message)
     assert _tree(store) == before
+
+
+def test_prompt_with_a_nul_character(capsys, built):
+    store, _ = built
+    before = _tree(store)
+    _fails_in_one_line(capsys, "generate", store, "ab\0c", message="NUL")
+    assert _tree(store) == before
