@@ -225,17 +225,13 @@ def _add_finalizing(parser: argparse.ArgumentParser):
                              "offset from its counts-of-counts)")
 
 
-def _version() -> str:
-    import streamsolve
-
-    return f"streamsolve {streamsolve.__version__}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="streamsolve",
         description="Train single-layer softmax language models without backpropagation.")
-    parser.add_argument("--version", action="version", version=_version(),
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"streamsolve {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
