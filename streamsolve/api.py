@@ -76,6 +76,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           vocab_size: int | None = None, radius: int | None = None,
           aggregation: str | None = None, documents: str = "blank-line",
           text_field: str = "text", bos_token: str | None = None, heldout_fraction: float = 0.0,
+          heldout_group_bytes: int = HoldOut.group_bytes,
           scheduler: str | None = None, workers: int | None = None,
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
@@ -107,6 +108,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         Document boundaries (they reset the context).
     heldout_fraction : float
         Fraction of line runs held out of counting and returned (for `solve`).
+    heldout_group_bytes : int
+        Bytes at which a held-out run ends (see `streamsolve.text.holdout.HoldOut`).
     scheduler : str, optional
         ``threads`` (default), ``processes``, ``sync`` or a ``dask.distributed`` address.
     workers : int, optional
@@ -130,7 +133,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     options = IngestOptions(
         tokenizer=tokenizer, vocab_size=vocab_size, radius=radius, aggregation=aggregation,
         documents=documents, text_field=text_field, bos_token=bos_token,
-        heldout_fraction=heldout_fraction, scheduler=scheduler, workers=workers,
+        heldout_fraction=heldout_fraction, heldout_group_bytes=heldout_group_bytes,
+        scheduler=scheduler, workers=workers,
         storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
         allow_changed=allow_changed, memory=memory, tmp=tmp)
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
@@ -521,7 +525,13 @@ MIN_HELDOUT_TOKENS = 1000
 def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
                   count_kwargs, discount=None) -> dict:
     started = time.perf_counter()
-    counted = count(corpus, store, heldout_fraction=heldout_fraction, **count_kwargs)
+    from .engine.memory import input_bytes
+
+    so = count_kwargs.get("storage_options")
+    size, ratio = input_bytes(expand_corpus(corpus, so), so) if heldout_fraction > 0 else (0, 1)
+    holdout = HoldOut.for_text(heldout_fraction, size * ratio)
+    counted = count(corpus, store, heldout_fraction=heldout_fraction,
+                    heldout_group_bytes=holdout.group_bytes, **count_kwargs)
     count_seconds = counted.seconds
     t0 = time.perf_counter()
     model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha, calibrate=False,
@@ -530,7 +540,7 @@ def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, m
     summary = counted.summary()
     summary.update({"count_seconds": round(count_seconds, 3),
                     "finalize_seconds": round(finalize_seconds, 3)})
-    summary["heldout"] = HoldOut(heldout_fraction).describe() if heldout_fraction > 0 else None
+    summary["heldout"] = holdout.describe() if heldout_fraction > 0 else None
     summary["heldout_documents"] = len(counted.heldout)
     summary["heldout_bytes"] = counted.heldout_bytes
     if counted.heldout:
@@ -545,7 +555,6 @@ def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, m
             model_store = ModelStore(store, count_kwargs.get("storage_options"))
             if calibrated_model is not model:
                 model_store.set_calibration(calibrated_model.weights.params()["calibration"])
-            holdout = HoldOut(heldout_fraction)
             model_store.set_calibration_source({  # so a later finalize re-calibrates on it
                 "kind": "heldout", "fraction": holdout.fraction,
                 "group_lines": holdout.group_lines, "group_bytes": holdout.group_bytes,

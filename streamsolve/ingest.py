@@ -66,6 +66,7 @@ class IngestOptions:
     text_field: str = "text"
     bos_token: str | None = None
     heldout_fraction: float = 0.0
+    heldout_group_bytes: int = HoldOut.group_bytes
     scheduler: str | None = None
     workers: int | None = None
     storage_options: dict | None = None
@@ -141,7 +142,7 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
                                skipped=[e["path"] for e in setup.special],
                                skipped_reasons={e["path"]: e["skipped"] for e in setup.special})
         result = count_corpus(to_count, setup.tokenizer_text, setup.config, setup.read_options,
-                              HoldOut(options.heldout_fraction), runtime=runtime,
+                              HoldOut(options.heldout_fraction, group_bytes=options.heldout_group_bytes), runtime=runtime,
                               memory=options.memory, tmp=options.tmp, keep_partial=True,
                               rows_per_block=setup.rows_per_block)
         new = result.counts

@@ -51,6 +51,14 @@ class HoldOut:
         if self.group_lines < 1 or self.group_bytes < 16:
             raise ValueError("group_lines must be >= 1 and group_bytes >= 16")
 
+    @classmethod
+    def for_text(cls, fraction: float, text_bytes: float, min_runs: int = 64) -> "HoldOut":
+        """A hold-out whose runs are small enough that about ``min_runs`` runs are held out
+        of ``text_bytes`` of text (runs of 1 KiB to 16 KiB): small corpora and corpora of
+        long lines still hold out text spread over the corpus."""
+        group = int(text_bytes * fraction / min_runs) if fraction > 0 else cls.group_bytes
+        return cls(fraction, group_bytes=int(min(cls.group_bytes, max(1024, group))))
+
     def describe(self) -> str:
         """What is held out, in words (for summaries and logs)."""
         return (f"{self.fraction:.1%} of runs of up to {self.group_lines} lines or "

@@ -49,5 +49,13 @@ def test_solve_on_one_chapter_per_line_shards_evaluates_on_held_out_text(
     summary = api.solve(str(corpus), str(tmp_path / "m.zarr"), tokenizer=tokenizer_file,
                         radius=1, heldout_fraction=0.1)
     assert summary["heldout_documents"] > 0 and summary["heldout_tokens"] > 0
-    assert summary["heldout_bytes"] > 0 and "16,384 bytes" in summary["heldout"]
+    # ~50 kB of text at 10%: runs of 1 KiB (the smallest), so about 5 kB are held out
+    assert summary["heldout_bytes"] > 0 and "1,024 bytes" in summary["heldout"]
     assert summary["heldout_perplexity"] > 1
+
+
+def test_runs_shrink_with_the_corpus_so_enough_is_held_out():
+    assert HoldOut.for_text(0.05, 10**9).group_bytes == 16384
+    assert HoldOut.for_text(0.05, 10**7).group_bytes == 10**7 * 0.05 // 64
+    assert HoldOut.for_text(0.05, 10**4).group_bytes == 1024
+    assert HoldOut.for_text(0.0, 10**4).fraction == 0
