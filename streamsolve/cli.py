@@ -199,6 +199,10 @@ def _attach_wait_seconds(argv: list[str]) -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, exit 2 (``--help`` shows the usage)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else args
         return super().parse_known_args(_attach_wait_seconds(list(args)), namespace)

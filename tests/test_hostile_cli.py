@@ -102,7 +102,8 @@ def test_connect_timeout_nan(capsys, built):
         main(["count", str(shards[1]), "--store", str(store), "--scheduler",
               "tcp://127.0.0.1:1", "--connect-timeout", "nan"])
     assert exit_.value.code == 2
-    assert "--connect-timeout: must be a positive number" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "--connect-timeout: must be a positive number" in err and len(err.splitlines()) == 1
 
 
 def _edit_attributes(store: Path, edit) -> None:
