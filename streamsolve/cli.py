@@ -428,7 +428,8 @@ def _export(args, so) -> dict:
     if (args.counts or args.weights) and not args.out:
         raise ValueError(f"--{'counts' if args.counts else 'weights'} needs an OUT path")
     for out in (args.out, args.tokenizer_out):
-        if out and "://" not in out and os.path.isdir(out):
+        if out and "://" not in out and os.path.isdir(out) and \
+                not api.is_inside_store(out, args.store, so):  # that one has its own message
             raise ValueError(f"{out} is a directory: give a file path to write, e.g. "
                              f"{os.path.join(out, 'model.safetensors')}")
     if not args.weights and (args.rank or args.dense or args.format or args.memory):
