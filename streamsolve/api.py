@@ -27,14 +27,16 @@ import numpy as np
 from . import ingest
 from .core.smoothing import check_smoothing, default_smoothing
 from .engine.finalize import commit_store_weights, compute_store_weights
+from .engine.memory import parse_memory
 from .ingest import (DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions,  # noqa: F401
                      plan_ingest)
 from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
 from .store.layout import StoreError
-from .store.location import is_inside_store, remove_store
+from .store.location import check_writable, is_inside_store, remove_store
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
 from .text.encoding import LineEncoder
+from .text.holdout import HoldOut
 from .text.reading import (DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, ReadStats,
                            iter_document_pieces)
 from .text.shards import expand_corpus
@@ -60,6 +62,7 @@ def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_
     if key in _HELD_LOCKS:
         yield _HELD_LOCKS[key]
         return
+    check_writable(str(store))
     with StoreLock(store, storage_options, wait=wait, break_lock=break_lock,
                    command=command) as lock:
         _HELD_LOCKS[key] = lock
@@ -70,9 +73,10 @@ def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_
 
 
 def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = None,
-          vocab_size: int = DEFAULT_VOCAB_SIZE, radius: int | None = None,
+          vocab_size: int | None = None, radius: int | None = None,
           aggregation: str | None = None, documents: str = "blank-line",
           text_field: str = "text", bos_token: str | None = None, heldout_fraction: float = 0.0,
+          heldout_group_bytes: int = HoldOut.group_bytes,
           scheduler: str | None = None, workers: int | None = None,
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
@@ -104,6 +108,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         Document boundaries (they reset the context).
     heldout_fraction : float
         Fraction of line runs held out of counting and returned (for `solve`).
+    heldout_group_bytes : int
+        Bytes at which a held-out run ends (see `streamsolve.text.holdout.HoldOut`).
     scheduler : str, optional
         ``threads`` (default), ``processes``, ``sync`` or a ``dask.distributed`` address.
     workers : int, optional
@@ -119,10 +125,16 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     -------
     CountResult
     """
+    if memory is not None:
+        parse_memory(memory)  # a bad budget fails before a tokenizer is trained
+    if tmp is not None and "://" not in str(tmp) and os.path.exists(tmp) and not os.path.isdir(tmp):
+        raise ValueError(f"--tmp {tmp} is a file, not a directory: give a directory for spill "
+                         "files (created if missing)")
     options = IngestOptions(
         tokenizer=tokenizer, vocab_size=vocab_size, radius=radius, aggregation=aggregation,
         documents=documents, text_field=text_field, bos_token=bos_token,
-        heldout_fraction=heldout_fraction, scheduler=scheduler, workers=workers,
+        heldout_fraction=heldout_fraction, heldout_group_bytes=heldout_group_bytes,
+        scheduler=scheduler, workers=workers,
         storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
         allow_changed=allow_changed, memory=memory, tmp=tmp)
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
@@ -139,7 +151,9 @@ def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: 
     lines over ``max_line_bytes``, the store's bound, cut alike). A document split across
     read blocks is yielded in pieces that each restart the context only if ``starts`` says
     so; to keep evaluation exact, pieces of one document are joined. ``stats.bytes`` ends up
-    holding the UTF-8 bytes of the tokenized lines.
+    holding every byte of the input text (decompressed; blank lines and newlines included;
+    for JSON lines, the UTF-8 bytes of the text fields), so bits per byte compare with
+    tools that score every byte.
     """
     options = ReadOptions(documents=documents, text_field=text_field,
                           storage_options=storage_options,
@@ -150,15 +164,16 @@ def iter_token_documents(paths: Sequence[str], model: LanguageModel, documents: 
     encoder = LineEncoder(model.tokenizer.to_str(), model.bos_id)
     for path in expand_corpus(paths, storage_options):
         pending = None
-        for pieces in iter_document_pieces(path, options, ReadStats()):
+        file_stats = ReadStats()
+        for pieces in iter_document_pieces(path, options, file_stats):
             for (lines, starts), (ids, _) in zip(pieces, encoder.encode_documents(pieces)):
-                stats.bytes += sum(len(line.encode("utf-8")) for line in lines)
                 if pending is not None and not starts:
                     pending = np.concatenate([pending, ids])
                     continue
                 if pending is not None:
                     yield pending
                 pending = ids
+        stats.bytes += file_stats.bytes
         if pending is not None:
             yield pending
 
@@ -193,8 +208,11 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
         Dirichlet strength (default V) / additive pseudo-count (default 0.1).
     discount : float or (float, float, float), optional
         Kneser–Ney discounts (default: estimated per block from its counts-of-counts).
-    calibrate : list of str, optional
-        Held-out text files; fit the R + 1 calibration scalars on them.
+    calibrate : list of str or False, optional
+        Held-out text files; fit the R + 1 calibration scalars on them (and record them).
+        None (default): re-calibrate on the text the store records (`solve`'s hold-out or
+        the last ``calibrate`` files), warning loudly when that cannot be read again.
+        False: no calibration.
     wait : bool or float
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
@@ -261,14 +279,51 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
         stage.tokens = model_store.meta.get("totals", {}).get("tokens")
         stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
     model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
+    recalibrate = None
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
-        docs, n_bytes = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
-                                       read_meta.get("text_field", "text"), storage_options,
-                                       read_meta.get("max_line_bytes"))
-        model, raw, cal = calibrate_checked(model, docs, n_bytes, calibration_sample)
+        recalibrate = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
+                                     read_meta.get("text_field", "text"), storage_options,
+                                     read_meta.get("max_line_bytes"))
+    elif calibrate is None:
+        recalibrate = _recorded_calibration(model_store, model, storage_options)
+    if recalibrate is not None:
+        model, raw, cal = calibrate_checked(model, *recalibrate, calibration_sample)
     commit_store_weights(model_store, pending, model.weights)
+    if calibrate:
+        model_store.set_calibration_source({"kind": "files", "paths": list(calibrate)})
     return model
+
+
+def _recorded_calibration(model_store, model, storage_options):
+    """``(documents, bytes)`` of the text the store says its weights are calibrated on, or
+    None (with a loud warning when earlier weights were calibrated and cannot be again)."""
+    meta = model_store.meta
+    source = meta.get("calibration_source")
+    was_calibrated = bool((meta.get("weights") or {}).get("calibration"))
+    try:
+        if source and source.get("kind") == "files":
+            read_meta = meta.get("read_options", {})
+            return read_documents(check_readable(source["paths"], storage_options), model,
+                                  read_meta.get("documents", "blank-line"),
+                                  read_meta.get("text_field", "text"), storage_options,
+                                  read_meta.get("max_line_bytes"))
+        if source and source.get("kind") == "heldout":
+            from .engine.finalize import recorded_heldout
+            docs, n_bytes = recorded_heldout(model_store, source, storage_options)
+            if docs:
+                return docs, n_bytes
+            raise OSError("the recorded hold-out is empty")
+    except (CorpusError, OSError, KeyError, TypeError) as exc:
+        logger.warning("CALIBRATION DROPPED: the store records its calibration text but it "
+                       "cannot be read again (%s); the new weights are uncalibrated: pass "
+                       "--calibrate FILES (calibrate=[...])", exc)
+        return None
+    if was_calibrated:
+        logger.warning("CALIBRATION DROPPED: the previous weights were calibrated on text this "
+                       "store does not record; the new weights are uncalibrated: pass "
+                       "--calibrate FILES (calibrate=[...])")
+    return None
 
 
 def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
@@ -489,26 +544,48 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
                              alpha, count_kwargs, discount)
 
 
+#: Fewer held-out tokens than this make `solve` warn that its held-out figures are noisy.
+MIN_HELDOUT_TOKENS = 1000
+
+
 def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
                   count_kwargs, discount=None) -> dict:
     started = time.perf_counter()
-    counted = count(corpus, store, heldout_fraction=heldout_fraction, **count_kwargs)
+    from .engine.memory import input_bytes
+
+    so = count_kwargs.get("storage_options")
+    size, ratio = input_bytes(expand_corpus(corpus, so), so) if heldout_fraction > 0 else (0, 1)
+    holdout = HoldOut.for_text(heldout_fraction, size * ratio)
+    counted = count(corpus, store, heldout_fraction=heldout_fraction,
+                    heldout_group_bytes=holdout.group_bytes, **count_kwargs)
     count_seconds = counted.seconds
     t0 = time.perf_counter()
-    model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha,
+    model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha, calibrate=False,
                      storage_options=count_kwargs.get("storage_options"), discount=discount)
     finalize_seconds = time.perf_counter() - t0
     summary = counted.summary()
     summary.update({"count_seconds": round(count_seconds, 3),
                     "finalize_seconds": round(finalize_seconds, 3)})
+    summary["heldout"] = holdout.describe() if heldout_fraction > 0 else None
+    summary["heldout_documents"] = len(counted.heldout)
+    summary["heldout_bytes"] = counted.heldout_bytes
     if counted.heldout:
         t0 = time.perf_counter()
         docs = counted.heldout
+        held_tokens = sum(int(d.size) for d in docs)
+        if held_tokens < MIN_HELDOUT_TOKENS:
+            logger.warning("only %d tokens were held out (fewer than %d): the held-out figures "
+                           "are noisy; raise --heldout or add text", held_tokens, MIN_HELDOUT_TOKENS)
         if calibrate:
             calibrated_model, raw, cal = calibrate_checked(model, docs, counted.heldout_bytes)
+            model_store = ModelStore(store, count_kwargs.get("storage_options"))
             if calibrated_model is not model:
-                ModelStore(store, count_kwargs.get("storage_options")).set_calibration(
-                    calibrated_model.weights.params()["calibration"])
+                model_store.set_calibration(calibrated_model.weights.params()["calibration"])
+            model_store.set_calibration_source({  # so a later finalize re-calibrates on it
+                "kind": "heldout", "fraction": holdout.fraction,
+                "group_lines": holdout.group_lines, "group_bytes": holdout.group_bytes,
+                "max_tokens_per_shard": holdout.max_tokens_per_shard,
+                "shards": [s["path"] for s in counted.shards if not s["skipped"]]})
             model = calibrated_model
         else:
             raw = cal = model.evaluate_ids(docs, counted.heldout_bytes)

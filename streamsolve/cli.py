@@ -116,7 +116,7 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = Fa
 
 
 def _add_connect_timeout(parser: argparse.ArgumentParser):
-    parser.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT,
+    parser.add_argument("--connect-timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT,
                         metavar="SECONDS",
                         help="give up reaching the scheduler after this long "
                              "(default %(default)s)")
@@ -137,9 +137,9 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
     parser.add_argument("--store", required=True, help="store path or fsspec URL (Zarr v3)")
     tok = parser.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", metavar="PATH", help="a HuggingFace tokenizer.json to use")
-    tok.add_argument("--vocab-size", type=int, default=api.DEFAULT_VOCAB_SIZE,
-                     help="vocabulary of the byte-level BPE trained on a corpus sample "
-                          "(default %(default)s)")
+    tok.add_argument("--vocab-size", type=int, default=None,
+                     help="vocabulary of the byte-level BPE trained on a corpus sample for a new "
+                          f"store (default {api.DEFAULT_VOCAB_SIZE}; an existing store keeps its own)")
     parser.add_argument("--bos-token", help="token padding the context at document starts "
                                             "(default: <|doc|>, or a known special token)")
     parser.add_argument("--radius", type=int, default=None,
@@ -199,6 +199,10 @@ def _attach_wait_seconds(argv: list[str]) -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, exit 2 (``--help`` shows the usage)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else args
         return super().parse_known_args(_attach_wait_seconds(list(args)), namespace)
@@ -230,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="streamsolve",
         description="Train single-layer softmax language models without backpropagation.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"streamsolve {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("count", help="stream a corpus into sparse counts (adds to an existing store)")
@@ -238,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("finalize", help="compute explicit weights from a store's counts")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     _add_finalizing(p)
     p.add_argument("--calibrate", nargs="+", metavar="HELDOUT",
                    help="held-out text to fit the R + 1 calibration scalars on")
@@ -247,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("eval", help="held-out cross-entropy / perplexity of a finalized store")
-    p.add_argument("store")
-    p.add_argument("text", nargs="+", metavar="TEXT")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
+    p.add_argument("text", nargs="+", metavar="TEXT", help="held-out text files to score")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
     p.add_argument("--memory", metavar="SIZE",
                    help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
@@ -256,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="log-probabilities of text, one JSON line per document "
                                      "(or token), then a summary line")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     p.add_argument("text", nargs="*", metavar="TEXT", help="files, or - (default) for stdin")
     p.add_argument("--per-token", action="store_true", help="one line per token")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
@@ -265,18 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("info", help="describe a store")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     _add_common(p)
 
     p = sub.add_parser("verify", help="check every block of a store against its checksums and "
                                       "digests (exit 2 naming the damaged blocks)")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     _add_common(p)
 
     p = sub.add_parser("export", help="export counts (dense .npz), weights (safetensors or "
                                       ".npz) or the tokenizer")
-    p.add_argument("store")
-    p.add_argument("out", metavar="OUT", nargs="?")
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
+    p.add_argument("out", metavar="OUT", nargs="?",
+                   help="output file (.npz or .safetensors) for --counts / --weights")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--counts", action="store_true",
                       help="export counts_1..counts_R (V x V) and unigram to OUT.npz")
@@ -294,11 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("generate", help="continue a prompt with a finalized store")
-    p.add_argument("store")
-    p.add_argument("prompt", nargs="?", default="")
-    p.add_argument("--tokens", type=_positive_int, default=20)
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
+    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
+    p.add_argument("--tokens", type=_positive_int, default=20,
+                   help="tokens to generate (default %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of sampling (default 0)")
     p.add_argument("--top-k", type=_positive_int, help="sample among the K most likely tokens")
     p.add_argument("--top-p", type=float, help="sample among the most likely tokens whose "
                                                "probability reaches P (nucleus, 0 < P <= 1)")
@@ -310,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_counting(p, corpus_required=False)
     _add_finalizing(p)
     p.add_argument("--heldout", type=float, default=0.05,
-                   help="fraction of 64-line runs held out (default %(default)s)")
-    p.add_argument("--no-calibrate", action="store_true")
+                   help="fraction of runs of 64 lines or 16 kB held out (default %(default)s)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not fit the calibration scalars on the held-out part")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing streamsolve store (nothing else is ever deleted)")
     _add_cluster_arguments(p)
@@ -377,6 +388,8 @@ def run(args) -> dict:
     if args.command == "generate":
         from .language_model import LanguageModel
 
+        if "\0" in args.prompt:  # counting treats NUL as binary: never text the model saw
+            raise ValueError("the prompt contains a NUL character: give text")
         model = LanguageModel.open(args.store, so)
         pieces = model.iter_generate(args.prompt, args.tokens, args.temperature, args.seed,
                                      args.top_k, args.top_p)
@@ -415,6 +428,11 @@ def _export(args, so) -> dict:
         raise ValueError("nothing to export: pass --counts, --weights or --tokenizer OUT.json")
     if (args.counts or args.weights) and not args.out:
         raise ValueError(f"--{'counts' if args.counts else 'weights'} needs an OUT path")
+    for out in (args.out, args.tokenizer_out):
+        if out and "://" not in out and os.path.isdir(out) and \
+                not api.is_inside_store(out, args.store, so):  # that one has its own message
+            raise ValueError(f"{out} is a directory: give a file path to write, e.g. "
+                             f"{os.path.join(out, 'model.safetensors')}")
     if not args.weights and (args.rank or args.dense or args.format or args.memory):
         raise ValueError("--format, --rank, --dense and --memory apply to --weights only")
     result = {}
@@ -440,14 +458,18 @@ def _print_human(command: str, result: dict):
             f"finalize {result['finalize_seconds']}, eval {result.get('eval_seconds')})",
             f"  tokens/s (counting)   {result['tokens_per_second']:,}",
         ]
+        if result.get("heldout"):
+            lines.append(f"  held out              {result['heldout']}: "
+                         f"{result['heldout_documents']:,} pieces, {result['heldout_bytes']:,} bytes")
         if "heldout_perplexity" in result:
             lines += [
                 f"  held-out tokens       {result['heldout_tokens']:,}",
                 f"  held-out perplexity   {result['heldout_perplexity']} raw "
                 f"({result['heldout_cross_entropy']} nats/token, {result['heldout_bits_per_byte']} bits/byte)",
-                f"  calibrated            {result['calibrated_perplexity']} "
-                f"({result['calibrated_cross_entropy']} nats/token)",
             ]
+            if result.get("calibration"):  # none with --no-calibrate (or when it did not help)
+                lines.append(f"  calibrated            {result['calibrated_perplexity']} "
+                             f"({result['calibrated_cross_entropy']} nats/token)")
         if result.get("invalid_bytes"):
             lines.append(f"  invalid UTF-8 bytes   {result['invalid_bytes']:,} (replaced)")
         if result.get("split_lines"):

@@ -31,7 +31,8 @@ import time
 from collections.abc import Sequence
 
 from .core.counting import CountConfig
-from .engine.memory import line_bytes_for, make_plan, parse_memory, tune_allocator
+from .engine.memory import (format_bytes, line_bytes_for, make_plan, parse_memory,
+                             tune_allocator)
 from .engine.progress import Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
@@ -58,13 +59,14 @@ class IngestOptions:
     """How to count a corpus (the keyword arguments of `streamsolve.api.count`)."""
 
     tokenizer: str | None = None
-    vocab_size: int = DEFAULT_VOCAB_SIZE
+    vocab_size: int | None = None  # None: DEFAULT_VOCAB_SIZE for a new store
     radius: int | None = None
     aggregation: str | None = None
     documents: str = "blank-line"
     text_field: str = "text"
     bos_token: str | None = None
     heldout_fraction: float = 0.0
+    heldout_group_bytes: int = HoldOut.group_bytes
     scheduler: str | None = None
     workers: int | None = None
     storage_options: dict | None = None
@@ -140,7 +142,7 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
                                skipped=[e["path"] for e in setup.special],
                                skipped_reasons={e["path"]: e["skipped"] for e in setup.special})
         result = count_corpus(to_count, setup.tokenizer_text, setup.config, setup.read_options,
-                              HoldOut(options.heldout_fraction), runtime=runtime,
+                              HoldOut(options.heldout_fraction, group_bytes=options.heldout_group_bytes), runtime=runtime,
                               memory=options.memory, tmp=options.tmp, keep_partial=True,
                               rows_per_block=setup.rows_per_block)
         new = result.counts
@@ -177,6 +179,9 @@ def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
     if existing:
         stored = model_store.config
         radius = stored.radius if radius is None else radius
+        if options.vocab_size is not None and options.tokenizer is None:
+            logger.warning("--vocab-size %d is ignored: the store at %s keeps its tokenizer "
+                           "(V=%d)", options.vocab_size, store, stored.vocab_size)
         aggregation = stored.aggregation if aggregation is None else aggregation
     else:
         creatable_location(store, storage_options)  # refuse a foreign path before counting
@@ -197,7 +202,8 @@ def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
         text = (tokenizer_json(tok) if not existing or options.tokenizer is not None
                 else model_store.tokenizer_text())
         sha = tokenizer_hash(text)
-        config = CountConfig(vocab_size_of(tok), radius, aggregation, bos_id)
+        # a BOS reserved past the vocabulary (bos None) is one more id: V + 1
+        config = CountConfig(vocab_size_of(tok) + (bos is None), radius, aggregation, bos_id)
         if existing:
             model_store.check_compatible(config, sha, read_meta)
         rows = model_store.meta["rows_per_block"] if existing else options.rows_per_block
@@ -218,7 +224,7 @@ def store_line_bytes(existing: ModelStore | None, options: IngestOptions) -> int
 
 
 def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer: str | None,
-                      vocab_size: int, read_options: ReadOptions,
+                      vocab_size: int | None, read_options: ReadOptions,
                       bos_token: str | None, sample_bytes: int = TOKENIZER_SAMPLE_BYTES):
     """The tokenizer for a count run: the store's, a given file, or a BPE trained on a sample.
 
@@ -229,6 +235,7 @@ def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer:
     elif store is not None and store.exists():
         tok = tokenizer_from_json(store.tokenizer_text())
     else:
+        vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
         logger.info("training a byte-level BPE tokenizer (vocab-size %d) on a %d MB sample",
                     vocab_size, sample_bytes >> 20)
         tok = train_bpe(read_sample(paths, sample_bytes, read_options), vocab_size)
@@ -349,7 +356,8 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
                                 read_options.storage_options, memory=memory, tmp=tmp,
                                 workers=runtime.worker_threads,
                                 processes=runtime.worker_processes,
-                                rows_per_block=rows_per_block, split_every=split_every)
+                                rows_per_block=rows_per_block, split_every=split_every,
+                                vocab_size=config.vocab_size)
     graph = count_graph(paths, tokenizer_text, config, read_options, holdout, plan, split_every,
                         shard_delay)
     logger.info("counting %d shard(s) on the %s", len(paths), runtime.describe())
@@ -359,7 +367,14 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
             stage.tokens = result.counts.tokens
             if isinstance(result.counts, PartialCounts) and result.counts.spilled_runs:
                 stage.detail = (f"{result.counts.spilled_runs} run(s) spilled "
-                                f"({result.counts.spilled_bytes / 2**20:.1f} MB)")
+                                f"({format_bytes(result.counts.spilled_bytes)})")
+        if plan is not None:
+            spilled = (result.counts.spilled_bytes
+                       if isinstance(result.counts, PartialCounts) else 0)
+            logger.info("estimate vs measured: peak memory ~%s estimated, %s measured; spill "
+                        "disk ~%s estimated, %s written", format_bytes(plan.estimated_peak_bytes),
+                        format_bytes(stage.peak_rss) if stage.peak_rss else "not sampled",
+                        format_bytes(plan.estimated_spill_bytes), format_bytes(spilled))
         if isinstance(result.counts, PartialCounts):
             result.counts.spill_directory = spill
             result.counts.merge_bytes = plan.task_bytes

@@ -27,37 +27,49 @@ def stream_documents(stream, documents: str = "blank-line") -> Iterator[tuple[li
     """``(lines, n_bytes)`` of each document of a binary stream (UTF-8, invalid bytes replaced).
 
     ``documents``: "blank-line" (blank lines separate documents), "line" (each non-blank
-    line is one) or "file" (the whole stream is one).
+    line is one) or "file" (the whole stream is one). Every byte of the stream is in some
+    document's ``n_bytes``: blank lines count with the stream's last document (as in
+    `file_documents`), so the total is every byte, as `streamsolve.api.evaluate` counts.
     """
     current: list[str] = []
-    size = 0
+    size = blank_bytes = 0
+    ended = False
     for raw in stream:
         line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        n = len(raw) if isinstance(raw, bytes) else len(line.encode("utf-8"))
         blank = not line.strip()
         if documents == "line":
-            if not blank:
-                yield [line], len(raw)
-            continue
-        if documents == "blank-line" and blank:
+            if blank:
+                blank_bytes += n
+                continue
             if current:
                 yield current, size
-            current, size = [], 0
+            current, size = [line], n
             continue
+        if documents == "blank-line" and blank:
+            blank_bytes += n
+            ended = bool(current)
+            continue
+        if ended:
+            yield current, size
+            current, size, ended = [], 0, False
         current.append(line)
-        size += len(raw) if isinstance(raw, bytes) else len(line.encode("utf-8"))
+        size += n
     if current and any(line.strip() for line in current):
-        yield current, size
+        yield current, size + blank_bytes
 
 
 def file_documents(paths: Iterable[str], documents: str = "blank-line", text_field: str = "text",
                    storage_options: dict | None = None) -> Iterator[tuple[list[str], int]]:
     """``(lines, n_bytes)`` of each document of text files (pieces of one document split by
-    the read block size are joined)."""
+    the read block size are joined). The bytes the reader drops (blank lines) count with a
+    file's last document, so the total is every byte of the input, as in `api.evaluate`."""
     options = ReadOptions(documents=documents, text_field=text_field,
                           storage_options=storage_options)
     for path in expand_corpus(list(paths), storage_options):
-        pending, size = None, 0
-        for pieces in iter_document_pieces(path, options, ReadStats()):
+        pending, size, yielded = None, 0, 0
+        stats = ReadStats()
+        for pieces in iter_document_pieces(path, options, stats):
             for lines, starts in pieces:
                 n = sum(len(line.encode("utf-8")) for line in lines)
                 if pending is not None and not starts:
@@ -65,9 +77,10 @@ def file_documents(paths: Iterable[str], documents: str = "blank-line", text_fie
                     continue
                 if pending is not None:
                     yield pending, size
+                    yielded += size
                 pending, size = list(lines), n
         if pending is not None:
-            yield pending, size
+            yield pending, max(size, stats.bytes - yielded)
 
 
 def score_documents(model: LanguageModel, documents: Iterable[tuple[list[str], int]],

@@ -306,3 +306,41 @@ def _stored_weight_block(store, key: str, shape: tuple):
         logger.warning("recomputing a damaged weight block: %s", exc)
         return None
     return sp.csr_array((d, ix, ip), shape=shape), rt
+
+
+def recorded_heldout(store, source: dict, storage_options: dict | None = None):
+    """The held-out documents a store's ``calibration_source`` of kind ``"heldout"`` names:
+    the same split of the same shards that `solve` held out of counting.
+
+    Returns
+    -------
+    (list of np.ndarray, int)
+        Held-out documents as token ids and their UTF-8 bytes.
+
+    Raises
+    ------
+    OSError
+        When a shard is gone or no longer holds the bytes that were counted.
+    """
+    from ..text.holdout import HoldOut
+    from ..text.reading import ReadOptions
+    from .tasks import heldout_of_shard
+
+    meta = store.meta
+    read_meta = {k: v for k, v in meta.get("read_options", {}).items()
+                 if k in ("documents", "text_field", "max_line_bytes")}
+    read_options = ReadOptions(storage_options=storage_options, **read_meta)
+    holdout = HoldOut(source["fraction"], source["group_lines"], source["group_bytes"],
+                      source["max_tokens_per_shard"])
+    counted = {s["path"]: s.get("sha256") for s in meta.get("shards", [])}
+    logger.info("re-calibrating on the hold-out recorded by solve: %s of %d shard(s)",
+                holdout.describe(), len(source["shards"]))
+    docs, n_bytes = [], 0
+    for path in source["shards"]:
+        held, held_bytes, sha = heldout_of_shard(path, store.tokenizer_text(), store.config,
+                                                 read_options, holdout)
+        if counted.get(path) != sha:
+            raise OSError(f"shard {path} no longer holds the bytes that were counted")
+        docs += held
+        n_bytes += held_bytes
+    return docs, n_bytes

@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 
@@ -50,10 +50,6 @@ TOKENIZER_BYTES_PER_BYTE = 200
 MIN_LINE_BYTES = 64 << 10
 MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES  # the reader's default: 1 MiB
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
-          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
-          "tib": 2**40}
-
 
 def total_ram() -> int:
     """Physical memory of this machine in bytes."""
@@ -76,19 +72,23 @@ def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY)
         if value <= 0:
             raise ValueError(f"memory budget must be positive, got {value}")
         return int(value)
-    text = str(value).strip().lower().replace(" ", "")
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(%|[kmgt]?i?b?)", text)
-    if not match:
-        raise ValueError(f"cannot read memory budget {value!r}: use e.g. 2GB, 512MiB, 1.5G or 80%")
-    number, unit = float(match.group(1)), match.group(2)
-    if unit == "%":
-        if not 0 < number <= 100:
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            number = float(text[:-1])
+        except ValueError:
+            number = math.nan
+        if not 0 < number <= 100:  # also refuses nan
             raise ValueError(f"memory share must be in (0, 100]%, got {value!r}")
         return int(total_ram() * number / 100)
-    if unit not in _UNITS:
-        raise ValueError(f"unknown unit in memory budget {value!r}: use B, KB, MB, GB, KiB, MiB, GiB")
-    result = int(number * _UNITS[unit])
-    if result <= 0:
+    from dask.utils import parse_bytes
+
+    try:
+        result = parse_bytes(text)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"cannot read memory budget {value!r}: use e.g. 2GB, 512MiB, 1.5G "
+                         "or 80%") from None
+    if not (isinstance(result, int) and result > 0):
         raise ValueError(f"memory budget must be positive, got {value!r}")
     return result
 
@@ -106,13 +106,14 @@ def line_bytes_for(budget: int, workers: int = 1) -> int:
 
 
 def format_bytes(n: float) -> str:
-    """``1.5 GB``-style text (powers of 1024, short units)."""
+    """``1.00 GB``-style text in the units `parse_memory` reads (``GB`` = 10**9 bytes, as
+    `dask.utils.parse_bytes`), so ``--memory 1GB`` is logged as ``1.00 GB``."""
     n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"  # pragma: no cover
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +161,8 @@ class MemoryPlan:
     serial_tokenizer: bool = False
     trim_above: int = 0
     line_bytes: int = MAX_LINE_BYTES
+    estimated_peak_bytes: int = 0
+    estimated_spill_bytes: int = 0
 
     @classmethod
     def build(cls, budget: int, workers: int, n_blocks: int, rows_per_block: int,
@@ -192,21 +195,28 @@ class MemoryPlan:
         ``trim_above`` (called after each tokenizer batch; see `release_free_memory`)."""
         return release_free_memory(self.trim_above)
 
-    def estimate(self, input_bytes: int, n_blocks: int, compressed_ratio: float = 1.0) -> dict:
-        """Up-front estimate of peak memory and (at most) spill disk, for the log.
+    def estimate(self, input_bytes: int, n_blocks: int, compressed_ratio: float = 1.0,
+                 vocab_size: int | None = None) -> dict:
+        """Up-front estimate of peak memory and spill disk from the corpus, V and R.
 
         ``input_bytes`` are the shards' sizes on disk, ``compressed_ratio`` their expected
         expansion (about 3.5 for gzip text). Tokens are taken as 1 per 3.5 bytes of text;
-        spill disk is bounded by 16 bytes per (pair, block) counted, less as pairs repeat.
+        the counts hold at most ``min(tokens, V**2)`` distinct pairs per block at 16 bytes
+        each, twice over while merging. Memory is the process base, the read blocks being
+        tokenized (no larger than the text) and those counts up to the plan's in-memory cap;
+        spill disk is the counts beyond that cap (0 when they fit).
         """
         text = input_bytes * compressed_ratio
         tokens = text / 3.5
         per_byte = 12 + 8 * n_blocks
-        peak = (PROCESS_BASE_BYTES + self.workers * self.block_bytes * per_byte
-                + self.task_bytes * (self.workers * 6 + 1))
-        return {"text_bytes": int(text), "tokens": int(tokens),
-                "peak_bytes": int(min(peak, max(peak, self.budget))),
-                "spill_bytes_max": int(16 * n_blocks * tokens) if self.spill_dir else 0}
+        pairs = min(tokens, float(vocab_size) ** 2) if vocab_size else tokens
+        counts = 16.0 * n_blocks * pairs
+        reading = self.workers * min(self.block_bytes, text / self.workers) * per_byte
+        in_memory_cap = self.task_bytes * (self.workers * 6 + 1)
+        peak = PROCESS_BASE_BYTES + reading + min(2 * counts, in_memory_cap)
+        spill = max(0.0, counts - self.task_bytes) if self.spill_dir and 2 * counts > in_memory_cap else 0
+        return {"text_bytes": int(text), "tokens": int(tokens), "counts_bytes": int(counts),
+                "peak_bytes": int(peak), "spill_bytes": int(spill)}
 
 
 def default_spill_root(tmp: str | None) -> str:
@@ -310,7 +320,7 @@ def input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[int
 def make_plan(paths: Sequence[str], n_blocks: int, read_block_bytes: int,
               storage_options: dict | None = None, *, memory=None, tmp: str | None = None,
               workers: int = 1, processes: int = 1, rows_per_block: int | None = None,
-              split_every: int = 4):
+              split_every: int = 4, vocab_size: int | None = None):
     """The run's `MemoryPlan` and spill directory, logging the up-front estimate.
 
     Returns ``(plan, spill)``; ``spill`` is the run's `SpillDirectory` (created on first
@@ -324,13 +334,15 @@ def make_plan(paths: Sequence[str], n_blocks: int, read_block_bytes: int,
     plan = MemoryPlan.build(budget, workers, n_blocks, rows_per_block or DEFAULT_ROWS_PER_BLOCK,
                             spill.path, split_every, read_block_bytes, processes)
     size, ratio = input_bytes(paths, storage_options)
-    estimate = plan.estimate(size, n_blocks, ratio)
+    estimate = plan.estimate(size, n_blocks, ratio, vocab_size)
+    plan = dataclasses.replace(plan, estimated_peak_bytes=estimate["peak_bytes"],
+                               estimated_spill_bytes=estimate["spill_bytes"])
     logger.info("memory budget %s for %d worker(s): read blocks of %s, counts spill to %s above "
                 "%s per task%s", format_bytes(budget), plan.workers, format_bytes(plan.block_bytes),
                 spill.path, format_bytes(plan.task_bytes),
                 "; one tokenizer batch at a time (tight budget)" if plan.serial_tokenizer else "")
     logger.info("estimate: %d shard(s), %s on disk, ~%s of text, ~%s tokens; peak memory ~%s; "
-                "spill disk at most ~%s", len(paths), format_bytes(size),
+                "spill disk ~%s", len(paths), format_bytes(size),
                 format_bytes(estimate["text_bytes"]), f"{estimate['tokens']:,}",
-                format_bytes(estimate["peak_bytes"]), format_bytes(estimate["spill_bytes_max"]))
+                format_bytes(estimate["peak_bytes"]), format_bytes(estimate["spill_bytes"]))
     return plan, spill

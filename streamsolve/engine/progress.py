@@ -3,7 +3,7 @@
 ``with Stage("count", 1, 4) as stage: ...; stage.tokens = n`` logs::
 
     === 1/4 read + tokenize + count ===
-    --- 1/4 read + tokenize + count: 12.3 s, 3,456,789 tokens, 281,000 tokens/s, peak RSS 1.1 GB
+    --- 1/4 read + tokenize + count: 12.3 s, 3,456,789 tokens, 281,000 tokens/s, peak RSS 1.10 GB
 
 on the ``streamsolve`` logger (stderr), so a long run says where it is, how fast it goes and
 which stage sets its memory peak (resident memory of this process and its children, sampled
@@ -51,7 +51,9 @@ class Stage:
         if self._memory is not None:
             self._memory.__exit__(None, None, None)
             self.peak_rss = self._memory.peak
-            memory = f", peak RSS {self.peak_rss / 2**30:.2f} GiB"
+            from .memory import format_bytes
+
+            memory = f", peak RSS {format_bytes(self.peak_rss)}"
         if exc_type is not None:
             self.log.info("--- %s: failed after %.1f s", self.label, self.seconds)
             return False

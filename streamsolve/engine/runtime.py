@@ -34,6 +34,26 @@ def is_address(scheduler: str | None) -> bool:
     return bool(scheduler) and "://" in scheduler
 
 
+def check_scheduler_address(address: str) -> None:
+    """Refuse a malformed ``tcp://HOST:PORT`` / ``tls://`` address before any connection
+    (a half-built ``distributed.Client`` would wait out its timeout while closing).
+
+    Raises
+    ------
+    ClusterError
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            host, port = parse_host_port(location)
+            if not host or not 0 < int(port) < 65536:
+                raise ValueError("expected tcp://HOST:PORT with a port in 1..65535")
+    except (ValueError, TypeError) as exc:
+        raise ClusterError(f"not a Dask scheduler address: {address}: {exc}") from None
+
+
 def connect_client(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
     """A ``distributed.Client`` on ``address`` (not made Dask's default client).
 
@@ -46,6 +66,7 @@ def connect_client(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
     from distributed import Client
     from distributed.security import Security
 
+    check_scheduler_address(address)
     if address.startswith("tls://") and \
             Security().get_connection_args("client").get("ssl_context") is None:
         raise ClusterError(

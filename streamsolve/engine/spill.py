@@ -265,7 +265,14 @@ class SpillDirectory:
         import weakref
 
         root = os.path.abspath(root)
-        os.makedirs(root, exist_ok=True)
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise ValueError(f"spill directory {root} (--tmp) is not a directory: give a "
+                             "directory (created if missing)")
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot create the spill directory {root} (--tmp): "
+                             f"{exc.strerror or exc}") from None
         reclaim_orphaned_spill_directories(root)
         self.owner = SpillOwner.of_process()
         self.path = os.path.join(root, self.owner.directory_name(uuid.uuid4().hex[:12]))

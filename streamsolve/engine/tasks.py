@@ -167,6 +167,28 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
     return ShardResult(merged.to_counts() if plan is None else merged, held.documents, held.bytes)
 
 
+def heldout_of_shard(path: str, tokenizer_text: str, config: CountConfig,
+                     read_options: ReadOptions, holdout: HoldOut) -> tuple[list, int, str]:
+    """The held-out documents of one shard again, as `count_shard` returned them (no counting).
+
+    Returns
+    -------
+    (list of np.ndarray, int, str)
+        Held-out documents as token ids, their UTF-8 bytes, and the sha256 of the shard's
+        stored bytes (the caller compares it with the manifest's to know the split is the
+        one held out of counting).
+    """
+    encoder = LineEncoder(tokenizer_text, config.bos_id)
+    splitter = RunSplitter(holdout, path)
+    held = _HeldOutDocuments(holdout.max_tokens_per_shard)
+    stats, hasher = ReadStats(), hashlib.sha256()
+    for pieces in iter_document_pieces(path, read_options, stats, hasher):
+        _, held_pieces, _ = splitter.split(pieces)
+        if held_pieces and not held.full:
+            held.add(held_pieces, encoder.encode_documents(held_pieces))
+    return held.documents, held.bytes, hasher.hexdigest()
+
+
 def _describe_shard(counts: Counts, path: str, stats: ReadStats, heldout_tokens: int,
                     skipped: str | None, sha256: str | None, seconds: float) -> None:
     """Attach the shard's read statistics and its manifest entry to its counts."""

@@ -64,6 +64,26 @@ def is_local(url: str) -> bool:
     return "://" not in str(url) or str(url).startswith("file://")
 
 
+def check_writable(url: str) -> None:
+    """Refuse, in one line, a local store path that is a regular file, or a store (or the
+    directory it would be created in) this user cannot write; before anything is written.
+
+    Raises
+    ------
+    StoreError
+    """
+    if not is_local(url):
+        return
+    path = os.path.abspath(url.removeprefix("file://"))
+    if os.path.isfile(path):
+        raise StoreError(f"{url} is a regular file, not a store: choose a new path or an "
+                         "empty directory; nothing was changed")
+    where = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.isdir(where) and not os.access(where, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to {where} (read-only or not yours): nothing was "
+                         "changed; fix its permissions or choose another --store path")
+
+
 def _describe_directory(fs, root: str, entries: tuple, format_name: str,
                         store_noun: str) -> Location:
     if "zarr.json" not in entries:

@@ -136,6 +136,13 @@ class WeightBlocks:
             meta = with_event(meta, calibrated_event(meta["weights"]["id"], calibration))
         self._set_meta(meta)
 
+    def set_calibration_source(self, source: dict | None):
+        """Record the text a re-finalize re-calibrates on (``{"kind": "files", "paths"}`` or
+        ``{"kind": "heldout", ...}``: a `streamsolve.text.holdout.HoldOut` and its shards)."""
+        meta = dict(self.meta)
+        meta["calibration_source"] = source
+        self._set_meta(meta)
+
     def read_weights_index(self, allow_stale: bool = False) -> StoredWeights:
         """The store's weights without their row blocks: ``blocks`` holds, per weight block,
         ``(row block keys, None, col_terms)``; read a row block with `read_weight_block`.

@@ -95,13 +95,17 @@ def tokenizer_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def find_bos(tokenizer: Tokenizer, bos_token: str | None = None) -> tuple[str, int]:
+def find_bos(tokenizer: Tokenizer, bos_token: str | None = None) -> tuple[str | None, int]:
     """Return the BOS token and its id.
+
+    Without ``bos_token``, the first of `BOS_CANDIDATES` in the vocabulary; when it has
+    none, ``(None, V)``: an id reserved past the vocabulary (the counts then have V + 1 ids,
+    and the reserved one only ever pads contexts).
 
     Raises
     ------
     TokenizerError
-        If ``bos_token`` is not in the vocabulary, or none of the known candidates is.
+        If ``bos_token`` is not in the vocabulary.
     """
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     if bos_token is not None:
@@ -111,10 +115,11 @@ def find_bos(tokenizer: Tokenizer, bos_token: str | None = None) -> tuple[str, i
     for candidate in BOS_CANDIDATES:
         if candidate in vocab:
             return candidate, vocab[candidate]
-    raise TokenizerError(
-        "the tokenizer has none of the usual beginning-of-document tokens "
-        f"({', '.join(BOS_CANDIDATES)}); name one of its tokens with --bos-token"
-    )
+    V = vocab_size_of(tokenizer)
+    logger.info("the tokenizer has none of the usual beginning-of-document tokens (%s): "
+                "reserving id %d past its vocabulary as BOS (V = %d); --bos-token names one of "
+                "its own tokens instead", ", ".join(BOS_CANDIDATES), V, V + 1)
+    return None, V
 
 
 def vocab_size_of(tokenizer: Tokenizer) -> int:

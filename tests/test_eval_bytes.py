@@ -1,0 +1,36 @@
+"""`eval`'s ``bytes`` is every byte of the input (blank lines included), so bits per byte
+compare with tools that score every byte (issue 16)."""
+
+from __future__ import annotations
+
+import gzip
+import math
+
+from streamsolve import api
+
+
+def test_eval_bytes_count_every_byte(tmp_path, sharded_corpus, tokenizer_file):
+    store = str(tmp_path / "m.zarr")
+    api.count(sharded_corpus(1, ""), store, tokenizer=tokenizer_file, radius=1)
+    api.finalize(store, calibrate=False)
+    text = "Hello world.\n\n\n   \nSecond paragraph here.\n\n"
+    plain = tmp_path / "blank.txt"
+    plain.write_text(text)
+    packed = tmp_path / "blank.txt.gz"
+    packed.write_bytes(gzip.compress(text.encode()))
+    result = api.evaluate(store, [str(plain), str(packed)])
+    assert result.bytes == 2 * len(text.encode())
+    assert math.isclose(result.bits_per_byte,
+                        result.cross_entropy * result.tokens / math.log(2) / result.bytes)
+
+
+def test_scored_documents_hold_every_byte_of_a_stream():
+    import io
+
+    from streamsolve.score_text import stream_documents
+
+    text = b"\n\nOne line.\n\n \nTwo\nlines.\n\n\nThree.\n\n\n"
+    for mode in ("blank-line", "line", "file"):
+        docs = list(stream_documents(io.BytesIO(text), mode))
+        assert sum(n for _, n in docs) == len(text), mode
+    assert [len(lines) for lines, _ in stream_documents(io.BytesIO(text))] == [1, 2, 1]
