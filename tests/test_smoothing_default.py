@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from streamsolve import api
-from streamsolve.cli import describe_smoothing, main
+from streamsolve.cli import main
+from streamsolve.cli_output import describe_smoothing
 from streamsolve.core.smoothing import default_smoothing
 from streamsolve.core.weights import finalize
 from streamsolve.store.model_store import ModelStore
