@@ -312,3 +312,82 @@ int score_contexts_product_grad(int R, int n_blocks, const int64_t *const *indpt
     free(acc), free(sraw), free(stamp), free(touched), free(sums);
     return 0;
 }
+
+/* score_contexts_product with the longest row of a context taken whole from a dense copy:
+   for rows held densely (slot[b][row] >= 0: drows[b] + slot * V holds P(j) = exp(beta_b
+   S^(b)[row, j]), 1 off the row, and rowcorr[b][slot] = sum_j u_j (P(j) - 1)), with L the
+   longest dense row of the context and Q(j) the product of the other rows' factors,
+
+       sum_J u_j (P_L(j) Q(j) - 1) = rowcorr(L) + sum_{j in the other rows} u_j P_L(j) (Q(j) - 1),
+
+   so a context costs the nnz of its other rows only (the long rows of frequent tokens are
+   most of a context's nnz). Contexts without a dense row are scored as score_contexts_product
+   does. Returns 0, or -1 when out of memory. */
+int score_contexts_product_dense(int R, const int64_t *const *indptr,
+                                 const int32_t *const *indices, const double *const *edata,
+                                 const int32_t *block_of, const double *u, double U, int64_t V,
+                                 int64_t n, const int64_t *contexts, const int32_t *const *slot,
+                                 const double *const *drows, const double *const *rowcorr,
+                                 double *log_zhat)
+{
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    if (acc == NULL || stamp == NULL || touched == NULL) {
+        free(acc), free(stamp), free(touched);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t *ctx = contexts + i * R;
+        int longest = -1;
+        int64_t longest_nnz = -1;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            if (slot[b][ctx[r]] >= 0) {
+                const int64_t len = indptr[b][ctx[r] + 1] - indptr[b][ctx[r]];
+                if (len > longest_nnz)
+                    longest = r, longest_nnz = len;
+            }
+        }
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            if (r == longest)
+                continue;
+            const int b = block_of[r];
+            const int64_t c = ctx[r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                } else {
+                    acc[j] *= e[p];
+                }
+            }
+        }
+        double corr = 0.0;
+        if (longest < 0) {
+            for (int64_t q = 0; q < k; q++) {
+                const int32_t j = touched[q];
+                corr += u[j] * (acc[j] - 1.0);
+            }
+        } else {
+            const int b = block_of[longest];
+            const int32_t s = slot[b][ctx[longest]];
+            const double *pl = drows[b] + (int64_t)s * V;
+            corr = rowcorr[b][s];
+            for (int64_t q = 0; q < k; q++) {
+                const int32_t j = touched[q];
+                corr += u[j] * pl[j] * (acc[j] - 1.0);
+            }
+        }
+        log_zhat[i] = log(U + corr);
+    }
+    free(acc), free(stamp), free(touched);
+    return 0;
+}

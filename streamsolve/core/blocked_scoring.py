@@ -239,6 +239,7 @@ class _Window(Scorer):
         self.lib = base.lib
         self.cache = None
         self._exp_data = None
+        self._dense_rows = False  # a batch's compact rows are not worth densifying
 
     def _dense_features(self):
         return self.base._dense_features()

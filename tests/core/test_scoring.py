@@ -192,3 +192,27 @@ def test_scorer_rejects_bad_shapes():
         scorer.log_probs(np.zeros((3, 1), dtype=np.int64), np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="beta values"):
         Scorer(scorer.parts, [1.0], 0.0)
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+@pytest.mark.parametrize("aggregation,radius", [("cat", 2), ("cat", 3), ("sum", 3)])
+@pytest.mark.parametrize("dense_rows", [1, 3, 1000])
+def test_dense_long_rows_equal_dense_formula(monkeypatch, aggregation, radius, dense_rows):
+    """The product kernel with each context's longest row held densely (all, some or three
+    of the rows qualify) equals the dense formula, calibrated or not."""
+    import streamsolve.core.scoring as scoring
+
+    V = 15
+    monkeypatch.setattr(scoring, "DENSE_ROW_MIN_NNZ", 1)
+    monkeypatch.setattr(scoring, "DENSE_ROW_BYTES", 8 * V * dense_rows)
+    weights = weights_of(random_docs(radius, V, n_docs=300), V, radius, aggregation)
+    ctx, tgt = positions(random_docs(50 + radius, V, n_docs=60), radius)
+    for w in (weights, weights.with_calibration(np.linspace(0.4, 1.3, len(weights.blocks)),
+                                                -0.7)):
+        scorer = Scorer(ScoringParts.from_weights(w), w.beta, w.gamma, native=True)
+        np.testing.assert_allclose(scorer.log_probs(ctx, tgt), dense_log_probs(w, ctx, tgt),
+                                   rtol=0, atol=1e-9)
+        held = scorer.dense_rows()
+        assert held is not None
+        assert sum(int((s >= 0).sum()) for s in held._keep[0]) == min(dense_rows, sum(
+            int((np.diff(ip) >= 1).sum()) for ip in scorer.parts.indptr))
