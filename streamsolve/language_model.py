@@ -45,20 +45,45 @@ def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
 
 
 def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    ctx_buf, tgt_buf, size = [], [], 0
-    for contexts, targets in contexts_and_targets(documents, radius, bos_id):
-        start = 0
-        while start < targets.size:
-            take = min(batch - size, targets.size - start)
-            ctx_buf.append(contexts[start:start + take])
-            tgt_buf.append(targets[start:start + take])
-            size += take
-            start += take
-            if size == batch:
-                yield np.concatenate(ctx_buf), np.concatenate(tgt_buf)
-                ctx_buf, tgt_buf, size = [], [], 0
-    if size:
-        yield np.concatenate(ctx_buf), np.concatenate(tgt_buf)
+    """``(contexts, targets)`` of consecutive positions of the documents, ``batch`` at a time
+    (the last one shorter); the contexts of a group of about ``batch`` tokens are built at
+    once (`_group_positions`), not document by document."""
+    group, size = [], 0
+    carry_ctx = np.zeros((0, radius), dtype=np.int64)
+    carry_tgt = np.zeros(0, dtype=np.int64)
+    for doc in documents:
+        doc = np.asarray(doc, dtype=np.int64)
+        if doc.size == 0:
+            continue
+        group.append(doc)
+        size += doc.size
+        if size + carry_tgt.size >= batch:
+            ctx, tgt = _group_positions(group, radius, bos_id)
+            ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+            full = tgt.size - tgt.size % batch
+            for start in range(0, full, batch):
+                yield ctx[start:start + batch], tgt[start:start + batch]
+            carry_ctx, carry_tgt = ctx[full:], tgt[full:]
+            group, size = [], 0
+    if group:
+        ctx, tgt = _group_positions(group, radius, bos_id)
+        carry_ctx, carry_tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+    if carry_tgt.size:
+        yield carry_ctx, carry_tgt
+
+
+def _group_positions(docs: list, radius: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """`contexts_and_targets` of non-empty documents, concatenated (vectorized)."""
+    targets = np.concatenate(docs)
+    lengths = np.fromiter((d.size for d in docs), dtype=np.int64, count=len(docs))
+    starts = np.cumsum(lengths) - lengths
+    offset = np.arange(targets.size) - np.repeat(starts, lengths)  # position in its document
+    contexts = np.empty((targets.size, radius), dtype=np.int64)
+    for r in range(1, radius + 1):
+        at = np.arange(targets.size) - r
+        inside = offset >= r
+        contexts[:, r - 1] = np.where(inside, targets[np.maximum(at, 0)], bos_id)
+    return contexts, targets
 
 
 @dataclasses.dataclass

@@ -216,3 +216,25 @@ def test_dense_long_rows_equal_dense_formula(monkeypatch, aggregation, radius, d
         assert held is not None
         assert sum(int((s >= 0).sum()) for s in held._keep[0]) == min(dense_rows, sum(
             int((np.diff(ip) >= 1).sum()) for ip in scorer.parts.indptr))
+
+
+@pytest.mark.parametrize("radius", [1, 3])
+@pytest.mark.parametrize("batch", [1, 7, 1 << 14])
+def test_evaluation_in_batches_equals_per_document_positions(monkeypatch, radius, batch):
+    """Positions are built for groups of documents at once and cut into batches of
+    SPARSE_EVAL_BATCH: the same positions as document by document (empty ones skipped)."""
+    import streamsolve.language_model as language_model
+
+    V = 20
+    monkeypatch.setattr(language_model, "SPARSE_EVAL_BATCH", batch)
+    weights = weights_of(random_docs(3, V, n_docs=200), V, radius)
+    heldout = [np.asarray(d) for d in random_docs(4, V, n_docs=80)] + [np.zeros(0, np.int64)]
+    ctx, tgt = positions(heldout, radius)
+    expected = -np.mean(dense_log_probs(weights, ctx, tgt))
+    got = LanguageModel(weights).evaluate_ids(heldout[::-1][1:] + heldout[-1:])
+    ctx, tgt = positions(heldout[::-1][1:], radius)
+    assert got.tokens == tgt.size
+    assert got.cross_entropy == pytest.approx(-np.mean(dense_log_probs(weights, ctx, tgt)),
+                                              abs=1e-9)
+    assert LanguageModel(weights).evaluate_ids(heldout).cross_entropy == pytest.approx(
+        expected, abs=1e-9)
