@@ -10,6 +10,8 @@ import collections
 import dataclasses
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -70,6 +72,55 @@ def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.
         carry_ctx, carry_tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
     if carry_tgt.size:
         yield carry_ctx, carry_tgt
+
+
+def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
+               depth: int = 8) -> Iterator:
+    """The documents of ``documents``, produced on a background thread (reading and
+    tokenizing, which release the GIL, overlap the scoring of earlier ones) and handed
+    over in groups of about ``tokens`` tokens; at most ``depth`` groups wait. An error of
+    the producer is raised here; leaving the loop early stops the producer."""
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            group, size = [], 0
+            for doc in documents:
+                group.append(doc)
+                size += len(doc)
+                if size >= tokens:
+                    if not put(group):
+                        return
+                    group, size = [], 0
+            if group and not put(group):
+                return
+            put(done)
+        except BaseException as error:  # handed to the consumer
+            put(error)
+
+    thread = threading.Thread(target=produce, name="streamsolve-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        stop.set()
 
 
 def _group_positions(docs: list, radius: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +255,8 @@ class LanguageModel:
         expected = sum(len(d) for d in documents) if isinstance(documents, Sequence) else None
         total, tokens = 0.0, 0
         started = last = time.perf_counter()
+        if not isinstance(documents, Sequence):  # a stream: read ahead on a thread
+            documents = prefetched(documents)
         for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, SPARSE_EVAL_BATCH):
             total -= float(np.sum(self.weights.target_log_probs(ctx, tgt)))
             tokens += tgt.size

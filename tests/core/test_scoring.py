@@ -238,3 +238,21 @@ def test_evaluation_in_batches_equals_per_document_positions(monkeypatch, radius
                                               abs=1e-9)
     assert LanguageModel(weights).evaluate_ids(heldout).cross_entropy == pytest.approx(
         expected, abs=1e-9)
+
+
+def test_prefetched_documents_keep_order_and_raise_the_producers_error():
+    from streamsolve.language_model import prefetched
+
+    docs = [np.arange(n) for n in range(50)]
+    got = list(prefetched(iter(docs), tokens=30, depth=2))
+    assert len(got) == 50 and all(np.array_equal(a, b) for a, b in zip(got, docs))
+
+    def broken():
+        yield np.arange(3)
+        raise OSError("unreadable shard")
+
+    with pytest.raises(OSError, match="unreadable shard"):
+        list(prefetched(broken(), tokens=1))
+    stream = prefetched(iter(docs * 100), tokens=1, depth=1)
+    next(stream)
+    stream.close()  # leaving early stops the producer (it does not block forever)
