@@ -391,3 +391,88 @@ int score_contexts_product_dense(int R, const int64_t *const *indptr,
     free(acc), free(stamp), free(touched);
     return 0;
 }
+
+/* score_contexts_product_grad plus the second moments the calibration Newton step needs:
+   with the features F_k(j) = Sraw_k(j) + x_k(j) for k < n_blocks and F_k = x_k for the
+   dense columns beyond (n_dense = n_blocks + 1: the last is log p), per context
+
+       E_p[F_k F_l] = (XX_kl + sum_J (u_j P_j F_k F_l - u_j x_k x_l)) / Zs
+
+   written to second[i * n_dense^2 + k * n_dense + l] (XX = sum_j u_j x_k x_l, given).
+   Same validity condition as the product path. Returns 0, or -1 (out of memory, or
+   n_dense != n_blocks + 1). */
+int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indptr,
+                                const int32_t *const *indices, const double *const *data,
+                                const double *const *edata, const int32_t *block_of,
+                                const double *u, double U, int64_t V, int n_dense,
+                                const double *dense, const double *dense_totals,
+                                const double *dense_second, int64_t n, const int64_t *contexts,
+                                double *log_zhat, double *exp_sparse, double *exp_dense,
+                                double *second)
+{
+    if (n_dense != n_blocks + 1 || n_dense > 64)
+        return -1;
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    double *sraw = malloc(sizeof(double) * (size_t)V * (size_t)n_blocks);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    double *sums = malloc(sizeof(double) * (size_t)(n_dense + n_blocks + n_dense * n_dense));
+    if (acc == NULL || sraw == NULL || stamp == NULL || touched == NULL || sums == NULL) {
+        free(acc), free(sraw), free(stamp), free(touched), free(sums);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            const int64_t c = contexts[i * R + r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b], *d = data[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                double *s = sraw + (int64_t)j * n_blocks;
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                    for (int q = 0; q < n_blocks; q++)
+                        s[q] = 0.0;
+                } else {
+                    acc[j] *= e[p];
+                }
+                s[b] += d[p];
+            }
+        }
+        double *cx = sums, *ws = sums + n_dense, *mm = sums + n_dense + n_blocks;
+        for (int q = 0; q < n_dense + n_blocks + n_dense * n_dense; q++)
+            sums[q] = 0.0;
+        double corr = 0.0, f[64];
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = touched[q];
+            const double w = u[j] * acc[j], d0 = w - u[j];
+            const double *x = dense + (int64_t)j * n_dense, *s = sraw + (int64_t)j * n_blocks;
+            corr += d0;
+            for (int t = 0; t < n_dense; t++)
+                cx[t] += d0 * x[t];
+            for (int b = 0; b < n_blocks; b++)
+                ws[b] += w * s[b];
+            for (int t = 0; t < n_dense; t++)
+                f[t] = x[t] + (t < n_blocks ? s[t] : 0.0);
+            for (int t = 0; t < n_dense; t++)
+                for (int l = 0; l < n_dense; l++)
+                    mm[t * n_dense + l] += w * f[t] * f[l] - u[j] * x[t] * x[l];
+        }
+        const double zs = U + corr;
+        log_zhat[i] = log(zs);
+        for (int t = 0; t < n_dense; t++)
+            exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
+        for (int b = 0; b < n_blocks; b++)
+            exp_sparse[i * n_blocks + b] = ws[b] / zs;
+        for (int t = 0; t < n_dense * n_dense; t++)
+            second[i * n_dense * n_dense + t] = (dense_second[t] + mm[t]) / zs;
+    }
+    free(acc), free(sraw), free(stamp), free(touched), free(sums);
+    return 0;
+}

@@ -57,6 +57,11 @@ def library():
         lib.score_contexts_product_dense.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, dbl, i64, i64,
                                                      ptr, ptr, ptr, ptr, ptr]
         lib.score_contexts_product_dense.restype = ctypes.c_int
+    if hasattr(lib, "score_contexts_product_hess"):
+        lib.score_contexts_product_hess.argtypes = [i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, dbl,
+                                                    i64, i32, ptr, ptr, ptr, i64, ptr, ptr,
+                                                    ptr, ptr, ptr]
+        lib.score_contexts_product_hess.restype = ctypes.c_int
     lib.target_values.argtypes = [i32, i32, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr]
     lib.target_values.restype = None
     return lib

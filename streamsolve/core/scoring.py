@@ -39,7 +39,7 @@ import os
 import numpy as np
 import scipy.sparse as sp
 
-from . import score_native
+from . import newton, score_native
 from .calibration import CalibrationFit, minimize_kept
 
 logger = logging.getLogger(__name__)
@@ -536,6 +536,7 @@ class CalibrationObjective:
             raise ValueError("no positions to calibrate on")
         self.parts, self.native, self.n = parts, native, targets.size
         self.unique, inverse = unique_contexts(contexts, parts.vocab_size)
+        self.unique = np.ascontiguousarray(self.unique, dtype=np.int64)
         self.counts = np.bincount(inverse, minlength=self.unique.shape[0]).astype(np.float64)
         probe = scorer_class(parts)(parts, np.ones(parts.n_blocks), 0.0, cache_size=0,
                                     native=native)
@@ -544,11 +545,16 @@ class CalibrationObjective:
         self.target_dense = target_counts @ parts.dense_features()  # sum_n x[t_n]
         self.evaluations = 0
 
+    def scorer(self, theta: np.ndarray, native: bool | None = None) -> Scorer:
+        """An uncached scorer of the parts at ``theta`` (``native`` defaults to the
+        objective's)."""
+        return scorer_class(self.parts)(self.parts, theta[:-1], theta[-1], cache_size=0,
+                                        native=self.native if native is None else native)
+
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         theta = np.asarray(theta, dtype=np.float64)
         beta, gamma = theta[:-1], theta[-1]
-        scorer = scorer_class(self.parts)(self.parts, beta, gamma, cache_size=0,
-                                          native=self.native)
+        scorer = self.scorer(theta)
         log_zhat, exp_sparse, exp_dense = scorer.context_terms(self.unique, gradient=True)
         target_logits = self.target_dense[:-1] @ beta + gamma * self.target_dense[-1] \
             + self.target_raw @ beta - self.n * scorer.a_max
@@ -564,10 +570,16 @@ class CalibrationObjective:
 def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: np.ndarray,
                            theta0: np.ndarray, max_iter: int = 100,
                            native: bool | None = None) -> CalibrationFit:
-    """Fit ``(beta, gamma)`` by L-BFGS on `CalibrationObjective` (one fast pass per
-    evaluation); kept only if the sample's loss does not go up (as `fit_calibration`)."""
+    """Fit ``(beta, gamma)`` on `CalibrationObjective` (one fast pass per evaluation): by
+    damped Newton with the exact Hessian (`streamsolve.core.newton`) on the C kernel's
+    product path, else by L-BFGS; kept only if the sample's loss does not go up (as
+    `fit_calibration`)."""
     objective = CalibrationObjective(parts, contexts, targets, native)
-    fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter, objective.n)
+    if newton.newton_available(objective):
+        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64))
+    else:
+        fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter,
+                            objective.n)
     logger.info("calibration: %d evaluations over %d positions (%d distinct contexts)",
                 objective.evaluations, objective.n, objective.unique.shape[0])
     return fit
