@@ -18,7 +18,9 @@ Pure numpy (and ctypes through `score_native`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
 
 import numpy as np
 
@@ -30,6 +32,11 @@ logger = logging.getLogger(__name__)
 #: Newton passes at most, and the gradient norm (max abs) at which the fit stops.
 NEWTON_ITERATIONS = 20
 NEWTON_TOLERANCE = 1e-10
+#: The fit stops once the Newton decrement ``g^T H^-1 g / 2`` (the loss still to gain, in
+#: nats per token, near the optimum) is below this: no pass is spent to confirm it.
+NEWTON_DECREMENT = 1e-10
+#: Distinct contexts per call of the Hessian kernel (calls run on a thread pool).
+HESSIAN_CHUNK = 2048
 
 
 def _eager(scorer):
@@ -64,17 +71,24 @@ def loss_gradient_hessian(objective, theta: np.ndarray):
     p, B = scorer.parts, theta.size - 1
     x, totals = scorer._dense_features()
     second_totals = np.ascontiguousarray((x * scorer.u[:, None]).T @ x)
-    n, R = objective.unique.shape
+    contexts = objective.unique
+    n, R = contexts.shape
     log_zhat, e_sparse, e_dense = np.empty(n), np.empty((n, B)), np.empty((n, B + 1))
     second = np.empty((n, B + 1, B + 1))
-    status = scorer.lib.score_contexts_product_hess(
-        R, B, p.pointers.indptr, p.pointers.indices, p.pointers.data, scorer._product_factors(),
-        p.block_of.ctypes.data, scorer.u.ctypes.data, float(scorer.U), p.vocab_size, B + 1,
-        x.ctypes.data, totals.ctypes.data, second_totals.ctypes.data, n,
-        objective.unique.ctypes.data, log_zhat.ctypes.data, e_sparse.ctypes.data,
-        e_dense.ctypes.data, second.ctypes.data)
-    if status != 0:
-        raise MemoryError("the scoring kernel could not allocate its buffers")
+    factors = scorer._product_factors()
+
+    def run(start: int) -> int:
+        stop = min(n, start + HESSIAN_CHUNK)
+        return scorer.lib.score_contexts_product_hess(
+            R, B, p.pointers.indptr, p.pointers.indices, p.pointers.data, factors,
+            p.block_of.ctypes.data, scorer.u.ctypes.data, float(scorer.U), p.vocab_size, B + 1,
+            x.ctypes.data, totals.ctypes.data, second_totals.ctypes.data, stop - start,
+            contexts[start:stop].ctypes.data, log_zhat[start:].ctypes.data,
+            e_sparse[start:].ctypes.data, e_dense[start:].ctypes.data, second[start:].ctypes.data)
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        if any(status != 0 for status in pool.map(run, range(0, n, HESSIAN_CHUNK))):
+            raise MemoryError("the scoring kernel could not allocate its buffers")
     counts = objective.counts
     target_logits = objective.target_dense[:-1] @ beta + gamma * objective.target_dense[-1] \
         + objective.target_raw @ beta - objective.n * scorer.a_max
@@ -90,9 +104,11 @@ def loss_gradient_hessian(objective, theta: np.ndarray):
 
 
 def fit_newton(objective, theta0: np.ndarray) -> CalibrationFit:
-    """Damped Newton from ``theta0``; kept only if the loss went down (as `minimize_kept`)."""
+    """Damped Newton from ``theta0`` (one kernel pass per iteration); kept only if the loss
+    went down (as `minimize_kept`)."""
     theta = np.asarray(theta0, dtype=np.float64)
     loss, grad, hessian = loss_gradient_hessian(objective, theta)
+    objective.evaluations += 1
     start = loss
     for _ in range(NEWTON_ITERATIONS):
         if np.max(np.abs(grad)) < NEWTON_TOLERANCE:
@@ -101,6 +117,8 @@ def fit_newton(objective, theta0: np.ndarray) -> CalibrationFit:
             step = -np.linalg.solve(hessian + 1e-12 * np.eye(theta.size), grad)
         except np.linalg.LinAlgError:
             step = -grad
+        if -grad @ step / 2 < NEWTON_DECREMENT:
+            break
         for _ in range(30):  # halve until the (convex) loss goes down
             trial = theta + step
             t_loss, t_grad, t_hess = loss_gradient_hessian(objective, trial)

@@ -260,7 +260,7 @@ def test_prefetched_documents_keep_order_and_raise_the_producers_error():
 
 @pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
 @pytest.mark.parametrize("aggregation,radius", [("cat", 1), ("cat", 3), ("sum", 2)])
-def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(aggregation, radius):
+def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(monkeypatch, aggregation, radius):
     """The kernel's Hessian equals finite differences of the gradient, and damped Newton
     reaches the L-BFGS optimum (to 1e-6) in fewer passes."""
     from streamsolve.core import newton
@@ -283,6 +283,8 @@ def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(aggregation, radius):
                                for e in np.eye(theta.size)])
     np.testing.assert_allclose(hessian, numeric, atol=1e-6)
     theta0 = np.r_[weights.beta, weights.gamma]
+    default = newton.fit_newton(CalibrationObjective(parts, ctx, tgt, native=True), theta0)
+    monkeypatch.setattr(newton, "NEWTON_DECREMENT", 0.0)
     fit = newton.fit_newton(CalibrationObjective(parts, ctx, tgt, native=True), theta0)
     reference = minimize_kept(objective, theta0, 500, objective.n)
     from scipy.optimize import minimize
@@ -292,3 +294,4 @@ def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(aggregation, radius):
     np.testing.assert_allclose(fit.theta, tight.x, atol=1e-6)
     assert fit.loss_after <= tight.fun + 1e-12
     assert fit.loss_after <= fit.loss_before
+    assert default.loss_after == pytest.approx(tight.fun, abs=1e-8)  # stopped by the decrement
