@@ -373,10 +373,11 @@ class LanguageModel:
         """Fit the R + 1 calibration scalars (DESIGN §3) on held-out documents.
 
         Up to ``sample_size`` positions are drawn uniformly across all the documents (all of
-        them when there are fewer). Each L-BFGS evaluation is one O(nnz) pass over the
-        sample's distinct contexts (`streamsolve.core.scoring.CalibrationObjective`), so the
-        sample can be large. L-BFGS starts at the uncalibrated point and its result is kept
-        only if the sample's loss does not go up.
+        them when there are fewer). Each Newton step (`streamsolve.core.newton`; L-BFGS
+        without the C kernel's product path) is one O(nnz) pass over the sample's distinct
+        contexts (`streamsolve.core.scoring.CalibrationObjective`), so the sample can be
+        large. The fit starts at the uncalibrated point and its result is kept only if the
+        sample's loss does not go up.
 
         Returns
         -------
