@@ -460,9 +460,12 @@ int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indpt
                 ws[b] += w * s[b];
             for (int t = 0; t < n_dense; t++)
                 f[t] = x[t] + (t < n_blocks ? s[t] : 0.0);
-            for (int t = 0; t < n_dense; t++)
-                for (int l = 0; l < n_dense; l++)
-                    mm[t * n_dense + l] += w * f[t] * f[l] - u[j] * x[t] * x[l];
+            const double uj = u[j];
+            for (int t = 0; t < n_dense; t++) { /* upper triangle; mirrored below */
+                const double wf = w * f[t], ux = uj * x[t];
+                for (int l = t; l < n_dense; l++)
+                    mm[t * n_dense + l] += wf * f[l] - ux * x[l];
+            }
         }
         const double zs = U + corr;
         log_zhat[i] = log(zs);
@@ -470,8 +473,12 @@ int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indpt
             exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
         for (int b = 0; b < n_blocks; b++)
             exp_sparse[i * n_blocks + b] = ws[b] / zs;
-        for (int t = 0; t < n_dense * n_dense; t++)
-            second[i * n_dense * n_dense + t] = (dense_second[t] + mm[t]) / zs;
+        for (int t = 0; t < n_dense; t++)
+            for (int l = 0; l < n_dense; l++) {
+                const int at = t <= l ? t * n_dense + l : l * n_dense + t;
+                second[i * n_dense * n_dense + t * n_dense + l] =
+                    (dense_second[t * n_dense + l] + mm[at]) / zs;
+            }
     }
     free(acc), free(sraw), free(stamp), free(touched), free(sums);
     return 0;
