@@ -35,6 +35,11 @@ NEWTON_TOLERANCE = 1e-10
 #: The fit stops once the Newton decrement ``g^T H^-1 g / 2`` (the loss still to gain, in
 #: nats per token, near the optimum) is below this: no pass is spent to confirm it.
 NEWTON_DECREMENT = 1e-10
+#: Bytes of long rows held densely for the Hessian kernel (``exp(beta S)`` and ``S``, V
+#: each, plus the row's own sums): a context's longest row then costs O(1); rows with
+#: fewer entries than the minimum are not worth it.
+DENSE_ROW_BYTES = 32 << 20
+DENSE_ROW_MIN_NNZ = 256
 #: Distinct contexts per call of the Hessian kernel (calls run on a thread pool).
 HESSIAN_CHUNK = 2048
 
@@ -79,12 +84,20 @@ def loss_gradient_hessian(objective, theta: np.ndarray):
 
     def run(start: int) -> int:
         stop = min(n, start + HESSIAN_CHUNK)
-        return scorer.lib.score_contexts_product_hess(
+        return kernel(
             R, B, p.pointers.indptr, p.pointers.indices, p.pointers.data, factors,
             p.block_of.ctypes.data, scorer.u.ctypes.data, float(scorer.U), p.vocab_size, B + 1,
             x.ctypes.data, totals.ctypes.data, second_totals.ctypes.data, stop - start,
             contexts[start:stop].ctypes.data, log_zhat[start:].ctypes.data,
-            e_sparse[start:].ctypes.data, e_dense[start:].ctypes.data, second[start:].ctypes.data)
+            e_sparse[start:].ctypes.data, e_dense[start:].ctypes.data, second[start:].ctypes.data,
+            *extra)
+
+    dense_rows = _dense_rows(scorer, x)
+    if dense_rows is not None and hasattr(scorer.lib, "score_contexts_product_hess_dense"):
+        kernel = scorer.lib.score_contexts_product_hess_dense
+        extra = (dense_rows.slots, dense_rows.rows, dense_rows.raw, dense_rows.sums)
+    else:
+        kernel, extra = scorer.lib.score_contexts_product_hess, ()
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         if any(status != 0 for status in pool.map(run, range(0, n, HESSIAN_CHUNK))):
@@ -101,6 +114,51 @@ def loss_gradient_hessian(objective, theta: np.ndarray):
     hessian = (np.einsum("n,nkl->kl", counts, second)
                - np.einsum("n,nk,nl->kl", counts, mean_f, mean_f)) / objective.n
     return float(loss), grad, (hessian + hessian.T) / 2
+
+
+class _DenseRows:
+    """Pointer tables (per block) of the rows the Hessian kernel reads whole."""
+
+    def __init__(self, slots, rows, raw, sums):
+        import ctypes
+
+        self._keep = (slots, rows, raw, sums)
+        table = lambda arrays: (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+        self.slots, self.rows, self.raw, self.sums = map(table, (slots, rows, raw, sums))
+
+
+def _dense_rows(scorer, x: np.ndarray) -> _DenseRows | None:
+    """The longest rows, densely (``exp(beta S)``, ``S``) with their own sums: corr, the
+    expectations' numerators and the second moments of the row alone (see `_score.c`)."""
+    p, V = scorer.parts, scorer.parts.vocab_size
+    B, D = p.n_blocks, p.n_blocks + 1
+    lengths = [np.diff(ip) for ip in p.indptr]
+    chosen = sorted(((int(n_b[row]), b, int(row)) for b, n_b in enumerate(lengths)
+                     for row in np.flatnonzero(n_b >= DENSE_ROW_MIN_NNZ)), reverse=True)
+    chosen = chosen[:DENSE_ROW_BYTES // (16 * V)]
+    if not chosen:
+        return None
+    exp_data = scorer._exp_data[0]
+    slots, rows, raw, sums = [], [], [], []
+    for b in range(B):
+        mine = np.asarray(sorted(row for _, bb, row in chosen if bb == b), dtype=np.int64)
+        slot = np.full(p.indptr[b].size - 1, -1, dtype=np.int32)
+        slot[mine] = np.arange(mine.size, dtype=np.int32)
+        P, S = np.ones((max(1, mine.size), V)), np.zeros((max(1, mine.size), V))
+        H = np.zeros((max(1, mine.size), 1 + D + B + D * D))
+        for k, row in enumerate(mine):
+            lo, hi = p.indptr[b][row], p.indptr[b][row + 1]
+            j, e, d = p.indices[b][lo:hi], exp_data[b][lo:hi], p.data[b][lo:hi]
+            P[k, j], S[k, j] = e, d
+            uj, xj = scorer.u[j], x[j]
+            fl = xj.copy()
+            fl[:, b] += d
+            H[k, 0] = np.sum(uj * (e - 1.0))
+            H[k, 1:1 + D] = (uj * (e - 1.0)) @ xj
+            H[k, 1 + D + b] = np.sum(uj * e * d)
+            H[k, 1 + D + B:] = ((fl * (uj * e)[:, None]).T @ fl - (xj * uj[:, None]).T @ xj).ravel()
+        slots.append(slot), rows.append(P), raw.append(S), sums.append(np.ascontiguousarray(H))
+    return _DenseRows(slots, rows, raw, sums)
 
 
 def fit_newton(objective, theta0: np.ndarray) -> CalibrationFit:

@@ -62,6 +62,10 @@ def library():
                                                     i64, i32, ptr, ptr, ptr, i64, ptr, ptr,
                                                     ptr, ptr, ptr]
         lib.score_contexts_product_hess.restype = ctypes.c_int
+    if hasattr(lib, "score_contexts_product_hess_dense"):
+        lib.score_contexts_product_hess_dense.argtypes = \
+            lib.score_contexts_product_hess.argtypes + [ptr, ptr, ptr, ptr]
+        lib.score_contexts_product_hess_dense.restype = ctypes.c_int
     lib.target_values.argtypes = [i32, i32, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr]
     lib.target_values.restype = None
     return lib

@@ -260,13 +260,17 @@ def test_prefetched_documents_keep_order_and_raise_the_producers_error():
 
 @pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
 @pytest.mark.parametrize("aggregation,radius", [("cat", 1), ("cat", 3), ("sum", 2)])
-def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(monkeypatch, aggregation, radius):
+@pytest.mark.parametrize("dense_rows", [0, 3, 1000])
+def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(monkeypatch, aggregation, radius,
+                                                          dense_rows):
     """The kernel's Hessian equals finite differences of the gradient, and damped Newton
     reaches the L-BFGS optimum (to 1e-6) in fewer passes."""
     from streamsolve.core import newton
     from streamsolve.core.calibration import minimize_kept
 
     V = 24
+    monkeypatch.setattr(newton, "DENSE_ROW_MIN_NNZ", 1 if dense_rows else 10 ** 9)
+    monkeypatch.setattr(newton, "DENSE_ROW_BYTES", 16 * V * dense_rows)
     docs = random_docs(5, V, n_docs=500)
     weights = weights_of(docs[:400], V, radius, aggregation)
     ctx, tgt = positions(docs[400:], radius)
