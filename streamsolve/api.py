@@ -266,7 +266,7 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
     with Stage("held-out eval (uncalibrated)") as stage:
         raw = model.evaluate_ids(docs, n_bytes)
         stage.tokens = raw.tokens
-    with Stage("calibration (R + 1 scalars, L-BFGS on the O(nnz) scorer)") as stage:
+    with Stage("calibration (R + 1 scalars, Newton steps on the O(nnz) scorer)") as stage:
         calibrated_model = model.calibrate(docs, sample_size=sample)
         stage.tokens = min(sample, raw.tokens)
         stage.detail = "tokens = calibration positions"

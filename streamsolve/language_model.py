@@ -10,6 +10,8 @@ import collections
 import dataclasses
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -45,20 +47,94 @@ def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
 
 
 def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    ctx_buf, tgt_buf, size = [], [], 0
-    for contexts, targets in contexts_and_targets(documents, radius, bos_id):
-        start = 0
-        while start < targets.size:
-            take = min(batch - size, targets.size - start)
-            ctx_buf.append(contexts[start:start + take])
-            tgt_buf.append(targets[start:start + take])
-            size += take
-            start += take
-            if size == batch:
-                yield np.concatenate(ctx_buf), np.concatenate(tgt_buf)
-                ctx_buf, tgt_buf, size = [], [], 0
-    if size:
-        yield np.concatenate(ctx_buf), np.concatenate(tgt_buf)
+    """``(contexts, targets)`` of consecutive positions of the documents, ``batch`` at a time
+    (the last one shorter); the contexts of a group of about ``batch`` tokens are built at
+    once (`_group_positions`), not document by document."""
+    group, size = [], 0
+    carry_ctx = np.zeros((0, radius), dtype=np.int64)
+    carry_tgt = np.zeros(0, dtype=np.int64)
+    for doc in documents:
+        doc = np.asarray(doc, dtype=np.int64)
+        if doc.size == 0:
+            continue
+        group.append(doc)
+        size += doc.size
+        if size + carry_tgt.size >= batch:
+            ctx, tgt = _group_positions(group, radius, bos_id)
+            ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+            full = tgt.size - tgt.size % batch
+            for start in range(0, full, batch):
+                yield ctx[start:start + batch], tgt[start:start + batch]
+            carry_ctx, carry_tgt = ctx[full:], tgt[full:]
+            group, size = [], 0
+    if group:
+        ctx, tgt = _group_positions(group, radius, bos_id)
+        carry_ctx, carry_tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+    if carry_tgt.size:
+        yield carry_ctx, carry_tgt
+
+
+def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
+               depth: int = 8) -> Iterator:
+    """The documents of ``documents``, produced on a background thread (reading and
+    tokenizing, which release the GIL, overlap the scoring of earlier ones) and handed
+    over in groups of about ``tokens`` tokens; at most ``depth`` groups wait. An error of
+    the producer is raised here; leaving the loop early stops the producer."""
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            group, size = [], 0
+            for doc in documents:
+                group.append(doc)
+                size += len(doc)
+                if size >= tokens:
+                    if not put(group):
+                        return
+                    group, size = [], 0
+            if group and not put(group):
+                return
+            put(done)
+        except BaseException as error:  # handed to the consumer
+            put(error)
+
+    thread = threading.Thread(target=produce, name="streamsolve-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+    finally:
+        stop.set()
+
+
+def _group_positions(docs: list, radius: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """`contexts_and_targets` of non-empty documents, concatenated (vectorized)."""
+    targets = np.concatenate(docs)
+    lengths = np.fromiter((d.size for d in docs), dtype=np.int64, count=len(docs))
+    starts = np.cumsum(lengths) - lengths
+    offset = np.arange(targets.size) - np.repeat(starts, lengths)  # position in its document
+    contexts = np.empty((targets.size, radius), dtype=np.int64)
+    for r in range(1, radius + 1):
+        at = np.arange(targets.size) - r
+        inside = offset >= r
+        contexts[:, r - 1] = np.where(inside, targets[np.maximum(at, 0)], bos_id)
+    return contexts, targets
 
 
 @dataclasses.dataclass
@@ -179,6 +255,8 @@ class LanguageModel:
         expected = sum(len(d) for d in documents) if isinstance(documents, Sequence) else None
         total, tokens = 0.0, 0
         started = last = time.perf_counter()
+        if not isinstance(documents, Sequence):  # a stream: read ahead on a thread
+            documents = prefetched(documents)
         for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, SPARSE_EVAL_BATCH):
             total -= float(np.sum(self.weights.target_log_probs(ctx, tgt)))
             tokens += tgt.size
@@ -295,10 +373,11 @@ class LanguageModel:
         """Fit the R + 1 calibration scalars (DESIGN §3) on held-out documents.
 
         Up to ``sample_size`` positions are drawn uniformly across all the documents (all of
-        them when there are fewer). Each L-BFGS evaluation is one O(nnz) pass over the
-        sample's distinct contexts (`streamsolve.core.scoring.CalibrationObjective`), so the
-        sample can be large. L-BFGS starts at the uncalibrated point and its result is kept
-        only if the sample's loss does not go up.
+        them when there are fewer). Each Newton step (`streamsolve.core.newton`; L-BFGS
+        without the C kernel's product path) is one O(nnz) pass over the sample's distinct
+        contexts (`streamsolve.core.scoring.CalibrationObjective`), so the sample can be
+        large. The fit starts at the uncalibrated point and its result is kept only if the
+        sample's loss does not go up.
 
         Returns
         -------

@@ -312,3 +312,294 @@ int score_contexts_product_grad(int R, int n_blocks, const int64_t *const *indpt
     free(acc), free(sraw), free(stamp), free(touched), free(sums);
     return 0;
 }
+
+/* score_contexts_product with the longest row of a context taken whole from a dense copy:
+   for rows held densely (slot[b][row] >= 0: drows[b] + slot * V holds P(j) = exp(beta_b
+   S^(b)[row, j]), 1 off the row, and rowcorr[b][slot] = sum_j u_j (P(j) - 1)), with L the
+   longest dense row of the context and Q(j) the product of the other rows' factors,
+
+       sum_J u_j (P_L(j) Q(j) - 1) = rowcorr(L) + sum_{j in the other rows} u_j P_L(j) (Q(j) - 1),
+
+   so a context costs the nnz of its other rows only (the long rows of frequent tokens are
+   most of a context's nnz). Contexts without a dense row are scored as score_contexts_product
+   does. Returns 0, or -1 when out of memory. */
+int score_contexts_product_dense(int R, const int64_t *const *indptr,
+                                 const int32_t *const *indices, const double *const *edata,
+                                 const int32_t *block_of, const double *u, double U, int64_t V,
+                                 int64_t n, const int64_t *contexts, const int32_t *const *slot,
+                                 const double *const *drows, const double *const *rowcorr,
+                                 double *log_zhat)
+{
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    if (acc == NULL || stamp == NULL || touched == NULL) {
+        free(acc), free(stamp), free(touched);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t *ctx = contexts + i * R;
+        int longest = -1;
+        int64_t longest_nnz = -1;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            if (slot[b][ctx[r]] >= 0) {
+                const int64_t len = indptr[b][ctx[r] + 1] - indptr[b][ctx[r]];
+                if (len > longest_nnz)
+                    longest = r, longest_nnz = len;
+            }
+        }
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            if (r == longest)
+                continue;
+            const int b = block_of[r];
+            const int64_t c = ctx[r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                } else {
+                    acc[j] *= e[p];
+                }
+            }
+        }
+        double corr = 0.0;
+        if (longest < 0) {
+            for (int64_t q = 0; q < k; q++) {
+                const int32_t j = touched[q];
+                corr += u[j] * (acc[j] - 1.0);
+            }
+        } else {
+            const int b = block_of[longest];
+            const int32_t s = slot[b][ctx[longest]];
+            const double *pl = drows[b] + (int64_t)s * V;
+            corr = rowcorr[b][s];
+            for (int64_t q = 0; q < k; q++) {
+                const int32_t j = touched[q];
+                corr += u[j] * pl[j] * (acc[j] - 1.0);
+            }
+        }
+        log_zhat[i] = log(U + corr);
+    }
+    free(acc), free(stamp), free(touched);
+    return 0;
+}
+
+/* score_contexts_product_grad plus the second moments the calibration Newton step needs:
+   with the features F_k(j) = Sraw_k(j) + x_k(j) for k < n_blocks and F_k = x_k for the
+   dense columns beyond (n_dense = n_blocks + 1: the last is log p), per context
+
+       E_p[F_k F_l] = (XX_kl + sum_J (u_j P_j F_k F_l - u_j x_k x_l)) / Zs
+
+   written to second[i * n_dense^2 + k * n_dense + l] (XX = sum_j u_j x_k x_l, given).
+   Same validity condition as the product path. Returns 0, or -1 (out of memory, or
+   n_dense != n_blocks + 1). */
+int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indptr,
+                                const int32_t *const *indices, const double *const *data,
+                                const double *const *edata, const int32_t *block_of,
+                                const double *u, double U, int64_t V, int n_dense,
+                                const double *dense, const double *dense_totals,
+                                const double *dense_second, int64_t n, const int64_t *contexts,
+                                double *log_zhat, double *exp_sparse, double *exp_dense,
+                                double *second)
+{
+    if (n_dense != n_blocks + 1 || n_dense > 64)
+        return -1;
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    double *sraw = malloc(sizeof(double) * (size_t)V * (size_t)n_blocks);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    double *sums = malloc(sizeof(double) * (size_t)(n_dense + n_blocks + n_dense * n_dense));
+    if (acc == NULL || sraw == NULL || stamp == NULL || touched == NULL || sums == NULL) {
+        free(acc), free(sraw), free(stamp), free(touched), free(sums);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            const int64_t c = contexts[i * R + r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b], *d = data[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                double *s = sraw + (int64_t)j * n_blocks;
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                    for (int q = 0; q < n_blocks; q++)
+                        s[q] = 0.0;
+                } else {
+                    acc[j] *= e[p];
+                }
+                s[b] += d[p];
+            }
+        }
+        double *cx = sums, *ws = sums + n_dense, *mm = sums + n_dense + n_blocks;
+        for (int q = 0; q < n_dense + n_blocks + n_dense * n_dense; q++)
+            sums[q] = 0.0;
+        double corr = 0.0, f[64];
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = touched[q];
+            const double w = u[j] * acc[j], d0 = w - u[j];
+            const double *x = dense + (int64_t)j * n_dense, *s = sraw + (int64_t)j * n_blocks;
+            corr += d0;
+            for (int t = 0; t < n_dense; t++)
+                cx[t] += d0 * x[t];
+            for (int b = 0; b < n_blocks; b++)
+                ws[b] += w * s[b];
+            for (int t = 0; t < n_dense; t++)
+                f[t] = x[t] + (t < n_blocks ? s[t] : 0.0);
+            const double uj = u[j];
+            for (int t = 0; t < n_dense; t++) { /* upper triangle; mirrored below */
+                const double wf = w * f[t], ux = uj * x[t];
+                for (int l = t; l < n_dense; l++)
+                    mm[t * n_dense + l] += wf * f[l] - ux * x[l];
+            }
+        }
+        const double zs = U + corr;
+        log_zhat[i] = log(zs);
+        for (int t = 0; t < n_dense; t++)
+            exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
+        for (int b = 0; b < n_blocks; b++)
+            exp_sparse[i * n_blocks + b] = ws[b] / zs;
+        for (int t = 0; t < n_dense; t++)
+            for (int l = 0; l < n_dense; l++) {
+                const int at = t <= l ? t * n_dense + l : l * n_dense + t;
+                second[i * n_dense * n_dense + t * n_dense + l] =
+                    (dense_second[t * n_dense + l] + mm[at]) / zs;
+            }
+    }
+    free(acc), free(sraw), free(stamp), free(touched), free(sums);
+    return 0;
+}
+
+/* score_contexts_product_hess with each context's longest dense row L taken from rowsums
+   (per slot: corr, cx[n_dense], ws[n_blocks], mm[n_dense^2] of the row alone, mm upper
+   triangle) plus, over the other rows' entries j, the summand minus the one of L alone; P_L
+   and raw S_L are read densely (drows, srows). */
+int score_contexts_product_hess_dense(int R, int n_blocks, const int64_t *const *indptr,
+                                const int32_t *const *indices, const double *const *data,
+                                const double *const *edata, const int32_t *block_of,
+                                const double *u, double U, int64_t V, int n_dense,
+                                const double *dense, const double *dense_totals,
+                                const double *dense_second, int64_t n, const int64_t *contexts,
+                                double *log_zhat, double *exp_sparse, double *exp_dense,
+                                double *second, const int32_t *const *slot,
+                                const double *const *drows, const double *const *srows,
+                                const double *const *rowsums)
+{
+    if (n_dense != n_blocks + 1 || n_dense > 64)
+        return -1;
+    double *acc = malloc(sizeof(double) * (size_t)V);
+    double *sraw = malloc(sizeof(double) * (size_t)V * (size_t)n_blocks);
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)V);
+    int32_t *touched = malloc(sizeof(int32_t) * (size_t)V);
+    double *sums = malloc(sizeof(double) * (size_t)(n_dense + n_blocks + n_dense * n_dense));
+    if (acc == NULL || sraw == NULL || stamp == NULL || touched == NULL || sums == NULL) {
+        free(acc), free(sraw), free(stamp), free(touched), free(sums);
+        return -1;
+    }
+    for (int64_t j = 0; j < V; j++)
+        stamp[j] = -1;
+    const int n_sums = 1 + n_dense + n_blocks + n_dense * n_dense;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t *ctx = contexts + i * R;
+        int longest = -1;
+        int64_t longest_nnz = -1;
+        for (int r = 0; r < R; r++) {
+            const int b = block_of[r];
+            if (slot[b][ctx[r]] >= 0) {
+                const int64_t len = indptr[b][ctx[r] + 1] - indptr[b][ctx[r]];
+                if (len > longest_nnz)
+                    longest = r, longest_nnz = len;
+            }
+        }
+        int64_t k = 0;
+        for (int r = 0; r < R; r++) {
+            if (r == longest)
+                continue;
+            const int b = block_of[r];
+            const int64_t c = ctx[r];
+            const int32_t *ix = indices[b];
+            const double *e = edata[b], *d = data[b];
+            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+                const int32_t j = ix[p];
+                double *s = sraw + (int64_t)j * n_blocks;
+                if (stamp[j] != i) {
+                    stamp[j] = i;
+                    touched[k++] = j;
+                    acc[j] = e[p];
+                    for (int q = 0; q < n_blocks; q++)
+                        s[q] = 0.0;
+                } else {
+                    acc[j] *= e[p];
+                }
+                s[b] += d[p];
+            }
+        }
+        double *cx = sums, *ws = sums + n_dense, *mm = sums + n_dense + n_blocks;
+        double corr = 0.0, f[64], fl[64];
+        const double *pl = NULL, *sl = NULL;
+        int bl = 0;
+        if (longest >= 0) {
+            bl = block_of[longest];
+            const int32_t sv = slot[bl][ctx[longest]];
+            const double *h = rowsums[bl] + (int64_t)sv * n_sums;
+            pl = drows[bl] + (int64_t)sv * V;
+            sl = srows[bl] + (int64_t)sv * V;
+            corr = h[0];
+            for (int q = 0; q < n_dense + n_blocks + n_dense * n_dense; q++)
+                sums[q] = h[1 + q];
+        } else {
+            for (int q = 0; q < n_dense + n_blocks + n_dense * n_dense; q++)
+                sums[q] = 0.0;
+        }
+        for (int64_t q = 0; q < k; q++) {
+            const int32_t j = touched[q];
+            const double uj = u[j];
+            const double PL = pl ? pl[j] : 1.0, SL = sl ? sl[j] : 0.0;
+            const double w = uj * acc[j] * PL, wl = uj * PL;
+            const double *x = dense + (int64_t)j * n_dense, *s = sraw + (int64_t)j * n_blocks;
+            corr += w - wl; /* (w - u) - (wl - u) */
+            for (int t = 0; t < n_dense; t++)
+                cx[t] += (w - wl) * x[t];
+            for (int b = 0; b < n_blocks; b++)
+                ws[b] += w * (s[b] + (b == bl && pl ? SL : 0.0)) - (b == bl && pl ? wl * SL : 0.0);
+            for (int t = 0; t < n_dense; t++) {
+                const double sl_t = (t == bl && pl) ? SL : 0.0;
+                f[t] = x[t] + (t < n_blocks ? s[t] : 0.0) + sl_t;
+                fl[t] = x[t] + sl_t;
+            }
+            for (int t = 0; t < n_dense; t++) { /* the u x x terms cancel */
+                const double wf = w * f[t], wlf = wl * fl[t];
+                for (int l = t; l < n_dense; l++)
+                    mm[t * n_dense + l] += wf * f[l] - wlf * fl[l];
+            }
+        }
+        const double zs = U + corr;
+        log_zhat[i] = log(zs);
+        for (int t = 0; t < n_dense; t++)
+            exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
+        for (int b = 0; b < n_blocks; b++)
+            exp_sparse[i * n_blocks + b] = ws[b] / zs;
+        for (int t = 0; t < n_dense; t++)
+            for (int l = 0; l < n_dense; l++) {
+                const int at = t <= l ? t * n_dense + l : l * n_dense + t;
+                second[i * n_dense * n_dense + t * n_dense + l] =
+                    (dense_second[t * n_dense + l] + mm[at]) / zs;
+            }
+    }
+    free(acc), free(sraw), free(stamp), free(touched), free(sums);
+    return 0;
+}

@@ -31,6 +31,10 @@ from .scoring import (CANCELLATION_RATIO, KERNEL_CHUNK, PRODUCT_EXPONENT_BOUND, 
 #: Contexts gathered into one compact layout at once (bounds its size).
 GATHER_CONTEXTS = 1 << 13
 
+#: Distinct contexts scored through gathered layouts before the model tries to keep all of
+#: ``S`` resident (`LazyScoringParts.resident`): a short text never reads the whole model.
+RESIDENT_AFTER = 1 << 15
+
 
 class RowBlockCache:
     """A bounded LRU of CSR row blocks ``(indptr, indices, data)``, loaded on demand.
@@ -52,6 +56,12 @@ class RowBlockCache:
         self.loads = 0
         self._blocks: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    def clear(self):
+        """Drop every cached block."""
+        with self._lock:
+            self._blocks.clear()
+            self.bytes = 0
 
     def get(self, b: int, k: int) -> tuple:
         key = (b, k)
@@ -107,6 +117,51 @@ class LazyScoringParts:
         self.n_blocks = len(self.row_terms)
         self.radius = self.block_of.size
         self.uses = np.bincount(self.block_of, minlength=self.n_blocks).astype(np.float64)
+        self.scored = 0  # distinct contexts scored through gathered layouts
+        self._resident: ScoringParts | None | bool = None  # False: does not fit
+        self._resident_lock = threading.Lock()
+
+    def resident(self) -> ScoringParts | None:
+        """The whole of ``S`` as eager `ScoringParts` when it fits the row block cache's
+        budget, built once (the cache is then emptied: the parts replace it) and shared by
+        every scorer of these parts; None while fewer than `RESIDENT_AFTER` contexts were
+        scored, or when it does not fit.
+
+        Scores through it are the same numbers as through gathered layouts (same rows, same
+        order, the product path chosen from the same global ``data_range``): tested.
+        """
+        if self._resident is False or (self._resident is None and self.scored < RESIDENT_AFTER):
+            return None
+        with self._resident_lock:
+            if self._resident is None:
+                self._resident = self._load_resident() or False
+        return self._resident or None
+
+    def _load_resident(self) -> ScoringParts | None:
+        total, blocks = 0, []
+        for b in range(self.n_blocks):
+            pieces = []
+            for k in range(self.row_starts[b].size - 1):
+                ip, ix, d = self.cache.loader(b, k)
+                total += np.asarray(ix).size * 12 + np.asarray(ip).size * 8
+                if total > self.cache.max_bytes:
+                    return None
+                pieces.append((np.asarray(ip, dtype=np.int64), ix, d))
+            offsets = np.cumsum([0] + [int(ip[-1] - ip[0]) for ip, _, _ in pieces])
+            indptr = np.concatenate([np.zeros(1, dtype=np.int64)]
+                                    + [ip[1:] - ip[0] + o for (ip, _, _), o in
+                                       zip(pieces, offsets)])
+            indices = np.concatenate([np.asarray(ix, dtype=np.int32)[ip[0]:ip[-1]]
+                                      for ip, ix, _ in pieces])
+            data = np.concatenate([np.asarray(d, dtype=np.float64)[ip[0]:ip[-1]]
+                                   for ip, _, d in pieces])
+            blocks.append((indptr, indices, data))
+        parts = ScoringParts([x[0] for x in blocks], [x[1] for x in blocks],
+                             [x[2] for x in blocks], self.row_terms, self.col_terms,
+                             self.log_unigram, self.block_of)
+        parts.data_range = list(self.data_range)  # the path is chosen as when gathered
+        self.cache.clear()
+        return parts
 
     @property
     def scorer_class(self):
@@ -184,6 +239,7 @@ class _Window(Scorer):
         self.lib = base.lib
         self.cache = None
         self._exp_data = None
+        self._dense_rows = False  # a batch's compact rows are not worth densifying
 
     def _dense_features(self):
         return self.base._dense_features()
@@ -225,6 +281,16 @@ class BlockedScorer(Scorer):
         bound = sum(max(0.0, self.beta[b] * parts.data_range[b][0],
                         self.beta[b] * parts.data_range[b][1]) for b in parts.block_of)
         self.product_path = self.lib is not None and bound <= PRODUCT_EXPONENT_BOUND
+        self._eager = None
+
+    def eager(self) -> Scorer | None:
+        """An eager `Scorer` on the resident parts (same beta, gamma), once they exist."""
+        if self._eager is None:
+            resident = self.parts.resident()
+            if resident is not None:
+                self._eager = Scorer(resident, self.beta, self.gamma, cache_size=0,
+                                     native=self.lib is not None)
+        return self._eager
 
     def _to_blocks(self, per_offset: np.ndarray) -> np.ndarray:
         out = np.zeros((per_offset.shape[0], self.parts.n_blocks))
@@ -234,6 +300,9 @@ class BlockedScorer(Scorer):
 
     def context_terms(self, contexts: np.ndarray, gradient: bool = False):
         contexts = np.ascontiguousarray(np.atleast_2d(contexts), dtype=np.int64)
+        if self.eager() is not None:
+            return self._eager.context_terms(contexts, gradient)
+        self.parts.scored += contexts.shape[0]
         pieces = [self._gathered_terms(contexts[s:s + GATHER_CONTEXTS], gradient)
                   for s in range(0, contexts.shape[0], GATHER_CONTEXTS)]
         if not pieces:
@@ -272,6 +341,8 @@ class BlockedScorer(Scorer):
         block (no copy of the rows): offset by offset, row block by row block."""
         contexts = np.ascontiguousarray(np.atleast_2d(contexts), dtype=np.int64)
         targets = np.ascontiguousarray(targets, dtype=np.int64)
+        if self.eager() is not None:
+            return self._eager.target_values(contexts, targets)
         p = self.parts
         out = np.zeros((targets.size, p.n_blocks))
         for r, b in enumerate(p.block_of):

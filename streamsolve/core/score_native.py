@@ -35,6 +35,19 @@ def library():
     lib.score_contexts_product_grad.argtypes = [i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, dbl,
                                                 i64, i32, ptr, ptr, i64, ptr, ptr, ptr, ptr]
     lib.score_contexts_product_grad.restype = ctypes.c_int
+    if hasattr(lib, "score_contexts_product_dense"):  # absent from a kernel built earlier
+        lib.score_contexts_product_dense.argtypes = [i32, ptr, ptr, ptr, ptr, ptr, dbl, i64, i64,
+                                                     ptr, ptr, ptr, ptr, ptr]
+        lib.score_contexts_product_dense.restype = ctypes.c_int
+    if hasattr(lib, "score_contexts_product_hess"):
+        lib.score_contexts_product_hess.argtypes = [i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, dbl,
+                                                    i64, i32, ptr, ptr, ptr, i64, ptr, ptr,
+                                                    ptr, ptr, ptr]
+        lib.score_contexts_product_hess.restype = ctypes.c_int
+    if hasattr(lib, "score_contexts_product_hess_dense"):
+        lib.score_contexts_product_hess_dense.argtypes = \
+            lib.score_contexts_product_hess.argtypes + [ptr, ptr, ptr, ptr]
+        lib.score_contexts_product_hess_dense.restype = ctypes.c_int
     lib.target_values.argtypes = [i32, i32, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr]
     lib.target_values.restype = None
     return lib
@@ -106,6 +119,34 @@ def score_contexts_product(lib, blocks: BlockPointers, exp_data: "ctypes.Array",
     status = lib.score_contexts_product(R, blocks.indptr, blocks.indices, exp_data,
                                         _p(block_of), _p(u), float(U), u.size, n,
                                         _p(contexts), _p(log_zhat))
+    if status != 0:
+        raise MemoryError("the scoring kernel could not allocate its buffers")
+    return (log_zhat,)
+
+
+class DenseRows:
+    """Pointer tables to the rows a product kernel reads whole (per block: the row -> slot
+    map, int32 with -1 for sparse rows; the dense factors, (slots, V); each slot's
+    ``sum_j u_j (P(j) - 1)``), kept alive with them."""
+
+    def __init__(self, slots: list, rows: list, corrections: list):
+        self._keep = (slots, rows, corrections)
+        n = len(slots)
+        self.slots = (ctypes.c_void_p * n)(*[a.ctypes.data for a in slots])
+        self.rows = (ctypes.c_void_p * n)(*[a.ctypes.data for a in rows])
+        self.corrections = (ctypes.c_void_p * n)(*[a.ctypes.data for a in corrections])
+
+
+def score_contexts_product_dense(lib, blocks: BlockPointers, exp_data: "ctypes.Array",
+                                 block_of: np.ndarray, u: np.ndarray, U: float,
+                                 contexts: np.ndarray, dense_rows: DenseRows):
+    """`score_contexts_product` (no gradient) with each context's longest dense row taken
+    from ``dense_rows`` in O(1) (see `_score.c`)."""
+    n, R = contexts.shape
+    log_zhat = np.empty(n)
+    status = lib.score_contexts_product_dense(
+        R, blocks.indptr, blocks.indices, exp_data, _p(block_of), _p(u), float(U), u.size, n,
+        _p(contexts), dense_rows.slots, dense_rows.rows, dense_rows.corrections, _p(log_zhat))
     if status != 0:
         raise MemoryError("the scoring kernel could not allocate its buffers")
     return (log_zhat,)

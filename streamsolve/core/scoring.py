@@ -39,7 +39,7 @@ import os
 import numpy as np
 import scipy.sparse as sp
 
-from . import score_native
+from . import newton, score_native
 from .calibration import CalibrationFit, minimize_kept
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ KERNEL_CHUNK = 512
 NUMPY_CHUNK_NNZ = 1 << 22
 #: Largest exponent the product kernel may meet (``exp(T_j)`` stays far from overflow).
 PRODUCT_EXPONENT_BOUND = 600.0
+#: Bytes of rows the product kernel holds densely per scorer (R > 1: the longest row of a
+#: context then costs O(1), see `Scorer.dense_rows`), and the fewest entries worth it.
+DENSE_ROW_BYTES = 32 << 20
+DENSE_ROW_MIN_NNZ = 256
 #: Contexts with ``Z(c) / U`` below this are scored densely (cancellation, see module doc).
 CANCELLATION_RATIO = 1e-4
 
@@ -282,6 +286,8 @@ class Scorer:
         chunks = [(s, min(k, s + KERNEL_CHUNK)) for s in range(0, k, KERNEL_CHUNK)]
         if self.lib is not None:  # built once, before the threads share them
             self._product_factors()
+            if not gradient:
+                self.dense_rows()
             if gradient:
                 self._dense_features()
         if self.lib is not None and len(chunks) > 1:
@@ -313,7 +319,49 @@ class Scorer:
                 self._exp_data = (arrays, table)
         return self._exp_data[1]
 
+    def dense_rows(self):
+        """The longest rows (at least `DENSE_ROW_MIN_NNZ` entries, longest first, up to
+        `DENSE_ROW_BYTES`) as dense factors ``exp(beta_b S^(b)[row, .])`` for the product
+        kernel, built once per scorer; None when R = 1, off the product path, or none
+        qualifies."""
+        if getattr(self, "_dense_rows", None) is None:
+            self._dense_rows = False
+            p = self.parts
+            if (p.radius > 1 and self.lib is not None and self._product_factors() is not None
+                    and hasattr(self.lib, "score_contexts_product_dense")):
+                self._dense_rows = self._build_dense_rows() or False
+        return self._dense_rows or None
+
+    def _build_dense_rows(self):
+        p, V = self.parts, self.parts.vocab_size
+        lengths = [np.diff(ip) for ip in p.indptr]
+        candidates = sorted(((int(n), b, int(row)) for b, n_b in enumerate(lengths)
+                             for row in np.flatnonzero(n_b >= DENSE_ROW_MIN_NNZ)
+                             for n in [n_b[row]]), reverse=True)
+        chosen = candidates[:DENSE_ROW_BYTES // (8 * V)]
+        if not chosen:
+            return None
+        exp_data = self._exp_data[0]
+        slots, rows, corrections = [], [], []
+        for b in range(p.n_blocks):
+            mine = np.asarray(sorted(row for _, bb, row in chosen if bb == b), dtype=np.int64)
+            slot = np.full(p.indptr[b].size - 1, -1, dtype=np.int32)
+            slot[mine] = np.arange(mine.size, dtype=np.int32)
+            dense = np.ones((max(1, mine.size), V))
+            corr = np.zeros(max(1, mine.size))
+            for s, row in enumerate(mine):
+                lo, hi = p.indptr[b][row], p.indptr[b][row + 1]
+                j, e = p.indices[b][lo:hi], exp_data[b][lo:hi]
+                dense[s, j] = e
+                corr[s] = float(np.sum(self.u[j] * (e - 1.0)))
+            slots.append(slot), rows.append(dense), corrections.append(corr)
+        return score_native.DenseRows(slots, rows, corrections)
+
     def _terms(self, contexts: np.ndarray, gradient: bool):
+        if not gradient and self.lib is not None and self.dense_rows() is not None:
+            return score_native.score_contexts_product_dense(
+                self.lib, self.parts.pointers, self._product_factors(), self.parts.block_of,
+                self.u, self.U, contexts, self.dense_rows())
         if self.lib is not None and self._product_factors() is not None:
             dense, totals = self._dense_features() if gradient else (None, None)
             return score_native.score_contexts_product(
@@ -488,6 +536,7 @@ class CalibrationObjective:
             raise ValueError("no positions to calibrate on")
         self.parts, self.native, self.n = parts, native, targets.size
         self.unique, inverse = unique_contexts(contexts, parts.vocab_size)
+        self.unique = np.ascontiguousarray(self.unique, dtype=np.int64)
         self.counts = np.bincount(inverse, minlength=self.unique.shape[0]).astype(np.float64)
         probe = scorer_class(parts)(parts, np.ones(parts.n_blocks), 0.0, cache_size=0,
                                     native=native)
@@ -496,11 +545,16 @@ class CalibrationObjective:
         self.target_dense = target_counts @ parts.dense_features()  # sum_n x[t_n]
         self.evaluations = 0
 
+    def scorer(self, theta: np.ndarray, native: bool | None = None) -> Scorer:
+        """An uncached scorer of the parts at ``theta`` (``native`` defaults to the
+        objective's)."""
+        return scorer_class(self.parts)(self.parts, theta[:-1], theta[-1], cache_size=0,
+                                        native=self.native if native is None else native)
+
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         theta = np.asarray(theta, dtype=np.float64)
         beta, gamma = theta[:-1], theta[-1]
-        scorer = scorer_class(self.parts)(self.parts, beta, gamma, cache_size=0,
-                                          native=self.native)
+        scorer = self.scorer(theta)
         log_zhat, exp_sparse, exp_dense = scorer.context_terms(self.unique, gradient=True)
         target_logits = self.target_dense[:-1] @ beta + gamma * self.target_dense[-1] \
             + self.target_raw @ beta - self.n * scorer.a_max
@@ -516,10 +570,16 @@ class CalibrationObjective:
 def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: np.ndarray,
                            theta0: np.ndarray, max_iter: int = 100,
                            native: bool | None = None) -> CalibrationFit:
-    """Fit ``(beta, gamma)`` by L-BFGS on `CalibrationObjective` (one fast pass per
-    evaluation); kept only if the sample's loss does not go up (as `fit_calibration`)."""
+    """Fit ``(beta, gamma)`` on `CalibrationObjective` (one fast pass per evaluation): by
+    damped Newton with the exact Hessian (`streamsolve.core.newton`) on the C kernel's
+    product path, else by L-BFGS; kept only if the sample's loss does not go up (as
+    `fit_calibration`)."""
     objective = CalibrationObjective(parts, contexts, targets, native)
-    fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter, objective.n)
+    if newton.newton_available(objective):
+        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64))
+    else:
+        fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter,
+                            objective.n)
     logger.info("calibration: %d evaluations over %d positions (%d distinct contexts)",
                 objective.evaluations, objective.n, objective.unique.shape[0])
     return fit

@@ -192,3 +192,110 @@ def test_scorer_rejects_bad_shapes():
         scorer.log_probs(np.zeros((3, 1), dtype=np.int64), np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError, match="beta values"):
         Scorer(scorer.parts, [1.0], 0.0)
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+@pytest.mark.parametrize("aggregation,radius", [("cat", 2), ("cat", 3), ("sum", 3)])
+@pytest.mark.parametrize("dense_rows", [1, 3, 1000])
+def test_dense_long_rows_equal_dense_formula(monkeypatch, aggregation, radius, dense_rows):
+    """The product kernel with each context's longest row held densely (all, some or three
+    of the rows qualify) equals the dense formula, calibrated or not."""
+    import streamsolve.core.scoring as scoring
+
+    V = 15
+    monkeypatch.setattr(scoring, "DENSE_ROW_MIN_NNZ", 1)
+    monkeypatch.setattr(scoring, "DENSE_ROW_BYTES", 8 * V * dense_rows)
+    weights = weights_of(random_docs(radius, V, n_docs=300), V, radius, aggregation)
+    ctx, tgt = positions(random_docs(50 + radius, V, n_docs=60), radius)
+    for w in (weights, weights.with_calibration(np.linspace(0.4, 1.3, len(weights.blocks)),
+                                                -0.7)):
+        scorer = Scorer(ScoringParts.from_weights(w), w.beta, w.gamma, native=True)
+        np.testing.assert_allclose(scorer.log_probs(ctx, tgt), dense_log_probs(w, ctx, tgt),
+                                   rtol=0, atol=1e-9)
+        held = scorer.dense_rows()
+        assert held is not None
+        assert sum(int((s >= 0).sum()) for s in held._keep[0]) == min(dense_rows, sum(
+            int((np.diff(ip) >= 1).sum()) for ip in scorer.parts.indptr))
+
+
+@pytest.mark.parametrize("radius", [1, 3])
+@pytest.mark.parametrize("batch", [1, 7, 1 << 14])
+def test_evaluation_in_batches_equals_per_document_positions(monkeypatch, radius, batch):
+    """Positions are built for groups of documents at once and cut into batches of
+    SPARSE_EVAL_BATCH: the same positions as document by document (empty ones skipped)."""
+    import streamsolve.language_model as language_model
+
+    V = 20
+    monkeypatch.setattr(language_model, "SPARSE_EVAL_BATCH", batch)
+    weights = weights_of(random_docs(3, V, n_docs=200), V, radius)
+    heldout = [np.asarray(d) for d in random_docs(4, V, n_docs=80)] + [np.zeros(0, np.int64)]
+    ctx, tgt = positions(heldout, radius)
+    expected = -np.mean(dense_log_probs(weights, ctx, tgt))
+    got = LanguageModel(weights).evaluate_ids(heldout[::-1][1:] + heldout[-1:])
+    ctx, tgt = positions(heldout[::-1][1:], radius)
+    assert got.tokens == tgt.size
+    assert got.cross_entropy == pytest.approx(-np.mean(dense_log_probs(weights, ctx, tgt)),
+                                              abs=1e-9)
+    assert LanguageModel(weights).evaluate_ids(heldout).cross_entropy == pytest.approx(
+        expected, abs=1e-9)
+
+
+def test_prefetched_documents_keep_order_and_raise_the_producers_error():
+    from streamsolve.language_model import prefetched
+
+    docs = [np.arange(n) for n in range(50)]
+    got = list(prefetched(iter(docs), tokens=30, depth=2))
+    assert len(got) == 50 and all(np.array_equal(a, b) for a, b in zip(got, docs))
+
+    def broken():
+        yield np.arange(3)
+        raise OSError("unreadable shard")
+
+    with pytest.raises(OSError, match="unreadable shard"):
+        list(prefetched(broken(), tokens=1))
+    stream = prefetched(iter(docs * 100), tokens=1, depth=1)
+    next(stream)
+    stream.close()  # leaving early stops the producer (it does not block forever)
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+@pytest.mark.parametrize("aggregation,radius", [("cat", 1), ("cat", 3), ("sum", 2)])
+@pytest.mark.parametrize("dense_rows", [0, 3, 1000])
+def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(monkeypatch, aggregation, radius,
+                                                          dense_rows):
+    """The kernel's Hessian equals finite differences of the gradient, and damped Newton
+    reaches the L-BFGS optimum (to 1e-6) in fewer passes."""
+    from streamsolve.core import newton
+    from streamsolve.core.calibration import minimize_kept
+
+    V = 24
+    monkeypatch.setattr(newton, "DENSE_ROW_MIN_NNZ", 1 if dense_rows else 10 ** 9)
+    monkeypatch.setattr(newton, "DENSE_ROW_BYTES", 16 * V * dense_rows)
+    docs = random_docs(5, V, n_docs=500)
+    weights = weights_of(docs[:400], V, radius, aggregation)
+    ctx, tgt = positions(docs[400:], radius)
+    parts = ScoringParts.from_weights(weights)
+    objective = CalibrationObjective(parts, ctx, tgt, native=True)
+    assert newton.newton_available(objective)
+    theta = np.r_[np.linspace(0.6, 1.1, parts.n_blocks), -0.3]
+    loss, grad, hessian = newton.loss_gradient_hessian(objective, theta)
+    ref_loss, ref_grad = objective(theta)
+    assert loss == pytest.approx(ref_loss, abs=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-12)
+    h = 1e-6
+    numeric = np.column_stack([(objective(theta + h * e)[1] - objective(theta - h * e)[1]) / (2 * h)
+                               for e in np.eye(theta.size)])
+    np.testing.assert_allclose(hessian, numeric, atol=1e-6)
+    theta0 = np.r_[weights.beta, weights.gamma]
+    default = newton.fit_newton(CalibrationObjective(parts, ctx, tgt, native=True), theta0)
+    monkeypatch.setattr(newton, "NEWTON_DECREMENT", 0.0)
+    fit = newton.fit_newton(CalibrationObjective(parts, ctx, tgt, native=True), theta0)
+    reference = minimize_kept(objective, theta0, 500, objective.n)
+    from scipy.optimize import minimize
+
+    tight = minimize(objective, reference.theta, jac=True, method="L-BFGS-B",
+                     options={"maxiter": 500, "gtol": 1e-12, "ftol": 1e-15})
+    np.testing.assert_allclose(fit.theta, tight.x, atol=1e-6)
+    assert fit.loss_after <= tight.fun + 1e-12
+    assert fit.loss_after <= fit.loss_before
+    assert default.loss_after == pytest.approx(tight.fun, abs=1e-8)  # stopped by the decrement

@@ -101,16 +101,23 @@ def test_lazy_cancelling_contexts_match_eager(tmp_path):
 
 
 def test_calibration_on_lazy_parts_equals_eager(tmp_path):
+    """Resident lazy parts (they fit the budget) take the same Newton steps as eager ones;
+    over budget, the gathered path fits by L-BFGS and reaches the same optimum."""
     store, docs = make_store(tmp_path)
     finalize_store(store, "row", "dirichlet")
     eager = read_store_weights(store, lazy=False)
-    lazy = read_store_weights(store, cache_bytes=1)
     ctx, tgt = positions(docs[:60], 3)
     theta0 = np.r_[eager.beta, eager.gamma]
     a = fit_calibration_scored(eager.scoring_parts(), ctx, tgt, theta0, max_iter=30)
-    b = fit_calibration_scored(lazy.scoring_parts(), ctx, tgt, theta0, max_iter=30)
+    resident = read_store_weights(store, cache_bytes=1 << 20)
+    b = fit_calibration_scored(resident.scoring_parts(), ctx, tgt, theta0, max_iter=30)
     np.testing.assert_allclose(b.theta, a.theta, rtol=1e-7, atol=1e-9)
     assert b.loss_after == pytest.approx(a.loss_after, rel=1e-12)
+    gathered = read_store_weights(store, cache_bytes=1)
+    c = fit_calibration_scored(gathered.scoring_parts(), ctx, tgt, theta0, max_iter=200)
+    assert gathered.scoring_parts().resident() is None
+    np.testing.assert_allclose(c.theta, a.theta, atol=1e-4)
+    assert c.loss_after == pytest.approx(a.loss_after, abs=1e-9)
 
 
 def test_row_block_cache_is_bounded_and_counts_loads(tmp_path):
@@ -123,3 +130,45 @@ def test_row_block_cache_is_bounded_and_counts_loads(tmp_path):
     assert cache.loads >= 15 * 3  # every row block of every offset was needed
     biggest = max(sum(a.nbytes for a in b) for b in cache._blocks.values())
     assert cache.bytes <= max(2000, biggest)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("form,smoothing,aggregation", CASES[:3])
+def test_resident_lazy_model_scores_bit_identically(tmp_path, monkeypatch, form, smoothing,
+                                                    aggregation, native):
+    """Once enough contexts were scored and S fits the budget, the lazy model keeps S
+    resident (one layout for the rest of the run): the same numbers as gathered / eager."""
+    from streamsolve.core import blocked_scoring
+
+    if native and not score_native.available():
+        pytest.skip("the native scoring kernel is not built")
+    monkeypatch.setattr(blocked_scoring, "RESIDENT_AFTER", 0)
+    store, docs = make_store(tmp_path, aggregation=aggregation)
+    finalize_store(store, form, smoothing)
+    eager = read_store_weights(store, lazy=False).with_calibration(
+        np.linspace(0.5, 1.2, 3 if aggregation == "cat" else 1), -0.7)
+    lazy = read_store_weights(store, cache_bytes=1 << 20)
+    lazy = lazy.with_calibration(np.linspace(0.5, 1.2, len(eager.blocks)), -0.7)
+    if not native:
+        eager.scorer().lib = None
+        lazy.scorer().lib = None
+    ctx, tgt = positions(docs, 3)
+    got = lazy.target_log_probs(ctx, tgt)
+    assert lazy.scoring_parts().resident() is not None
+    assert lazy.scoring_parts().cache.bytes == 0  # the resident parts replace the LRU
+    np.testing.assert_array_equal(got, eager.target_log_probs(ctx, tgt))
+    np.testing.assert_array_equal(lazy.scorer().log_normalizers(ctx[:50]),
+                                  eager.scorer().log_normalizers(ctx[:50]))
+
+
+def test_lazy_model_over_budget_is_never_resident(tmp_path, monkeypatch):
+    from streamsolve.core import blocked_scoring
+
+    monkeypatch.setattr(blocked_scoring, "RESIDENT_AFTER", 0)
+    store, docs = make_store(tmp_path)
+    finalize_store(store, "row", "dirichlet")
+    lazy = read_store_weights(store, cache_bytes=2000)
+    ctx, tgt = positions(docs, 3)
+    np.testing.assert_array_equal(lazy.target_log_probs(ctx, tgt),
+                                  read_store_weights(store, lazy=False).target_log_probs(ctx, tgt))
+    assert lazy.scoring_parts().resident() is None
