@@ -129,3 +129,20 @@ def write_text(path: Path, text: str) -> Path:
         data = zstandard.ZstdCompressor().compress(data)
     path.write_bytes(data)
     return path
+
+
+def random_explicit_weights(vocab_size: int, radius: int, aggregation: str = "cat",
+                            form: str = "row", smoothing: str = "dirichlet", seed: int = 0):
+    """Explicit weights of 80 random documents (ids 1..V-1, BOS 0): small, every form."""
+    import random
+
+    import numpy as np
+
+    from streamsolve.core.counting import CountConfig, count_sequences
+    from streamsolve.core.weights import finalize
+
+    rng = random.Random(seed)
+    docs = [[rng.randrange(1, vocab_size) for _ in range(rng.randrange(1, 40))] for _ in range(80)]
+    counts = count_sequences([(np.asarray(d, dtype=np.int64), True) for d in docs],
+                             CountConfig(vocab_size, radius, aggregation, bos_id=0))
+    return finalize(counts, form=form, smoothing=smoothing)

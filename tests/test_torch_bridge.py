@@ -3,7 +3,6 @@ classifier as nn.Linear, the dense budget, CUDA without CUDA, and torch missing.
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from streamsolve.core.counting import CountConfig, count_sequences
-from streamsolve.core.weights import finalize
 from streamsolve.language_model import LanguageModel
+
+from .conftest import random_explicit_weights
 
 torch = pytest.importorskip("torch")
 bridge = pytest.importorskip("streamsolve.torch")
@@ -22,11 +21,7 @@ V = 29
 
 
 def weights_of(radius, aggregation="cat", form="row", smoothing="dirichlet", seed=0):
-    rng = random.Random(seed)
-    docs = [[rng.randrange(1, V) for _ in range(rng.randrange(1, 40))] for _ in range(80)]
-    counts = count_sequences([(np.asarray(d, dtype=np.int64), True) for d in docs],
-                             CountConfig(V, radius, aggregation, bos_id=0))
-    return finalize(counts, form=form, smoothing=smoothing)
+    return random_explicit_weights(V, radius, aggregation, form, smoothing, seed)
 
 
 CASES = [(1, "cat", "row", False), (2, "cat", "row", True), (3, "cat", "row", True),

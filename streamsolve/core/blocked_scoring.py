@@ -260,16 +260,7 @@ class _Window(Scorer):
         raw = np.zeros((base.parts.n_blocks, contexts.shape[0], base.parts.vocab_size))
         for r, b in enumerate(base.parts.block_of):
             raw[b] += self.parts.dense_rows(r, contexts[:, r])
-        logits = self.a[None, :] + np.tensordot(base.beta, raw, axes=1)
-        peak = logits.max(axis=1, keepdims=True)
-        weights = np.exp(logits - peak)
-        total = weights.sum(axis=1)
-        log_zhat = peak[:, 0] + np.log(total)
-        if not gradient:
-            return (log_zhat,)
-        prob = weights / total[:, None]
-        exp_sparse = np.einsum("bkv,kv->kb", raw, prob)
-        return log_zhat, exp_sparse, prob @ self._dense_features()[0]
+        return self._terms_of_dense_rows(raw, base.beta, gradient)
 
 
 class BlockedScorer(Scorer):

@@ -435,7 +435,11 @@ class Scorer:
         raw = np.zeros((p.n_blocks, contexts.shape[0], p.vocab_size))
         for r, b in enumerate(p.block_of):
             raw[b] += p.dense_rows(b, contexts[:, r])
-        logits = self.a[None, :] + np.tensordot(self.beta, raw, axes=1)
+        return self._terms_of_dense_rows(raw, self.beta, gradient)
+
+    def _terms_of_dense_rows(self, raw: np.ndarray, beta: np.ndarray, gradient: bool):
+        """`_dense_terms` from the dense sparse-part rows ``raw`` (blocks, contexts, V)."""
+        logits = self.a[None, :] + np.tensordot(beta, raw, axes=1)
         peak = logits.max(axis=1, keepdims=True)
         weights = np.exp(logits - peak)
         total = weights.sum(axis=1)

@@ -3,25 +3,20 @@ equal to dense double-centring."""
 
 from __future__ import annotations
 
-import random
 
 import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from streamsolve.core.counting import CountConfig, count_sequences
 from streamsolve.core.warm_start import block_squared_norm, centre_block, min_norm_weights
-from streamsolve.core.weights import finalize
+
+from ..conftest import random_explicit_weights
 
 V = 23
 
 
 def weights_of(radius, aggregation="cat", form="row", smoothing="dirichlet", seed=0):
-    rng = random.Random(seed)
-    docs = [[rng.randrange(1, V) for _ in range(rng.randrange(1, 40))] for _ in range(80)]
-    counts = count_sequences([(np.asarray(d, dtype=np.int64), True) for d in docs],
-                             CountConfig(V, radius, aggregation, bos_id=0))
-    return finalize(counts, form=form, smoothing=smoothing)
+    return random_explicit_weights(V, radius, aggregation, form, smoothing, seed)
 
 
 def all_contexts(radius, n=300, seed=1):
