@@ -121,16 +121,18 @@ class LazyScoringParts:
         self._resident: ScoringParts | None | bool = None  # False: does not fit
         self._resident_lock = threading.Lock()
 
-    def resident(self) -> ScoringParts | None:
+    def resident(self, now: bool = False) -> ScoringParts | None:
         """The whole of ``S`` as eager `ScoringParts` when it fits the row block cache's
         budget, built once (the cache is then emptied: the parts replace it) and shared by
         every scorer of these parts; None while fewer than `RESIDENT_AFTER` contexts were
-        scored, or when it does not fit.
+        scored (unless ``now``: a caller that will read it all, such as a calibration fit),
+        or when it does not fit.
 
         Scores through it are the same numbers as through gathered layouts (same rows, same
         order, the product path chosen from the same global ``data_range``): tested.
         """
-        if self._resident is False or (self._resident is None and self.scored < RESIDENT_AFTER):
+        if self._resident is False or (self._resident is None and not now
+                                       and self.scored < RESIDENT_AFTER):
             return None
         with self._resident_lock:
             if self._resident is None:
@@ -214,16 +216,6 @@ class LazyScoringParts:
                              np.arange(self.radius, dtype=np.int32))
         return parts, np.ascontiguousarray(local)
 
-    def materialize(self) -> ScoringParts:
-        """Eager `ScoringParts` (every row block read; for small models and tests)."""
-        blocks = []
-        for b in range(self.n_blocks):
-            ip, ix, d = self.rows(b, np.arange(self.vocab_size))
-            blocks.append((ip, ix, d))
-        return ScoringParts([x[0] for x in blocks], [x[1] for x in blocks],
-                            [x[2] for x in blocks], self.row_terms, self.col_terms,
-                            self.log_unigram, self.block_of)
-
 
 class _Window(Scorer):
     """A `Scorer` over one gathered batch: the base scorer's O(V) terms, compact ``S``."""
@@ -274,10 +266,11 @@ class BlockedScorer(Scorer):
         self.product_path = self.lib is not None and bound <= PRODUCT_EXPONENT_BOUND
         self._eager = None
 
-    def eager(self) -> Scorer | None:
-        """An eager `Scorer` on the resident parts (same beta, gamma), once they exist."""
+    def eager(self, now: bool = False) -> Scorer | None:
+        """An eager `Scorer` on the resident parts (same beta, gamma), once they exist (or
+        ``now``, see `LazyScoringParts.resident`)."""
         if self._eager is None:
-            resident = self.parts.resident()
+            resident = self.parts.resident(now)
             if resident is not None:
                 self._eager = Scorer(resident, self.beta, self.gamma, cache_size=0,
                                      native=self.lib is not None)

@@ -47,8 +47,7 @@ HESSIAN_CHUNK = 2048
 def _eager(scorer):
     """The scorer whose parts are whole (a lazy scorer's resident one), or None."""
     if hasattr(scorer, "eager"):
-        scorer.parts.scored = max(scorer.parts.scored, 1 << 62)  # the fit reads it all
-        return scorer.eager()
+        return scorer.eager(now=True)  # the fit reads all of S, pass after pass
     return scorer
 
 
