@@ -122,15 +122,6 @@ class ExplicitWeights:
         """Index of the weight block used by offset r (0-based)."""
         return r if self.config.aggregation == "cat" else 0
 
-    def block_features(self, contexts: np.ndarray) -> np.ndarray:
-        """Per-block summed log-probabilities, shape (n_blocks, B, V) (for calibration)."""
-        contexts = np.asarray(contexts)
-        B, V = contexts.shape[0], self.config.vocab_size
-        out = np.zeros((len(self.blocks), B, V))
-        for r in range(self.config.radius):
-            out[self.block_of_offset(r)] += self.blocks[self.block_of_offset(r)].rows(contexts[:, r])
-        return out
-
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """Logits for a batch of contexts.
 

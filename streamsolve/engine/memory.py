@@ -145,10 +145,6 @@ class MemoryPlan:
         the OS after each tokenizer batch (`release_free_memory`): half the process's share
         of the budget. Trimming always costs ~15% of throughput (pages are faulted in again),
         so it is done only when memory is getting tight.
-    line_bytes : int
-        Longest line read whole under this budget (`line_bytes_for`): the bound a store
-        created under this plan records (`streamsolve.ingest`); later ingests into that
-        store use the recorded bound, whatever their budget.
     """
 
     budget: int
@@ -160,7 +156,6 @@ class MemoryPlan:
     merge_fan_in: int = 64
     serial_tokenizer: bool = False
     trim_above: int = 0
-    line_bytes: int = MAX_LINE_BYTES
     estimated_peak_bytes: int = 0
     estimated_spill_bytes: int = 0
 
@@ -187,8 +182,7 @@ class MemoryPlan:
         task = max(MIN_TASK_BYTES, pool // holders)
         return cls(int(budget), workers, int(block), int(task), spill_dir, int(rows_per_block),
                    serial_tokenizer=workers > 1 and budget < workers * SERIAL_TOKENIZER_BELOW,
-                   trim_above=int(budget // (2 * max(1, min(int(processes), workers)))),
-                   line_bytes=line_bytes_for(budget, workers))
+                   trim_above=int(budget // (2 * max(1, min(int(processes), workers)))))
 
     def trim_heap(self) -> bool:
         """Give freed heap pages back to the OS if this process holds more than
