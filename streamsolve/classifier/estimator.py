@@ -469,7 +469,7 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
 
     # ---- refinement --------------------------------------------------------------------
 
-    def refine(self, X, y, passes=10, init="current", l2=0.0, X_val=None, y_val=None,
+    def refine(self, X, y, passes=10, init="current", l2="auto", X_val=None, y_val=None,
                early_stopping=False, random_state=None):
         """Improve the weights by full-batch L-BFGS passes over row chunks of (X, y).
 
@@ -494,10 +494,10 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
         init : {"current", "explicit", "zeros", "random"} or (coef, intercept), default="current"
             Start point: the current weights, the minimum-norm explicit weights
             (calibrated if `calibrate` ran; DESIGN 3b), zeros, small random weights, or arrays.
-        l2 : float, default=0.0
-            L2 penalty on ``coef`` (not the intercept). scikit-learn's LogisticRegression
-            minimises ``C sum_n loss_n + ||coef||^2 / 2``; divided by ``C N`` that is this
-            objective with ``l2 = 1 / (C N)`` (N training samples): the same optimum.
+        l2 : float or "auto", default="auto"
+            L2 penalty on ``coef`` (not the intercept). LogisticRegression minimises ``C sum_n
+            loss_n + ||coef||^2 / 2``: this objective with ``l2 = 1 / (C N)`` (N training
+            samples), the same optimum. "auto" is ``1 / N``, LogisticRegression's default C = 1.
         X_val, y_val : optional held-out data
             If given, each history entry also holds ``val_loss`` and ``val_accuracy`` (an
             extra evaluation pass over them, not counted in ``passes``).
@@ -516,7 +516,7 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
             raise ValueError(f"passes must be an integer >= 0, got {passes!r}.")
         if early_stopping and X_val is None:
             raise ValueError("early_stopping=True needs validation data X_val, y_val.")
-        weights = self._weights()
+        weights, l2 = self._weights(), _refine.resolve_l2(l2, self._rows(X, caller).n_samples)
         coef0, intercept0 = _refine.start_point(
             init, (weights.coef, weights.intercept), weights.explicit_point(), random_state)
         floor = np.min(intercept0[np.isfinite(intercept0)], initial=0.0) - 50.0

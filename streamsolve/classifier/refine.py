@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -207,6 +208,28 @@ def refine_weights(train_pass: Callable[[np.ndarray, np.ndarray], LossGrad],
     for entry in history:
         entry["kept"] = entry["pass"] == best["entry"]
     return best["coef"], best["intercept"], history
+
+
+def resolve_l2(l2, n_samples: int) -> float:
+    """The L2 penalty of `refine`: ``"auto"`` is ``1 / n_samples`` (LogisticRegression's C = 1).
+
+    Parameters
+    ----------
+    l2 : float or "auto"
+    n_samples : int
+        Training samples N; a LogisticRegression ``C`` corresponds to ``l2 = 1 / (C N)``.
+
+    Returns
+    -------
+    float
+    """
+    if isinstance(l2, str):
+        if l2 != "auto":
+            raise ValueError(f"l2 must be a number >= 0 or 'auto', got {l2!r}.")
+        return 1.0 / max(int(n_samples), 1)
+    if not isinstance(l2, numbers.Real) or not np.isfinite(l2) or l2 < 0:
+        raise ValueError(f"l2 must be a number >= 0 or 'auto', got {l2!r}.")
+    return float(l2)
 
 
 def start_point(init, current: tuple, explicit: tuple, random_state=None):

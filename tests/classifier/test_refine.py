@@ -57,7 +57,7 @@ def test_refinement_decreases_loss_and_explicit_start_beats_zeros(digits_split):
     (X, y), (Xc, yc), _ = digits_split
     explicit = ExplicitSoftmaxClassifier().fit(X, y).calibrate(Xc, yc)
     start_loss = explicit.log_loss(X, y)
-    explicit.refine(X, y, passes=10)
+    explicit.refine(X, y, passes=10, l2=0.0)
     history = explicit.refine_history_
     assert [h["pass"] for h in history] == list(range(11))
     assert history[0]["loss"] == pytest.approx(start_loss, rel=1e-10)
@@ -97,6 +97,24 @@ def test_refine_early_stopping_keeps_best_validation_point(digits_split):
     assert model.log_loss(Xt, yt) == pytest.approx(best["val_loss"], rel=1e-10)
     with pytest.raises(ValueError, match="early_stopping=True needs validation data"):
         model.refine(X, y, passes=1, early_stopping=True)
+
+
+def test_l2_auto_is_logistic_regression_default_c(digits_split):
+    (X, y), _, _ = digits_split
+    auto = ExplicitSoftmaxClassifier().fit(X, y).refine(X, y, passes=0, init="zeros")
+    given = ExplicitSoftmaxClassifier().fit(X, y).refine(X, y, passes=0, init="zeros",
+                                                         l2=1.0 / len(y))
+    explicit = ExplicitSoftmaxClassifier().fit(X, y)
+    explicit.refine(X, y, passes=0, init="explicit")
+    penalised = explicit.refine_history_[0]
+    explicit.refine(X, y, passes=0, init="explicit", l2=0.0)
+    unpenalised = explicit.refine_history_[0]
+    assert auto.refine_history_ == given.refine_history_
+    assert penalised["objective"] > unpenalised["objective"] == pytest.approx(
+        unpenalised["loss"], rel=1e-12)
+    for bad in ("C=1", -1.0, float("nan")):
+        with pytest.raises(ValueError, match="l2 must be a number >= 0 or 'auto'"):
+            explicit.refine(X, y, passes=0, l2=bad)
 
 
 def test_refine_start_points_and_finalize_restores_explicit(digits_split):
