@@ -32,6 +32,9 @@ _PUBLIC_NAMES = {
 
 __all__ = sorted(_PUBLIC_NAMES) + ["__version__"]
 
+#: Optional submodules reachable as attributes (``streamsolve.torch`` needs the ``[torch]`` extra).
+_SUBMODULES = ("torch",)
+
 
 def _installed_version() -> str:
     """The installed distribution's version (``"unknown"`` in a checkout that is not installed)."""
@@ -47,6 +50,8 @@ def __getattr__(name: str):
     """Import a public name's module on first use and cache the name in this module."""
     if name == "__version__":
         value = _installed_version()
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
     elif name in _PUBLIC_NAMES:
         module_name, attribute = _PUBLIC_NAMES[name]
         value = getattr(importlib.import_module(module_name, __name__), attribute)

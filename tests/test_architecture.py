@@ -240,6 +240,16 @@ def test_import_streamsolve_is_lazy():
     assert loaded == ["streamsolve"]
 
 
+def test_torch_bridge_is_an_attribute_imported_on_first_use():
+    pytest.importorskip("torch")
+    loaded = _run_python(
+        "import json, sys, streamsolve\n"
+        "before = 'torch' in sys.modules\n"
+        "bridge = streamsolve.torch\n"
+        "print(json.dumps([before, bridge.__name__, callable(bridge.load)]))")
+    assert loaded == [False, "streamsolve.torch", True]
+
+
 def test_import_classifier_loads_no_language_model_stack():
     loaded = _run_python(
         "import json, sys, streamsolve.classifier\n"
