@@ -357,7 +357,8 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
                                 workers=runtime.worker_threads,
                                 processes=runtime.worker_processes,
                                 rows_per_block=rows_per_block, split_every=split_every,
-                                vocab_size=config.vocab_size)
+                                vocab_size=config.vocab_size,
+                                worker_limits=runtime.worker_memory_limits())
     graph = count_graph(paths, tokenizer_text, config, read_options, holdout, plan, split_every,
                         shard_delay)
     logger.info("counting %d shard(s) on the %s", len(paths), runtime.describe())

@@ -145,6 +145,17 @@ class Runtime:
         threads = self.workers or os.cpu_count() or 1
         return threads, threads if self.scheduler == "processes" else 1
 
+    def worker_memory_limits(self) -> list[int]:
+        """Memory limit of each worker of the cluster in bytes (0: that worker has none);
+        empty for the local schedulers, or when the scheduler does not say."""
+        if self.client is None:
+            return []
+        try:
+            workers = self.client.scheduler_info()["workers"].values()
+            return [int(w.get("memory_limit") or 0) for w in workers]
+        except Exception:  # noqa: BLE001 - only used for planning
+            return []
+
     @property
     def is_cluster(self) -> bool:
         """Whether graphs run on a ``dask.distributed`` cluster."""
