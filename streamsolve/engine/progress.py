@@ -29,7 +29,7 @@ class Stage:
     """A named stage of a run: logs a banner on entry and elapsed time (and tokens/s) on exit."""
 
     def __init__(self, name: str, number: int | None = None, total: int | None = None,
-                 log: logging.Logger | None = None):
+                 log: logging.Logger | None = None, measure: bool | None = None):
         self.name = name
         self.label = f"{number}/{total} {name}" if number is not None and total else name
         self.tokens: int | None = None
@@ -38,10 +38,11 @@ class Stage:
         self.peak_rss = 0
         self.log = log or logger
         self._memory: PeakMemory | None = None
+        self.measure = measure  # sample peak memory (default: when the log shows it)
 
     def __enter__(self) -> "Stage":
         self.log.info("=== %s ===", self.label)
-        if self.log.isEnabledFor(logging.INFO):
+        if self.measure or (self.measure is None and self.log.isEnabledFor(logging.INFO)):
             self._memory = PeakMemory(interval=0.5).__enter__()
         self._started = time.perf_counter()
         return self
@@ -130,7 +131,13 @@ class PeakMemory:
     >>> with PeakMemory() as mem:
     ...     work()
     >>> mem.peak  # bytes
+
+    Nested monitors (a run's, around its stages') each see the whole peak: a monitor takes
+    the marks of the others before it resets them.
     """
+
+    _active: list["PeakMemory"] = []
+    _active_lock = threading.Lock()
 
     def __init__(self, pid: int | None = None, interval: float = 0.05):
         self.pid = pid
@@ -139,15 +146,17 @@ class PeakMemory:
         self.sampled_peak = 0
         self._marks: dict[int, int] = {}
         self._untrusted: set[int] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        self.sampled_peak = max(self.sampled_peak, tree_rss(self.pid))
-        for pid in _tree_pids(self.pid):
-            if pid not in self._untrusted:
-                self._marks[pid] = max(self._marks.get(pid, 0), peak_rss(pid))
-        self.peak = max(self.sampled_peak, sum(self._marks.values()))
+        with self._lock:  # the sampler thread and a nested monitor's entry
+            self.sampled_peak = max(self.sampled_peak, tree_rss(self.pid))
+            for pid in _tree_pids(self.pid):
+                if pid not in self._untrusted:
+                    self._marks[pid] = max(self._marks.get(pid, 0), peak_rss(pid))
+            self.peak = max(self.sampled_peak, sum(self._marks.values()))
 
     def _run(self):
         while not self._stop.is_set():
@@ -155,9 +164,13 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
-        for pid in _tree_pids(self.pid):
-            if not reset_peak_rss(pid):
-                self._untrusted.add(pid)
+        with PeakMemory._active_lock:
+            for other in PeakMemory._active:
+                other._sample()  # before its marks are reset
+            for pid in _tree_pids(self.pid):
+                if not reset_peak_rss(pid):
+                    self._untrusted.add(pid)
+            PeakMemory._active.append(self)
         self._sample()
         self._thread.start()
         return self
@@ -166,6 +179,8 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
+        with PeakMemory._active_lock:
+            PeakMemory._active.remove(self)
         return False
 
 

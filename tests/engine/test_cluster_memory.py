@@ -79,3 +79,16 @@ def test_count_on_a_cluster_plans_from_the_workers(client, tmp_path, sharded_cor
         in caplog.text
     local = count_corpus(paths, tokenizer_text, config, ReadOptions(), scheduler="sync").counts
     assert remote.to_counts(plan.task_bytes, plan.spill_dir).equal_counts(local)
+
+
+def test_count_summary_on_a_cluster_has_the_workers_peaks(client, tmp_path, sharded_corpus,
+                                                          tokenizer_file):
+    from streamsolve import api
+
+    summary = api.count(sharded_corpus(2, ""), str(tmp_path / "m.zarr"),
+                        tokenizer=tokenizer_file, radius=1,
+                        scheduler=client.scheduler.address).summary()
+    memory = summary["memory"]
+    assert memory["budget_bytes"] == int(2 * LIMIT * CLUSTER_WORKER_SHARE)
+    assert "workers' memory limit" in memory["budget_source"]
+    assert len(memory["worker_peak_bytes"]) == 2 and min(memory["worker_peak_bytes"]) > 0
