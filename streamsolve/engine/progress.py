@@ -87,7 +87,11 @@ def tree_rss(pid: int | None = None) -> int:
 
 def reset_peak_rss(pid: int | None = None) -> bool:
     """Reset the high-water mark of a process's resident memory (Linux: ``5`` written to
-    ``/proc/PID/clear_refs``); whether it could."""
+    ``/proc/PID/clear_refs``); whether it could. Running `PeakMemory` monitors take their
+    marks first (e.g. a cluster's workers in this process)."""
+    with PeakMemory._active_lock:
+        for monitor in PeakMemory._active:
+            monitor._sample()
     try:
         with open(f"/proc/{pid or os.getpid()}/clear_refs", "w") as f:
             f.write("5")
@@ -137,7 +141,7 @@ class PeakMemory:
     """
 
     _active: list["PeakMemory"] = []
-    _active_lock = threading.Lock()
+    _active_lock = threading.RLock()
 
     def __init__(self, pid: int | None = None, interval: float = 0.05):
         self.pid = pid
@@ -164,9 +168,7 @@ class PeakMemory:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
-        with PeakMemory._active_lock:
-            for other in PeakMemory._active:
-                other._sample()  # before its marks are reset
+        with PeakMemory._active_lock:  # the others take their marks before the reset
             for pid in _tree_pids(self.pid):
                 if not reset_peak_rss(pid):
                     self._untrusted.add(pid)

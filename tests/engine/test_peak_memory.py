@@ -36,3 +36,14 @@ def test_a_childs_spike_is_counted_after_it_freed_the_memory():
         time.sleep(0.3)
         child.wait()
     assert mem.peak >= before + SPIKE * 0.95
+
+
+def test_a_nested_monitor_does_not_hide_the_outer_peak():
+    with PeakMemory(interval=60.0) as outer:
+        before = outer.peak
+        spike = np.ones(SPIKE // 8)
+        del spike
+        with PeakMemory(interval=60.0) as inner:  # resets the high-water mark
+            pass
+    assert inner.peak < before + SPIKE // 2
+    assert outer.peak >= before + SPIKE * 0.95
