@@ -179,13 +179,16 @@ def measured_memory(planned: dict | None, peak: int, worker_peaks: list[int]) ->
     if worker_peaks:
         memory["worker_peak_bytes"] = [int(p) for p in worker_peaks]
     if planned:
-        workers = (f"; workers' peaks {', '.join(format_bytes(p) for p in worker_peaks)}"
-                   if worker_peaks else "")
-        logger.info("estimate vs measured (stages 2-5): peak memory ~%s estimated, %s measured "
-                    "(%.0f%% of the %s budget)%s; spill disk ~%s estimated, %s written",
-                    format_bytes(memory["peak_estimated_bytes"]), format_bytes(peak),
-                    100.0 * peak / memory["budget_bytes"], format_bytes(memory["budget_bytes"]),
-                    workers, format_bytes(memory["spill_estimated_bytes"]),
+        # on a cluster the budget is the workers': compare it with the sum of their peaks
+        measured = sum(worker_peaks) if worker_peaks else peak
+        where = (f"the workers' peaks {', '.join(format_bytes(p) for p in worker_peaks)}"
+                 if worker_peaks else "this process tree")
+        logger.info("estimate vs measured: peak memory ~%s estimated, %s measured (%s, stages "
+                    "2-5: %.0f%% of the %s budget); spill disk ~%s estimated, %s written",
+                    format_bytes(memory["peak_estimated_bytes"]), format_bytes(measured), where,
+                    100.0 * measured / memory["budget_bytes"],
+                    format_bytes(memory["budget_bytes"]),
+                    format_bytes(memory["spill_estimated_bytes"]),
                     format_bytes(memory["spill_written_bytes"]))
     return memory
 
@@ -400,10 +403,6 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
         if plan is not None:
             spilled = (result.counts.spilled_bytes
                        if isinstance(result.counts, PartialCounts) else 0)
-            logger.info("estimate vs measured: peak memory ~%s estimated, %s measured; spill "
-                        "disk ~%s estimated, %s written", format_bytes(plan.estimated_peak_bytes),
-                        format_bytes(stage.peak_rss) if stage.peak_rss else "not sampled",
-                        format_bytes(plan.estimated_spill_bytes), format_bytes(spilled))
             result = dataclasses.replace(result, memory={
                 "budget_bytes": plan.budget, "budget_source": plan.budget_source,
                 "planned_share": PLAN_SHARE, "peak_estimated_bytes": plan.estimated_peak_bytes,
