@@ -88,7 +88,8 @@ def _add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = Fa
                        help="cores per job (default %(default)s)")
     group.add_argument("--memory", default=None, metavar="SIZE",
                        help="one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; "
-                            "default 50%%; counts above it spill to --tmp), and with --cluster "
+                            "default 50%%, on a Dask cluster 80%% of the workers' memory limit; "
+                            "counts above it spill to --tmp), and with --cluster "
                             "also the memory of each batch job (default 4GiB there)")
     group.add_argument("--walltime", default="01:00:00",
                        help="wall time per job (default %(default)s)")

@@ -31,9 +31,9 @@ import time
 from collections.abc import Sequence
 
 from .core.counting import CountConfig
-from .engine.memory import (format_bytes, line_bytes_for, make_plan, parse_memory,
+from .engine.memory import (PLAN_SHARE, format_bytes, line_bytes_for, make_plan, parse_memory,
                              tune_allocator)
-from .engine.progress import Stage
+from .engine.progress import PeakMemory, Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
 from .engine.tasks import ShardResult, count_graph, write_graph
@@ -95,6 +95,7 @@ class CountResult:
     changed: list = dataclasses.field(default_factory=list)
     split_lines: int = 0
     skipped_reasons: dict = dataclasses.field(default_factory=dict)
+    memory: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict:
         """The JSON-able summary printed by ``streamsolve count``."""
@@ -105,7 +106,8 @@ class CountResult:
                 "seconds": round(self.seconds, 3),
                 "tokens_per_second": round(self.new_tokens / self.seconds) if self.seconds else None,
                 "skipped_shards": self.skipped, "skipped_reasons": self.skipped_reasons,
-                "invalid_bytes": self.invalid_bytes, "split_lines": self.split_lines}
+                "invalid_bytes": self.invalid_bytes, "split_lines": self.split_lines,
+                "memory": self.memory or None}
 
 
 @dataclasses.dataclass
@@ -132,7 +134,9 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
     # its own heap arena on its first malloc.
     tune_allocator()
     setup = configure(corpus, store, options)
-    with Runtime(options.scheduler, options.workers, worker_setup=tune_allocator) as runtime:
+    with Runtime(options.scheduler, options.workers, worker_setup=tune_allocator) as runtime, \
+            PeakMemory(interval=0.5) as run_peak:
+        runtime.reset_worker_peaks()
         to_count, digests, already, changed = hash_shards(setup, runtime, options.allow_changed)
         if not to_count:
             logger.info("nothing new to count: every shard was already ingested")
@@ -153,6 +157,8 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
             raise CorpusError("no text found in the corpus (all shards empty or binary): "
                               + ", ".join(setup.paths))
         model_store = _write_generation(setup, new, lock, runtime)
+        worker_peaks = runtime.worker_peaks()
+    memory = measured_memory(result.memory, run_peak.peak, worker_peaks)
     meta = model_store.meta
     return CountResult(store, new.shards, meta["counts"]["tokens"], new.tokens,
                        meta["counts"]["nnz"], time.perf_counter() - started,
@@ -160,7 +166,31 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
                        [s["path"] for s in skipped_entries],
                        int(new.stats.get("invalid_bytes", 0)), already=already, changed=changed,
                        split_lines=int(new.stats.get("split_lines", 0)),
-                       skipped_reasons={s["path"]: s["skipped"] for s in skipped_entries})
+                       skipped_reasons={s["path"]: s["skipped"] for s in skipped_entries},
+                       memory=memory)
+
+
+def measured_memory(planned: dict | None, peak: int, worker_peaks: list[int]) -> dict:
+    """The run's memory figures: the plan's (`count_corpus`) with the peaks measured over
+    stages 2-5 (this process tree; and each worker of a cluster), logged as estimate vs
+    measured."""
+    memory = dict(planned or {})
+    memory["peak_measured_bytes"] = int(peak) or None
+    if worker_peaks:
+        memory["worker_peak_bytes"] = [int(p) for p in worker_peaks]
+    if planned:
+        # on a cluster the budget is the workers': compare it with the sum of their peaks
+        measured = sum(worker_peaks) if worker_peaks else peak
+        where = (f"the workers' peaks {', '.join(format_bytes(p) for p in worker_peaks)}"
+                 if worker_peaks else "this process tree")
+        logger.info("estimate vs measured: peak memory ~%s estimated, %s measured (%s, stages "
+                    "2-5: %.0f%% of the %s budget); spill disk ~%s estimated, %s written",
+                    format_bytes(memory["peak_estimated_bytes"]), format_bytes(measured), where,
+                    100.0 * measured / memory["budget_bytes"],
+                    format_bytes(memory["budget_bytes"]),
+                    format_bytes(memory["spill_estimated_bytes"]),
+                    format_bytes(memory["spill_written_bytes"]))
+    return memory
 
 
 # -- 1/5 configuration + tokenizer ----------------------------------------------------------------
@@ -357,12 +387,14 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
                                 workers=runtime.worker_threads,
                                 processes=runtime.worker_processes,
                                 rows_per_block=rows_per_block, split_every=split_every,
-                                vocab_size=config.vocab_size)
+                                vocab_size=config.vocab_size,
+                                worker_limits=runtime.worker_memory_limits())
     graph = count_graph(paths, tokenizer_text, config, read_options, holdout, plan, split_every,
                         shard_delay)
     logger.info("counting %d shard(s) on the %s", len(paths), runtime.describe())
     try:
-        with Stage("read + tokenize + count + tree merge", 3, STAGES) as stage:
+        with Stage("read + tokenize + count + tree merge", 3, STAGES,
+                   measure=plan is not None) as stage:
             result = runtime.compute(graph)
             stage.tokens = result.counts.tokens
             if isinstance(result.counts, PartialCounts) and result.counts.spilled_runs:
@@ -371,16 +403,19 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
         if plan is not None:
             spilled = (result.counts.spilled_bytes
                        if isinstance(result.counts, PartialCounts) else 0)
-            logger.info("estimate vs measured: peak memory ~%s estimated, %s measured; spill "
-                        "disk ~%s estimated, %s written", format_bytes(plan.estimated_peak_bytes),
-                        format_bytes(stage.peak_rss) if stage.peak_rss else "not sampled",
-                        format_bytes(plan.estimated_spill_bytes), format_bytes(spilled))
+            result = dataclasses.replace(result, memory={
+                "budget_bytes": plan.budget, "budget_source": plan.budget_source,
+                "planned_share": PLAN_SHARE, "peak_estimated_bytes": plan.estimated_peak_bytes,
+                "peak_measured_bytes": stage.peak_rss or None,
+                "spill_estimated_bytes": plan.estimated_spill_bytes,
+                "spill_written_bytes": int(spilled)})
         if isinstance(result.counts, PartialCounts):
             result.counts.spill_directory = spill
             result.counts.merge_bytes = plan.task_bytes
             if not keep_partial:
                 counts = result.counts.to_counts(plan.task_bytes, plan.spill_dir)
-                result = ShardResult(counts, result.heldout, result.heldout_bytes)
+                result = ShardResult(counts, result.heldout, result.heldout_bytes,
+                                     result.memory)
     except BaseException:
         if spill is not None:
             spill.cleanup()

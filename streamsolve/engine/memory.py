@@ -49,6 +49,15 @@ TOKENIZER_BYTES_PER_BYTE = 200
 #: largest is about one tokenizer batch (``streamsolve.text.encoding.ENCODE_BATCH_CHARS``).
 MIN_LINE_BYTES = 64 << 10
 MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES  # the reader's default: 1 MiB
+#: Share of the budget the plan spends: the rest is a margin for what it does not model
+#: (allocator slack, the tokenizer's transient objects, the sampler's own lag). Measured
+#: (issue 16): a 1 GB budget planned in full peaked at 98% of itself; planned to 85%,
+#: the measured peak stays under the budget.
+PLAN_SHARE = 0.85
+#: Share of each Dask worker's memory limit a run on a cluster takes as its budget by
+#: default: dask.distributed pauses a worker at 80% of its limit
+#: (``distributed.worker.memory.pause``) and the plan keeps `PLAN_SHARE` of that.
+CLUSTER_WORKER_SHARE = 0.8
 
 
 def total_ram() -> int:
@@ -58,8 +67,10 @@ def total_ram() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY) -> int:
-    """Bytes of a memory setting: ``2GB``, ``512MiB``, ``1.5G``, ``80%`` (of RAM) or a number.
+def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY,
+                 total: int | None = None) -> int:
+    """Bytes of a memory setting: ``2GB``, ``512MiB``, ``1.5G``, ``80%`` (of ``total``,
+    default this machine's RAM) or a number.
 
     Raises
     ------
@@ -80,7 +91,7 @@ def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY)
             number = math.nan
         if not 0 < number <= 100:  # also refuses nan
             raise ValueError(f"memory share must be in (0, 100]%, got {value!r}")
-        return int(total_ram() * number / 100)
+        return int((total or total_ram()) * number / 100)
     from dask.utils import parse_bytes
 
     try:
@@ -91,6 +102,42 @@ def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY)
     if not (isinstance(result, int) and result > 0):
         raise ValueError(f"memory budget must be positive, got {value!r}")
     return result
+
+
+def run_budget(memory=None, worker_limits: Sequence[int] = ()) -> tuple[int, str]:
+    """The budget of a run in bytes (all workers together) and where it came from.
+
+    On a dask.distributed cluster (``worker_limits``: each worker's memory limit, 0 for none)
+    the default is, for each of the N workers, `CLUSTER_WORKER_SHARE` of the smallest limit
+    (the client host's RAM says nothing about the workers'); a share (``50%``) is of N times
+    the smallest limit. Locally, and on a cluster whose workers have no limit, a share is of
+    this machine's RAM. An explicit size is the budget as given (a warning says when it is
+    more than the workers may hold).
+    """
+    limits = [int(x) for x in worker_limits if int(x or 0) > 0]
+    on_cluster = bool(limits)
+    if worker_limits and not limits:
+        logger.warning("the Dask workers have no memory limit: planning from this host's RAM "
+                       "(give --memory, the budget of all workers together)")
+    if on_cluster:
+        n, smallest = len(worker_limits), min(limits)
+        cluster_total = n * smallest
+        if memory is None:
+            budget = int(cluster_total * CLUSTER_WORKER_SHARE)
+            return budget, (f"{CLUSTER_WORKER_SHARE:.0%} of the workers' memory limit "
+                            f"({n} x {format_bytes(smallest)}, the smallest)")
+        budget = parse_memory(memory, total=cluster_total)
+        if str(memory).strip().endswith("%"):
+            return budget, (f"--memory {memory} of the workers' memory limit "
+                            f"({n} x {format_bytes(smallest)}, the smallest)")
+        if budget > cluster_total:
+            logger.warning("--memory %s is more than the %d Dask worker(s) may hold (%d x %s)",
+                           format_bytes(budget), n, n, format_bytes(smallest))
+        return budget, f"--memory {memory}"
+    budget = parse_memory(memory)
+    if memory is None:
+        return budget, f"{DEFAULT_MEMORY} of this host's RAM ({format_bytes(total_ram())})"
+    return budget, f"--memory {memory}"
 
 
 def line_bytes_for(budget: int, workers: int = 1) -> int:
@@ -158,6 +205,7 @@ class MemoryPlan:
     trim_above: int = 0
     estimated_peak_bytes: int = 0
     estimated_spill_bytes: int = 0
+    budget_source: str = ""
 
     @classmethod
     def build(cls, budget: int, workers: int, n_blocks: int, rows_per_block: int,
@@ -171,11 +219,13 @@ class MemoryPlan:
         is tokenized and counted (lines, ids, one key array per block and a sort buffer); the
         counts pool left after the per-process base and the read blocks is shared by the
         tasks that may hold counts at once (each worker's running task, plus up to
-        ``split_every`` results waiting for each merge).
+        ``split_every`` results waiting for each merge). Only `PLAN_SHARE` of the budget is
+        planned (the rest is a margin), and each process running tasks has its own base.
         """
         workers = max(1, int(workers))
         per_byte = 12 + 8 * n_blocks
-        available = budget - PROCESS_BASE_BYTES
+        planned = int(budget * PLAN_SHARE)
+        available = planned - max(1, min(int(processes), workers)) * PROCESS_BASE_BYTES
         block = min(block_bytes, max(MIN_BLOCK_BYTES, available // (4 * workers * per_byte)))
         pool = available - workers * block * per_byte
         holders = workers * (split_every + 2) + 1
@@ -314,8 +364,11 @@ def input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[int
 def make_plan(paths: Sequence[str], n_blocks: int, read_block_bytes: int,
               storage_options: dict | None = None, *, memory=None, tmp: str | None = None,
               workers: int = 1, processes: int = 1, rows_per_block: int | None = None,
-              split_every: int = 4, vocab_size: int | None = None):
+              split_every: int = 4, vocab_size: int | None = None,
+              worker_limits: Sequence[int] = ()):
     """The run's `MemoryPlan` and spill directory, logging the up-front estimate.
+
+    ``worker_limits`` are the memory limits of a cluster's workers (see `run_budget`).
 
     Returns ``(plan, spill)``; ``spill`` is the run's `SpillDirectory` (created on first
     spill, removed by the caller at the end).
@@ -323,17 +376,19 @@ def make_plan(paths: Sequence[str], n_blocks: int, read_block_bytes: int,
     from ..store.layout import DEFAULT_ROWS_PER_BLOCK
     from .spill import SpillDirectory
 
-    budget = parse_memory(memory)
+    budget, source = run_budget(memory, worker_limits)
     spill = SpillDirectory(default_spill_root(tmp))
     plan = MemoryPlan.build(budget, workers, n_blocks, rows_per_block or DEFAULT_ROWS_PER_BLOCK,
                             spill.path, split_every, read_block_bytes, processes)
     size, ratio = input_bytes(paths, storage_options)
     estimate = plan.estimate(size, n_blocks, ratio, vocab_size)
     plan = dataclasses.replace(plan, estimated_peak_bytes=estimate["peak_bytes"],
-                               estimated_spill_bytes=estimate["spill_bytes"])
-    logger.info("memory budget %s for %d worker(s): read blocks of %s, counts spill to %s above "
-                "%s per task%s", format_bytes(budget), plan.workers, format_bytes(plan.block_bytes),
-                spill.path, format_bytes(plan.task_bytes),
+                               estimated_spill_bytes=estimate["spill_bytes"],
+                               budget_source=source)
+    logger.info("memory budget %s (%s), %.0f%% of it planned, for %d worker(s): read blocks "
+                "of %s, counts spill to %s above %s per task%s", format_bytes(budget), source,
+                100 * PLAN_SHARE, plan.workers, format_bytes(plan.block_bytes), spill.path,
+                format_bytes(plan.task_bytes),
                 "; one tokenizer batch at a time (tight budget)" if plan.serial_tokenizer else "")
     logger.info("estimate: %d shard(s), %s on disk, ~%s of text, ~%s tokens; peak memory ~%s; "
                 "spill disk ~%s", len(paths), format_bytes(size),

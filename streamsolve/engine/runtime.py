@@ -145,6 +145,41 @@ class Runtime:
         threads = self.workers or os.cpu_count() or 1
         return threads, threads if self.scheduler == "processes" else 1
 
+    def worker_memory_limits(self) -> list[int]:
+        """Memory limit of each worker of the cluster in bytes (0: that worker has none);
+        empty for the local schedulers, or when the scheduler does not say."""
+        if self.client is None:
+            return []
+        try:
+            workers = self.client.scheduler_info()["workers"].values()
+            return [int(w.get("memory_limit") or 0) for w in workers]
+        except Exception:  # noqa: BLE001 - only used for planning
+            return []
+
+    def reset_worker_peaks(self) -> None:
+        """Reset the resident-memory high-water mark of every worker of the cluster (Linux;
+        see `streamsolve.engine.progress.reset_peak_rss`); nothing locally."""
+        if self.client is None:
+            return
+        from .progress import reset_peak_rss
+
+        try:
+            self.client.run(reset_peak_rss)
+        except Exception:  # noqa: BLE001 - only a measurement
+            logger.debug("could not reset the workers' peak memory", exc_info=True)
+
+    def worker_peaks(self) -> list[int]:
+        """Each cluster worker's resident-memory high-water mark in bytes since
+        `reset_worker_peaks` (0: unknown); empty locally."""
+        if self.client is None:
+            return []
+        from .progress import peak_rss
+
+        try:
+            return [int(v) for v in self.client.run(peak_rss).values()]
+        except Exception:  # noqa: BLE001 - only a measurement
+            return []
+
     @property
     def is_cluster(self) -> bool:
         """Whether graphs run on a ``dask.distributed`` cluster."""

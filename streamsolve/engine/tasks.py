@@ -41,6 +41,7 @@ class ShardResult:
     counts: Counts
     heldout: list  # list of np.ndarray (int32 token ids), one per held-out document
     heldout_bytes: int = 0  # UTF-8 bytes of the returned held-out documents
+    memory: dict | None = None  # the run's memory plan, estimate and measured figures
 
 
 class _BlockCounts:

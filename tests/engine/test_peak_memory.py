@@ -1,0 +1,49 @@
+"""The peak memory the stage banners report is the process tree's real peak: a spike between
+two samples, in this process or in a child, is not missed (issue 16)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from streamsolve.engine.progress import PeakMemory, reset_peak_rss
+
+pytestmark = pytest.mark.skipif(not reset_peak_rss(), reason="needs Linux /proc/PID/clear_refs")
+
+SPIKE = 200 << 20
+
+
+def test_a_spike_between_two_samples_is_counted():
+    with PeakMemory(interval=60.0) as mem:  # one sample at entry and one at exit only
+        before = mem.peak
+        spike = np.ones(SPIKE // 8)
+        del spike
+    assert mem.sampled_peak < before + SPIKE // 2  # the samples alone miss it
+    assert mem.peak >= before + SPIKE * 0.95
+
+
+def test_a_childs_spike_is_counted_after_it_freed_the_memory():
+    code = ("import numpy, sys, time; a = numpy.ones(%d); del a; "
+            "sys.stdout.write('x'); sys.stdout.flush(); time.sleep(1.5)" % (SPIKE // 8))
+    with PeakMemory(interval=0.05) as mem:
+        before = mem.peak
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+        assert child.stdout.read(1) == b"x"  # allocated and freed
+        time.sleep(0.3)
+        child.wait()
+    assert mem.peak >= before + SPIKE * 0.95
+
+
+def test_a_nested_monitor_does_not_hide_the_outer_peak():
+    with PeakMemory(interval=60.0) as outer:
+        before = outer.peak
+        spike = np.ones(SPIKE // 8)
+        del spike
+        with PeakMemory(interval=60.0) as inner:  # resets the high-water mark
+            pass
+    assert inner.peak < before + SPIKE // 2
+    assert outer.peak >= before + SPIKE * 0.95
