@@ -22,7 +22,7 @@ from ..core.smoothing import (SparseRankOne, block_weights, check_smoothing,
 from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
 from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
-from ..store.layout import StoreCorruptError, row_blocks
+from ..store.layout import DiskFullError, StoreCorruptError, is_disk_full, row_blocks
 from .progress import TaskProgress
 
 logger = logging.getLogger(__name__)
@@ -213,8 +213,17 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
             source, store, generation, r, k, start, stop, recipe,
             log_q_all[start:stop] if log_q_all is not None else None, reuse)
             for k, (start, stop) in ranges])
-    with TaskProgress():  # the same bar (or log lines) as counting's tasks
-        (results,) = dask.compute(tasks, scheduler=scheduler)
+    present = store.weight_block_names()
+    try:
+        with TaskProgress():  # the same bar (or log lines) as counting's tasks
+            (results,) = dask.compute(tasks, scheduler=scheduler)
+    except OSError as exc:  # e.g. a full disk: remove the blocks half-written, keep the rest
+        store.discard_weight_blocks(present)
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(f"writing the weights to {store.url} failed: the disk is full. "
+                            "The store is unchanged (its previous weights stay current); "
+                            "free space there and run the same command again.") from exc
     block_keys = [[res.key for res in block] for block in results]
     reused = sum(res.reused for block in results for res in block)
     for r, block in enumerate(results):

@@ -19,7 +19,7 @@ import numpy as np
 
 from .history import calibrated_event, finalized_event, with_event
 from .integrity import array_digest, block_digest, write_checksummed_array
-from .layout import StoreError, count_block_path, stack_row_blocks, utc_now
+from .layout import StoreError, count_block_path, live_paths, stack_row_blocks, utc_now
 
 #: Keys of ``attrs["weights"]`` that describe the version rather than its parameters.
 VERSION_KEYS = ("id", "counts_id", "written", "blocks", "reused_blocks")
@@ -75,6 +75,24 @@ class WeightBlocks:
         group.attrs.put({"complete": True, "digest": array_digest(*arrays.values()),
                          "data_min": float(data.min(initial=0.0)),
                          "data_max": float(data.max(initial=0.0))})
+
+    def weight_block_names(self) -> set[str] | None:
+        """Keys of the weight row blocks present (None: no ``weights/blocks`` group yet)."""
+        if "weights/blocks" not in self.group:
+            return None
+        return set(self.group_names("weights/blocks"))
+
+    def discard_weight_blocks(self, keep: set[str] | None):
+        """Remove the weight row blocks not in ``keep`` (`weight_block_names` taken before a
+        failed finalize: what it half-wrote); never a block the store's weights use."""
+        live = live_paths(self.meta)
+        for name in self.weight_block_names() or ():
+            path = f"weights/blocks/{name}"
+            if (keep is None or name not in keep) and path not in live:
+                del self.group[path]
+        if keep is None and "weights/blocks" in self.group and \
+                not self.group_names("weights/blocks"):
+            del self.group["weights/blocks"]
 
     def weight_block_range(self, key: str) -> tuple[float, float]:
         """``(min, max)`` of a weight row block's values (0 included), from its attributes
