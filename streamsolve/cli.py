@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights as rank-D embedding/output factors of the min-norm blocks")
     p.add_argument("--dense", action="store_true",
                    help="weights as dense min-norm V x V tables (within --memory)")
-    _add_memory(p, "budget of --dense (default: half the RAM)")
+    _add_memory(p, "budget of --counts and --weights --dense (default: half the RAM)")
     p.add_argument("--tokenizer", metavar="OUT.json", dest="tokenizer_out",
                    help="also write the stored tokenizer JSON here")
     _add_common(p)
@@ -442,11 +442,13 @@ def _export(args, so) -> dict:
                 not api.is_inside_store(out, args.store, so):  # that one has its own message
             raise ValueError(f"{out} is a directory: give a file path to write, e.g. "
                              f"{os.path.join(out, 'model.safetensors')}")
-    if not args.weights and (args.rank or args.dense or args.format or args.memory):
-        raise ValueError("--format, --rank, --dense and --memory apply to --weights only")
+    if not args.weights and (args.rank or args.dense or args.format):
+        raise ValueError("--format, --rank and --dense apply to --weights only")
+    if args.memory and not (args.counts or args.weights):
+        raise ValueError("--memory applies to --counts and --weights only")
     result = {}
     if args.counts:
-        result = api.export_counts(args.store, args.out, so)
+        result = api.export_counts(args.store, args.out, so, args.memory)
     if args.weights:
         budget = parse_memory(args.memory) if args.memory else None
         result = export.export_weights(args.store, args.out, args.format, args.rank,
