@@ -5,7 +5,6 @@ Runs the real Makefile with a stand-in venv whose ``streamsolve`` records its ar
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
