@@ -8,37 +8,8 @@ import json
 def print_human(command: str, result: dict):
     """Print a command's result for a person (``--json`` prints the dict instead)."""
     if command == "solve":
-        lines = [
-            "streamsolve solve — summary",
-            f"  store                 {result['store']}",
-            f"  tokens counted        {result['new_tokens']:,}",
-            f"  {pairs_label(result['distinct_pairs']):<22}"
-            f"{format_value(result['distinct_pairs'])}",
-            f"  seconds               {result['seconds']} (count {result['count_seconds']}, "
-            f"finalize {result['finalize_seconds']}, eval {result.get('eval_seconds')})",
-            f"  tokens/s (counting)   {result['tokens_per_second']:,}",
-        ]
-        if result.get("heldout"):
-            lines.append(f"  held out              {result['heldout']}: "
-                         f"{result['heldout_documents']:,} pieces, {result['heldout_bytes']:,} bytes")
-        if "heldout_perplexity" in result:
-            lines += [
-                f"  held-out tokens       {result['heldout_tokens']:,}",
-                f"  held-out perplexity   {result['heldout_perplexity']} raw "
-                f"({result['heldout_cross_entropy']} nats/token, {result['heldout_bits_per_byte']} bits/byte)",
-            ]
-            if result.get("calibration"):  # none with --no-calibrate (or when it did not help)
-                lines.append(f"  calibrated            {result['calibrated_perplexity']} "
-                             f"({result['calibrated_cross_entropy']} nats/token)")
-        if result.get("invalid_bytes"):
-            lines.append(f"  invalid UTF-8 bytes   {result['invalid_bytes']:,} (replaced)")
-        if result.get("split_lines"):
-            lines.append(f"  long lines cut        {result['split_lines']:,} (see --memory)")
-        if result.get("skipped_shards"):
-            lines.append(f"  skipped shards        {', '.join(result['skipped_shards'])}")
-        if result.get("sample") is not None:
-            lines.append(f"  sample ('The ' ...)   {result['sample']!r}")
-        print("\n".join(lines))
+        print("streamsolve solve — summary")
+        print(format_table(solve_rows(result), indent="  "))
     elif command == "cluster-script":
         print(result["job_script"])
     elif command == "info":
@@ -48,6 +19,40 @@ def print_human(command: str, result: dict):
     else:
         print(format_table([(_label(key, value), format_value(value))
                             for key, value in result.items()]))
+
+
+def solve_rows(result: dict) -> list[tuple[str, str]]:
+    """The rows of ``solve``'s summary (`format_table`)."""
+    rows = [
+        ("store", result["store"]),
+        ("tokens counted", f"{result['new_tokens']:,}"),
+        (pairs_label(result["distinct_pairs"]), format_value(result["distinct_pairs"])),
+        ("seconds", f"{result['seconds']} (count {result['count_seconds']}, finalize "
+                    f"{result['finalize_seconds']}, eval {result.get('eval_seconds')})"),
+        ("tokens/s (counting)", f"{result['tokens_per_second']:,}"),
+    ]
+    if result.get("heldout"):
+        rows.append(("held out", f"{result['heldout']}: {result['heldout_documents']:,} "
+                                 f"pieces, {result['heldout_bytes']:,} bytes"))
+    if "heldout_perplexity" in result:
+        rows += [
+            ("held-out tokens", f"{result['heldout_tokens']:,}"),
+            ("held-out perplexity", f"{result['heldout_perplexity']} raw "
+                                    f"({result['heldout_cross_entropy']} nats/token, "
+                                    f"{result['heldout_bits_per_byte']} bits/byte)"),
+        ]
+        if result.get("calibration"):  # none with --no-calibrate (or when it did not help)
+            rows.append(("calibrated", f"{result['calibrated_perplexity']} "
+                                       f"({result['calibrated_cross_entropy']} nats/token)"))
+    if result.get("invalid_bytes"):
+        rows.append(("invalid UTF-8 bytes", f"{result['invalid_bytes']:,} (replaced)"))
+    if result.get("split_lines"):
+        rows.append(("long lines cut", f"{result['split_lines']:,} (see --memory)"))
+    if result.get("skipped_shards"):
+        rows.append(("skipped shards", ", ".join(result["skipped_shards"])))
+    if result.get("sample") is not None:
+        rows.append(("sample ('The ' ...)", repr(result["sample"])))
+    return rows
 
 
 def pairs_label(pairs) -> str:

@@ -45,3 +45,15 @@ def test_count_finalize_info_print_aligned_tables(capsys, tmp_path, sharded_corp
     assert main(["info", store, "--json", "-q"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["radius"] == 2 and len(info["nnz"]) == 2 and "history" in info
+
+
+def test_solve_summary_is_aligned_and_per_offset(capsys, tmp_path, sharded_corpus,
+                                                 tokenizer_file):
+    shards = sharded_corpus(2, "")
+    code = main(["solve", *shards, "--store", str(tmp_path / "m.zarr"), "--tokenizer",
+                 tokenizer_file, "--radius", "2", "--heldout", "0.3", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("streamsolve solve — summary\n")
+    table = out.split("\n", 1)[1]
+    assert len(_value_columns(table)) == 1, out
+    assert "distinct pairs (per offset)" in out and "per block" not in out
