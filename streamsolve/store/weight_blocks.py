@@ -76,23 +76,20 @@ class WeightBlocks:
                          "data_min": float(data.min(initial=0.0)),
                          "data_max": float(data.max(initial=0.0))})
 
-    def weight_block_names(self) -> set[str] | None:
-        """Keys of the weight row blocks present (None: no ``weights/blocks`` group yet)."""
-        if "weights/blocks" not in self.group:
-            return None
-        return set(self.group_names("weights/blocks"))
+    def weight_nodes(self) -> set[str]:
+        """Paths of the weights versions and weight row blocks present (and of their groups)."""
+        paths = {p for p in self._node_paths() if p.startswith("weights/")}
+        return paths | {g for g in ("weights", "weights/blocks") if g in self.group}
 
-    def discard_weight_blocks(self, keep: set[str] | None):
-        """Remove the weight row blocks not in ``keep`` (`weight_block_names` taken before a
-        failed finalize: what it half-wrote); never a block the store's weights use."""
+    def discard_weight_nodes(self, keep: set[str]):
+        """Remove weights versions and row blocks not in ``keep`` (`weight_nodes` taken before
+        a failed finalize: what it half-wrote); never what the store's weights use."""
         live = live_paths(self.meta)
-        for name in self.weight_block_names() or ():
-            path = f"weights/blocks/{name}"
-            if (keep is None or name not in keep) and path not in live:
+        for path in sorted(self.weight_nodes() - keep - live - {"weights", "weights/blocks"}):
+            del self.group[path]
+        for path in ("weights/blocks", "weights"):  # groups this finalize created, left empty
+            if path not in keep and path in self.group and not self.group_names(path):
                 del self.group[path]
-        if keep is None and "weights/blocks" in self.group and \
-                not self.group_names("weights/blocks"):
-            del self.group["weights/blocks"]
 
     def weight_block_range(self, key: str) -> tuple[float, float]:
         """``(min, max)`` of a weight row block's values (0 included), from its attributes
