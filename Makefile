@@ -1,6 +1,7 @@
 # streamsolve — one-command setup, solve, tests and benchmarks.
 #   make solve                       the main job on the embedded default corpus
 #   make solve CORPUS='a.txt.gz b/'  the same on your shards (files, dirs, globs, URLs)
+#   make solve OVERWRITE=1           replace an existing out/model.zarr (kept otherwise)
 #   make test                        the test suite (what CI runs)
 #   make test-fast                   every test not marked slow
 PYTHON ?= python3
@@ -13,6 +14,8 @@ BIN     = $(VENV)/bin
 STORE  ?= out/model.zarr
 CORPUS ?=
 ARGS   ?=
+OVERWRITE ?=
+OVERWRITE_FLAG = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 
 .PHONY: setup setup-test solve test test-fast bench clean
 
@@ -30,9 +33,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,torch]'
 	touch $@
 
+# An existing $(STORE) is kept unless OVERWRITE=1 (a URL store: streamsolve itself refuses).
 solve: setup
 	@case '$(STORE)' in *://*) ;; *) mkdir -p '$(dir $(STORE))' ;; esac
-	$(BIN)/streamsolve solve $(CORPUS) --store $(STORE) --overwrite $(ARGS)
+	@if [ -z '$(OVERWRITE_FLAG)' ] && [ -e '$(STORE)' ]; then echo "make solve: $(STORE) \
+	already exists, kept: run 'make solve OVERWRITE=1' to replace it, or give another STORE=" >&2; \
+	exit 2; fi
+	$(BIN)/streamsolve solve $(CORPUS) --store $(STORE) $(OVERWRITE_FLAG) $(ARGS)
 
 test: setup-test
 	$(BIN)/python -m pytest -q

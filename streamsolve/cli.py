@@ -86,11 +86,7 @@ def _add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = Fa
                        help="batch jobs to submit (default %(default)s)")
     group.add_argument("--cores", type=_positive_int, default=1,
                        help="cores per job (default %(default)s)")
-    group.add_argument("--memory", default=None, metavar="SIZE",
-                       help="one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; "
-                            "default 50%%, on a Dask cluster 80%% of the workers' memory limit; "
-                            "counts above it spill to --tmp), and with --cluster "
-                            "also the memory of each batch job (default 4GiB there)")
+    # --memory (with --cluster also each job's memory) is in the main options (`_add_memory`)
     group.add_argument("--walltime", default="01:00:00",
                        help="wall time per job (default %(default)s)")
     group.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
@@ -102,6 +98,19 @@ def _add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = Fa
     group.add_argument("--job-prologue", action="append", default=[], metavar="COMMAND",
                        help="shell command run before the worker starts, e.g. "
                             "'source venv/bin/activate' (repeatable)")
+
+
+#: ``--memory`` of the commands that count or finalize (one budget, also each batch job's).
+MEMORY_HELP = ("one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; default 50%%, "
+               "on a Dask cluster 80%% of the workers' memory limit; counts above it spill to "
+               "--tmp), and with --cluster also the memory of each batch job (default 4GiB there)")
+
+
+def _add_memory(parser: argparse.ArgumentParser, help: str = MEMORY_HELP):
+    """``-S/--memory SIZE`` in the main options (``-S`` is lmplz's name; ``--memory-budget``
+    an older spelling)."""
+    parser.add_argument("-S", "--memory", "--memory-budget", dest="memory", default=None,
+                        metavar="SIZE", help=help)
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = False):
@@ -155,9 +164,7 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
                         help="threads (default), processes, sync, or a dask.distributed "
                              "address tcp://HOST:PORT (also DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--workers", type=_positive_int, help="local workers (default: cores)")
-    # --memory (the run's one budget) is defined with the cluster options; -S is lmplz's name
-    parser.add_argument("-S", "--memory-budget", dest="memory", metavar="SIZE",
-                        help=argparse.SUPPRESS)
+    _add_memory(parser)
     parser.add_argument("-T", "--tmp", metavar="DIR",
                         help="directory for spill files (default: $STREAMSOLVE_TMP or the system "
                              "temp dir; on a multi-host cluster a directory every worker sees)")
@@ -252,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finalizing(p)
     p.add_argument("--calibrate", nargs="+", metavar="HELDOUT",
                    help="held-out text to fit the R + 1 calibration scalars on")
+    _add_memory(p)
     _add_locking(p)
     _add_cluster_arguments(p, scheduler=True)
     _add_common(p)
@@ -260,8 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
     p.add_argument("text", nargs="+", metavar="TEXT", help="held-out text files to score")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
-    p.add_argument("--memory", metavar="SIZE",
-                   help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
+    _add_memory(p, "memory budget (e.g. 1GB): a quarter caches weight row blocks")
     _add_common(p)
 
     p = sub.add_parser("score", help="log-probabilities of text, one JSON line per document "
@@ -270,8 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", metavar="TEXT", help="files, or - (default) for stdin")
     p.add_argument("--per-token", action="store_true", help="one line per token")
     p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
-    p.add_argument("--memory", metavar="SIZE",
-                   help="memory budget (e.g. 1GB): a quarter caches weight row blocks")
+    _add_memory(p, "memory budget (e.g. 1GB): a quarter caches weight row blocks")
     _add_common(p)
 
     p = sub.add_parser("info", help="describe a store")
@@ -299,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights as rank-D embedding/output factors of the min-norm blocks")
     p.add_argument("--dense", action="store_true",
                    help="weights as dense min-norm V x V tables (within --memory)")
-    p.add_argument("--memory", metavar="SIZE", help="budget of --dense (default: half the RAM)")
+    _add_memory(p, "budget of --counts and --weights --dense (default: half the RAM)")
     p.add_argument("--tokenizer", metavar="OUT.json", dest="tokenizer_out",
                    help="also write the stored tokenizer JSON here")
     _add_common(p)
@@ -331,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("cluster-script", help="print the batch job script --cluster would submit")
+    _add_memory(p, "memory of each batch job (default 4GiB)")
     _add_jobqueue_arguments(p, required=True)
     _add_common(p)
     return parser
@@ -435,11 +442,13 @@ def _export(args, so) -> dict:
                 not api.is_inside_store(out, args.store, so):  # that one has its own message
             raise ValueError(f"{out} is a directory: give a file path to write, e.g. "
                              f"{os.path.join(out, 'model.safetensors')}")
-    if not args.weights and (args.rank or args.dense or args.format or args.memory):
-        raise ValueError("--format, --rank, --dense and --memory apply to --weights only")
+    if not args.weights and (args.rank or args.dense or args.format):
+        raise ValueError("--format, --rank and --dense apply to --weights only")
+    if args.memory and not (args.counts or args.weights):
+        raise ValueError("--memory applies to --counts and --weights only")
     result = {}
     if args.counts:
-        result = api.export_counts(args.store, args.out, so)
+        result = api.export_counts(args.store, args.out, so, args.memory)
     if args.weights:
         budget = parse_memory(args.memory) if args.memory else None
         result = export.export_weights(args.store, args.out, args.format, args.rank,

@@ -8,36 +8,8 @@ import json
 def print_human(command: str, result: dict):
     """Print a command's result for a person (``--json`` prints the dict instead)."""
     if command == "solve":
-        lines = [
-            "streamsolve solve — summary",
-            f"  store                 {result['store']}",
-            f"  tokens counted        {result['new_tokens']:,}",
-            f"  distinct pairs        {', '.join(f'{n:,}' for n in result['distinct_pairs'])} (per block)",
-            f"  seconds               {result['seconds']} (count {result['count_seconds']}, "
-            f"finalize {result['finalize_seconds']}, eval {result.get('eval_seconds')})",
-            f"  tokens/s (counting)   {result['tokens_per_second']:,}",
-        ]
-        if result.get("heldout"):
-            lines.append(f"  held out              {result['heldout']}: "
-                         f"{result['heldout_documents']:,} pieces, {result['heldout_bytes']:,} bytes")
-        if "heldout_perplexity" in result:
-            lines += [
-                f"  held-out tokens       {result['heldout_tokens']:,}",
-                f"  held-out perplexity   {result['heldout_perplexity']} raw "
-                f"({result['heldout_cross_entropy']} nats/token, {result['heldout_bits_per_byte']} bits/byte)",
-            ]
-            if result.get("calibration"):  # none with --no-calibrate (or when it did not help)
-                lines.append(f"  calibrated            {result['calibrated_perplexity']} "
-                             f"({result['calibrated_cross_entropy']} nats/token)")
-        if result.get("invalid_bytes"):
-            lines.append(f"  invalid UTF-8 bytes   {result['invalid_bytes']:,} (replaced)")
-        if result.get("split_lines"):
-            lines.append(f"  long lines cut        {result['split_lines']:,} (see --memory)")
-        if result.get("skipped_shards"):
-            lines.append(f"  skipped shards        {', '.join(result['skipped_shards'])}")
-        if result.get("sample") is not None:
-            lines.append(f"  sample ('The ' ...)   {result['sample']!r}")
-        print("\n".join(lines))
+        print("streamsolve solve — summary")
+        print(format_table(solve_rows(result), indent="  "))
     elif command == "cluster-script":
         print(result["job_script"])
     elif command == "info":
@@ -45,8 +17,81 @@ def print_human(command: str, result: dict):
     elif command == "score":
         print(json.dumps(result))
     else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+        print(format_table([(_label(key, value), format_value(value))
+                            for key, value in result.items()]))
+
+
+def solve_rows(result: dict) -> list[tuple[str, str]]:
+    """The rows of ``solve``'s summary (`format_table`)."""
+    rows = [
+        ("store", result["store"]),
+        ("tokens counted", f"{result['new_tokens']:,}"),
+        (pairs_label(result["distinct_pairs"]), format_value(result["distinct_pairs"])),
+        ("seconds", f"{result['seconds']} (count {result['count_seconds']}, finalize "
+                    f"{result['finalize_seconds']}, eval {result.get('eval_seconds')})"),
+        ("tokens/s (counting)", f"{result['tokens_per_second']:,}"),
+    ]
+    if result.get("heldout"):
+        rows.append(("held out", f"{result['heldout']}: {result['heldout_documents']:,} "
+                                 f"pieces, {result['heldout_bytes']:,} bytes"))
+    if "heldout_perplexity" in result:
+        rows += [
+            ("held-out tokens", f"{result['heldout_tokens']:,}"),
+            ("held-out perplexity", f"{result['heldout_perplexity']} raw "
+                                    f"({result['heldout_cross_entropy']} nats/token, "
+                                    f"{result['heldout_bits_per_byte']} bits/byte)"),
+        ]
+        if result.get("calibration"):  # none with --no-calibrate (or when it did not help)
+            rows.append(("calibrated", f"{result['calibrated_perplexity']} "
+                                       f"({result['calibrated_cross_entropy']} nats/token)"))
+    if result.get("invalid_bytes"):
+        rows.append(("invalid UTF-8 bytes", f"{result['invalid_bytes']:,} (replaced)"))
+    if result.get("split_lines"):
+        rows.append(("long lines cut", f"{result['split_lines']:,} (see --memory)"))
+    if result.get("skipped_shards"):
+        rows.append(("skipped shards", ", ".join(result["skipped_shards"])))
+    if result.get("sample") is not None:
+        rows.append(("sample ('The ' ...)", repr(result["sample"])))
+    return rows
+
+
+def pairs_label(pairs) -> str:
+    """Label of the distinct pairs per count block: one block per offset when there are
+    several (``cat``); a single block is the one offset, or the offsets summed (``sum``)."""
+    return "distinct pairs (per offset)" if len(pairs) > 1 else "distinct pairs"
+
+
+def _label(key: str, value) -> str:
+    """A field's label for a person: words, not the JSON key."""
+    if key in ("distinct_pairs", "nnz"):
+        return pairs_label(value) if isinstance(value, list) else "distinct pairs"
+    return key.replace("_", " ")
+
+
+def format_value(value) -> str:
+    """One field's value for a person: thousands separators, lists and mappings as words."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {format_value(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) for v in value):
+            return "; ".join(format_value(v) for v in value)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        return (" / " if numbers else ", ").join(format_value(v) for v in value) or "-"
+    return str(value)
+
+
+def format_table(rows: list[tuple[str, str]], indent: str = "") -> str:
+    """Rows of ``(label, text)`` as two aligned columns."""
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"{indent}{label:<{width}}  {text}".rstrip() for label, text in rows)
 
 
 #: How many of the latest provenance events `streamsolve info` prints (``--json``: all).
@@ -97,11 +142,16 @@ def describe_smoothing(values: dict | None) -> str:
 def print_info(result: dict):
     """``streamsolve info`` for a person: the fields, the smoothing and the latest history."""
     history = result.get("history", [])
+    rows = []
     for key, value in result.items():
         if key == "smoothing":
-            print(f"smoothing: {describe_smoothing(value)}")
+            rows.append(("smoothing", describe_smoothing(value)))
+        elif key == "weights" and isinstance(value, dict):  # the rest is in smoothing
+            rows.append(("weights", format_value({k: value.get(k) for k in (
+                "id", "written", "calibration", "stale") if k in value})))
         elif key != "history":
-            print(f"{key}: {value}")
+            rows.append((_label(key, value), format_value(value)))
+    print(format_table(rows))
     shown = history[-INFO_HISTORY_EVENTS:]
     print(f"history: {len(history)} event(s)"
           + (f", the last {len(shown)}:" if len(shown) < len(history) else

@@ -24,7 +24,6 @@ never depend on a later run's ``--memory`` or worker count.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import time
@@ -37,7 +36,7 @@ from .engine.progress import PeakMemory, Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
 from .engine.tasks import ShardResult, count_graph, write_graph
-from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError
+from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError, is_disk_full
 from .store.location import creatable_location
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
@@ -475,7 +474,7 @@ def _write_generation(setup: IngestSetup, new, lock, runtime: Runtime) -> ModelS
         raise
     except OSError as exc:
         model_store.discard_uncommitted()
-        full = getattr(exc, "errno", None) == errno.ENOSPC
+        full = is_disk_full(exc)
         reason = "the disk is full" if full else str(exc)
         fix = "free space" if full else "fix that"
         raise StoreError(f"writing the counts to {model_store.url} failed: {reason}. The store "

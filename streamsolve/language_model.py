@@ -20,6 +20,7 @@ import numpy as np
 from .core.calibration import logsumexp  # noqa: F401 (logsumexp: public here too)
 from .core.scoring import fit_calibration_scored
 from .core.weights import ExplicitWeights
+from .text.tokenizer import is_tokenizer_panic, panic_error
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,12 @@ class LanguageModel:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass token ids")
         lines = text.splitlines(keepends=True)
-        encodings = self.tokenizer.encode_batch_fast(lines, add_special_tokens=False)
+        try:
+            encodings = self.tokenizer.encode_batch_fast(lines, add_special_tokens=False)
+        except BaseException as exc:
+            if is_tokenizer_panic(exc):
+                raise panic_error(exc, self.tokenizer.to_str()) from None
+            raise
         return np.asarray([i for enc in encodings for i in enc.ids], dtype=np.int64)
 
     def encode_many(self, texts: Sequence[Sequence[str]]) -> list[np.ndarray]:

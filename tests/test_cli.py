@@ -229,8 +229,8 @@ def test_export_refuses_large_vocabulary(tmp_path, corpus, tokenizer_file):
 
     store = tmp_path / "m.zarr"
     api.count([str(corpus[0])], str(store), tokenizer=tokenizer_file, radius=1)
-    with pytest.raises(ValueError, match="too large to export densely"):
-        api.export_counts(str(store), str(tmp_path / "x.npz"), max_vocab=100)
+    with pytest.raises(ValueError, match="over the memory budget"):
+        api.export_counts(str(store), str(tmp_path / "x.npz"), memory="1KB")
 
 
 def test_incremental_count_equals_one_build(tmp_path, corpus, tokenizer_file):

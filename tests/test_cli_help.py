@@ -52,3 +52,23 @@ def test_no_calibrate_prints_no_calibrated_line(capsys, tmp_path, sharded_corpus
                  tokenizer_file, "--radius", "1", "--heldout", "0.3", "--no-calibrate", "-q"])
     out = capsys.readouterr().out
     assert code == 0 and "held-out perplexity" in out and "calibrated " not in out
+
+
+def test_memory_and_its_s_alias_are_main_options_of_every_command():
+    from streamsolve.cli import build_parser
+
+    commands = {name: parser for name, parser in _parsers(build_parser())}
+    with_memory = [name for name, parser in commands.items()
+                   if any(a.dest == "memory" for a in parser._actions)]
+    assert set(with_memory) >= {f"streamsolve {c}" for c in (
+        "count", "finalize", "solve", "eval", "score", "export", "cluster-script")}
+    for name in with_memory:
+        parser = commands[name]
+        [action] = [a for a in parser._actions if a.dest == "memory"]
+        assert {"-S", "--memory"} <= set(action.option_strings), name
+        assert action.help and action.help != argparse.SUPPRESS, name
+        assert action in parser._optionals._group_actions, name  # "options", not batch jobs
+        text = parser.format_help()
+        batch = text.find("HPC batch jobs")
+        assert "-S SIZE, --memory SIZE" in text, name
+        assert batch == -1 or text.index("-S SIZE, --memory SIZE") < batch, name

@@ -129,3 +129,28 @@ def test_torch_module_from_a_store_equals_the_language_model(store):
     module = bridge.load(store)
     np.testing.assert_allclose(module(torch.as_tensor(ctx)).detach().numpy(), model.logits(ctx),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_export_counts_refuses_by_the_memory_it_needs(capsys, tmp_path, store):
+    """The same store exports or is refused by ``--memory`` (not by a fixed V), and the
+    refusal names a call that exists."""
+    import streamsolve
+    from streamsolve.api import dense_export_bytes, info
+
+    meta = info(store)
+    need = dense_export_bytes(meta["vocab_size"], meta["nnz"])
+    out = tmp_path / "c.npz"
+    code, _, err = cli(capsys, "export", store, out, "--counts", "--memory", str(need - 1))
+    assert code == 2 and err.count("\n") == 1 and "over the memory budget" in err, err
+    assert f"streamsolve.ModelStore({store!r}).read_count_block(r)" in err and not out.exists()
+    reader = streamsolve.ModelStore(store)  # the call it names works
+    assert reader.read_count_block(0).shape == (meta["vocab_size"],) * 2
+    code, _, err = cli(capsys, "export", store, out, "--counts", "-S", str(need))
+    assert code == 0, err
+    with np.load(out) as arrays:
+        blocks = len(meta["nnz"])
+        assert sorted(arrays.files) == [f"counts_{r + 1}" for r in range(blocks)] + ["unigram"]
+        np.testing.assert_array_equal(arrays["unigram"], reader.read_unigram())
+        for r in range(blocks):
+            np.testing.assert_array_equal(arrays[f"counts_{r + 1}"],
+                                          reader.read_count_block(r).toarray())

@@ -22,7 +22,7 @@ from ..core.smoothing import (SparseRankOne, block_weights, check_smoothing,
 from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
 from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
-from ..store.layout import StoreCorruptError, row_blocks
+from ..store.layout import DiskFullError, StoreCorruptError, is_disk_full, row_blocks
 from .progress import TaskProgress
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class PendingWeights:
         The counts they were computed from.
     reused_blocks : int
         Row blocks kept from an earlier finalize.
+    present : set of str, optional
+        The store's weight nodes before they were written (what a failed commit keeps).
     """
 
     weights: ExplicitWeights
@@ -53,6 +55,7 @@ class PendingWeights:
     col_terms: np.ndarray
     counts_id: str
     reused_blocks: int = 0
+    present: set | None = None
 
 
 def finalize_store(store, form: str = "row", smoothing: str = "dirichlet",
@@ -78,10 +81,15 @@ def commit_store_weights(store, pending: PendingWeights,
         The new weights version id.
     """
     weights = pending.weights if weights is None else weights
-    return store.commit_weights(weights.params(), pending.block_keys, pending.col_terms,
-                                pending.weights.bias, pending.weights.log_unigram,
-                                counts_id=pending.counts_id,
-                                reused_blocks=pending.reused_blocks)
+    try:
+        return store.commit_weights(weights.params(), pending.block_keys, pending.col_terms,
+                                    pending.weights.bias, pending.weights.log_unigram,
+                                    counts_id=pending.counts_id,
+                                    reused_blocks=pending.reused_blocks)
+    except OSError as exc:
+        if pending.present is not None:
+            _write_failed(store, pending.present, exc)
+        raise
 
 
 #: Bytes of CSR weight row blocks a lazily loaded model keeps (`read_store_weights`).
@@ -213,8 +221,13 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
             source, store, generation, r, k, start, stop, recipe,
             log_q_all[start:stop] if log_q_all is not None else None, reuse)
             for k, (start, stop) in ranges])
-    with TaskProgress():  # the same bar (or log lines) as counting's tasks
-        (results,) = dask.compute(tasks, scheduler=scheduler)
+    present = store.weight_nodes()
+    try:
+        with TaskProgress():  # the same bar (or log lines) as counting's tasks
+            (results,) = dask.compute(tasks, scheduler=scheduler)
+    except OSError as exc:  # e.g. a full disk: remove the blocks half-written, keep the rest
+        _write_failed(store, present, exc)
+        raise
     block_keys = [[res.key for res in block] for block in results]
     reused = sum(res.reused for block in results for res in block)
     for r, block in enumerate(results):
@@ -232,7 +245,17 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
                            cache_bytes, row_terms, data_range)
     weights.reused_blocks = reused
     return PendingWeights(weights, block_keys, np.stack(col_terms_all),
-                          source.meta["counts"]["id"], reused)
+                          source.meta["counts"]["id"], reused, present)
+
+
+def _write_failed(store, present: set[str], exc: OSError):
+    """After a failed weights write: remove what it half-wrote (weight nodes not in
+    ``present``); for a full disk, raise the one-line `DiskFullError`."""
+    store.discard_weight_nodes(present)
+    if is_disk_full(exc):
+        raise DiskFullError(f"writing the weights to {store.url} failed: the disk is full. "
+                            "The store is unchanged (its previous weights stay current); free "
+                            "space there and run the same command again.") from exc
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ first merged in passes into longer runs.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import os
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..core import native
 from ..core.counting import CountConfig, Counts, merge_counts
+from ..store.layout import DiskFullError, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +110,31 @@ def _run_stem(spill_dir: str) -> str:
     return os.path.join(spill_dir, f"run-{uuid.uuid4().hex}")
 
 
+@contextlib.contextmanager
+def _removed_on_failure(spill_dir: str, paths: list[str]):
+    """Within: a failed write removes the run's files; a full disk becomes `DiskFullError`."""
+    try:
+        yield
+    except BaseException as exc:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        if is_disk_full(exc):
+            raise DiskFullError(f"spilling counts to {spill_dir} failed: the disk is full; "
+                                "free space there or give --tmp DIR on a file system with "
+                                "room (nothing was written to the store)") from exc
+        raise
+
+
 def write_run(spill_dir: str, keys: np.ndarray, values: np.ndarray, vocab_size: int,
               rows_per_block: int) -> RunFile:
     """Spill sorted unique ``keys`` and their ``values`` as two ``.npy`` files (mode 0600)."""
     stem = _run_stem(spill_dir)
     keys_path, values_path = stem + ".keys.npy", stem + ".values.npy"
-    for path, data in ((keys_path, keys), (values_path, values)):
-        with _create_private_file(path) as handle:
-            np.save(handle, np.ascontiguousarray(data, dtype="<i8"), allow_pickle=False)
+    with _removed_on_failure(spill_dir, [keys_path, values_path]):
+        for path, data in ((keys_path, keys), (values_path, values)):
+            with _create_private_file(path) as handle:
+                np.save(handle, np.ascontiguousarray(data, dtype="<i8"), allow_pickle=False)
     offset, n = _npy_data_offset(keys_path)
     assert n == keys.size
     return RunFile(keys_path, values_path, _block_offsets(keys, vocab_size, rows_per_block), offset)
@@ -129,22 +148,21 @@ def _write_run_stream(spill_dir: str, chunks: Iterator[tuple[np.ndarray, np.ndar
     n_blocks = -(-vocab_size // rows_per_block)
     counts_per_block = np.zeros(n_blocks, dtype=np.int64)
     raw = [stem + ".keys.raw", stem + ".values.raw"]
-    with _create_private_file(raw[0]) as fk, _create_private_file(raw[1]) as fv:
-        for keys, values in chunks:
-            fk.write(np.ascontiguousarray(keys, dtype="<i8").tobytes())
-            fv.write(np.ascontiguousarray(values, dtype="<i8").tobytes())
-            counts_per_block += np.bincount(keys // (vocab_size * rows_per_block),
-                                            minlength=n_blocks)[:n_blocks]
-            n += keys.size
-    paths = []
-    for raw_path, suffix in zip(raw, (".keys.npy", ".values.npy")):
-        path = stem + suffix
-        with _create_private_file(path) as out, open(raw_path, "rb") as src:
-            np.lib.format.write_array_header_1_0(
-                out, {"descr": "<i8", "fortran_order": False, "shape": (n,)})
-            shutil.copyfileobj(src, out, 8 << 20)
-        os.remove(raw_path)
-        paths.append(path)
+    paths = [stem + ".keys.npy", stem + ".values.npy"]
+    with _removed_on_failure(spill_dir, raw + paths):
+        with _create_private_file(raw[0]) as fk, _create_private_file(raw[1]) as fv:
+            for keys, values in chunks:
+                fk.write(np.ascontiguousarray(keys, dtype="<i8").tobytes())
+                fv.write(np.ascontiguousarray(values, dtype="<i8").tobytes())
+                counts_per_block += np.bincount(keys // (vocab_size * rows_per_block),
+                                                minlength=n_blocks)[:n_blocks]
+                n += keys.size
+        for raw_path, path in zip(raw, paths):
+            with _create_private_file(path) as out, open(raw_path, "rb") as src:
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": "<i8", "fortran_order": False, "shape": (n,)})
+                shutil.copyfileobj(src, out, 8 << 20)
+            os.remove(raw_path)
     offset, _ = _npy_data_offset(paths[0])
     offsets = (0,) + tuple(int(x) for x in np.cumsum(counts_per_block))
     return RunFile(paths[0], paths[1], offsets, offset)

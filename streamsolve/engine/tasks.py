@@ -24,6 +24,7 @@ from ..store import transaction as store_transaction
 from ..text.encoding import LineEncoder
 from ..text.holdout import HoldOut, RunSplitter
 from ..text.reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
+from ..text.tokenizer import TokenizerError
 from .memory import MemoryPlan
 from .runtime import delayed, tokenize_key, tree_reduce
 from .spill import PartialCounts, collect, merge_partials, merge_sources
@@ -156,6 +157,8 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         skipped = "binary"
     except UnicodeDecodeError as exc:  # pragma: no cover - decode_counting replaces
         raise CorpusError(f"{path}: {exc}") from exc
+    except TokenizerError as exc:  # a panic of the tokenizer: say on which shard
+        raise TokenizerError(f"shard {path}: {exc}") from None
     merged = counts.flush()
     if skipped is None and merged.tokens == 0 and held.tokens == 0:
         logger.warning("shard has no text, skipped: %s", path)

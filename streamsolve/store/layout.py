@@ -19,8 +19,10 @@ Everything here is pure: it reads no store, so every other module of the package
 from __future__ import annotations
 
 import datetime
+import errno
 import math
 import os
+import re
 
 import numpy as np
 
@@ -52,6 +54,24 @@ class StoreConfigError(StoreError):
 
 class StoreCorruptError(StoreError):
     """Stored data fails its checksum, digest or shape check: the store is damaged."""
+
+
+class DiskFullError(StoreError):
+    """A write ran out of disk space; the message names the path and the fix."""
+
+
+#: NumPy's short write (``ndarray.tofile``/``np.save`` on a full disk), raised without errno.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` reports a full disk (or quota): ``ENOSPC``, ``EDQUOT``, or NumPy's
+    errno-less short write (``OSError: 17172 requested and 12784 written``)."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return exc.errno is None and bool(_SHORT_WRITE.fullmatch(str(exc)))
 
 
 def retire_seconds() -> float:

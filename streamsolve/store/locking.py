@@ -47,6 +47,8 @@ import uuid
 
 from fsspec.core import url_to_fs
 
+from .layout import is_disk_full
+
 try:
     import fcntl
 except ImportError:  # not POSIX: local stores use the conditional create too
@@ -252,9 +254,17 @@ class StoreLock:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise LockFileError(f"cannot create the writer lock {self.path} beside store "
-                                f"{self.store_url}: {exc.strerror}; the store's parent "
-                                "directory must be writable (and not full)") from exc
+            raise self._create_error(exc) from exc
+
+    def _create_error(self, exc: OSError) -> "LockFileError":
+        """The one-line error for a lock file that cannot be created (full disk or else)."""
+        if is_disk_full(exc):
+            return LockFileError(f"cannot create the writer lock {self.path} beside store "
+                                 f"{self.store_url}: the disk is full; free space there and "
+                                 "run the same command again (nothing was written)")
+        return LockFileError(f"cannot create the writer lock {self.path} beside store "
+                             f"{self.store_url}: {exc.strerror or exc}; the store's parent "
+                             "directory must be writable (and not full)")
 
     def _try_flock(self) -> bool | None:
         """True: locked; False: a live process holds it; None: retry (file was replaced)."""
@@ -321,15 +331,22 @@ class StoreLock:
     def _try_create(self) -> bool:
         data = json.dumps(self._record()).encode("utf-8")
         try:
-            with self.fs.open(self.path, "xb") as handle:
-                handle.write(data)
-        except FileExistsError:
-            return False
-        except (ValueError, NotImplementedError):  # no conditional create: write-then-verify
-            if self.fs.exists(self.path):
+            try:
+                with self.fs.open(self.path, "xb") as handle:
+                    handle.write(data)
+            except FileExistsError:
                 return False
-            with self.fs.open(self.path, "wb") as handle:
-                handle.write(data)
+            except (ValueError, NotImplementedError):  # no conditional create: write-verify
+                if self.fs.exists(self.path):
+                    return False
+                with self.fs.open(self.path, "wb") as handle:
+                    handle.write(data)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            with contextlib.suppress(OSError):  # a partial lock file would block every writer
+                self.fs.rm(self.path)
+            raise self._create_error(exc) from exc
         holder = self.read_holder()
         return bool(holder) and holder.get("token") == self.token
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .history import calibrated_event, finalized_event, with_event
 from .integrity import array_digest, block_digest, write_checksummed_array
-from .layout import StoreError, count_block_path, stack_row_blocks, utc_now
+from .layout import StoreError, count_block_path, live_paths, stack_row_blocks, utc_now
 
 #: Keys of ``attrs["weights"]`` that describe the version rather than its parameters.
 VERSION_KEYS = ("id", "counts_id", "written", "blocks", "reused_blocks")
@@ -75,6 +75,21 @@ class WeightBlocks:
         group.attrs.put({"complete": True, "digest": array_digest(*arrays.values()),
                          "data_min": float(data.min(initial=0.0)),
                          "data_max": float(data.max(initial=0.0))})
+
+    def weight_nodes(self) -> set[str]:
+        """Paths of the weights versions and weight row blocks present (and of their groups)."""
+        paths = {p for p in self._node_paths() if p.startswith("weights/")}
+        return paths | {g for g in ("weights", "weights/blocks") if g in self.group}
+
+    def discard_weight_nodes(self, keep: set[str]):
+        """Remove weights versions and row blocks not in ``keep`` (`weight_nodes` taken before
+        a failed finalize: what it half-wrote); never what the store's weights use."""
+        live = live_paths(self.meta)
+        for path in sorted(self.weight_nodes() - keep - live - {"weights", "weights/blocks"}):
+            del self.group[path]
+        for path in ("weights/blocks", "weights"):  # groups this finalize created, left empty
+            if path not in keep and path in self.group and not self.group_names(path):
+                del self.group[path]
 
     def weight_block_range(self, key: str) -> tuple[float, float]:
         """``(min, max)`` of a weight row block's values (0 included), from its attributes

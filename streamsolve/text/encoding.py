@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .tokenizer import tokenizer_from_json
+from .tokenizer import is_tokenizer_panic, panic_error, tokenizer_from_json
 
 #: Lines of one piece joined into one tokenizer input (per-input overhead halves throughput
 #: when every line is its own input).
@@ -192,8 +192,13 @@ class LineEncoder:
         self.tokenizer, self.joinable = line_tokenizer(tokenizer_text)
 
     def _encode(self, inputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return encode_inputs(self.tokenizer, inputs, serial=self.serial,
-                             after_batch=self.after_batch)
+        try:
+            return encode_inputs(self.tokenizer, inputs, serial=self.serial,
+                                 after_batch=self.after_batch)
+        except BaseException as exc:
+            if is_tokenizer_panic(exc):
+                raise panic_error(exc, self.tokenizer_text) from None
+            raise
 
     def encode_pieces(self, pieces) -> tuple[np.ndarray, np.ndarray]:
         """All ids of the pieces concatenated (int64), and the number of ids per piece."""

@@ -24,12 +24,9 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_CORPUS = "builtin://pydoc-topics"
 
-_COMPRESSION_BY_SUFFIX = {
-    ".gz": "gzip",
-    ".bz2": "bz2",
-    ".xz": "xz",
-    ".zst": "zstd",
-}
+#: Compressions a shard may have (fsspec's names), read as a stream: not ``zip`` (an
+#: archive of files, read by seeking).
+STREAM_COMPRESSIONS = ("gzip", "bz2", "xz", "zstd", "lz4", "snappy")
 
 
 class CorpusError(ValueError):
@@ -41,11 +38,14 @@ class BinaryShardError(CorpusError):
 
 
 def compression_of(path: str) -> str | None:
-    """The fsspec compression name implied by a path's suffix, or None."""
-    for suffix, name in _COMPRESSION_BY_SUFFIX.items():
-        if path.endswith(suffix):
-            return name
-    return None
+    """The fsspec compression name implied by a path's suffix (`fsspec.utils.infer_compression`,
+    any case), or None: also for a compression not read as a stream (``.zip``), whose shard
+    is then read as raw bytes (and skipped as binary)."""
+    from fsspec.compression import compr
+    from fsspec.utils import infer_compression
+
+    name = infer_compression(path)
+    return name if name in STREAM_COMPRESSIONS and name in compr else None
 
 
 def is_jsonl(path: str) -> bool:

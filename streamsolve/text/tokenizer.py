@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 from collections.abc import Iterable
 
@@ -88,6 +89,29 @@ def tokenizer_from_json(text: str, source: str = "<json>") -> Tokenizer:
 def tokenizer_json(tokenizer: Tokenizer) -> str:
     """The tokenizer's canonical JSON text."""
     return tokenizer.to_str()
+
+
+def is_tokenizer_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic escaping from ``tokenizers`` (pyo3's ``PanicException``
+    derives from `BaseException`, e.g. a pre-tokenizer regex hitting its retry limit)."""
+    return type(exc).__name__ == "PanicException"
+
+
+def describe_tokenizer(text: str) -> str:
+    """A short name of a tokenizer JSON: its model type and the start of its sha256."""
+    try:
+        model = (json.loads(text).get("model") or {}).get("type") or "tokenizer"
+    except (ValueError, AttributeError):
+        model = "tokenizer"
+    return f"{model} tokenizer (sha256 {tokenizer_hash(text)[:12]})"
+
+
+def panic_error(exc: BaseException, tokenizer_text: str) -> "TokenizerError":
+    """The one-line `TokenizerError` for a panic of ``tokenizers`` (see `is_tokenizer_panic`)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TokenizerError(f"the {describe_tokenizer(tokenizer_text)} failed inside the "
+                          f"tokenizers library: {reason} (a pre-tokenizer regex that "
+                          "backtracks too much on a line); fix its pattern or that text")
 
 
 def tokenizer_hash(text: str) -> str:

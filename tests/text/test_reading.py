@@ -73,3 +73,30 @@ def test_expand_corpus(tmp_path):
 def test_document_mode_is_validated():
     with pytest.raises(ValueError, match="documents must be one of"):
         ReadOptions(documents="paragraph")
+
+
+def test_compression_is_fsspecs_inference():
+    """Shard compression comes from `fsspec.utils.infer_compression` (any case), limited to
+    what reads as a stream."""
+    from fsspec.utils import infer_compression
+
+    from streamsolve.text.shards import compression_of
+
+    for path in ("a.txt.gz", "b.GZ", "s3://bucket/c.jsonl.bz2", "d.xz", "e.zst", "f.txt", "g"):
+        assert compression_of(path) == infer_compression(path), path
+    assert compression_of("a.txt.gz") == "gzip" and compression_of("b.GZ") == "gzip"
+    assert compression_of("archive.zip") is None  # not a stream: read raw (skipped as binary)
+
+
+def test_upper_case_suffix_shard_is_decompressed(tmp_path):
+    import gzip
+
+    from streamsolve.text.shards import is_jsonl
+    from streamsolve.text.reading import ReadOptions, ReadStats, iter_document_pieces
+
+    path = tmp_path / "SHARD.TXT.GZ"
+    path.write_bytes(gzip.compress(b"hello world\n\nsecond doc\n"))
+    text = "".join(line for pieces in iter_document_pieces(str(path), ReadOptions(),
+                                                                    ReadStats())
+                   for lines, _ in pieces for line in lines)
+    assert text == "hello world\nsecond doc\n" and not is_jsonl(str(path))
