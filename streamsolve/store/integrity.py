@@ -205,6 +205,13 @@ def _verify_counts(view, generation: int, report: dict):
 
 def _verify_weights(view, weights: dict, report: dict):
     root = f"weights/v{weights['id']}"
+    if weights.get("kind") == "refined":  # dense / factored tables (store.refined_weights)
+        from .refined_weights import refined_arrays
+
+        for name in refined_arrays(weights):
+            path = f"{root}/{name}"
+            _verify_one(view, report, path, lambda: view._read_single(path))
+        return
     for name in ("col_terms", "bias", "log_unigram"):
         path = f"{root}/{name}"
         _verify_one(view, report, path, lambda: view._read_single(path))
