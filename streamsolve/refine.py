@@ -192,10 +192,10 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
             loss.backward()
             return loss
 
-        loss = opt.step(closure)
-        if not math.isfinite(float(loss)):
+        loss = float(opt.step(closure).detach())
+        if not math.isfinite(loss):
             logger.warning("refine: the training loss is %s at step %d: stopping (lower --lr)",
-                           float(loss), steps + 1)
+                           loss, steps + 1)
             stopped = "diverged"
             break
         steps += 1

@@ -150,6 +150,24 @@ def live_paths(meta: dict) -> set[str]:
     return live
 
 
+#: ``attrs["weights"]["kind"]`` of a refined version.
+REFINED = "refined"
+
+
+def is_refined(weights_meta: dict | None) -> bool:
+    """Whether a store's ``attrs["weights"]`` describe a refined version."""
+    return bool(weights_meta) and weights_meta.get("kind") == REFINED
+
+
+def refined_arrays(weights_meta: dict) -> list[str]:
+    """Names of the arrays of a refined version (relative to ``weights/v{id}``)."""
+    n = int(weights_meta["n_blocks"])
+    if weights_meta["layout"] == "dense":
+        return ["bias"] + [f"table{b}" for b in range(n)]
+    return ["bias"] + [f"{name}{b}" for b in range(n)
+                       for name in ("embedding", "output", "row_offsets")]
+
+
 # -- validation of a store's attributes ------------------------------------------------------
 
 def _is_int(value, low: int, high: int | None = None) -> bool:

@@ -26,25 +26,7 @@ import numpy as np
 
 from .history import with_event
 from .integrity import write_checksummed_array
-from .layout import StoreError, utc_now
-
-#: ``attrs["weights"]["kind"]`` of a refined version.
-REFINED = "refined"
-
-
-def is_refined(weights_meta: dict | None) -> bool:
-    """Whether a store's ``attrs["weights"]`` describe a refined version."""
-    return bool(weights_meta) and weights_meta.get("kind") == REFINED
-
-
-def refined_arrays(weights_meta: dict) -> list[str]:
-    """Names of the arrays of a refined version (relative to ``weights/v{id}``)."""
-    n = int(weights_meta["n_blocks"])
-    if weights_meta["layout"] == "dense":
-        return ["bias"] + [f"table{b}" for b in range(n)]
-    return ["bias"] + [f"{name}{b}" for b in range(n)
-                       for name in ("embedding", "output", "row_offsets")]
-
+from .layout import REFINED, StoreError, is_refined, refined_arrays, utc_now  # noqa: F401
 
 def commit_refined(store, bias: np.ndarray, tables: list | None = None,
                    factors: list | None = None, provenance: dict | None = None) -> str:
