@@ -199,3 +199,22 @@ def test_diverging_refine_writes_the_start_weights(store, capsys):
     assert result["best_step"] == 0
     code, after, _ = cli(capsys, "eval", path, heldout)
     assert after["cross_entropy"] <= start["cross_entropy"] + 2e-5
+
+
+def test_export_of_refined_weights_round_trips(store, tmp_path, capsys):
+    from streamsolve.export import read_export
+
+    path, shards, heldout = store
+    code, _, err = cli(capsys, "refine", path, *shards, "--heldout", heldout, "--steps", "3",
+                       "--eval-every", "3", "-q")
+    assert code == 0, err
+    out = tmp_path / "refined.safetensors"
+    code, result, err = cli(capsys, "export", path, out, "--weights")
+    assert code == 0, err
+    assert result["layout"] == "refined-dense"
+    arrays, metadata = read_export(str(out))
+    weights = LanguageModel.open(path).weights
+    np.testing.assert_array_equal(arrays["table0"], weights.tables[0])
+    assert metadata["params"]["refined"]["steps"] == 3
+    code, _, err = cli(capsys, "export", path, out, "--weights", "--rank", "4")
+    assert code == 2 and err.count("\n") == 1 and "refined" in err
