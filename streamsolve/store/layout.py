@@ -12,6 +12,8 @@ Layout (``g`` = counts generation, ``w`` = weights version id)::
     STORE/weights/blocks/{key}/...       a weight row block: the same CSR (float64 sparse
                                          part S) plus row_terms
     STORE/weights/v{w}/                  col_terms [blocks, V], bias, log_unigram [V]
+                                         (a refined version instead: bias, table{b} or
+                                         embedding{b}, output{b}, row_offsets{b})
 
 Everything here is pure: it reads no store, so every other module of the package may use it.
 """
