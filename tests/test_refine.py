@@ -218,3 +218,69 @@ def test_export_of_refined_weights_round_trips(store, tmp_path, capsys):
     assert metadata["params"]["refined"]["steps"] == 3
     code, _, err = cli(capsys, "export", path, out, "--weights", "--rank", "4")
     assert code == 2 and err.count("\n") == 1 and "refined" in err
+
+
+def _random_positions(n, V=29, R=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, size=(n, R)), rng.integers(0, V, size=n)
+
+
+def test_position_batches_emit_every_position_once_per_epoch():
+    ctx, tgt = _random_positions(1000)
+    chunks = [(ctx[i:i + 70], tgt[i:i + 70]) for i in range(0, 1000, 70)]
+    batches = list(refine.position_batches(lambda: iter(chunks), 64, epochs=2,
+                                           shuffle_positions=200, seed=1))
+    assert all(c.shape[0] == t.shape[0] <= 64 for c, t in batches)
+    assert sum(t.shape[0] for _, t in batches) == 2000
+    rows = np.concatenate([np.column_stack([c.numpy(), t.numpy()]) for c, t in batches])
+    expected = np.column_stack([ctx, tgt])
+    for half in (rows[:1000], rows[1000:]):   # each epoch: the same multiset of positions
+        np.testing.assert_array_equal(np.unique(half, axis=0, return_counts=True)[1],
+                                      np.unique(expected, axis=0, return_counts=True)[1])
+    assert not np.array_equal(rows[:1000], expected)   # shuffled
+    with pytest.raises(ValueError, match="no tokens"):
+        list(refine.position_batches(lambda: iter([]), 8))
+
+
+@pytest.mark.parametrize("optimizer,lr", [("adam", 0.05), ("sgd", 0.5), ("lbfgs", 1.0)])
+def test_fit_with_each_optimizer_improves_train_fit(optimizer, lr):
+    from .conftest import random_explicit_weights
+
+    weights = random_explicit_weights(29, 2)
+    module = refine.initial_module(weights, "zeros")
+    ctx, tgt = _random_positions(512, seed=3)
+    held = (torch.as_tensor(ctx), torch.as_tensor(tgt))
+    batches = refine.position_batches(lambda: iter([(ctx, tgt)]), 512, epochs=None)
+    result = refine.fit(module, batches, held, optimizer=optimizer, lr=lr, max_steps=8,
+                        eval_every=4, patience=None)
+    assert result.start_ce == pytest.approx(np.log(29), abs=1e-6)
+    assert result.best_ce < result.start_ce - 0.05 and result.steps == 8
+    assert refine.heldout_cross_entropy(module, held) == pytest.approx(result.best_ce, abs=1e-9)
+
+
+def test_random_init_is_seeded():
+    from .conftest import random_explicit_weights
+
+    weights = random_explicit_weights(29, 2)
+    a = refine.initial_module(weights, "random", seed=4)
+    b = refine.initial_module(weights, "random", seed=4)
+    c = refine.initial_module(weights, "random", seed=5)
+    assert torch.equal(a.tables[0].weight, b.tables[0].weight)
+    assert not torch.equal(a.tables[0].weight, c.tables[0].weight)
+    assert float(a.row_offsets.abs().sum()) == 0.0
+
+
+def test_training_positions_are_the_counted_positions(store):
+    """The minibatches see exactly the (context, target) pairs counting counted."""
+    path, shards, heldout = store
+    model = LanguageModel.open(path)
+    model_store = ModelStore(path)
+    pairs = list(refine.text_positions(shards, model, model_store.meta["read_options"]))
+    ctx = np.concatenate([c for c, _ in pairs])
+    tgt = np.concatenate([t for _, t in pairs])
+    V = model.vocab_size
+    assert tgt.size == model_store.meta["counts"]["tokens"]
+    for r in range(model.config.radius):
+        dense = np.zeros((V, V), dtype=np.int64)
+        np.add.at(dense, (ctx[:, r], tgt), 1)
+        np.testing.assert_array_equal(dense, model_store.read_count_block(r).toarray())
