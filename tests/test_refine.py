@@ -284,3 +284,19 @@ def test_training_positions_are_the_counted_positions(store):
         dense = np.zeros((V, V), dtype=np.int64)
         np.add.at(dense, (ctx[:, r], tgt), 1)
         np.testing.assert_array_equal(dense, model_store.read_count_block(r).toarray())
+
+
+def test_commit_refused_when_the_store_changed_while_training(store, monkeypatch):
+    path, shards, heldout = store
+    fit = refine.fit
+
+    def fit_then_finalize(*args, **kwargs):
+        result = fit(*args, **kwargs)
+        assert main(["finalize", path, "-q", "--smoothing", "dirichlet"]) == 0  # a new version
+        return result
+
+    monkeypatch.setattr(refine, "fit", fit_then_finalize)
+    with pytest.raises(Exception, match="changed while refining") as info:
+        refine.refine_store(path, shards, [heldout], steps=2, eval_every=1)
+    assert "\n" not in str(info.value)
+    assert ModelStore(path).meta["weights"].get("kind") is None
