@@ -26,7 +26,7 @@ import numpy as np
 
 from .history import with_event
 from .integrity import write_checksummed_array
-from .layout import REFINED, StoreError, is_refined, refined_arrays, utc_now  # noqa: F401
+from .layout import REFINED, StoreError, is_refined, refined_arrays, utc_now
 
 def commit_refined(store, bias: np.ndarray, tables: list | None = None,
                    factors: list | None = None, provenance: dict | None = None) -> str:
