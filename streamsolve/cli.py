@@ -239,6 +239,44 @@ def _add_finalizing(parser: argparse.ArgumentParser):
                              "offset from its counts-of-counts)")
 
 
+def _add_refining(p: argparse.ArgumentParser):
+    """The arguments of ``streamsolve refine`` (see `streamsolve.refine.refine_store`)."""
+    p.add_argument("store", help="store path or fsspec URL (Zarr v3), finalized")
+    p.add_argument("train", nargs="+", metavar="TRAIN", help="training text files (shards)")
+    p.add_argument("--heldout", nargs="+", metavar="TEXT", required=True,
+                   help="held-out text files: early stopping keeps the best weights on them")
+    p.add_argument("--init", choices=("explicit", "random", "zeros"), default="explicit",
+                   help="start from the minimum-norm explicit weights (default), small random "
+                        "values (seeded) or zeros")
+    p.add_argument("--optimizer", choices=("adam", "sgd", "lbfgs"), default="adam",
+                   help="optimizer (default %(default)s)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, metavar="N",
+                        help="stop after N optimizer steps")
+    length.add_argument("--epochs", type=_positive_int, metavar="E",
+                        help="passes over TRAIN (default 1 when --steps is not given)")
+    p.add_argument("--lr", type=_positive_float, metavar="X",
+                   help="learning rate (default 1e-3 adam, 0.1 sgd, 1 lbfgs)")
+    p.add_argument("--batch", type=_positive_int, default=256, metavar="B",
+                   help="positions per minibatch (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="X",
+                   help="L2 penalty on the parameters (default 0)")
+    p.add_argument("--rank", type=_positive_int, metavar="D",
+                   help="refine rank-D factors (embedding V x D, output D x V) instead of "
+                        "dense V x V tables (needed when the dense tables do not fit)")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="cpu (default) or cuda[:N]")
+    p.add_argument("--patience", type=_positive_int, default=5, metavar="K",
+                   help="stop after K held-out evaluations without improvement (default "
+                        "%(default)s)")
+    p.add_argument("--eval-every", type=_positive_int, default=100, metavar="N",
+                   help="steps between held-out evaluations (default %(default)s)")
+    p.add_argument("--max-seconds", type=_positive_float, metavar="S",
+                   help="stop training after S seconds of wall time")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the shuffle and the random init (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="streamsolve",
@@ -322,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                "probability reaches P (nucleus, 0 < P <= 1)")
     p.add_argument("--top", type=_positive_int, default=5,
                    help="also show the top next tokens after the prompt")
+    _add_common(p)
+
+    p = sub.add_parser("refine", help="refine a finalized LM by backpropagation (PyTorch), "
+                                      "early-stopped on held-out text; writes a new weights version")
+    _add_refining(p)
+    _add_locking(p)
     _add_common(p)
 
     p = sub.add_parser("solve", help="count + finalize + calibrate + evaluate on a held-out part")
@@ -412,6 +456,18 @@ def run(args) -> dict:
             sys.stdout.flush()
         sys.stdout.write("\n")
         return {"prompt": args.prompt, "top_next": top_next}
+    if args.command == "refine":
+        from .refine import refine_store
+
+        if not args.weight_decay >= 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+        return refine_store(args.store, args.train, args.heldout, init=args.init,
+                            optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                            steps=args.steps, epochs=args.epochs, batch=args.batch,
+                            rank=args.rank, device=args.device, patience=args.patience,
+                            eval_every=args.eval_every, max_seconds=args.max_seconds,
+                            seed=args.seed, storage_options=so, wait=args.wait,
+                            break_lock=args.break_lock)
     if args.command == "solve":
         corpus = args.corpus or [BUILTIN_CORPUS]
         if not args.corpus:

@@ -16,6 +16,11 @@ def print_human(command: str, result: dict):
         print_info(result)
     elif command == "score":
         print(json.dumps(result))
+    elif command == "refine":
+        print(f"refined weights {result['weights_id']} of {result['store']}: held-out CE "
+              f"{result['start_ce']:.5f} -> {result['best_ce']:.5f} nats/token (best at step "
+              f"{result['best_step']} of {result['steps']}, {result['tokens']:,} tokens, "
+              f"{result['init']} init, {result['optimizer']}, stopped: {result['stopped']})")
     else:
         print(format_table([(_label(key, value), format_value(value))
                             for key, value in result.items()]))
@@ -116,6 +121,12 @@ def describe_event(event: dict) -> str:
         detail = (f"weights {event.get('weights_id')}: beta {event.get('beta')}, gamma "
                   f"{event.get('gamma')}, held-out CE {event.get('cross_entropy_before')} -> "
                   f"{event.get('cross_entropy_after')} on {event.get('heldout_tokens')} tokens")
+    elif name == "refined":
+        detail = (f"weights {event.get('weights_id')} ({event.get('layout')}"
+                  + (f", rank {event['rank']}" if event.get("rank") else "")
+                  + f") from {event.get('from_weights')}: {event.get('init')} init, "
+                  f"{event.get('optimizer')} lr {event.get('lr')}, {event.get('steps')} steps, "
+                  f"held-out CE {event.get('start_ce')} -> {event.get('best_ce')}")
     elif name == "created":
         config = event.get("config", {})
         detail = (f"V={config.get('vocab_size')}, radius {config.get('radius')}, "

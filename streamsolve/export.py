@@ -12,6 +12,8 @@ configuration and the weight parameters as JSON in the metadata:
   refused above a memory budget, naming ``--rank``.
 - ``"low-rank"`` (``rank=d``): ``embedding{b}`` (V x d) and ``output{b}`` (d x V) of the
   best rank-d approximation of each minimum-norm block, ``bias``, ``row_offsets``.
+- ``"refined-dense"`` / ``"refined-factored"``: weights written by ``streamsolve refine``,
+  as stored (`refined_weight_arrays`).
 
 The format follows the file name (``.npz``) unless given. In an ``.npz`` the metadata is
 the JSON string ``__metadata__`` (a unicode array: ``np.load(allow_pickle=False)`` reads it).
@@ -26,6 +28,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
+from .core.dense_lm import RefinedWeights
 from .core.warm_start import check_dense_fits, min_norm_weights
 from .extras import TORCH_HINT
 from .store.location import is_inside_store
@@ -84,6 +87,8 @@ def read_export(path: str) -> tuple[dict, dict]:
 def weight_arrays(weights, layout: str = "sparse-rank-one", rank: int | None = None,
                   max_bytes: int | None = None, n_iter: int = 7) -> tuple[dict, dict]:
     """The arrays and metadata of one export layout of `ExplicitWeights` (see module doc)."""
+    if isinstance(weights, RefinedWeights):
+        return refined_weight_arrays(weights, layout)
     config = weights.config
     offset_blocks = [weights.block_of_offset(r) for r in range(config.radius)]
     metadata = {"format": LAYOUT_VERSION, "layout": layout,
@@ -121,6 +126,30 @@ def weight_arrays(weights, layout: str = "sparse-rank-one", rank: int | None = N
     for b, block in enumerate(warm.blocks):
         E, B = low_rank_factors(block, int(rank), n_iter=n_iter)
         arrays[f"embedding{b}"], arrays[f"output{b}"] = E, B
+    return arrays, metadata
+
+
+def refined_weight_arrays(weights: RefinedWeights, layout: str) -> tuple[dict, dict]:
+    """The arrays of refined weights (``streamsolve refine``), as the store holds them:
+    ``"refined-dense"`` (``table{b}`` V x V, ``bias``) or ``"refined-factored"``
+    (``embedding{b}``, ``output{b}``, ``row_offsets{b}``, ``bias``)."""
+    if layout != "sparse-rank-one":
+        raise ValueError("the store holds refined weights: they are exported as stored "
+                         "(drop --dense / --rank), or run `streamsolve finalize` first")
+    config = weights.config
+    kind = "refined-dense" if weights.tables is not None else "refined-factored"
+    metadata = {"format": LAYOUT_VERSION, "layout": kind,
+                "config": {"vocab_size": config.vocab_size, "radius": config.radius,
+                           "aggregation": config.aggregation, "bos_id": config.bos_id},
+                "params": weights.params(),
+                "offset_blocks": [weights.block_of_offset(r) for r in range(config.radius)]}
+    arrays = {"bias": np.asarray(weights.bias, dtype=np.float32)}
+    if weights.tables is not None:
+        arrays.update({f"table{b}": t for b, t in enumerate(weights.tables)})
+    else:
+        for b, (E, B, offsets) in enumerate(weights.factors):
+            arrays.update({f"embedding{b}": E, f"output{b}": B,
+                           f"row_offsets{b}": np.asarray(offsets, dtype=np.float32)})
     return arrays, metadata
 
 
@@ -164,6 +193,7 @@ def export_weights(store: str, out: str, fmt: str | None = None, rank: int | Non
 
         max_bytes = total_ram() // 2
     arrays, metadata = weight_arrays(weights, layout, rank, max_bytes)
+    layout = metadata["layout"]  # refined weights are exported as stored
     payload = _serialise(arrays, metadata, fmt)
     with fsspec.open(out, "wb", **(storage_options or {})) as handle:
         handle.write(payload)

@@ -133,9 +133,12 @@ def load_weights(store, storage_options: dict | None = None, allow_stale: bool =
 
     if isinstance(store, ExplicitWeights):
         return store
-    if isinstance(store, LanguageModel):
-        return store.weights
-    return LanguageModel.open(store, storage_options, allow_stale=allow_stale).weights
+    weights = store.weights if isinstance(store, LanguageModel) else \
+        LanguageModel.open(store, storage_options, allow_stale=allow_stale).weights
+    if not isinstance(weights, ExplicitWeights):  # refined by `streamsolve refine`
+        raise ValueError("the store holds refined weights (streamsolve refine), not explicit "
+                         "ones: run `streamsolve finalize` to load the explicit model")
+    return weights
 
 
 def default_max_bytes() -> int:

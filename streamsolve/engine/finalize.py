@@ -22,7 +22,9 @@ from ..core.smoothing import (SparseRankOne, block_weights, check_smoothing,
 from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
 from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
+from ..core.dense_lm import RefinedWeights
 from ..store.layout import DiskFullError, StoreCorruptError, is_disk_full, row_blocks
+from ..store.refined_weights import is_refined, read_refined
 from .progress import TaskProgress
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ def read_store_weights(store, allow_stale: bool = False, lazy: bool = True,
         If there are no weights, or they are stale and ``allow_stale`` is False.
     """
     view = store.snapshot()
+    if is_refined(view.meta.get("weights")):  # written by `streamsolve refine`
+        return refined_store_weights(view, allow_stale)
     if not lazy:
         stored = view.read_weights(allow_stale=allow_stale)
         blocks = [SparseRankOne(sparse, row_terms, col_terms)
@@ -123,6 +127,22 @@ def read_store_weights(store, allow_stale: bool = False, lazy: bool = True,
     weights = lazy_weights(view, keys, [block[2] for block in index.blocks],
                            index.log_unigram, view.config, index.params, cache_bytes)
     return weights
+
+
+def refined_store_weights(view, allow_stale: bool = False) -> RefinedWeights:
+    """The refined (dense or factored) weights of a store view (`store.refined_weights`)."""
+    info, arrays = read_refined(view, allow_stale)
+    provenance = {**info.get("refined", {}), "form": info.get("form"),
+                  "smoothing": info.get("smoothing"), "weights_id": info["id"]}
+    n = int(info["n_blocks"])
+    if info["layout"] == "dense":
+        return RefinedWeights(view.config, arrays["bias"].astype(np.float64),
+                              tables=[arrays[f"table{b}"] for b in range(n)],
+                              provenance=provenance)
+    factors = [(arrays[f"embedding{b}"], arrays[f"output{b}"],
+                arrays[f"row_offsets{b}"].astype(np.float64)) for b in range(n)]
+    return RefinedWeights(view.config, arrays["bias"].astype(np.float64), factors=factors,
+                          provenance=provenance)
 
 
 def lazy_weights(view, keys: list, col_terms: list, log_unigram: np.ndarray, config,

@@ -9,7 +9,10 @@
 - ``finalized``: the weights version, its parameters (form, smoothing, mu, alpha) and how
   many weight row blocks were reused;
 - ``calibrated``: the weights version, the scalars (beta, gamma), the held-out tokens and
-  the cross-entropy before and after.
+  the cross-entropy before and after;
+- ``refined``: a weights version written by ``streamsolve refine`` (layout, rank, init,
+  optimizer, lr, steps, tokens, held-out CE at the start and best, the version it started
+  from; the full held-out curve is in the version's attributes).
 
 An event is appended in the same attribute write as the commit it describes (so a crash
 never leaves one without the other) and earlier events are never rewritten. Stores written

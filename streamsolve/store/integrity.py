@@ -19,7 +19,7 @@ import hashlib
 import numpy as np
 
 from .layout import (RETIRE_SECONDS_VARIABLE, StoreCorruptError, StoreError, count_block_path,
-                     live_paths, retire_seconds, row_blocks)
+                     live_paths, refined_arrays, retire_seconds, row_blocks)
 
 #: Largest number of elements in one chunk of a written array.
 CHUNK_ELEMENTS = 1 << 22
@@ -205,6 +205,11 @@ def _verify_counts(view, generation: int, report: dict):
 
 def _verify_weights(view, weights: dict, report: dict):
     root = f"weights/v{weights['id']}"
+    if weights.get("kind") == "refined":  # dense / factored tables (store.refined_weights)
+        for name in refined_arrays(weights):
+            path = f"{root}/{name}"
+            _verify_one(view, report, path, lambda: view._read_single(path))
+        return
     for name in ("col_terms", "bias", "log_unigram"):
         path = f"{root}/{name}"
         _verify_one(view, report, path, lambda: view._read_single(path))

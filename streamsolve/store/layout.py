@@ -12,6 +12,8 @@ Layout (``g`` = counts generation, ``w`` = weights version id)::
     STORE/weights/blocks/{key}/...       a weight row block: the same CSR (float64 sparse
                                          part S) plus row_terms
     STORE/weights/v{w}/                  col_terms [blocks, V], bias, log_unigram [V]
+                                         (a refined version instead: bias, table{b} or
+                                         embedding{b}, output{b}, row_offsets{b})
 
 Everything here is pure: it reads no store, so every other module of the package may use it.
 """
@@ -168,6 +170,24 @@ def live_paths(meta: dict) -> set[str]:
         live.add(f"weights/v{weights['id']}")
         live.update(f"weights/blocks/{key}" for keys in weights["blocks"] for key in keys)
     return live
+
+
+#: ``attrs["weights"]["kind"]`` of a refined version.
+REFINED = "refined"
+
+
+def is_refined(weights_meta: dict | None) -> bool:
+    """Whether a store's ``attrs["weights"]`` describe a refined version."""
+    return bool(weights_meta) and weights_meta.get("kind") == REFINED
+
+
+def refined_arrays(weights_meta: dict) -> list[str]:
+    """Names of the arrays of a refined version (relative to ``weights/v{id}``)."""
+    n = int(weights_meta["n_blocks"])
+    if weights_meta["layout"] == "dense":
+        return ["bias"] + [f"table{b}" for b in range(n)]
+    return ["bias"] + [f"{name}{b}" for b in range(n)
+                       for name in ("embedding", "output", "row_offsets")]
 
 
 # -- validation of a store's attributes ------------------------------------------------------

@@ -1,0 +1,455 @@
+"""Refinement of the language model by backpropagation (``streamsolve refine``).
+
+Three parts, each usable alone:
+
+- `fit`: a small, generic training loop for any ``nn.Module`` mapping contexts ``(B, R)``
+  to logits ``(B, V)`` (`streamsolve.torch.ExplicitLM` / `FactoredLM`), with early stopping
+  on held-out positions. It records the held-out curve ``(step, seconds, tokens, CE)`` and
+  ends with the module restored to its best held-out state, so it never ends worse than the
+  start. A research pipeline can call it with its own batches.
+- `position_batches`: minibatches ``(contexts, targets)`` streamed from text shards, made
+  exactly as counting and ``eval`` make positions (the store's tokenizer and read options,
+  the line-safe encoder, BOS padding, radius R), shuffled through a buffer of a fixed
+  number of positions (bounded memory).
+- `refine_store`: the command: load the store's explicit weights as a module (init
+  ``explicit``: the minimum-norm warm start; ``random``; ``zeros``), fit, and commit the
+  best weights as a new *refined* weights version with its provenance
+  (`streamsolve.store.refined_weights`). ``eval``, ``score``, ``generate`` and ``info`` use
+  it; a later ``finalize`` writes explicit weights again.
+
+PyTorch is imported through `streamsolve.extras.import_torch` (one line naming the extra
+when missing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .extras import import_torch, torch_device
+
+logger = logging.getLogger(__name__)
+
+INITS = ("explicit", "random", "zeros")
+OPTIMIZERS = ("adam", "sgd", "lbfgs")
+#: Positions held in the shuffle buffer of `position_batches`.
+SHUFFLE_POSITIONS = 1 << 16
+#: Held-out positions scored per forward pass of `heldout_cross_entropy`.
+EVAL_BATCH_FLOATS = 1 << 22
+#: Standard deviation of the ``random`` init.
+RANDOM_STD = 0.01
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` did.
+
+    Attributes
+    ----------
+    curve : list of (int, float, int, float)
+        ``(step, seconds, tokens_seen, heldout_ce)`` at every evaluation, step 0 first.
+    start_ce, best_ce : float
+        Held-out cross-entropy (nats/token) at the start and at the best evaluation.
+    best_step : int
+        Step of the best evaluation (0: the start was best; the module is unchanged).
+    steps, tokens : int
+        Optimizer steps taken and training positions seen.
+    seconds : float
+        Wall time of the whole fit.
+    stopped : str
+        Why it ended: ``"steps"``, ``"seconds"``, ``"patience"`` or ``"data"``.
+    """
+
+    curve: list
+    start_ce: float
+    best_ce: float
+    best_step: int
+    steps: int
+    tokens: int
+    seconds: float
+    stopped: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def heldout_cross_entropy(module, heldout, device=None) -> float:
+    """Mean cross-entropy (nats/token) of ``module`` on held-out positions.
+
+    ``heldout`` is one ``(contexts (N, R), targets (N,))`` pair (tensors or arrays) or an
+    iterable of such pairs; it is scored in batches without gradients.
+    """
+    torch = import_torch()
+    pairs = [heldout] if _is_pair(heldout) else list(heldout)
+    total, count = 0.0, 0
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for contexts, targets in pairs:
+            contexts, targets = torch.as_tensor(contexts), torch.as_tensor(targets)
+            vocab = int(getattr(module, "vocab_size", 0)) or 1
+            step = max(1, EVAL_BATCH_FLOATS // vocab)
+            for i in range(0, targets.shape[0], step):
+                ctx = contexts[i:i + step].to(device) if device is not None else contexts[i:i + step]
+                tgt = targets[i:i + step].to(ctx.device)
+                logits = module(ctx).double()
+                total += float(torch.nn.functional.cross_entropy(logits, tgt, reduction="sum"))
+                count += int(tgt.shape[0])
+    module.train(was_training)
+    if count == 0:
+        raise ValueError("the held-out text has no tokens: give --heldout text to stop on")
+    return total / count
+
+
+def _is_pair(value) -> bool:
+    return (isinstance(value, tuple) and len(value) == 2
+            and hasattr(value[1], "shape") and len(value[1].shape) == 1)
+
+
+def make_optimizer(params, optimizer: str, lr: float, weight_decay: float):
+    """A torch optimizer by name: ``adam`` (L2 ``weight_decay``), ``sgd`` (momentum 0.9)
+    or ``lbfgs`` (strong Wolfe line search; weight decay added to the loss by `fit`)."""
+    torch = import_torch()
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if optimizer == "lbfgs":
+        return torch.optim.LBFGS(params, lr=lr, max_iter=5, history_size=10,
+                                 line_search_fn="strong_wolfe")
+    raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+
+
+def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
+        lr: float = 1e-3, weight_decay: float = 0.0, max_steps: int | None = None,
+        max_seconds: float | None = None, eval_every: int = 100, patience: int | None = 5,
+        device=None) -> FitResult:
+    """Train ``module`` on minibatches with early stopping on held-out positions.
+
+    Parameters
+    ----------
+    module : nn.Module
+        ``module(contexts (B, R) LongTensor) -> logits (B, V)``; trained in place.
+    train_batches : iterable of (LongTensor (B, R), LongTensor (B,))
+        Training minibatches; consumed once (the fit ends when it is exhausted).
+    heldout : (contexts, targets) or iterable of them
+        Fixed held-out positions; evaluated at step 0, every ``eval_every`` steps and at
+        the end.
+    optimizer : {"adam", "sgd", "lbfgs"}
+        ``lbfgs`` runs a few line-searched iterations per minibatch (use large batches).
+    lr, weight_decay : float
+        Learning rate; L2 penalty ``weight_decay / 2 * ||params||^2`` (Adam / SGD's).
+    max_steps : int, optional
+        Stop after this many optimizer steps.
+    max_seconds : float, optional
+        Stop after this much wall time (checked after each step).
+    eval_every : int
+        Steps between held-out evaluations.
+    patience : int, optional
+        Stop after this many evaluations without improvement (None: never).
+    device : str or torch.device, optional
+        Where to train (None: where the module is). CUDA without CUDA raises ValueError.
+
+    Returns
+    -------
+    FitResult
+        The module is left in its best held-out state (the start when nothing improved):
+        ``heldout_cross_entropy(module, heldout) == result.best_ce <= result.start_ce``.
+    """
+    torch = import_torch()
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if not (eval_every >= 1 and lr > 0 and weight_decay >= 0):
+        raise ValueError(f"need eval_every >= 1, lr > 0 and weight_decay >= 0 (got "
+                         f"{eval_every}, {lr}, {weight_decay})")
+    if device is not None:
+        module.to(torch_device(torch, device))
+    device = next(module.parameters()).device
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = make_optimizer(params, optimizer, lr, weight_decay)
+    started = time.perf_counter()
+    start_ce = heldout_cross_entropy(module, heldout, device)
+    curve = [(0, 0.0, 0, start_ce)]
+    best_ce, best_step = start_ce, 0
+    best_state = _copy_state(module)
+    steps = tokens = stale = 0
+    stopped = "data"
+    logger.info("refine: held-out CE at the start %.5f nats/token", start_ce)
+    module.train()
+    for contexts, targets in train_batches:
+        contexts, targets = contexts.to(device), targets.to(device)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(module(contexts), targets)
+            if optimizer == "lbfgs" and weight_decay:
+                loss = loss + 0.5 * weight_decay * sum((p * p).sum() for p in params)
+            loss.backward()
+            return loss
+
+        loss = float(opt.step(closure).detach())
+        if not math.isfinite(loss):
+            logger.warning("refine: the training loss is %s at step %d: stopping (lower --lr)",
+                           loss, steps + 1)
+            stopped = "diverged"
+            break
+        steps += 1
+        tokens += int(targets.shape[0])
+        seconds = time.perf_counter() - started
+        out_of_steps = max_steps is not None and steps >= max_steps
+        out_of_time = max_seconds is not None and seconds >= max_seconds
+        if steps % eval_every == 0 or out_of_steps or out_of_time:
+            ce = heldout_cross_entropy(module, heldout, device)
+            curve.append((steps, time.perf_counter() - started, tokens, ce))
+            logger.info("refine: step %d, %s tokens, held-out CE %.5f (best %.5f)", steps,
+                        f"{tokens:,}", ce, min(ce, best_ce))
+            if ce < best_ce:
+                best_ce, best_step, stale = ce, steps, 0
+                best_state = _copy_state(module)
+            else:
+                stale += 1
+                if patience is not None and stale >= patience:
+                    stopped = "patience"
+                    break
+        if out_of_steps or out_of_time:
+            stopped = "steps" if out_of_steps else "seconds"
+            break
+    if curve[-1][0] != steps:  # the data ran out between evaluations
+        ce = heldout_cross_entropy(module, heldout, device)
+        curve.append((steps, time.perf_counter() - started, tokens, ce))
+        if ce < best_ce:
+            best_ce, best_step, best_state = ce, steps, _copy_state(module)
+    module.load_state_dict(best_state)
+    module.eval()
+    return FitResult(curve, start_ce, best_ce, best_step, steps, tokens,
+                     time.perf_counter() - started, stopped)
+
+
+def _copy_state(module) -> dict:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+# -- minibatches from text -------------------------------------------------------------------
+
+def text_positions(paths: Sequence[str], model, read_meta: dict,
+                   storage_options: dict | None = None,
+                   group_tokens: int = 1 << 15) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(contexts (n, R), targets (n,))`` of text files, as ``eval`` makes them.
+
+    ``model`` is a `LanguageModel` (its tokenizer, radius and BOS id); ``read_meta`` the
+    store's ``read_options`` (documents mode, text field, line bound).
+    """
+    from .documents import iter_token_documents
+    from .language_model import _group_positions
+
+    docs = iter_token_documents(paths, model, read_meta.get("documents", "blank-line"),
+                                read_meta.get("text_field", "text"), storage_options, None,
+                                read_meta.get("max_line_bytes"))
+    group, size = [], 0
+    for doc in docs:
+        if len(doc) == 0:
+            continue
+        group.append(np.asarray(doc, dtype=np.int64))
+        size += len(doc)
+        if size >= group_tokens:
+            yield _group_positions(group, model.config.radius, model.bos_id)
+            group, size = [], 0
+    if group:
+        yield _group_positions(group, model.config.radius, model.bos_id)
+
+
+def position_batches(positions, batch: int, epochs: int | None = 1,
+                     shuffle_positions: int = SHUFFLE_POSITIONS, seed: int = 0) -> Iterator:
+    """Shuffled minibatches ``(LongTensor (B, R), LongTensor (B,))`` of streamed positions.
+
+    ``positions`` is a callable returning a fresh iterator of ``(contexts, targets)`` arrays
+    (e.g. ``lambda: text_positions(...)``), read once per epoch (``epochs`` None: forever).
+    Positions pass through a buffer of ``shuffle_positions``: when it is full it is
+    shuffled and emitted in batches, the remainder kept; memory stays bounded by the buffer.
+    """
+    torch = import_torch()
+    rng = np.random.default_rng(seed)
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        epoch += 1
+        ctx_parts, tgt_parts, held, seen = [], [], 0, 0
+        for contexts, targets in positions():
+            ctx_parts.append(contexts)
+            tgt_parts.append(targets)
+            held += targets.size
+            seen += targets.size
+            if held >= shuffle_positions:
+                ctx, tgt = np.concatenate(ctx_parts), np.concatenate(tgt_parts)
+                order = rng.permutation(tgt.size)
+                full = tgt.size - tgt.size % batch
+                for i in range(0, full, batch):
+                    take = order[i:i + batch]
+                    yield torch.from_numpy(ctx[take]), torch.from_numpy(tgt[take])
+                rest = order[full:]
+                ctx_parts, tgt_parts, held = [ctx[rest]], [tgt[rest]], rest.size
+        if held:
+            ctx, tgt = np.concatenate(ctx_parts), np.concatenate(tgt_parts)
+            order = rng.permutation(tgt.size)
+            for i in range(0, tgt.size, batch):
+                take = order[i:i + batch]
+                yield torch.from_numpy(ctx[take]), torch.from_numpy(tgt[take])
+        if seen == 0:
+            raise ValueError("the training text has no tokens")
+
+
+# -- the store command -----------------------------------------------------------------------
+
+def initial_module(store, init: str = "explicit", rank: int | None = None, device=None,
+                   seed: int = 0, max_bytes: int | None = None):
+    """The module to refine: the store's explicit model (minimum-norm warm start), or the
+    same architecture with ``random`` (normal, std `RANDOM_STD`, seeded) or ``zeros``
+    parameters (and no per-sample constants)."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
+    from . import torch as bridge
+
+    torch = bridge.torch
+    module = bridge.load(store, device=device, rank=rank, max_bytes=max_bytes, seed=seed)
+    if init != "explicit":
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in module.parameters():
+                values = (torch.randn(param.shape, generator=generator) * RANDOM_STD
+                          if init == "random" else torch.zeros(param.shape))
+                param.copy_(values.to(param.dtype))
+            module.row_offsets.zero_()
+            module.offset.zero_()
+    return module
+
+
+def module_arrays(module) -> dict:
+    """The arrays `commit_refined` stores, folding the per-sample constants into them (so
+    the stored logits equal the module's): ``bias`` and ``tables`` or ``factors``."""
+    offsets = module.row_offsets.detach().cpu().double().numpy() if module.with_offsets \
+        else np.zeros((module.row_offsets.shape[0], module.vocab_size))
+    offset = float(module.offset) if module.with_offsets else 0.0
+    bias = module.bias.detach().cpu().double().numpy() + offset
+    if hasattr(module, "tables"):
+        tables = [(t.weight.detach().cpu().double().numpy() + offsets[b][:, None])
+                  .astype(np.float32) for b, t in enumerate(module.tables)]
+        return {"bias": bias, "tables": tables}
+    factors = [(E.weight.detach().cpu().numpy(), out.weight.detach().cpu().numpy().T.copy(),
+                offsets[b]) for b, (E, out) in enumerate(zip(module.embeddings, module.outputs))]
+    return {"bias": bias, "factors": factors}
+
+
+def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
+                 init: str = "explicit", optimizer: str = "adam", lr: float | None = None,
+                 weight_decay: float = 0.0, steps: int | None = None,
+                 epochs: int | None = None, batch: int = 256, rank: int | None = None,
+                 device: str | None = None, patience: int | None = 5, eval_every: int = 100,
+                 max_seconds: float | None = None, seed: int = 0,
+                 shuffle_positions: int = SHUFFLE_POSITIONS,
+                 storage_options: dict | None = None, wait: bool | float = False,
+                 break_lock: bool = False) -> dict:
+    """Refine a finalized store's LM by backpropagation and commit the best weights.
+
+    The writer lock is taken only for the commit, which refuses when the store's weights
+    or counts changed while training (the refined weights would not describe them).
+    Parameters as `fit` and ``streamsolve refine --help``; ``lr`` defaults to 1e-3 (adam),
+    0.1 (sgd), 1 (lbfgs).
+
+    Returns
+    -------
+    dict
+        The new weights version, the start and best held-out CE, the curve and the
+        provenance recorded.
+    """
+    torch = import_torch()
+    resolved = torch_device(torch, device)  # CUDA without CUDA: one line, before any work
+    from .core.dense_lm import RefinedWeights
+    from .documents import check_readable
+    from .engine.progress import Stage
+    from .language_model import LanguageModel
+    from .store.model_store import ModelStore
+
+    _check_arguments(init, optimizer, steps, epochs, batch, rank, patience, eval_every)
+    lr = lr if lr is not None else {"adam": 1e-3, "sgd": 0.1, "lbfgs": 1.0}[optimizer]
+    train = check_readable(train, storage_options)
+    if not heldout:
+        raise ValueError("--heldout is required: early stopping needs held-out text")
+    heldout = check_readable(heldout, storage_options)
+    view = ModelStore(store, storage_options).snapshot()
+    model = LanguageModel.open(view)
+    if isinstance(model.weights, RefinedWeights):
+        raise ValueError(f"the weights of {store} are already refined: run `streamsolve "
+                         f"finalize {store}` first to refine from explicit weights")
+    start_weights = view.meta["weights"]
+    read_meta = view.meta.get("read_options", {})
+    with Stage("refine: held-out positions") as stage:
+        pairs = list(text_positions(heldout, model, read_meta, storage_options))
+        if not pairs:
+            raise ValueError(f"the held-out text ({', '.join(heldout)}) has no tokens")
+        held = (torch.from_numpy(np.concatenate([c for c, _ in pairs])),
+                torch.from_numpy(np.concatenate([t for _, t in pairs])))
+        stage.tokens = int(held[1].shape[0])
+    budget = None
+    if rank is None:
+        from .torch import default_max_bytes
+
+        budget = default_max_bytes() // (4 if optimizer == "adam" else 3)  # + grads, moments
+    module = initial_module(model.weights, init, rank, resolved, seed, budget)
+    batches = position_batches(
+        lambda: text_positions(train, model, read_meta, storage_options), batch,
+        None if steps is not None and epochs is None else (epochs or 1), shuffle_positions, seed)
+    with Stage("refine: training") as stage:
+        result = fit(module, batches, held, optimizer=optimizer, lr=lr,
+                     weight_decay=weight_decay, max_steps=steps, max_seconds=max_seconds,
+                     eval_every=eval_every, patience=patience, device=resolved)
+        stage.tokens = result.tokens
+        stage.detail = (f"{result.steps} steps, held-out CE {result.start_ce:.4f} -> "
+                        f"{result.best_ce:.4f} (best at step {result.best_step})")
+    provenance = {"init": init, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+                  "batch": batch, "steps": result.steps, "tokens": result.tokens,
+                  "best_step": result.best_step, "start_ce": result.start_ce,
+                  "best_ce": result.best_ce, "stopped": result.stopped,
+                  "seconds": round(result.seconds, 3), "device": str(resolved), "rank": rank,
+                  "seed": seed, "from_weights": start_weights["id"],
+                  "train": list(train), "heldout": list(heldout),
+                  "heldout_tokens": int(held[1].shape[0]),
+                  "curve": [list(point) for point in result.curve]}
+    weights_id = _commit(store, storage_options, module, provenance, start_weights, wait,
+                         break_lock)
+    return {"store": store, "weights_id": weights_id, **provenance}
+
+
+def _commit(store, storage_options, module, provenance, start_weights, wait, break_lock) -> str:
+    from .api import _writer_lock
+    from .store.layout import StoreError
+    from .store.model_store import ModelStore
+    from .store.refined_weights import commit_refined
+
+    arrays = module_arrays(module)
+    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
+                      command="refine"):
+        target = ModelStore(store, storage_options)
+        current = target.meta.get("weights") or {}
+        if current.get("id") != start_weights["id"] or \
+                target.meta["counts"]["id"] != start_weights["counts_id"]:
+            raise StoreError(f"the weights or counts of {store} changed while refining "
+                             f"(weights {start_weights['id']} -> {current.get('id')}): nothing "
+                             "was written; run refine again")
+        return commit_refined(target, provenance=provenance, **arrays)
+
+
+def _check_arguments(init, optimizer, steps, epochs, batch, rank, patience, eval_every):
+    if init not in INITS:
+        raise ValueError(f"unknown --init {init!r}: use one of {', '.join(INITS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown --optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    if steps is not None and epochs is not None:
+        raise ValueError("give --steps or --epochs, not both")
+    for name, value in (("--steps", steps), ("--epochs", epochs), ("--batch", batch),
+                        ("--rank", rank), ("--patience", patience), ("--eval-every", eval_every)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
