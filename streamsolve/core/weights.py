@@ -49,6 +49,9 @@ class ExplicitWeights:
     calibrated : bool
     discounts : list of (float, float, float), optional
         Kneser–Ney ``(D1, D2, D3+)`` used by each block (``smoothing="kneser-ney"`` only).
+    smoothing_search : dict, optional
+        How the strengths were chosen on held-out positions, when they were
+        (`streamsolve.core.strength_search`; ``mu`` is then one value per block).
     """
 
     blocks: list
@@ -62,6 +65,7 @@ class ExplicitWeights:
     gamma: float = 0.0
     calibrated: bool = False
     discounts: list | None = None
+    smoothing_search: dict | None = None
 
     def __post_init__(self):
         if self.beta is None:
@@ -86,13 +90,16 @@ class ExplicitWeights:
                   "alpha": self.alpha, "calibration": calibration}
         if self.discounts is not None:
             params["discounts"] = [[float(d) for d in block] for block in self.discounts]
+        if self.smoothing_search is not None:
+            params["smoothing_search"] = self.smoothing_search
         return params
 
     @classmethod
     def from_params(cls, blocks, bias, log_unigram, config, params) -> "ExplicitWeights":
         weights = cls(blocks, np.asarray(log_unigram), config, params["form"], params["smoothing"],
                       params.get("mu"), params.get("alpha"),
-                      discounts=params.get("discounts"))
+                      discounts=params.get("discounts"),
+                      smoothing_search=params.get("smoothing_search"))
         calibration = params.get("calibration")
         if calibration:
             weights = weights.with_calibration(np.asarray(calibration["beta"]), calibration["gamma"])
