@@ -148,3 +148,18 @@ def test_solve_searches_on_its_heldout_split(tmp_path, sharded_corpus, tokenizer
                     radius=2, heldout_fraction=0.2, smoothing_search=False)
     assert off["smoothing_search"] is None
     assert summary["heldout_cross_entropy"] <= off["heldout_cross_entropy"] + 1e-3
+
+
+@pytest.mark.parametrize("smoothing", ["kneser-ney", "dirichlet"])
+def test_in_memory_finalize_searches_like_the_store(store, smoothing):
+    (ctx, tgt), _total, _docs = _positions(store)
+    counts = ModelStore(store).read_counts()
+    memory = finalize(counts, smoothing=smoothing, search_positions=(ctx, tgt))
+    stored = api.compute_store_weights(ModelStore(store), smoothing=smoothing,
+                                       search_positions=(ctx, tgt)).weights
+    assert memory.params() == stored.params()
+    for a, b in zip(memory.dense_blocks(), stored.dense_blocks()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    assert finalize(counts, smoothing=smoothing, mu=None if smoothing == "kneser-ney" else 9.0,
+                    discount=0.5 if smoothing == "kneser-ney" else None,
+                    search_positions=(ctx, tgt)).smoothing_search is None

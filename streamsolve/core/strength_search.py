@@ -222,3 +222,56 @@ def search_scale(loss, low: float, high: float, grid_points: int = GRID_POINTS,
     x_best = min(seen, key=seen.get)
     curve = [(float(2.0 ** x), seen[x]) for x in sorted(seen)]
     return ScaleSearch(float(2.0 ** x_best), seen[x_best], seen[0.0], curve)
+
+
+def choose_strength(stats: PositionStatistics, targets: np.ndarray, smoothing: str, mu: float,
+                    log_p: np.ndarray, block_stats=None):
+    """Search the strength of one block from its gathered position statistics.
+
+    Parameters
+    ----------
+    stats : PositionStatistics
+        Of the positions the block scores (`gather_positions`).
+    targets : ndarray of shape (n,)
+        Their targets.
+    smoothing : {"dirichlet", "kneser-ney"}
+    mu : float
+        Dirichlet's default strength (``s = 1``; ignored for Kneser–Ney).
+    log_p : ndarray of shape (V,)
+        Log smoothed unigram (Dirichlet's background).
+    block_stats : KneserNeyStatistics, optional
+        The whole block's (Kneser–Ney only).
+
+    Returns
+    -------
+    (ScaleSearch, discounts or None, log background (V,), mu or None)
+        What the block's weights are then computed with.
+    """
+    from .kneser_ney import block_discounts, continuation_log_q
+
+    low, high = SEARCH_RANGES[smoothing]
+    if smoothing == "kneser-ney":
+        estimated = block_discounts(block_stats)
+        log_q = continuation_log_q(block_stats)
+        bg = log_q[targets]
+        found = search_scale(lambda s: kneser_ney_cross_entropy(
+            stats, bg, scaled_discounts(estimated, s)), low, high)
+        return found, scaled_discounts(estimated, found.scale), log_q, None
+    bg = log_p[targets]
+    found = search_scale(lambda s: dirichlet_cross_entropy(stats, bg, s * mu), low, high)
+    return found, None, log_p, float(found.scale * mu)
+
+
+def search_block_strength(F, smoothing: str, mu: float, log_p: np.ndarray,
+                          contexts: np.ndarray, targets: np.ndarray):
+    """`choose_strength` for a whole in-memory CSR count block ``F`` (V x V) and positions
+    ``(contexts, targets)`` (one context token each)."""
+    from .kneser_ney import block_statistics
+
+    contexts = np.asarray(contexts, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    stats = PositionStatistics.empty(targets.size)
+    gather_positions(F.indptr, F.indices, F.data, 0, contexts, targets, stats)
+    block_stats = (block_statistics(F.indptr, F.indices, F.data, F.shape[1])
+                   if smoothing == "kneser-ney" else None)
+    return choose_strength(stats, targets, smoothing, mu, log_p, block_stats)

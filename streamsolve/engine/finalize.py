@@ -19,8 +19,7 @@ import scipy.sparse as sp
 
 from ..core.smoothing import (SparseRankOne, block_weights, check_smoothing,
                               check_smoothing_scale, resolve_strengths, smoothed_unigram)
-from ..core.kneser_ney import (KneserNeyStatistics, block_discounts, block_statistics,
-                               continuation_log_q, kneser_ney_parameters)
+from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
 from ..core import strength_search
 from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
@@ -200,9 +199,10 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
         background = log_p  # log of the row form's column background
         mu_r = mu
         if searching:
-            found, discounts, background, mu_r = _searched_strength(
+            found, discounts, background, searched_mu = _searched_strength(
                 source, r, V, smoothing, mu, log_p, search_positions)
             searches.append(found.summary())
+            mu_r = mu if searched_mu is None else searched_mu
             if discounts is not None:
                 used_discounts.append(discounts)
                 global_inputs = np.asarray(discounts).tobytes() + background.tobytes()
@@ -347,20 +347,8 @@ def _searched_strength(source, b: int, V: int, smoothing: str, mu: float, log_p:
         if smoothing == "kneser-ney":
             statistics = statistics + block_statistics(ip, ix, d, V)
         strength_search.gather_positions(ip, ix, d, start, ctx, tgt, stats)
-    low, high = strength_search.SEARCH_RANGES[smoothing]
-    if smoothing == "kneser-ney":
-        estimated = block_discounts(statistics)
-        log_q = continuation_log_q(statistics)
-        bg = log_q[tgt]
-        found = strength_search.search_scale(lambda s: strength_search.kneser_ney_cross_entropy(
-            stats, bg, strength_search.scaled_discounts(estimated, s)), low, high)
-        chosen = strength_search.scaled_discounts(estimated, found.scale)
-        result = (found, chosen, log_q, mu)
-    else:
-        bg = log_p[tgt]
-        found = strength_search.search_scale(lambda s: strength_search.dirichlet_cross_entropy(
-            stats, bg, s * mu), low, high)
-        result = (found, None, log_p, float(found.scale * mu))
+    result = strength_search.choose_strength(stats, tgt, smoothing, mu, log_p, statistics)
+    found = result[0]
     logger.info("smoothing search, block %d: s = %.4g (%d positions): %.4f -> %.4f nats/token",
                 b + 1, found.scale, tgt.size, found.default_cross_entropy, found.cross_entropy)
     return result
