@@ -163,3 +163,18 @@ def test_in_memory_finalize_searches_like_the_store(store, smoothing):
     assert finalize(counts, smoothing=smoothing, mu=None if smoothing == "kneser-ney" else 9.0,
                     discount=0.5 if smoothing == "kneser-ney" else None,
                     search_positions=(ctx, tgt)).smoothing_search is None
+
+
+def test_sum_aggregation_searches_its_one_block_on_every_offset(tmp_path, sharded_corpus,
+                                                                tokenizer_file, heldout):
+    path = str(tmp_path / "sum.zarr")
+    api.count(sharded_corpus(2), path, tokenizer=tokenizer_file, radius=2, aggregation="sum")
+    model = api.finalize(path, calibrate=[heldout])
+    search = model.weights.smoothing_search
+    docs, _ = api.read_documents([heldout], model)  # as finalize reads its calibration text
+    ctx, tgt = sample_positions(docs, 2, model.config.bos_id, 10 ** 6)
+    assert search["positions"] == tgt.size and len(search["blocks"]) == 1
+    assert set(api.info(path)["smoothing"]["search"]["blocks"]) == {"sum"}
+    memory = finalize(ModelStore(path).read_counts(), smoothing="kneser-ney",
+                      search_positions=(ctx, tgt))
+    assert memory.smoothing_search == search and memory.discounts == model.weights.discounts
