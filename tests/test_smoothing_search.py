@@ -178,3 +178,27 @@ def test_sum_aggregation_searches_its_one_block_on_every_offset(tmp_path, sharde
     memory = finalize(ModelStore(path).read_counts(), smoothing="kneser-ney",
                       search_positions=(ctx, tgt))
     assert memory.smoothing_search == search and memory.discounts == model.weights.discounts
+
+
+def test_gather_positions_matches_a_dense_lookup_sorted_or_not():
+    rng = np.random.default_rng(0)
+    dense = rng.integers(0, 4, size=(6, 5)) * (rng.random((6, 5)) < 0.5)
+    import scipy.sparse as sp
+
+    F = sp.csr_array(dense)
+    shuffled = F.copy()
+    for i in range(6):  # reverse the columns within each row
+        lo, hi = shuffled.indptr[i], shuffled.indptr[i + 1]
+        shuffled.indices[lo:hi] = shuffled.indices[lo:hi][::-1].copy()
+        shuffled.data[lo:hi] = shuffled.data[lo:hi][::-1].copy()
+    ctx, tgt = rng.integers(0, 6, 40), rng.integers(0, 5, 40)
+    for block in (F, shuffled):
+        stats = strength_search.PositionStatistics.empty(40)
+        for start in (0, 3):  # two row blocks
+            part = block[start:start + 3]
+            strength_search.gather_positions(part.indptr, part.indices, part.data, start,
+                                             ctx, tgt, stats)
+        np.testing.assert_array_equal(stats.pair, dense[ctx, tgt])
+        np.testing.assert_array_equal(stats.row_total, dense.sum(axis=1)[ctx])
+        np.testing.assert_array_equal(stats.row_counts_of_counts[:, 0], (dense == 1).sum(1)[ctx])
+        np.testing.assert_array_equal(stats.row_counts_of_counts[:, 2], (dense >= 3).sum(1)[ctx])

@@ -98,13 +98,15 @@ def gather_positions(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     for k, mask in enumerate((data == 1, data == 2, data >= 3)):
         out.row_counts_of_counts[mine, k] = np.bincount(row_of[mask], minlength=n_rows)[rows]
     keys = row_of * np.int64(1 << 32) + np.asarray(indices, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")  # count blocks are sorted within rows already
+    if np.any(keys[1:] < keys[:-1]):  # stored count blocks are sorted within rows already
+        order = np.argsort(keys, kind="stable")
+        keys, data = keys[order], data[order]
     wanted = rows * np.int64(1 << 32) + targets[mine]
-    at = np.searchsorted(keys[order], wanted)
+    at = np.searchsorted(keys, wanted)
     found = at < keys.size
-    found[found] = keys[order][at[found]] == wanted[found]
+    found[found] = keys[at[found]] == wanted[found]
     pair = np.zeros(mine.size)
-    pair[found] = data[order][at[found]]
+    pair[found] = data[at[found]]
     out.pair[mine] = pair
 
 
