@@ -10,7 +10,10 @@ count). Per R: Dirichlet (mu = V) and modified Kneser–Ney (discounts estimated
 raw and calibrated. Also a reference interpolated modified Kneser–Ney bigram computed here,
 independently of `streamsolve.core`, from the R = 1 counts (sparse, per evaluated pair); R = 1
 Kneser–Ney must equal it. Targets (issue 17): R = 1 KN within 1% of the reference bigram;
-R = 3 calibrated KN at least 5% below R = 1 KN.
+R = 3 calibrated KN at least 5% below R = 1 KN. "Searched" columns: each offset's strength
+(Dirichlet ``mu``, a scale on the KN discounts) chosen on the calibration slice's positions
+(`streamsolve.core.strength_search`, the default of `solve` / `finalize --calibrate`), then
+calibrated on the same slice; the search is timed against counting.
 """
 
 from __future__ import annotations
@@ -93,9 +96,11 @@ def reference_kn_bigram_bits(counts1, docs, bos_id: int) -> float:
 
 
 def run(full: bool) -> str:
+    from streamsolve.core import strength_search
     from streamsolve.core.counting import CountConfig, count_token_documents
+    from streamsolve.core.smoothing import smoothed_unigram
     from streamsolve.core.weights import finalize
-    from streamsolve.language_model import LanguageModel
+    from streamsolve.language_model import CALIBRATION_POSITIONS, LanguageModel, sample_positions
     from streamsolve.text.tokenizer import find_bos, tokenizer_from_json
 
     mode = "full" if full else "quick"
@@ -110,7 +115,9 @@ def run(full: bool) -> str:
     test, test_bytes = head_documents(eval_paths[0], text)
     calib, calib_bytes = head_documents(calib_paths[0], text)
     test_tokens = sum(d.size for d in test)
+    t0 = time.perf_counter()
     counts = count_token_documents(train, CountConfig(V, max(RADII), "cat", bos_id))
+    count_seconds = time.perf_counter() - t0
     counts1 = count_token_documents(train, CountConfig(V, 1, "cat", bos_id))
     assert sub_counts(counts, 1).equal_counts(counts1), "R = 1 block of the R = 4 counts differs"
     prep = time.perf_counter() - started
@@ -119,24 +126,43 @@ def run(full: bool) -> str:
         return model.evaluate_ids(test).cross_entropy * test_tokens / math.log(2) / test_bytes
 
     ref = reference_kn_bigram_bits(counts1, test, bos_id) / test_bytes
+    # the calibration's own sample (same size and seed); offset r's column is the same for
+    # every R, so the R = k search sees the R = 4 positions' first k columns
+    ctx, tgt = sample_positions(calib, max(RADII), bos_id, CALIBRATION_POSITIONS, seed=0)
+    search_seconds, scales = {}, {}
+    log_p = np.log(smoothed_unigram(counts.unigram))
+    for smoothing in ("dirichlet", "kneser-ney"):
+        t0 = time.perf_counter()
+        scales[smoothing] = [strength_search.search_block_strength(
+            counts.block_csr(r), smoothing, float(V), log_p, ctx[:, r], tgt)[0].scale
+            for r in range(max(RADII))]
+        search_seconds[smoothing] = time.perf_counter() - t0
     results, rows = {}, []
     for R in RADII:
         sub = sub_counts(counts, R)
         row = [R]
         for smoothing in ("dirichlet", "kneser-ney"):
-            model = LanguageModel(finalize(sub, smoothing=smoothing), bos_id=bos_id)
-            raw = bpb(model)
-            cal = bpb(model.calibrate(calib))
-            results[R, smoothing] = (raw, cal)
-            row += [f"{raw:.4f}", f"{cal:.4f}"]
-            if smoothing == "kneser-ney":
-                row.append("; ".join("/".join(f"{d:.3f}" for d in block)
-                                     for block in model.weights.discounts))
+            for searched in (False, True):
+                weights = finalize(sub, smoothing=smoothing,
+                                   search_positions=(ctx[:, :R], tgt) if searched else None)
+                model = LanguageModel(weights, bos_id=bos_id)
+                raw = bpb(model)
+                cal = bpb(model.calibrate(calib))
+                results[R, smoothing, searched] = (raw, cal)
+                row += [f"{raw:.4f}", f"{cal:.4f}"]
+        row.append("; ".join(f"{a:.3g}/{b:.3g}" for a, b in
+                             zip(scales["dirichlet"][:R], scales["kneser-ney"][:R])))
         rows.append(row)
-    kn1, kn3cal = results[1, "kneser-ney"][0], results[3, "kneser-ney"][1]
+    kn1, kn3cal = results[1, "kneser-ney", False][0], results[3, "kneser-ney", False][1]
+    kn1s, kn1s_cal = results[1, "kneser-ney", True]
+    kn3s_cal = results[3, "kneser-ney", True][1]
     t1 = abs(kn1 - ref) / ref
     t3 = (kn1 - kn3cal) / kn1
-    rows.append(["ref. KN bigram", "", "", f"{ref:.4f}", "", "computed from the R = 1 counts"])
+    rows.append(["ref. KN bigram", "", "", "", "", f"{ref:.4f}", "", "", "",
+                 "computed from the R = 1 counts"])
+
+    def below(a: float, b: float) -> str:
+        return f"{100 * (b - a) / b:.2f}% below"
     notes = [
         f"split (held out by source): training = {', '.join(TRAIN[mode])} "
         f"({counts.tokens:,} tokens); calibration = the first {calib_bytes:,} bytes of "
@@ -145,16 +171,26 @@ def run(full: bool) -> str:
         f"byte-level BPE V = {V} trained on a 16 MB bench sample; counted once with R = 4 "
         "(`cat`); R = k uses offset blocks 1..k (exact: the R = 1 block equals a separate "
         "R = 1 count, checked)",
-        "Dirichlet: mu = V (the default); Kneser–Ney: modified, interpolated, discounts "
-        "D1/D2/D3+ per offset estimated from its counts-of-counts (listed r = 1; ...); "
+        "Dirichlet: mu = V; Kneser–Ney: modified, interpolated, discounts D1/D2/D3+ per "
+        "offset estimated from its counts-of-counts; searched: mu = s V, D_k = min(s D_k, k), "
+        "s per offset chosen on the calibration slice (listed r = 1; ...); "
         "calibrated: R + 1 scalars fitted on the calibration slice (never on the evaluation text)",
         f"target R = 1 KN within 1% of the reference bigram: {kn1:.4f} vs {ref:.4f} "
         f"({100 * t1:.3f}%) — {'holds' if t1 <= 0.01 else 'FAILS'}",
         f"target R = 3 calibrated KN >= 5% below R = 1 KN: {kn3cal:.4f} vs {kn1:.4f} "
         f"({100 * t3:.2f}% below) — {'holds' if t3 >= 0.05 else 'FAILS'}",
-        f"R = 1 KN vs Dirichlet (raw): {kn1:.4f} vs {results[1, 'dirichlet'][0]:.4f} bits/byte",
+        f"searched R = 1 KN vs the reference bigram: {kn1s:.4f} vs {ref:.4f} "
+        f"({below(kn1s, ref)})",
+        f"R = 3 calibrated KN vs R = 1 KN, all searched: {kn3s_cal:.4f} vs raw {kn1s:.4f} "
+        f"({below(kn3s_cal, kn1s)}), vs calibrated {kn1s_cal:.4f} ({below(kn3s_cal, kn1s_cal)})",
+        f"R = 1 KN vs Dirichlet (raw): {kn1:.4f} vs {results[1, 'dirichlet', False][0]:.4f} "
+        "bits/byte",
+        f"search (gather + grid + golden section, offsets 1..4, {tgt.size:,} positions): "
+        f"Dirichlet {search_seconds['dirichlet']:.2f} s, KN {search_seconds['kneser-ney']:.2f} s; "
+        f"counting (R = 4, in memory): {count_seconds:.1f} s",
         f"reading + tokenizing + counting: {prep:.0f} s; machine: {common.machine()}",
     ]
     return common.table("Smoothing: Dirichlet vs Kneser–Ney (bits/byte of held-out text)",
-                        ["R", "Dirichlet raw", "Dirichlet calibrated", "KN raw",
-                         "KN calibrated", "KN discounts D1/D2/D3+ per offset"], rows, notes)
+                        ["R", "Dir. raw", "Dir. cal.", "Dir. searched raw",
+                         "Dir. searched cal.", "KN raw", "KN cal.", "KN searched raw",
+                         "KN searched cal.", "scale s per offset (Dir./KN)"], rows, notes)

@@ -30,7 +30,7 @@ from .engine.finalize import commit_store_weights, compute_store_weights
 from .engine.memory import parse_memory
 from .ingest import (DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions,  # noqa: F401
                      plan_ingest)
-from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
+from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel, sample_positions
 from .store.layout import StoreError
 from .store.location import check_writable, is_inside_store, remove_store
 from .store.locking import StoreLock
@@ -144,7 +144,8 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
              mu: float | None = None, alpha: float | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
              calibration_sample: int = CALIBRATION_POSITIONS, wait: bool | float = False,
-             break_lock: bool = False, discount=None) -> LanguageModel:
+             break_lock: bool = False, discount=None,
+             smoothing_search: bool = True) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
     Parameters
@@ -165,6 +166,12 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
         None (default): re-calibrate on the text the store records (`solve`'s hold-out or
         the last ``calibrate`` files), warning loudly when that cannot be read again.
         False: no calibration.
+    smoothing_search : bool
+        Choose the smoothing strength of each offset (Dirichlet ``mu``, Kneser–Ney
+        discounts) on the calibration text before calibrating (default; see
+        `streamsolve.core.strength_search`). Only when there is calibration text and
+        neither ``mu`` nor ``discount`` is given; the choices are recorded in the weights
+        and shown by `info`.
     wait : bool or float
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
@@ -189,30 +196,59 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
                       command="finalize"):
         return _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate,
-                                storage_options, calibration_sample, discount)
+                                storage_options, calibration_sample, discount,
+                                smoothing_search)
+
+
+class _Reader:
+    """What `read_documents` needs of a model (its tokenizer and BOS id), before the
+    weights exist."""
+
+    def __init__(self, model_store):
+        self.tokenizer = tokenizer_from_json(model_store.tokenizer_text())
+        self.bos_id = model_store.config.bos_id
+
+
+def search_positions(model_store, docs, sample: int, smoothing: str, form: str, mu, discount,
+                     enabled: bool = True):
+    """The held-out positions the smoothing-strength search runs on (the calibration's
+    own sample: same size, same seed), or None when it does not run."""
+    if not enabled or mu is not None or discount is not None or form != "row" \
+            or smoothing not in ("dirichlet", "kneser-ney") \
+            or not docs or not sum(int(len(d)) for d in docs):
+        return None
+    config = model_store.config
+    return sample_positions(docs, config.radius, config.bos_id, sample, seed=0)
 
 
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
-                     calibration_sample, discount=None) -> LanguageModel:
+                     calibration_sample, discount=None, smoothing_search=True,
+                     search_documents=None) -> LanguageModel:
     """All or nothing: the weights (with their calibration) become the store's in one
-    attribute write at the very end; any failure before leaves the previous weights."""
+    attribute write at the very end; any failure before leaves the previous weights.
+    ``search_documents``: held-out documents to choose the smoothing strength on when
+    there is no calibration text (`solve`)."""
     from .engine.progress import Stage
 
-    with Stage("finalize (explicit weights, row block by row block)") as stage:
-        pending = compute_store_weights(model_store, form, smoothing, mu, alpha,
-                                        discount=discount)
-        blocks = sum(len(keys) for keys in pending.block_keys)
-        stage.tokens = model_store.meta.get("totals", {}).get("tokens")
-        stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
-    model = LanguageModel(pending.weights, tokenizer_from_json(model_store.tokenizer_text()))
+    reader = _Reader(model_store)
     recalibrate = None
     if calibrate:
         read_meta = model_store.meta.get("read_options", {})
-        recalibrate = read_documents(calibrate, model, read_meta.get("documents", "blank-line"),
+        recalibrate = read_documents(calibrate, reader, read_meta.get("documents", "blank-line"),
                                      read_meta.get("text_field", "text"), storage_options,
                                      read_meta.get("max_line_bytes"))
     elif calibrate is None:
-        recalibrate = _recorded_calibration(model_store, model, storage_options)
+        recalibrate = _recorded_calibration(model_store, reader, storage_options)
+    docs = search_documents if recalibrate is None else recalibrate[0]
+    positions = search_positions(model_store, docs, calibration_sample, smoothing, form, mu,
+                                 discount, smoothing_search)
+    with Stage("finalize (explicit weights, row block by row block)") as stage:
+        pending = compute_store_weights(model_store, form, smoothing, mu, alpha,
+                                        discount=discount, search_positions=positions)
+        blocks = sum(len(keys) for keys in pending.block_keys)
+        stage.tokens = model_store.meta.get("totals", {}).get("tokens")
+        stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
+    model = LanguageModel(pending.weights, reader.tokenizer)
     if recalibrate is not None:
         model, raw, cal = calibrate_checked(model, *recalibrate, calibration_sample)
     commit_store_weights(model_store, pending, model.weights)
@@ -377,16 +413,29 @@ def smoothing_values(weights: dict, config: dict) -> dict:
 
     ``mu`` (Dirichlet), ``alpha`` (additive) and, for Kneser–Ney, ``discounts``: per weight
     block (``"r1"``, ``"r2"``, ... per offset for ``cat``; ``"sum"``), ``[D1, D2, D3+]``.
+    When the strengths were chosen on held-out text, ``mu`` is per block too and
+    ``search`` holds each block's scale ``s`` and held-out cross-entropy (default -> chosen;
+    the whole curve is in ``weights.smoothing_search``).
     Values that do not apply are left out.
     """
     out = {"smoothing": weights.get("smoothing"), "form": weights.get("form")}
+    def per_block(values: list) -> dict:
+        labels = (["sum"] if config.get("aggregation") == "sum" else
+                  [f"r{r + 1}" for r in range(len(values))])
+        return dict(zip(labels, values))
+
     for key in ("mu", "alpha"):
-        if weights.get(key) is not None:
+        if isinstance(weights.get(key), list):  # chosen per block on held-out text
+            out[key] = per_block(weights[key])
+        elif weights.get(key) is not None:
             out[key] = weights[key]
     if weights.get("discounts"):
-        labels = (["sum"] if config.get("aggregation") == "sum" else
-                  [f"r{r + 1}" for r in range(len(weights["discounts"]))])
-        out["discounts"] = dict(zip(labels, weights["discounts"]))
+        out["discounts"] = per_block(weights["discounts"])
+    search = weights.get("smoothing_search")
+    if search:
+        out["search"] = {"positions": search.get("positions"), "blocks": per_block([
+            {k: block[k] for k in ("scale", "default_cross_entropy", "cross_entropy",
+                                   "evaluations")} for block in search["blocks"]])}
     return out
 
 
@@ -466,7 +515,7 @@ def verify(store: str, storage_options: dict | None = None) -> dict:
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
           calibrate: bool = True, form: str = "row", smoothing: str | None = None,
           mu: float | None = None, alpha: float | None = None, overwrite: bool = False,
-          discount=None, **count_kwargs) -> dict:
+          discount=None, smoothing_search: bool = True, **count_kwargs) -> dict:
     """Count + finalize + calibrate + evaluate on a part of the corpus held out by `count`.
 
     The whole run holds the store's writer lock (taken once, before anything is changed).
@@ -475,6 +524,9 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
     ----------
     smoothing : str, optional
         As in `finalize` (default: Kneser–Ney for the row form).
+    smoothing_search : bool
+        With ``calibrate``, choose the smoothing strength per offset on the held-out part
+        first (as `finalize`; not when ``mu`` or ``discount`` is given).
     overwrite : bool
         First delete the streamsolve store at ``store`` (refused for anything that is not a
         streamsolve store, and nothing is deleted while another writer holds the lock).
@@ -493,7 +545,7 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         if overwrite:
             remove_store(store, storage_options)
         return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,
-                             alpha, count_kwargs, discount)
+                             alpha, count_kwargs, discount, smoothing_search)
 
 
 #: Fewer held-out tokens than this make `solve` warn that its held-out figures are noisy.
@@ -501,7 +553,7 @@ MIN_HELDOUT_TOKENS = 1000
 
 
 def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
-                  count_kwargs, discount=None) -> dict:
+                  count_kwargs, discount=None, smoothing_search=True) -> dict:
     started = time.perf_counter()
     from .engine.memory import input_bytes
 
@@ -512,8 +564,9 @@ def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, m
                     heldout_group_bytes=holdout.group_bytes, **count_kwargs)
     count_seconds = counted.seconds
     t0 = time.perf_counter()
-    model = finalize(store, form=form, smoothing=smoothing, mu=mu, alpha=alpha, calibrate=False,
-                     storage_options=count_kwargs.get("storage_options"), discount=discount)
+    model = _finalize_locked(ModelStore(store, so), form, smoothing, mu, alpha, False, so,
+                             CALIBRATION_POSITIONS, discount, smoothing_search,
+                             search_documents=counted.heldout if calibrate else None)
     finalize_seconds = time.perf_counter() - t0
     summary = counted.summary()
     summary.update({"count_seconds": round(count_seconds, 3),
@@ -549,6 +602,7 @@ def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, m
             "calibrated_cross_entropy": round(cal.cross_entropy, 4),
             "calibrated_perplexity": round(cal.perplexity, 3),
             "calibration": model.weights.params()["calibration"],
+            "smoothing_search": model.weights.params().get("smoothing_search"),
             "eval_seconds": round(time.perf_counter() - t0, 3),
         })
     else:

@@ -237,6 +237,11 @@ def _add_finalizing(parser: argparse.ArgumentParser):
     parser.add_argument("--discount", type=_discount, metavar="D | D1,D2,D3",
                         help="kneser-ney discounts for counts 1, 2, >= 3 (default: estimated per "
                              "offset from its counts-of-counts)")
+    parser.add_argument("--smoothing-search", choices=("on", "off"), default="on",
+                        help="choose the smoothing strength (mu, or a scale on the discounts) "
+                             "of each offset on the calibration text before calibrating "
+                             "(default on; only when there is calibration text and no "
+                             "--mu/--discount)")
 
 
 def _add_refining(p: argparse.ArgumentParser):
@@ -415,7 +420,8 @@ def run(args) -> dict:
     if args.command == "finalize":
         model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
                              alpha=args.alpha, calibrate=args.calibrate, storage_options=so,
-                             wait=args.wait, break_lock=args.break_lock, discount=args.discount)
+                             wait=args.wait, break_lock=args.break_lock, discount=args.discount,
+                             smoothing_search=args.smoothing_search == "on")
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
@@ -480,6 +486,7 @@ def run(args) -> dict:
                          calibrate=not args.no_calibrate, form=args.form,
                          smoothing=args.smoothing, mu=args.mu, alpha=args.alpha,
                          discount=args.discount, overwrite=args.overwrite,
+                         smoothing_search=args.smoothing_search == "on",
                          **_count_kwargs(args, so))
     raise AssertionError(args.command)
 

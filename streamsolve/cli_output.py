@@ -142,11 +142,19 @@ def describe_smoothing(values: dict | None) -> str:
     if not values:
         return "None (not finalized)"
     parts = [f"{values.get('smoothing')} ({values.get('form')} form)"]
-    parts += [f"{k} {values[k]:g}" for k in ("mu", "alpha") if values.get(k) is not None]
+    for k in ("mu", "alpha"):
+        if isinstance(values.get(k), dict):
+            parts.append(f"{k} " + ", ".join(f"{label} {v:g}" for label, v in values[k].items()))
+        elif values.get(k) is not None:
+            parts.append(f"{k} {values[k]:g}")
     if values.get("discounts"):
         parts.append("discounts D1/D2/D3+ " + ", ".join(
             f"{label} {'/'.join(f'{d:.4f}' for d in ds)}"
             for label, ds in values["discounts"].items()))
+    if values.get("search"):
+        parts.append(f"chosen on {values['search']['positions']} held-out positions: " + ", ".join(
+            f"{label} s={b['scale']:.3g} (CE {b['default_cross_entropy']:.4f} -> "
+            f"{b['cross_entropy']:.4f})" for label, b in values["search"]["blocks"].items()))
     return ", ".join(parts)
 
 

@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 
 from .counting import CountConfig, Counts
+from . import strength_search
 from .kneser_ney import block_statistics, kneser_ney_parameters
 from .scoring import Scorer, ScoringParts, scorer_class
 from .smoothing import (FORMS, SMOOTHINGS, UNIGRAM_ALPHA, SparseRankOne, block_weights,  # noqa: F401
@@ -49,6 +50,9 @@ class ExplicitWeights:
     calibrated : bool
     discounts : list of (float, float, float), optional
         Kneser–Ney ``(D1, D2, D3+)`` used by each block (``smoothing="kneser-ney"`` only).
+    smoothing_search : dict, optional
+        How the strengths were chosen on held-out positions, when they were
+        (`streamsolve.core.strength_search`; ``mu`` is then one value per block).
     """
 
     blocks: list
@@ -62,6 +66,7 @@ class ExplicitWeights:
     gamma: float = 0.0
     calibrated: bool = False
     discounts: list | None = None
+    smoothing_search: dict | None = None
 
     def __post_init__(self):
         if self.beta is None:
@@ -86,13 +91,16 @@ class ExplicitWeights:
                   "alpha": self.alpha, "calibration": calibration}
         if self.discounts is not None:
             params["discounts"] = [[float(d) for d in block] for block in self.discounts]
+        if self.smoothing_search is not None:
+            params["smoothing_search"] = self.smoothing_search
         return params
 
     @classmethod
     def from_params(cls, blocks, bias, log_unigram, config, params) -> "ExplicitWeights":
         weights = cls(blocks, np.asarray(log_unigram), config, params["form"], params["smoothing"],
                       params.get("mu"), params.get("alpha"),
-                      discounts=params.get("discounts"))
+                      discounts=params.get("discounts"),
+                      smoothing_search=params.get("smoothing_search"))
         calibration = params.get("calibration")
         if calibration:
             weights = weights.with_calibration(np.asarray(calibration["beta"]), calibration["gamma"])
@@ -176,7 +184,7 @@ class ExplicitWeights:
 
 def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
              mu: float | None = None, alpha: float | None = None,
-             discount=None) -> ExplicitWeights:
+             discount=None, search_positions: tuple | None = None) -> ExplicitWeights:
     """Explicit weights from in-memory counts.
 
     Parameters
@@ -192,6 +200,10 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
     mu, alpha : float, optional
     discount : float or (float, float, float), optional
         Kneser–Ney discounts ``D`` (all three) or ``(D1, D2, D3+)`` for every block.
+    search_positions : (contexts (n, R), targets (n,)), optional
+        Held-out positions: each block's strength is chosen on them
+        (`streamsolve.core.strength_search`; as `engine.finalize.compute_store_weights`:
+        row form, Dirichlet or Kneser–Ney, no explicit ``mu``/``discount``).
 
     Returns
     -------
@@ -200,13 +212,28 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
     check_smoothing(smoothing, mu, alpha, form, discount)
     config = counts.config
     V = config.vocab_size
+    searching = (search_positions is not None and form == "row" and mu is None
+                 and discount is None and smoothing in strength_search.SEARCH_RANGES)
     mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(counts.unigram))
     check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
-    blocks, used_discounts = [], []
+    blocks, used_discounts, searches, block_mu = [], [], [], []
     for r in range(config.n_blocks):
         F = counts.block_csr(r)
         log_q = None
+        if searching:
+            contexts = np.atleast_2d(np.asarray(search_positions[0], dtype=np.int64))
+            offsets = range(contexts.shape[1]) if config.aggregation == "sum" else [r]
+            found, discounts, background, mu_r = strength_search.search_block_strength(
+                F, smoothing, mu, log_p, np.concatenate([contexts[:, k] for k in offsets]),
+                np.tile(np.asarray(search_positions[1]), len(offsets)))
+            searches.append(found.summary())
+            block_mu.append(mu_r if mu_r is not None else mu)
+            if discounts is not None:
+                used_discounts.append(discounts)
+            blocks.append(block_weights(F, form, smoothing, block_mu[-1], None, background,
+                                        discounts=discounts))
+            continue
         if form == "column":
             log_q = np.log(smoothed_unigram(np.asarray(F.sum(axis=1)).ravel()))
         if smoothing == "kneser-ney":
@@ -217,6 +244,10 @@ def finalize(counts: Counts, form: str = "row", smoothing: str = "dirichlet",
                                         discounts=discounts))
             continue
         blocks.append(block_weights(F, form, smoothing, mu, alpha, log_p, log_q))
-    return ExplicitWeights(blocks, log_p, config, form, smoothing, mu, alpha,
-                           discounts=used_discounts if smoothing == "kneser-ney" else None)
+    search = ({"positions": int(np.asarray(search_positions[1]).size), "blocks": searches}
+              if searching else None)
+    return ExplicitWeights(blocks, log_p, config, form, smoothing,
+                           block_mu if searching and smoothing == "dirichlet" else mu, alpha,
+                           discounts=used_discounts if smoothing == "kneser-ney" else None,
+                           smoothing_search=search)
 

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from ..core.smoothing import (SparseRankOne, block_weights, check_smoothing,
                               check_smoothing_scale, resolve_strengths, smoothed_unigram)
 from ..core.kneser_ney import KneserNeyStatistics, block_statistics, kneser_ney_parameters
+from ..core import strength_search
 from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
 from ..core.dense_lm import RefinedWeights
@@ -183,7 +184,8 @@ def lazy_weights(view, keys: list, col_terms: list, log_unigram: np.ndarray, con
 def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet",
                           mu: float | None = None, alpha: float | None = None,
                           reuse: bool = True, discount=None, scheduler: str = "threads",
-                          cache_bytes: int | None = None) -> PendingWeights:
+                          cache_bytes: int | None = None,
+                          search_positions: tuple | None = None) -> PendingWeights:
     """Compute and write the weight row blocks of a store's counts, without committing them.
 
     One task per weight row block (``dask.delayed``, run with ``scheduler``: "threads" by
@@ -196,6 +198,13 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     store, also when its weights are reused. Raises `StoreCorruptError` on damaged counts.
     Kneser–Ney (``discount``: see `core.weights.finalize`) first makes one statistics pass
     over each offset's row blocks (`_kneser_ney_globals`).
+
+    ``search_positions`` = ``(contexts (n, R), targets (n,))``, held-out positions: the
+    smoothing strength of each block (Dirichlet ``mu``, Kneser–Ney discounts) is then chosen
+    on them (`streamsolve.core.strength_search`, in the same statistics pass) instead of the
+    default; only for the row form with Dirichlet or Kneser–Ney and no explicit
+    ``mu``/``discount`` (else ignored). The choices are recorded in the weights' params
+    (``smoothing_search``).
     """
     import dask
 
@@ -203,16 +212,31 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     source = store.snapshot()
     config = source.config
     V = config.vocab_size
+    explicit_mu = mu is not None
     mu, alpha = resolve_strengths(smoothing, mu, alpha, V)
     log_p = np.log(smoothed_unigram(source.read_unigram()))
     check_smoothing_scale(smoothing, mu, alpha, float(np.exp(log_p.min())), V)
     ranges = list(enumerate(row_blocks(V, source.meta["rows_per_block"])))
     tasks, col_terms_all, used_discounts = [], [], []
     generation = source.committed_generation()
+    searching = (search_positions is not None and form == "row" and discount is None
+                 and smoothing in strength_search.SEARCH_RANGES and not explicit_mu)
+    searches, block_mu = [], []
     for r in range(config.n_blocks):
         col_sums = log_q_all = discounts = None
         background = log_p  # log of the row form's column background
-        if smoothing == "kneser-ney":
+        mu_r = mu
+        if searching:
+            found, discounts, background, searched_mu = _searched_strength(
+                source, r, V, smoothing, mu, log_p, search_positions)
+            searches.append(found.summary())
+            mu_r = mu if searched_mu is None else searched_mu
+            if discounts is not None:
+                used_discounts.append(discounts)
+                global_inputs = np.asarray(discounts).tobytes() + background.tobytes()
+            else:
+                global_inputs = log_p.tobytes()
+        elif smoothing == "kneser-ney":
             discounts, background = _kneser_ney_globals(source, r, V, discount)
             used_discounts.append(discounts)
             global_inputs = np.asarray(discounts).tobytes() + background.tobytes()
@@ -229,13 +253,14 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
             global_inputs = log_p.tobytes()
         else:
             global_inputs = b""
+        block_mu.append(mu_r)
         global_digest = hashlib.blake2b(global_inputs, digest_size=16).hexdigest()
         empty = sp.csr_array((0, V), dtype=np.int64)
-        col_terms = block_weights(empty, form, smoothing, mu, alpha, background,
+        col_terms = block_weights(empty, form, smoothing, mu_r, alpha, background,
                                   np.zeros(0) if form == "column" else None, col_sums,
                                   row_sums=np.zeros(0), discounts=discounts).col_terms
         col_terms_all.append(col_terms)
-        recipe = _BlockRecipe(V, form, smoothing, mu, alpha, background, col_sums, discounts,
+        recipe = _BlockRecipe(V, form, smoothing, mu_r, alpha, background, col_sums, discounts,
                               global_digest)
         tasks.append([dask.delayed(_weight_row_block, pure=False)(
             source, store, generation, r, k, start, stop, recipe,
@@ -259,9 +284,13 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     row_terms = [np.concatenate([res.row_terms for res in block]) for block in results]
     data_range = [(min(res.low for res in block), max(res.high for res in block))
                   for block in results]
-    weights = lazy_weights(store.snapshot(), block_keys, col_terms_all, log_p, config,
-                           {"form": form, "smoothing": smoothing, "mu": mu, "alpha": alpha,
-                            "discounts": used_discounts if smoothing == "kneser-ney" else None},
+    params = {"form": form, "smoothing": smoothing, "alpha": alpha,
+              "mu": block_mu if searching and smoothing == "dirichlet" else mu,
+              "discounts": used_discounts if smoothing == "kneser-ney" else None}
+    if searching:
+        params["smoothing_search"] = {"positions": int(np.asarray(search_positions[1]).size),
+                                      "blocks": searches}
+    weights = lazy_weights(store.snapshot(), block_keys, col_terms_all, log_p, config, params,
                            cache_bytes, row_terms, data_range)
     weights.reused_blocks = reused
     return PendingWeights(weights, block_keys, np.stack(col_terms_all),
@@ -336,6 +365,36 @@ def _kneser_ney_globals(source, r: int, V: int, discount):
     for _start, _stop, (ip, ix, d) in source.iter_count_blocks(r):
         statistics = statistics + block_statistics(ip, ix, d, V)
     return kneser_ney_parameters(statistics, discount)
+
+
+def _searched_strength(source, b: int, V: int, smoothing: str, mu: float, log_p: np.ndarray,
+                       positions: tuple):
+    """Choose the smoothing strength of weight block ``b`` on held-out ``positions``.
+
+    One pass over the block's count row blocks gathers Kneser–Ney's statistics and, for
+    every position scored by the block, its `strength_search.PositionStatistics`; the 1-D
+    search then runs on those alone.
+
+    Returns
+    -------
+    (ScaleSearch, discounts or None, log background, mu or None)
+    """
+    contexts, targets = (np.asarray(a, dtype=np.int64) for a in positions)
+    contexts = np.atleast_2d(contexts)
+    offsets = range(contexts.shape[1]) if source.config.aggregation == "sum" else [b]
+    ctx = np.concatenate([contexts[:, r] for r in offsets])
+    tgt = np.tile(targets, len(offsets))
+    stats = strength_search.PositionStatistics.empty(tgt.size)
+    statistics = KneserNeyStatistics.empty(V)
+    for start, _stop, (ip, ix, d) in source.iter_count_blocks(b):
+        if smoothing == "kneser-ney":
+            statistics = statistics + block_statistics(ip, ix, d, V)
+        strength_search.gather_positions(ip, ix, d, start, ctx, tgt, stats)
+    result = strength_search.choose_strength(stats, tgt, smoothing, mu, log_p, statistics)
+    found = result[0]
+    logger.info("smoothing search, block %d: s = %.4g (%d positions): %.4f -> %.4f nats/token",
+                b + 1, found.scale, tgt.size, found.default_cross_entropy, found.cross_entropy)
+    return result
 
 
 def _stored_weight_block(store, key: str, shape: tuple):
