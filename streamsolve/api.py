@@ -22,17 +22,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 
 from . import ingest
 from .core.smoothing import check_smoothing, default_smoothing
 from .engine.finalize import commit_store_weights, compute_store_weights
 from .engine.memory import parse_memory
-from .ingest import (DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions,  # noqa: F401
-                     plan_ingest)
+from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
 from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel, sample_positions
 from .store.layout import StoreError
-from .store.location import check_writable, is_inside_store, remove_store
+from .store.location import check_writable, is_inside_store, remove_store  # noqa: F401
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
@@ -41,6 +39,7 @@ from .text.shards import expand_corpus
 from .text.tokenizer import tokenizer_from_json
 
 from .documents import check_readable, iter_token_documents, read_documents  # noqa: F401
+from .export import dense_export_bytes, export_counts  # noqa: F401  (public here)
 
 logger = logging.getLogger(__name__)
 
@@ -437,62 +436,6 @@ def smoothing_values(weights: dict, config: dict) -> dict:
             {k: block[k] for k in ("scale", "default_cross_entropy", "cross_entropy",
                                    "evaluations")} for block in search["blocks"]])}
     return out
-
-
-def dense_export_bytes(vocab_size: int, nnz: Sequence[int]) -> int:
-    """Peak bytes of `export_counts`: one dense V x V int64 block at a time, plus the sparse
-    (CSR) block it comes from, read as row blocks and stacked (twice its size), and the
-    unigram."""
-    sparse = max(nnz, default=0) * (8 + 4) + (vocab_size + 1) * 8
-    return vocab_size * vocab_size * 8 + 2 * sparse + vocab_size * 8
-
-
-def export_counts(store: str, out: str, storage_options: dict | None = None,
-                  memory: str | int | None = None) -> dict:
-    """Write dense ``counts_1..counts_R`` (V x V) and ``unigram`` to an ``.npz`` file.
-
-    The blocks are densified and written one at a time (compressed), so the memory needed
-    is one V x V int64 block plus its sparse form (`dense_export_bytes`).
-
-    Parameters
-    ----------
-    memory : str or int, optional
-        The memory budget (``--memory``: ``2GB``, ``80%``...; default half the RAM).
-
-    Raises
-    ------
-    ValueError
-        If the export would need more memory than ``memory``.
-    """
-    import zipfile
-
-    import fsspec
-    from dask.utils import format_bytes
-
-    if is_inside_store(out, store, storage_options):
-        raise ValueError(f"refusing to export to {out}: it is inside the store {store} and would "
-                         "overwrite the store's own files; write the .npz somewhere else")
-    model_store = ModelStore(store, storage_options).snapshot()  # unigram and pairs agree
-    config = model_store.config
-    V = config.vocab_size
-    budget = parse_memory(memory)
-    need = dense_export_bytes(V, model_store.meta["counts"]["nnz"])
-    if need > budget:
-        raise ValueError(
-            f"exporting the counts of {store} densely needs about {format_bytes(need)} (a "
-            f"{V} x {V} int64 block at a time), over the memory budget of "
-            f"{format_bytes(budget)}: raise --memory, or read them sparse in Python with "
-            f"streamsolve.ModelStore({store!r}).read_count_block(r) (a scipy CSR array)")
-    names = ["unigram"] + [f"counts_{r + 1}" for r in range(config.n_blocks)]
-    with fsspec.open(out, "wb", **(storage_options or {})) as handle, \
-            zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-        for r, name in enumerate(names, start=-1):  # what np.savez_compressed writes
-            array = model_store.read_unigram() if r < 0 else \
-                model_store.read_count_block(r).toarray()
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
-                np.lib.format.write_array(entry, array, allow_pickle=False)
-            del array
-    return {"out": out, "arrays": sorted(names), "vocab_size": V}
 
 
 def verify(store: str, storage_options: dict | None = None) -> dict:

@@ -22,6 +22,7 @@ the JSON string ``__metadata__`` (a unicode array: ``np.load(allow_pickle=False)
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 import json
 import logging
 
@@ -31,7 +32,9 @@ import scipy.sparse as sp
 from .core.dense_lm import RefinedWeights
 from .core.warm_start import check_dense_fits, min_norm_weights
 from .extras import TORCH_HINT
+from .engine.memory import parse_memory
 from .store.location import is_inside_store
+from .store.model_store import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -215,3 +218,59 @@ def export_tokenizer(store: str, out: str, storage_options: dict | None = None) 
     with fsspec.open(out, "w", encoding="utf-8", **(storage_options or {})) as handle:
         handle.write(text)
     return {"tokenizer": out, "bytes": len(text.encode("utf-8"))}
+
+
+def dense_export_bytes(vocab_size: int, nnz: Sequence[int]) -> int:
+    """Peak bytes of `export_counts`: one dense V x V int64 block at a time, plus the sparse
+    (CSR) block it comes from, read as row blocks and stacked (twice its size), and the
+    unigram."""
+    sparse = max(nnz, default=0) * (8 + 4) + (vocab_size + 1) * 8
+    return vocab_size * vocab_size * 8 + 2 * sparse + vocab_size * 8
+
+
+def export_counts(store: str, out: str, storage_options: dict | None = None,
+                  memory: str | int | None = None) -> dict:
+    """Write dense ``counts_1..counts_R`` (V x V) and ``unigram`` to an ``.npz`` file.
+
+    The blocks are densified and written one at a time (compressed), so the memory needed
+    is one V x V int64 block plus its sparse form (`dense_export_bytes`).
+
+    Parameters
+    ----------
+    memory : str or int, optional
+        The memory budget (``--memory``: ``2GB``, ``80%``...; default half the RAM).
+
+    Raises
+    ------
+    ValueError
+        If the export would need more memory than ``memory``.
+    """
+    import zipfile
+
+    import fsspec
+    from dask.utils import format_bytes
+
+    if is_inside_store(out, store, storage_options):
+        raise ValueError(f"refusing to export to {out}: it is inside the store {store} and would "
+                         "overwrite the store's own files; write the .npz somewhere else")
+    model_store = ModelStore(store, storage_options).snapshot()  # unigram and pairs agree
+    config = model_store.config
+    V = config.vocab_size
+    budget = parse_memory(memory)
+    need = dense_export_bytes(V, model_store.meta["counts"]["nnz"])
+    if need > budget:
+        raise ValueError(
+            f"exporting the counts of {store} densely needs about {format_bytes(need)} (a "
+            f"{V} x {V} int64 block at a time), over the memory budget of "
+            f"{format_bytes(budget)}: raise --memory, or read them sparse in Python with "
+            f"streamsolve.ModelStore({store!r}).read_count_block(r) (a scipy CSR array)")
+    names = ["unigram"] + [f"counts_{r + 1}" for r in range(config.n_blocks)]
+    with fsspec.open(out, "wb", **(storage_options or {})) as handle, \
+            zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for r, name in enumerate(names, start=-1):  # what np.savez_compressed writes
+            array = model_store.read_unigram() if r < 0 else \
+                model_store.read_count_block(r).toarray()
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, array, allow_pickle=False)
+            del array
+    return {"out": out, "arrays": sorted(names), "vocab_size": V}
