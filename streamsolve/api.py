@@ -144,7 +144,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
              calibration_sample: int = CALIBRATION_POSITIONS, wait: bool | float = False,
              break_lock: bool = False, discount=None,
-             smoothing_search: bool = True) -> LanguageModel:
+             smoothing_search: bool | str = "auto") -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
     Parameters
@@ -165,12 +165,14 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
         None (default): re-calibrate on the text the store records (`solve`'s hold-out or
         the last ``calibrate`` files), warning loudly when that cannot be read again.
         False: no calibration.
-    smoothing_search : bool
+    smoothing_search : {"auto", True, False}
         Choose the smoothing strength of each offset (Dirichlet ``mu``, Kneser–Ney
-        discounts) on the calibration text before calibrating (default; see
+        discounts) on the calibration text before calibrating (see
         `streamsolve.core.strength_search`). Only when there is calibration text and
         neither ``mu`` nor ``discount`` is given; the choices are recorded in the weights
-        and shown by `info`.
+        and shown by `info`. "auto" (default): for Dirichlet only, where it measured better
+        raw and calibrated; for Kneser–Ney the searched discounts measured 0.2-0.6% *worse*
+        once calibrated (BENCHMARKS.md §8), so it needs ``True``.
     wait : bool or float
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
@@ -212,6 +214,10 @@ def search_positions(model_store, docs, sample: int, smoothing: str, form: str, 
                      enabled: bool = True):
     """The held-out positions the smoothing-strength search runs on (the calibration's
     own sample: same size, same seed), or None when it does not run."""
+    if enabled == "auto":
+        enabled = smoothing == "dirichlet"  # searched KN measured worse once calibrated
+    elif enabled not in (True, False):
+        raise ValueError(f"smoothing_search must be 'auto', True or False, got {enabled!r}")
     if not enabled or mu is not None or discount is not None or form != "row" \
             or smoothing not in ("dirichlet", "kneser-ney") \
             or not docs or not sum(int(len(d)) for d in docs):
@@ -221,7 +227,7 @@ def search_positions(model_store, docs, sample: int, smoothing: str, form: str, 
 
 
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
-                     calibration_sample, discount=None, smoothing_search=True,
+                     calibration_sample, discount=None, smoothing_search="auto",
                      search_documents=None) -> LanguageModel:
     """All or nothing: the weights (with their calibration) become the store's in one
     attribute write at the very end; any failure before leaves the previous weights.
@@ -458,7 +464,7 @@ def verify(store: str, storage_options: dict | None = None) -> dict:
 def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 0.05,
           calibrate: bool = True, form: str = "row", smoothing: str | None = None,
           mu: float | None = None, alpha: float | None = None, overwrite: bool = False,
-          discount=None, smoothing_search: bool = True, **count_kwargs) -> dict:
+          discount=None, smoothing_search: bool | str = "auto", **count_kwargs) -> dict:
     """Count + finalize + calibrate + evaluate on a part of the corpus held out by `count`.
 
     The whole run holds the store's writer lock (taken once, before anything is changed).
@@ -467,9 +473,9 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
     ----------
     smoothing : str, optional
         As in `finalize` (default: Kneser–Ney for the row form).
-    smoothing_search : bool
+    smoothing_search : {"auto", True, False}
         With ``calibrate``, choose the smoothing strength per offset on the held-out part
-        first (as `finalize`; not when ``mu`` or ``discount`` is given).
+        first (as `finalize`, where "auto" is explained; not with ``mu`` or ``discount``).
     overwrite : bool
         First delete the streamsolve store at ``store`` (refused for anything that is not a
         streamsolve store, and nothing is deleted while another writer holds the lock).
@@ -496,7 +502,7 @@ MIN_HELDOUT_TOKENS = 1000
 
 
 def _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu, alpha,
-                  count_kwargs, discount=None, smoothing_search=True) -> dict:
+                  count_kwargs, discount=None, smoothing_search="auto") -> dict:
     started = time.perf_counter()
     from .engine.memory import input_bytes
 

@@ -101,6 +101,9 @@ def _add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = Fa
 
 
 #: ``--memory`` of the commands that count or finalize (one budget, also each batch job's).
+#: ``--smoothing-search`` -> api's ``smoothing_search``.
+_SEARCH = {"auto": "auto", "on": True, "off": False}
+
 MEMORY_HELP = ("one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; default 50%%, "
                "on a Dask cluster 80%% of the workers' memory limit; counts above it spill to "
                "--tmp), and with --cluster also the memory of each batch job (default 4GiB there)")
@@ -237,11 +240,12 @@ def _add_finalizing(parser: argparse.ArgumentParser):
     parser.add_argument("--discount", type=_discount, metavar="D | D1,D2,D3",
                         help="kneser-ney discounts for counts 1, 2, >= 3 (default: estimated per "
                              "offset from its counts-of-counts)")
-    parser.add_argument("--smoothing-search", choices=("on", "off"), default="on",
+    parser.add_argument("--smoothing-search", choices=("auto", "on", "off"), default="auto",
                         help="choose the smoothing strength (mu, or a scale on the discounts) "
-                             "of each offset on the calibration text before calibrating "
-                             "(default on; only when there is calibration text and no "
-                             "--mu/--discount)")
+                             "of each offset on the calibration text before calibrating; only "
+                             "with calibration text and no --mu/--discount (default auto: "
+                             "Dirichlet only, searched Kneser-Ney measured worse once "
+                             "calibrated, BENCHMARKS.md section 8)")
 
 
 def _add_refining(p: argparse.ArgumentParser):
@@ -421,7 +425,7 @@ def run(args) -> dict:
         model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
                              alpha=args.alpha, calibrate=args.calibrate, storage_options=so,
                              wait=args.wait, break_lock=args.break_lock, discount=args.discount,
-                             smoothing_search=args.smoothing_search == "on")
+                             smoothing_search=_SEARCH[args.smoothing_search])
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
@@ -486,7 +490,7 @@ def run(args) -> dict:
                          calibrate=not args.no_calibrate, form=args.form,
                          smoothing=args.smoothing, mu=args.mu, alpha=args.alpha,
                          discount=args.discount, overwrite=args.overwrite,
-                         smoothing_search=args.smoothing_search == "on",
+                         smoothing_search=_SEARCH[args.smoothing_search],
                          **_count_kwargs(args, so))
     raise AssertionError(args.command)
 

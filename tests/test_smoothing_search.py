@@ -102,7 +102,8 @@ def test_never_worse_on_the_heldout_split_than_the_default(tmp_path, sharded_cor
     for smoothing in ("kneser-ney", "dirichlet"):
         default = api.finalize(store, smoothing=smoothing, calibrate=False)
         docs = [default.encode(doc) for doc in HELDOUT.split("\n\n")]
-        searched = api.finalize(store, smoothing=smoothing, calibrate=[heldout])
+        searched = api.finalize(store, smoothing=smoothing, calibrate=[heldout],
+                                smoothing_search=True)
         assert searched.weights.smoothing_search is not None
         raw = searched.weights.params()["calibration"]["raw_cross_entropy"]
         assert raw == pytest.approx(searched.weights.smoothing_search["blocks"][0]
@@ -111,7 +112,7 @@ def test_never_worse_on_the_heldout_split_than_the_default(tmp_path, sharded_cor
 
 
 def test_recorded_shown_by_info_and_disabled_by_explicit_values(capsys, store, heldout):
-    api.finalize(store, calibrate=[heldout])
+    api.finalize(store, calibrate=[heldout], smoothing_search=True)
     values = api.info(store)["smoothing"]
     search = api.info(store)["weights"]["smoothing_search"]
     assert set(values["search"]["blocks"]) == {"r1", "r2"}
@@ -122,7 +123,7 @@ def test_recorded_shown_by_info_and_disabled_by_explicit_values(capsys, store, h
     assert main(["info", store]) == 0
     assert "held-out positions: r1 s=" in capsys.readouterr().out
     # re-finalize re-uses the recorded calibration text, so it searches again: same values
-    again = api.finalize(store)
+    again = api.finalize(store, smoothing_search=True)
     assert again.weights.smoothing_search == search
     # explicit values, or the switch, disable the search
     for kwargs in ({"discount": 0.5}, {"mu": 50.0}, {"smoothing_search": False},
@@ -140,7 +141,7 @@ def test_recorded_shown_by_info_and_disabled_by_explicit_values(capsys, store, h
 def test_solve_searches_on_its_heldout_split(tmp_path, sharded_corpus, tokenizer_file):
     path = str(tmp_path / "solved.zarr")
     summary = api.solve(sharded_corpus(2), path, tokenizer=tokenizer_file, radius=2,
-                        heldout_fraction=0.2)
+                        heldout_fraction=0.2, smoothing_search=True)
     assert summary["smoothing_search"]["positions"] > 0
     assert api.info(path)["smoothing"]["search"]["positions"] == \
         summary["smoothing_search"]["positions"]
@@ -148,6 +149,19 @@ def test_solve_searches_on_its_heldout_split(tmp_path, sharded_corpus, tokenizer
                     radius=2, heldout_fraction=0.2, smoothing_search=False)
     assert off["smoothing_search"] is None
     assert summary["heldout_cross_entropy"] <= off["heldout_cross_entropy"] + 1e-3
+
+
+def test_auto_searches_dirichlet_only(capsys, store, heldout):
+    """The default ("auto"): searched Kneser-Ney measured worse once calibrated (BENCHMARKS
+    section 8), searched Dirichlet better, so only Dirichlet is searched unless asked."""
+    assert api.finalize(store, calibrate=[heldout]).weights.smoothing_search is None
+    assert api.finalize(store, smoothing="dirichlet",
+                        calibrate=[heldout]).weights.smoothing_search is not None
+    assert main(["finalize", store, "--calibrate", heldout, "--smoothing-search", "on",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["smoothing_search"] is not None
+    with pytest.raises(ValueError, match="smoothing_search must be 'auto', True or False"):
+        api.finalize(store, calibrate=[heldout], smoothing_search="yes")
 
 
 @pytest.mark.parametrize("smoothing", ["kneser-ney", "dirichlet"])
@@ -169,7 +183,7 @@ def test_sum_aggregation_searches_its_one_block_on_every_offset(tmp_path, sharde
                                                                 tokenizer_file, heldout):
     path = str(tmp_path / "sum.zarr")
     api.count(sharded_corpus(2), path, tokenizer=tokenizer_file, radius=2, aggregation="sum")
-    model = api.finalize(path, calibrate=[heldout])
+    model = api.finalize(path, calibrate=[heldout], smoothing_search=True)
     search = model.weights.smoothing_search
     docs, _ = api.read_documents([heldout], model)  # as finalize reads its calibration text
     ctx, tgt = sample_positions(docs, 2, model.config.bos_id, 10 ** 6)
