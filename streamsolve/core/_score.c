@@ -504,6 +504,11 @@ int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indpt
                                                 U, V, 2, dense, dense_totals, dense_second, n,
                                                 contexts, log_zhat, exp_sparse, exp_dense,
                                                 second);
+    if (n_blocks == 2 && n_dense == 3)
+        return score_contexts_product_hess_impl(R, 2, indptr, indices, data, edata, block_of, u,
+                                                U, V, 3, dense, dense_totals, dense_second, n,
+                                                contexts, log_zhat, exp_sparse, exp_dense,
+                                                second);
     return score_contexts_product_hess_impl(R, n_blocks, indptr, indices, data, edata, block_of,
                                             u, U, V, n_dense, dense, dense_totals, dense_second,
                                             n, contexts, log_zhat, exp_sparse, exp_dense,
@@ -651,6 +656,12 @@ int score_contexts_product_hess_dense(int R, int n_blocks, const int64_t *const 
     if (n_blocks == 1 && n_dense == 2)
         return score_contexts_product_hess_dense_impl(R, 1, indptr, indices, data, edata,
                                                       block_of, u, U, V, 2, dense, dense_totals,
+                                                      dense_second, n, contexts, log_zhat,
+                                                      exp_sparse, exp_dense, second, slot,
+                                                      drows, srows, rowsums);
+    if (n_blocks == 2 && n_dense == 3)
+        return score_contexts_product_hess_dense_impl(R, 2, indptr, indices, data, edata,
+                                                      block_of, u, U, V, 3, dense, dense_totals,
                                                       dense_second, n, contexts, log_zhat,
                                                       exp_sparse, exp_dense, second, slot,
                                                       drows, srows, rowsums);

@@ -303,7 +303,7 @@ def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(monkeypatch, aggregati
 
 @pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
 @pytest.mark.parametrize("aggregation,radius,dense_rows", [("cat", 3, 0), ("cat", 3, 3),
-                                                           ("sum", 2, 1000)])
+                                                           ("cat", 2, 3), ("sum", 2, 1000)])
 def test_coarse_to_fine_newton_reaches_the_full_sample_optimum(monkeypatch, aggregation, radius,
                                                                dense_rows):
     """`fit_calibration_scored` takes its first Newton steps on a uniform subsample and
@@ -327,6 +327,9 @@ def test_coarse_to_fine_newton_reaches_the_full_sample_optimum(monkeypatch, aggr
     theta0 = np.r_[weights.beta, weights.gamma]
     assert newton.loss_only(objective, theta0 * 0.8) == pytest.approx(
         objective(theta0 * 0.8)[0], abs=1e-12)
+    loss, grad, _ = newton.loss_gradient_hessian(objective, theta0 * 0.8)  # C kernel per B
+    assert loss == pytest.approx(objective(theta0 * 0.8)[0], abs=1e-12)
+    np.testing.assert_allclose(grad, objective(theta0 * 0.8)[1], atol=1e-12)
     passes, hessian_pass = [], newton.loss_gradient_hessian
     monkeypatch.setattr(newton, "loss_gradient_hessian",
                         lambda o, t: passes.append(o.n) or hessian_pass(o, t))
