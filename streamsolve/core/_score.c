@@ -401,15 +401,15 @@ int score_contexts_product_dense(int R, const int64_t *const *indptr,
    written to second[i * n_dense^2 + k * n_dense + l] (XX = sum_j u_j x_k x_l, given).
    Same validity condition as the product path. Returns 0, or -1 (out of memory, or
    n_dense != n_blocks + 1). */
-int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indptr,
+static inline __attribute__((always_inline)) int
+score_contexts_product_hess_impl(int R, int n_blocks, const int64_t *const *indptr,
                                 const int32_t *const *indices, const double *const *data,
                                 const double *const *edata, const int32_t *block_of,
                                 const double *u, double U, int64_t V, int n_dense,
                                 const double *dense, const double *dense_totals,
                                 const double *dense_second, int64_t n, const int64_t *contexts,
                                 double *log_zhat, double *exp_sparse, double *exp_dense,
-                                double *second)
-{
+                                double *second){
     if (n_dense != n_blocks + 1 || n_dense > 64)
         return -1;
     double *acc = malloc(sizeof(double) * (size_t)V);
@@ -484,11 +484,43 @@ int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indpt
     return 0;
 }
 
+int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indptr,
+                                const int32_t *const *indices, const double *const *data,
+                                const double *const *edata, const int32_t *block_of,
+                                const double *u, double U, int64_t V, int n_dense,
+                                const double *dense, const double *dense_totals,
+                                const double *dense_second, int64_t n, const int64_t *contexts,
+                                double *log_zhat, double *exp_sparse, double *exp_dense,
+                                double *second)
+{
+    /* constant block counts let the compiler unroll the per-entry loops */
+    if (n_blocks == 3 && n_dense == 4)
+        return score_contexts_product_hess_impl(R, 3, indptr, indices, data, edata, block_of, u,
+                                                U, V, 4, dense, dense_totals, dense_second, n,
+                                                contexts, log_zhat, exp_sparse, exp_dense,
+                                                second);
+    if (n_blocks == 1 && n_dense == 2)
+        return score_contexts_product_hess_impl(R, 1, indptr, indices, data, edata, block_of, u,
+                                                U, V, 2, dense, dense_totals, dense_second, n,
+                                                contexts, log_zhat, exp_sparse, exp_dense,
+                                                second);
+    if (n_blocks == 2 && n_dense == 3)
+        return score_contexts_product_hess_impl(R, 2, indptr, indices, data, edata, block_of, u,
+                                                U, V, 3, dense, dense_totals, dense_second, n,
+                                                contexts, log_zhat, exp_sparse, exp_dense,
+                                                second);
+    return score_contexts_product_hess_impl(R, n_blocks, indptr, indices, data, edata, block_of,
+                                            u, U, V, n_dense, dense, dense_totals, dense_second,
+                                            n, contexts, log_zhat, exp_sparse, exp_dense,
+                                            second);
+}
+
 /* score_contexts_product_hess with each context's longest dense row L taken from rowsums
    (per slot: corr, cx[n_dense], ws[n_blocks], mm[n_dense^2] of the row alone, mm upper
    triangle) plus, over the other rows' entries j, the summand minus the one of L alone; P_L
    and raw S_L are read densely (drows, srows). */
-int score_contexts_product_hess_dense(int R, int n_blocks, const int64_t *const *indptr,
+static inline __attribute__((always_inline)) int
+score_contexts_product_hess_dense_impl(int R, int n_blocks, const int64_t *const *indptr,
                                 const int32_t *const *indices, const double *const *data,
                                 const double *const *edata, const int32_t *block_of,
                                 const double *u, double U, int64_t V, int n_dense,
@@ -497,8 +529,7 @@ int score_contexts_product_hess_dense(int R, int n_blocks, const int64_t *const 
                                 double *log_zhat, double *exp_sparse, double *exp_dense,
                                 double *second, const int32_t *const *slot,
                                 const double *const *drows, const double *const *srows,
-                                const double *const *rowsums)
-{
+                                const double *const *rowsums){
     if (n_dense != n_blocks + 1 || n_dense > 64)
         return -1;
     double *acc = malloc(sizeof(double) * (size_t)V);
@@ -602,4 +633,41 @@ int score_contexts_product_hess_dense(int R, int n_blocks, const int64_t *const 
     }
     free(acc), free(sraw), free(stamp), free(touched), free(sums);
     return 0;
+}
+
+int score_contexts_product_hess_dense(int R, int n_blocks, const int64_t *const *indptr,
+                                const int32_t *const *indices, const double *const *data,
+                                const double *const *edata, const int32_t *block_of,
+                                const double *u, double U, int64_t V, int n_dense,
+                                const double *dense, const double *dense_totals,
+                                const double *dense_second, int64_t n, const int64_t *contexts,
+                                double *log_zhat, double *exp_sparse, double *exp_dense,
+                                double *second, const int32_t *const *slot,
+                                const double *const *drows, const double *const *srows,
+                                const double *const *rowsums)
+{
+    /* constant block counts let the compiler unroll the per-entry loops */
+    if (n_blocks == 3 && n_dense == 4)
+        return score_contexts_product_hess_dense_impl(R, 3, indptr, indices, data, edata,
+                                                      block_of, u, U, V, 4, dense, dense_totals,
+                                                      dense_second, n, contexts, log_zhat,
+                                                      exp_sparse, exp_dense, second, slot,
+                                                      drows, srows, rowsums);
+    if (n_blocks == 1 && n_dense == 2)
+        return score_contexts_product_hess_dense_impl(R, 1, indptr, indices, data, edata,
+                                                      block_of, u, U, V, 2, dense, dense_totals,
+                                                      dense_second, n, contexts, log_zhat,
+                                                      exp_sparse, exp_dense, second, slot,
+                                                      drows, srows, rowsums);
+    if (n_blocks == 2 && n_dense == 3)
+        return score_contexts_product_hess_dense_impl(R, 2, indptr, indices, data, edata,
+                                                      block_of, u, U, V, 3, dense, dense_totals,
+                                                      dense_second, n, contexts, log_zhat,
+                                                      exp_sparse, exp_dense, second, slot,
+                                                      drows, srows, rowsums);
+    return score_contexts_product_hess_dense_impl(R, n_blocks, indptr, indices, data, edata,
+                                                  block_of, u, U, V, n_dense, dense,
+                                                  dense_totals, dense_second, n, contexts,
+                                                  log_zhat, exp_sparse, exp_dense, second, slot,
+                                                  drows, srows, rowsums);
 }

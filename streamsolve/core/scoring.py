@@ -580,7 +580,13 @@ def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: n
     `fit_calibration`)."""
     objective = CalibrationObjective(parts, contexts, targets, native)
     if newton.newton_available(objective):
-        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64))
+        coarse = None
+        if objective.n > 2 * newton.COARSE_POSITIONS:  # a uniform subsample for the first steps
+            pick = np.random.default_rng(0).choice(objective.n, newton.COARSE_POSITIONS, False)
+            coarse = CalibrationObjective(parts, np.atleast_2d(contexts)[pick],
+                                          np.reshape(targets, -1)[pick], native)
+        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64), coarse,
+                                newton.FIT_DECREMENT)
     else:
         fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter,
                             objective.n)

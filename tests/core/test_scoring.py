@@ -299,3 +299,45 @@ def test_newton_hessian_and_optimum_equal_dense_and_lbfgs(monkeypatch, aggregati
     assert fit.loss_after <= tight.fun + 1e-12
     assert fit.loss_after <= fit.loss_before
     assert default.loss_after == pytest.approx(tight.fun, abs=1e-8)  # stopped by the decrement
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+@pytest.mark.parametrize("aggregation,radius,dense_rows", [("cat", 3, 0), ("cat", 3, 3),
+                                                           ("cat", 2, 3), ("sum", 2, 1000)])
+def test_coarse_to_fine_newton_reaches_the_full_sample_optimum(monkeypatch, aggregation, radius,
+                                                               dense_rows):
+    """`fit_calibration_scored` takes its first Newton steps on a uniform subsample and
+    finishes on all positions (one Hessian pass, then a loss-only check): the loss it
+    reaches is the full sample's optimum to the fit's decrement (1e-6), never above the
+    start, and `loss_only` equals the objective's loss."""
+    from scipy.optimize import minimize
+
+    from streamsolve.core import newton
+
+    V = 24
+    monkeypatch.setattr(newton, "DENSE_ROW_MIN_NNZ", 1 if dense_rows else 10 ** 9)
+    monkeypatch.setattr(newton, "DENSE_ROW_BYTES", 16 * V * dense_rows)
+    monkeypatch.setattr(newton, "COARSE_POSITIONS", 200)
+    docs = random_docs(7, V, n_docs=600)
+    weights = weights_of(docs[:400], V, radius, aggregation, smoothing="kneser-ney")
+    ctx, tgt = positions(docs[400:], radius)
+    assert tgt.size > 2 * newton.COARSE_POSITIONS
+    parts = ScoringParts.from_weights(weights)
+    objective = CalibrationObjective(parts, ctx, tgt, native=True)
+    theta0 = np.r_[weights.beta, weights.gamma]
+    assert newton.loss_only(objective, theta0 * 0.8) == pytest.approx(
+        objective(theta0 * 0.8)[0], abs=1e-12)
+    loss, grad, _ = newton.loss_gradient_hessian(objective, theta0 * 0.8)  # C kernel per B
+    assert loss == pytest.approx(objective(theta0 * 0.8)[0], abs=1e-12)
+    np.testing.assert_allclose(grad, objective(theta0 * 0.8)[1], atol=1e-12)
+    passes, hessian_pass = [], newton.loss_gradient_hessian
+    monkeypatch.setattr(newton, "loss_gradient_hessian",
+                        lambda o, t: passes.append(o.n) or hessian_pass(o, t))
+    fit = fit_calibration_scored(parts, ctx, tgt, theta0)
+    tight = minimize(objective, fit.theta, jac=True, method="L-BFGS-B",
+                     options={"maxiter": 500, "gtol": 1e-12, "ftol": 1e-15})
+    assert fit.loss_before == pytest.approx(objective(theta0)[0], abs=1e-12)
+    assert fit.loss_after == pytest.approx(objective(fit.theta)[0], abs=1e-12)
+    assert tight.fun - 1e-12 <= fit.loss_after <= tight.fun + 1e-6
+    assert fit.loss_after < fit.loss_before
+    assert passes.count(tgt.size) <= 2 and passes.count(200) >= 2  # most passes are coarse
