@@ -53,7 +53,7 @@ def test_tiny_profile_writes_every_item(tiny_corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert {"1", "3", "4", "5"} <= set(results)
-    assert len(results["1"]) == 2                       # V=128, R in (1, 2)
+    assert len(results["1"]) == 2                       # V=300, R in (1, 2)
     forms = {c["model"].split()[0] for c in results["1"]}
     assert forms == {"dense", "factored"}
     for c in results["1"]:

@@ -32,7 +32,7 @@ def lm_module(store_path: str, vocab_size: int, radius: int, profile):
         return sst.load(store_path), "dense"
     return (sst.load(store_path, rank=profile.factored_rank),
             f"factored rank {profile.factored_rank} (dense R V^2 float32 over "
-            f"{profile.dense_max_bytes >> 20} MiB)")
+            f"{profile.dense_max_bytes / 2**20:.1f} MiB)")
 
 
 def claim1(corpus, store, profile, seconds: float) -> dict:

@@ -135,12 +135,40 @@ class Corpus:
         return int(sum(d.size for d in self.test_docs))
 
 
+def leading_text(path: str, out: Path, max_bytes: int) -> str:
+    """A gzip copy (cached in ``out``) of the first ``max_bytes`` of a source's text, cut at a
+    blank line: the calibration file. `streamsolve.api.finalize` reads and scores all of its
+    calibration files, and only ``calibration_sample`` positions are needed."""
+    import gzip
+
+    from streamsolve.text.reading import ReadOptions, ReadStats, iter_line_blocks
+
+    target = out / f"calibration-{max_bytes}-{Path(path).name}"
+    if target.exists():
+        return str(target)
+    kept, size = [], 0
+    for block in iter_line_blocks(path, ReadOptions(), ReadStats()):
+        for line in block:
+            if size >= max_bytes and not line.strip():
+                break
+            kept.append(line)
+            size += len(line.encode("utf-8"))
+        else:
+            continue
+        break
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.open(target, "wt", encoding="utf-8") as handle:
+        handle.write("".join(kept))
+    return str(target)
+
+
 def load_corpus(profile, out: Path, vocab_size: int) -> Corpus:
     """Tokenizer + training documents + test documents for one vocabulary size."""
     from streamsolve.text.tokenizer import find_bos, tokenizer_from_json
 
     train_paths = source_paths(profile.train_sources)
-    calibration_paths = source_paths([profile.calibration_source])
+    calibration_paths = [leading_text(p, out, profile.calibration_bytes)
+                         for p in source_paths([profile.calibration_source])]
     test_paths = source_paths([profile.test_source])
     tok_path = tokenizer(out, vocab_size, train_paths, profile.tokenizer_sample_bytes)
     text = tok_path.read_text(encoding="utf-8")
@@ -167,15 +195,13 @@ class ExplicitStore:
     calibrate_seconds: float
     raw_ce_lm: float
     calibrated_ce_lm: float
-    raw_module: object
     tokens: int
 
 
 def build_store(corpus: Corpus, radius: int, out: Path, workers: int = 1) -> ExplicitStore:
     """Count the training shards, finalize (raw), then finalize again calibrated on the
     calibration source; the store ends calibrated. Returns the timings, the
-    `LanguageModel` held-out CE of both, and the raw model as a torch module."""
-    import streamsolve.torch as sst
+    `LanguageModel` held-out CE of both."""
     from streamsolve import api
 
     path = out / "stores" / f"V{corpus.vocab_size}-R{radius}.zarr"
@@ -189,7 +215,6 @@ def build_store(corpus: Corpus, radius: int, out: Path, workers: int = 1) -> Exp
     raw = api.finalize(str(path), calibrate=False)
     t2 = time.perf_counter()
     raw_ce = raw.evaluate_ids(corpus.test_docs).cross_entropy
-    raw_module = sst.load(str(path))
     t3 = time.perf_counter()
     calibrated = api.finalize(str(path), calibrate=corpus.calibration_paths)
     t4 = time.perf_counter()
@@ -199,4 +224,4 @@ def build_store(corpus: Corpus, radius: int, out: Path, workers: int = 1) -> Exp
                 "held-out CE raw %.4f, calibrated %.4f", corpus.vocab_size, radius, t1 - t0,
                 t2 - t1, t4 - t3, raw_ce, cal_ce)
     return ExplicitStore(str(path), radius, t1 - t0, t2 - t1, t4 - t3, float(raw_ce),
-                         float(cal_ce), raw_module, tokens)
+                         float(cal_ce), tokens)

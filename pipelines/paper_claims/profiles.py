@@ -21,6 +21,7 @@ class Profile:
     calibration_source: str = "perl-doc.txt.gz"
     test_source: str = "python-doc.txt.gz"
     test_tokens: int = 50_000
+    calibration_bytes: int = 1 << 20
     tokenizer_sample_bytes: int = 16 << 20
     seconds: float = 60.0
     tune_fraction: float = 1 / 6
@@ -28,9 +29,9 @@ class Profile:
     weight_decays: tuple = (0.0, 0.01)
     warm_lrs: tuple = (1e-3, 1e-4)
     patience: int = 4
-    evaluations: int = 10
+    evaluations: int = 8
     batch: int = 4096
-    lbfgs_positions: int = 131072
+    lbfgs_positions: int = 262144
     kl_contexts: int = 2048
     dense_max_bytes: int = 300 << 20
     factored_rank: int = 512
@@ -64,22 +65,24 @@ class Profile:
 
 
 PROFILES = {
-    "tiny": Profile("tiny", (128,), (1, 2), ["train-0.txt.gz", "train-1.txt.gz"],
+    "tiny": Profile("tiny", (300,), (1, 2), ["train-0.txt.gz", "train-1.txt.gz"],
                     calibration_source="calibration.txt.gz", test_source="test.txt.gz",
-                    test_tokens=3000, tokenizer_sample_bytes=1 << 20, seconds=1.5,
+                    test_tokens=3000, calibration_bytes=1 << 20, tokenizer_sample_bytes=1 << 20,
+                    seconds=1.5,
                     tune_fraction=0.34, lrs=(0.03,), weight_decays=(0.0, 0.01),
                     warm_lrs=(1e-3,), evaluations=3, batch=512, lbfgs_positions=2048,
-                    kl_contexts=256, factored_rank=16, dense_max_bytes=100_000,
-                    two_layer_vocab=128, two_layer_radius=1, two_layer_positions=2000,
-                    two_layer_epochs=2, two_layer_lrs=(0.01,), low_rank_vocab=128,
+                    kl_contexts=256, factored_rank=16, dense_max_bytes=500_000,
+                    two_layer_vocab=300, two_layer_radius=1, two_layer_positions=2000,
+                    two_layer_epochs=2, two_layer_lrs=(0.01,), low_rank_vocab=300,
                     ranks=(4, 16), low_rank_seconds=0.6, classifier_samples=400,
                     classifier_passes=20, threads=1, min_train_tokens=0),
     "quick": Profile("quick", (512,), (1, 3),
                      ["bible-bwe.txt.gz", "bible-diaglot.txt.gz", "bible-lont.txt.gz"],
-                     test_tokens=20_000, tokenizer_sample_bytes=2 << 20, seconds=6.0,
+                     test_tokens=20_000, calibration_bytes=256 << 10,
+                     tokenizer_sample_bytes=2 << 20, seconds=6.0,
                      tune_fraction=0.25, lrs=(0.03, 0.01), warm_lrs=(1e-3, 1e-4),
-                     evaluations=4, batch=2048, lbfgs_positions=16384, kl_contexts=1024,
-                     factored_rank=64, dense_max_bytes=2 << 20, two_layer_vocab=256,
+                     evaluations=4, batch=2048, lbfgs_positions=65536, kl_contexts=1024,
+                     factored_rank=64, dense_max_bytes=2 << 20, two_layer_vocab=384,
                      two_layer_positions=20_000, two_layer_epochs=2, low_rank_vocab=512,
                      ranks=(16, 64, 256), low_rank_seconds=3.0, classifier_samples=1500,
                      classifier_passes=100, threads=1, min_train_tokens=0),

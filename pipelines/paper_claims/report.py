@@ -165,7 +165,7 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
                   "| start | best held-out CE | lr (grid best) | seconds |", "|---|---|---|---|"]
         for key in ("warm", "random"):
             a = r[key]
-            lines.append(f"| {key} | {_f(a['best_ce'])} | {a['lr']:g} | {a['seconds']:.0f} |")
+            lines.append(f"| {key} | {_f(a['best_ce'])} | {a['lr']:g} | {a['seconds']:.1f} |")
         lines += ["", f"**Warm start better after equal epochs: "
                   f"{'yes' if r['warm_better'] else 'no'}.**", ""]
     if "4" in results:
@@ -184,9 +184,10 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
                   "|---|---|---|---|---|"]
         for name, r in results["5"].items():
             for row in r["starts"]:
+                reached = row["passes_to_reach"]
                 lines.append(f"| {name} ({r['samples']} x {r['features']}) | {row['start']} | "
                              f"{row['objective_start']:.4f} | "
-                             f"{row['passes_to_reach'] if row['passes_to_reach'] is not None else 'not reached'}"
+                             f"{reached if reached is not None else 'not reached'}"
                              f" | {row['objective_end']:.5f} |")
         lines.append("")
         for name, r in results["5"].items():

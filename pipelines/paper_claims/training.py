@@ -179,11 +179,11 @@ def train(module, ctx, tgt, heldout: Heldout, *, optimizer: str = "adam", lr: fl
                 loss = F.cross_entropy(module(sub_ctx[s:s + 16384]), sub_tgt[s:s + 16384],
                                        reduction="sum") / sub_tgt.shape[0]
                 loss.backward()
-                total += float(loss)
+                total += loss.item()
             if weight_decay:
                 reg = 0.5 * weight_decay * sum((p * p).sum() for p in params)
                 reg.backward()
-                total += float(reg)
+                total += reg.item()
             return torch.tensor(total)
 
         def step():
