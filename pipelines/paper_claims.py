@@ -94,7 +94,14 @@ def run(args) -> dict:
                 sum(v for k, v in plan.items() if any(str(i) in k for i in args.only)), plan)
     started = time.perf_counter()
     results = {"profile": profile.name, "seconds_per_arm": seconds, "plan_seconds": plan,
-               "torch": torch.__version__, "threads": profile.threads}
+               "torch": torch.__version__, "threads": profile.threads,
+               "data": {"train_sources": profile.train_sources,
+                        "calibration_source": profile.calibration_source,
+                        "calibration_bytes": profile.calibration_bytes,
+                        "test_source": profile.test_source, "test_tokens": profile.test_tokens,
+                        "lbfgs_positions": profile.lbfgs_positions, "batch": profile.batch,
+                        "lrs": profile.lrs, "weight_decays": profile.weight_decays,
+                        "warm_lrs": profile.warm_lrs, "patience": profile.patience}}
     corpora, stores = {}, {}
 
     def corpus(V):
@@ -150,6 +157,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("streamsolve.classifier.refine").setLevel(logging.WARNING)
     try:
         import torch  # noqa: F401
     except ImportError:

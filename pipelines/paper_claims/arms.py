@@ -171,17 +171,16 @@ def claim4_two_layers(corpus, store, profile) -> dict:
                                     profile.test_tokens)
     cal_ctx, cal_tgt = data.positions(cal_docs, R, corpus.bos_id)
     started = time.perf_counter()
-    clf = ExplicitSoftmaxClassifier()
+    # add-one class prior: a token never seen as a target keeps a finite intercept (the
+    # maximum-likelihood prior gives it -inf, and calibration then sees an infinite loss)
+    prior = np.bincount(tgt.numpy(), minlength=V) + 1.0
+    clf = ExplicitSoftmaxClassifier(class_prior=prior / prior.sum())
     classes = np.arange(V)
     for s, P in _features(layer1, ctx):
         clf.partial_fit(P, tgt[s:s + P.shape[0]].numpy(), classes=classes)
     cal_X = np.concatenate([P for _, P in _features(layer1, cal_ctx[:profile.test_tokens])])
     clf.calibrate(cal_X, cal_tgt[:profile.test_tokens].numpy())
     coef, intercept = np.asarray(clf.coef_, float), np.asarray(clf.intercept_, float)
-    finite = np.isfinite(intercept)
-    # a class never seen as a target has prior 0 (intercept -inf): keep it finite but far
-    # below every other class so gradients stay defined
-    intercept = np.where(finite, intercept, intercept[finite].min() - 30.0)
     coef, intercept = min_norm_classifier(coef, intercept)
     solve_seconds = time.perf_counter() - started
     warm = TwoLayer.build(layer1, coef, intercept)

@@ -115,6 +115,26 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
              f"Command: `{command}`  ", f"Machine: {machine}  ",
              f"Profile: {results['profile']}; wall {results['wall_seconds']:.0f} s. "
              "CE in nats per token on the held-out source; training clocks count steps only.", ""]
+    d = results.get("data")
+    if d:
+        lines += [
+            f"- Held out by source: train on {', '.join(d['train_sources'])}; calibrate on the "
+            f"first {d['calibration_bytes'] >> 10} KiB of {d['calibration_source']}; every arm "
+            f"is evaluated on the same first {d['test_tokens']:,} tokens of {d['test_source']}.",
+            "- explicit = `streamsolve.api.count` + `finalize` (default smoothing, `cat`); "
+            "+ calibration adds `finalize(calibrate=...)` (its seconds include finalize's "
+            "scoring of the calibration file).",
+            f"- Adam: PyTorch AdamW, float32, batch {d['batch']}, dense gradients, the same "
+            "module as the warm start (`streamsolve.torch.load`), random init N(0, 0.01); lr "
+            f"{list(d['lrs'])} x weight decay {list(d['weight_decays'])} tuned on short runs "
+            f"(best held-out CE), then the budget with early stopping (patience "
+            f"{d['patience']} evaluations). Warm Adam: lr {list(d['warm_lrs'])} tuned alike.",
+            f"- L-BFGS: torch LBFGS (strong Wolfe, history 10) full-batch on a fixed random "
+            f"subsample of {d['lbfgs_positions']:,} training positions (a full pass does not fit "
+            "a step); it over-fits that subsample when it has far fewer positions than weights.",
+            "- Models where R V^2 float32 exceeds the profile's dense budget use the factored "
+            "rank-d module (`streamsolve.torch.load(rank=d)`) for every arm: its warm start is "
+            "the rank-d truncation, not the full explicit model.", ""]
     if "1" in results:
         lines += ["### 1. Explicit vs backpropagation (held-out CE; seconds)", "",
                   "| V | R | model | train tokens | explicit | + calibration | random Adam best "
