@@ -109,6 +109,23 @@ def _f(x, digits=4):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _why_not(r: dict) -> str:
+    """One sentence on why the explicit start did not reach the objective in fewer passes."""
+    zeros = next(x for x in r["starts"] if x["init"] == "zeros")
+    explicit = [x for x in r["starts"] if x["init"] == "explicit"]
+    best = min(explicit, key=lambda x: (x["passes_to_reach"] is None,
+                                        x["passes_to_reach"] or 0, x["objective_end"]))
+    passes = len(zeros["curve"]) - 1
+    if zeros["passes_to_reach"] is None and best["passes_to_reach"] is None:
+        return (f"neither reaches 1e-4 within {passes} passes; after them zeros is at "
+                f"{zeros['objective_end']:.5f}, {best['start']} at {best['objective_end']:.5f}")
+    needed = best["passes_to_reach"] if best["passes_to_reach"] is not None else f"> {passes}"
+    return (f"its best, {best['start']}, starts at objective {best['objective_start']:.4f} "
+            f"(zeros: {zeros['objective_start']:.4f}) yet needs {needed} passes against "
+            f"{zeros['passes_to_reach']} from zeros: a lower first objective does not shorten "
+            "L-BFGS's run to 1e-4 here")
+
+
 def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
     """The REPORT section (pasted into BENCHMARKS.md by the lead)."""
     lines = ["## REPORT: the paper's claims measured (issue 15)", "",
@@ -167,7 +184,8 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for c in results["1"]:
             d = c["claim2"]
-            falls = "KL " + ("yes" if d["kl_falls"] else "no")
+            falls = "KL " + ("yes" if d["kl_falls"] else "no") + (
+                " (then rises again)" if d.get("kl_rises_after_min") else "")
             if d["rel_l2_falls"] is not None:
                 falls += ", L2 " + ("yes" if d["rel_l2_falls"] else "no")
             lines.append(f"| {c['vocab_size']} | {c['radius']} | {_f(d['kl_first'])} | "
@@ -212,7 +230,8 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
         lines.append("")
         for name, r in results["5"].items():
             lines.append(f"- {name}: LogisticRegression objective {r['logreg_objective']:.5f}; "
-                         f"explicit start wins: {'yes' if r['explicit_wins'] else 'no'}")
+                         f"explicit start wins: {'yes' if r['explicit_wins'] else 'no'}"
+                         + ("" if r["explicit_wins"] else f" — {_why_not(r)}"))
         lines.append("")
     if pngs:
         lines += ["Plots: " + ", ".join(pngs), ""]

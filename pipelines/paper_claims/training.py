@@ -169,7 +169,7 @@ def train(module, ctx, tgt, heldout: Heldout, *, optimizer: str = "adam", lr: fl
     elif optimizer == "lbfgs":
         keep = torch.randperm(tgt.shape[0], generator=generator)[:lbfgs_positions]
         sub_ctx, sub_tgt = ctx[keep], tgt[keep]
-        opt = torch.optim.LBFGS(params, lr=lr, max_iter=4, history_size=10,
+        opt = torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=10,
                                 line_search_fn="strong_wolfe")
 
         def closure():
@@ -219,6 +219,11 @@ def train(module, ctx, tgt, heldout: Heldout, *, optimizer: str = "adam", lr: fl
     return {"curve": curve, "best_ce": best_point["ce"], "best_seconds": best_point["seconds"],
             "seconds": round(clock, 3), "steps": steps, "epochs": seen / tgt.shape[0],
             "stopped": stopped, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay}
+
+
+def best_within(curve: list[dict], seconds: float) -> float:
+    """Lowest held-out CE among the curve points at most ``seconds`` into training."""
+    return min((p["ce"] for p in curve if p["seconds"] <= seconds + 1e-9), default=math.inf)
 
 
 def first_reach(curve: list[dict], target: float):
