@@ -91,7 +91,8 @@ def run(args) -> dict:
     logger.info("plan (%s): items %s; %d s of training per arm of item 1 over V=%s x R=%s; "
                 "planned wall ~%d s %s", profile.name, args.only, seconds,
                 list(profile.vocab_sizes), list(profile.radii),
-                sum(v for k, v in plan.items() if any(str(i) in k for i in args.only)), plan)
+                plan["prep"] + sum(v for k, v in plan.items()
+                                   if any(str(i) in k for i in args.only)), plan)
     started = time.perf_counter()
     results = {"profile": profile.name, "seconds_per_arm": seconds, "plan_seconds": plan,
                "torch": torch.__version__, "threads": profile.threads,

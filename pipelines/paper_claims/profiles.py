@@ -50,18 +50,21 @@ class Profile:
     min_train_tokens: int = 10_000_000
 
     def planned_seconds(self) -> dict:
-        """Rough wall seconds per item (training budgets x 1.5 for evaluations, plus the
-        explicit builds), printed before anything runs."""
+        """Rough wall seconds per item, printed before anything runs: training budgets with
+        the held-out evaluations on top (x1.3 for tuning runs, x1.6 for the arms), store
+        builds, and ``prep`` (tokenizers, reading the corpus). Calibrated on the quick
+        profile and on single-step timings of the full sizes (2 cores, shared machine)."""
         tune = self.seconds * self.tune_fraction
-        per_config = (len(self.lrs) * len(self.weight_decays) + len(self.warm_lrs)) * tune \
-            + 3 * self.seconds
+        n_tune = len(self.lrs) * len(self.weight_decays) + len(self.warm_lrs)
+        build = 60.0 if self.name == "full" else 5.0
+        per_config = 1.3 * n_tune * tune + 1.6 * 3 * self.seconds + build
         configs = len(self.vocab_sizes) * len(self.radii)
-        build = 40.0 if self.name == "full" else 5.0
-        return {"1-2": round(configs * (1.5 * per_config + build)),
-                "3": round(4 * self.two_layer_epochs * len(self.two_layer_lrs)
-                           * self.two_layer_positions / 2e4 + build),
-                "4": round(len(self.ranks) * (1.5 * self.low_rank_seconds + 10)),
-                "5": 60 if self.name == "full" else 15}
+        return {"prep": 300 if self.name == "full" else 10,
+                "1-2": round(configs * per_config),
+                "3": round(12 * self.two_layer_epochs * len(self.two_layer_lrs)
+                           * self.two_layer_positions / 2e5 + build),
+                "4": round(len(self.ranks) * (1.5 * self.low_rank_seconds + 15)),
+                "5": 120 if self.name == "full" else 20}
 
 
 PROFILES = {
@@ -86,5 +89,6 @@ PROFILES = {
                      two_layer_positions=20_000, two_layer_epochs=2, low_rank_vocab=512,
                      ranks=(16, 64, 256), low_rank_seconds=3.0, classifier_samples=1500,
                      classifier_passes=100, threads=1, min_train_tokens=0),
-    "full": Profile("full", (4096, 8192), (1, 3), FULL_TRAIN),
+    "full": Profile("full", (4096, 8192), (1, 3), FULL_TRAIN, test_tokens=30_000, seconds=45.0,
+                    tune_fraction=0.2, evaluations=6, low_rank_seconds=15.0),
 }

@@ -159,7 +159,7 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
                   "warm better? |", "|" + "---|" * 11]
         for c in results["1"]:
             ra = c["random_adam"]
-            reach = (f"{ra['reach_seconds']:.0f} s ({ra['reach_ratio']:.0f}x)"
+            reach = (f"{ra['reach_seconds']:.1f} s ({ra['reach_ratio']:.1f}x)"
                      if ra["reach_seconds"] is not None else
                      f"not reached within {ra['seconds']:.0f} s (> {ra['budget_ratio']:.0f}x "
                      "incl. tuning)")
