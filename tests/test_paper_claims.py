@@ -17,8 +17,6 @@ from .conftest import pydoc_documents
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
-
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
@@ -41,6 +39,7 @@ def tiny_corpus(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_tiny_profile_writes_every_item(tiny_corpus, tmp_path):
     pytest.importorskip("torch", reason="the pipeline needs PyTorch (streamsolve[torch])")
     pytest.importorskip("sklearn", reason="item 5 needs scikit-learn")
@@ -83,3 +82,16 @@ def test_tiny_profile_writes_every_item(tiny_corpus, tmp_path):
                    for s in r["starts"])
     report = (out / "report.md").read_text()
     assert "## REPORT" in report and "python pipelines/paper_claims.py" in report
+
+
+def test_missing_corpus_fails_with_one_line(tmp_path):
+    pytest.importorskip("torch", reason="the pipeline needs PyTorch (streamsolve[torch])")
+    env = {**os.environ, "STREAMSOLVE_BENCH_CORPUS": str(tmp_path / "absent"),
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "paper_claims.py"),
+                           "--profile", "tiny", "--out", str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"paper_claims: bench corpus not found at {tmp_path / 'absent'} "
+        "(set STREAMSOLVE_BENCH_CORPUS)"]
