@@ -12,8 +12,8 @@ parts itself from a `WeightsSpec` -- the store's URL, the weight row block keys 
 committed, content-addressed) and the O(V) vectors (row and column terms, log unigram, value
 ranges) -- and reads the row blocks from the store. The spec is scattered once per fit; a
 pass's tasks carry only theta and a reference to their chunk of contexts (scattered once
-too). Each worker keeps the parts of the last spec it saw, so a fit reads the weights once
-per worker process.
+too). Each worker keeps the parts of the spec while the fit runs, so a fit reads the weights
+once per worker process; `ClusterEvaluator.close` releases them.
 """
 
 from __future__ import annotations
@@ -98,6 +98,12 @@ def worker_parts(spec: WeightsSpec):
         return parts
 
 
+def release_worker_parts(token: str) -> bool:
+    """Drop the parts of ``token`` this process keeps (run on every worker after a fit)."""
+    with _WORKER_LOCK:
+        return _WORKER_PARTS.pop(token, None) is not None
+
+
 def chunk_sums(spec: WeightsSpec, theta: np.ndarray, chunk: tuple) -> dict:
     """`streamsolve.core.newton.context_sums` of one chunk ``(contexts, counts)`` at
     ``theta``, on the parts the worker rebuilds from ``spec`` (a task of `ClusterEvaluator`)."""
@@ -148,6 +154,17 @@ class ClusterEvaluator:
         sums = self.client.gather(futures)
         self.passes += 1
         return newton.combine_sums(objective, theta, sums)
+
+    def close(self):
+        """Release the scattered spec and chunks, and the parts the workers rebuilt."""
+        token = self.spec.result().token if self.spec.status == "finished" else None
+        self._chunks = None
+        self.spec.release()
+        if token is not None:
+            try:
+                self.client.run(release_worker_parts, token)
+            except Exception:  # noqa: BLE001 - a worker gone keeps nothing anyway
+                logger.debug("could not release the workers' parts", exc_info=True)
 
 
 def cluster_evaluator(parts) -> ClusterEvaluator | None:

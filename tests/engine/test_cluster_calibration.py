@@ -51,6 +51,8 @@ def test_split_passes_fit_the_local_theta(tmp_path, client, monkeypatch, aggrega
     split = fit_calibration_scored(weights.scoring_parts(), ctx, tgt, theta0, evaluate=evaluate)
     assert evaluate.passes >= 1
     assert list(cluster_calibration._WORKER_PARTS) == [spec.token]  # rebuilt from the store
+    evaluate.close()
+    assert not cluster_calibration._WORKER_PARTS  # released on every worker
     np.testing.assert_allclose(split.theta, local.theta, rtol=0, atol=1e-9)
     assert split.loss_after == pytest.approx(local.loss_after, abs=1e-12)
     assert cluster_evaluator(weights.scoring_parts()) is None  # not inside a cluster task
@@ -61,7 +63,9 @@ def _calibrate_in_job(url: str, docs: list) -> tuple:
     from streamsolve.store.model_store import ModelStore
 
     weights = read_store_weights(ModelStore(url))
-    found = cluster_evaluator(weights.scoring_parts())
+    found = cluster_evaluator(weights.scoring_parts())  # what calibrate() below makes
+    if found is not None:
+        found.close()
     model = LanguageModel(weights).calibrate([np.asarray(d) for d in docs])
     return found is not None, model.weights.beta, model.weights.gamma
 
@@ -74,6 +78,7 @@ def test_calibration_in_a_job_spreads_over_the_workers(tmp_path, client):
     docs = random_docs(11, 37, n_docs=60)
     spread, beta, gamma = remote_call(client, _calibrate_in_job, store.url, docs)
     assert spread
+    assert not cluster_calibration._WORKER_PARTS  # the fit released them
     local = LanguageModel(read_store_weights(store)).calibrate([np.asarray(d) for d in docs])
     np.testing.assert_allclose(np.r_[beta, gamma], np.r_[local.weights.beta, local.weights.gamma],
                                rtol=0, atol=1e-9)
