@@ -134,6 +134,7 @@ class ClusterEvaluator:
         self.workers = sorted(client.scheduler_info()["workers"])
         self.spec = client.scatter(spec, broadcast=True, hash=False)
         self.passes = 0
+        self.failed = False  # a pass failed on the workers: the rest are made here
         self._chunks = None  # (objective, [future of (contexts, counts)])
 
     def chunks(self, objective) -> list:
@@ -148,12 +149,19 @@ class ClusterEvaluator:
 
     def __call__(self, objective, theta: np.ndarray):
         theta = np.asarray(theta, dtype=np.float64)
-        futures = [self.client.submit(chunk_sums, self.spec, theta, chunk, pure=False,
-                                      workers=[worker], allow_other_workers=True)
-                   for worker, chunk in zip(self.workers, self.chunks(objective))]
-        sums = self.client.gather(futures)
-        self.passes += 1
-        return newton.combine_sums(objective, theta, sums)
+        if not self.failed:
+            try:
+                futures = [self.client.submit(chunk_sums, self.spec, theta, chunk, pure=False,
+                                              workers=[worker], allow_other_workers=True)
+                           for worker, chunk in zip(self.workers, self.chunks(objective))]
+                sums = self.client.gather(futures)
+                self.passes += 1
+                return newton.combine_sums(objective, theta, sums)
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker cannot read the store
+                self.failed = True
+                logger.warning("calibration: the workers could not make a Newton pass (%s: "
+                               "%s); the fit goes on in this job", type(exc).__name__, exc)
+        return newton.loss_gradient_hessian(objective, theta)
 
     def close(self):
         """Release the scattered spec and chunks, and the parts the workers rebuilt."""

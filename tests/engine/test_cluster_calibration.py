@@ -83,3 +83,23 @@ def test_calibration_in_a_job_spreads_over_the_workers(tmp_path, client):
     np.testing.assert_allclose(np.r_[beta, gamma], np.r_[local.weights.beta, local.weights.gamma],
                                rtol=0, atol=1e-9)
     assert not np.allclose(beta, 1.0)  # the fit moved: the comparison says something
+
+
+def test_workers_that_cannot_read_the_store_leave_the_fit_to_the_job(tmp_path, client, caplog):
+    import dataclasses
+    import logging
+
+    store, _ = make_store(tmp_path, V=37)
+    weights = compute_store_weights(store, "row", "dirichlet").weights.uncalibrated()
+    ctx, tgt = positions(random_docs(9, 37, n_docs=60), 3)
+    theta0 = np.r_[weights.beta, weights.gamma]
+    local = fit_calibration_scored(weights.scoring_parts(), ctx, tgt, theta0)
+    spec = dataclasses.replace(weights_spec(weights.scoring_parts()),
+                               url=str(tmp_path / "elsewhere.zarr"), token="elsewhere")
+    evaluate = ClusterEvaluator(client, spec)
+    with caplog.at_level(logging.WARNING, logger="streamsolve"):
+        fit = fit_calibration_scored(weights.scoring_parts(), ctx, tgt, theta0, evaluate=evaluate)
+    evaluate.close()
+    assert evaluate.failed and evaluate.passes == 0
+    assert "the fit goes on in this job" in caplog.text
+    np.testing.assert_array_equal(fit.theta, local.theta)
