@@ -30,8 +30,8 @@ import time
 from collections.abc import Sequence
 
 from .core.counting import CountConfig
-from .engine.memory import (PLAN_SHARE, format_bytes, line_bytes_for, make_plan, parse_memory,
-                             tune_allocator)
+from .engine.memory import (PLAN_SHARE, format_bytes, line_bytes_for, make_plan,
+                             run_budget, tune_allocator)
 from .engine.progress import PeakMemory, Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
@@ -132,9 +132,18 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
     # Before the tokenizer trainer's and the scheduler's threads exist: glibc gives a thread
     # its own heap arena on its first malloc.
     tune_allocator()
-    setup = configure(corpus, store, options)
-    with Runtime(options.scheduler, options.workers, worker_setup=tune_allocator) as runtime, \
-            PeakMemory(interval=0.5) as run_peak:
+    with Runtime(options.scheduler, options.workers, worker_setup=tune_allocator) as runtime:
+        # the Runtime first: on a cluster the line bound comes from the workers' limits
+        setup = configure(corpus, store, options, runtime.worker_memory_limits(),
+                          runtime.worker_threads if runtime.client is not None else None)
+        return _run_configured(setup, options, lock, runtime, started)
+
+
+def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: Runtime,
+                    started: float) -> CountResult:
+    """Stages 2-5 of `run` on its Runtime."""
+    store = setup.store.url
+    with PeakMemory(interval=0.5) as run_peak:
         runtime.reset_worker_peaks()
         to_count, digests, already, changed = hash_shards(setup, runtime, options.allow_changed)
         if not to_count:
@@ -194,11 +203,14 @@ def measured_memory(planned: dict | None, peak: int, worker_peaks: list[int]) ->
 
 # -- 1/5 configuration + tokenizer ----------------------------------------------------------------
 
-def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
+def configure(corpus, store: str, options: IngestOptions, worker_limits: Sequence[int] = (),
+              workers: int | None = None) -> IngestSetup:
     """Stage 1/5: expand the corpus, read or check the store's configuration, get the tokenizer.
 
     Arguments are checked (shards named, radius, the store's location) before the stage's
-    banner: a mistake fails with its one-line message only.
+    banner: a mistake fails with its one-line message only. ``worker_limits`` and
+    ``workers`` (a cluster's memory limits and threads, see `store_line_bytes`) size the
+    line bound of a new store.
     """
     storage_options = options.storage_options
     paths, special = expand_shards(corpus, storage_options)
@@ -220,7 +232,7 @@ def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
         raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
     read_meta = {"documents": options.documents, "text_field": options.text_field,
                  "max_line_bytes": store_line_bytes(model_store if existing else None,
-                                                    options)}
+                                                    options, worker_limits, workers)}
     read_options = ReadOptions(storage_options=storage_options, **read_meta,
                                **({"block_bytes": options.block_bytes}
                                   if options.block_bytes else {}))
@@ -243,13 +255,17 @@ def configure(corpus, store: str, options: IngestOptions) -> IngestSetup:
                        read_options, read_meta, rows)
 
 
-def store_line_bytes(existing: ModelStore | None, options: IngestOptions) -> int:
+def store_line_bytes(existing: ModelStore | None, options: IngestOptions,
+                     worker_limits: Sequence[int] = (), workers: int | None = None) -> int:
     """The longest line read whole: the store's recorded bound (the reader's default for a
-    store without one), or for a new store the bound of this run's memory budget."""
+    store without one), or for a new store the bound of this run's memory budget
+    (`run_budget`: on a cluster, from the workers' memory limits ``worker_limits``, shared
+    by its ``workers`` threads; locally from this host's RAM and ``--workers``)."""
     if existing is not None:
         return int(existing.meta.get("read_options", {}).get("max_line_bytes",
                                                              DEFAULT_MAX_LINE_BYTES))
-    return line_bytes_for(parse_memory(options.memory), options.workers or os.cpu_count() or 1)
+    budget, _ = run_budget(options.memory, worker_limits)
+    return line_bytes_for(budget, workers or options.workers or os.cpu_count() or 1)
 
 
 def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer: str | None,

@@ -393,8 +393,17 @@ class LanguageModel:
         """
         weights = self.weights.uncalibrated()
         ctx, tgt = sample_positions(documents, self.config.radius, self.bos_id, sample_size, seed)
-        fit = fit_calibration_scored(weights.scoring_parts(), ctx, tgt,
-                                     theta0=np.r_[weights.beta, weights.gamma], max_iter=100)
+        from .engine.cluster_calibration import cluster_evaluator
+
+        parts = weights.scoring_parts()  # in a cluster job, Newton passes go to the workers
+        evaluate = cluster_evaluator(parts)
+        try:
+            fit = fit_calibration_scored(parts, ctx, tgt,
+                                         theta0=np.r_[weights.beta, weights.gamma],
+                                         max_iter=100, evaluate=evaluate)
+        finally:
+            if evaluate is not None:
+                evaluate.close()
         theta = fit.theta
         logger.info("calibration on %d positions: %.4f -> %.4f nats/token (beta=%s, gamma=%.3f)",
                     tgt.size, fit.loss_before, fit.loss_after,

@@ -65,24 +65,47 @@ def newton_available(objective) -> bool:
 
 
 def _scorer(objective, theta):
-    lib = score_native.library() if objective.native in (None, True) else None
+    """The Hessian scorer of an objective at theta (see `hessian_scorer`), or None."""
+    if objective.native not in (None, True):
+        return None
+    return hessian_scorer(objective.scorer(theta, native=True))
+
+
+def loss_gradient_hessian(objective, theta: np.ndarray):
+    """``(loss, gradient, Hessian)`` of a `CalibrationObjective` at ``theta`` (one pass):
+    `context_sums` over all its distinct contexts, then `combine_sums`."""
+    theta = np.asarray(theta, dtype=np.float64)
+    scorer = _scorer(objective, theta)
+    return combine_sums(objective, theta,
+                        [context_sums(scorer, objective.unique, objective.counts)])
+
+
+def hessian_scorer(scorer):
+    """The scorer `context_sums` runs on (a lazy scorer's resident one), or None when the
+    C kernel's product path is not available for it."""
+    lib = score_native.library()
     if lib is None or not hasattr(lib, "score_contexts_product_hess"):
         return None
-    scorer = _eager(objective.scorer(theta, native=True))
+    scorer = _eager(scorer)
     if scorer is None or scorer._product_factors() is None:
         return None
     return scorer
 
 
-def loss_gradient_hessian(objective, theta: np.ndarray):
-    """``(loss, gradient, Hessian)`` of a `CalibrationObjective` at ``theta`` (one pass)."""
-    theta = np.asarray(theta, dtype=np.float64)
-    beta, gamma = theta[:-1], theta[-1]
-    scorer = _scorer(objective, theta)
-    p, B = scorer.parts, theta.size - 1
+def context_sums(scorer, contexts: np.ndarray, counts: np.ndarray) -> dict:
+    """The sums over distinct contexts one Hessian pass needs, for a chunk of them.
+
+    ``scorer`` is at theta (see `hessian_scorer`), ``contexts`` (k, R) distinct contexts and
+    ``counts`` (k,) their multiplicities. Returns the sums over the chunk of ``c log_zhat``
+    (``"log_z"``), ``c E[F]`` (``"mean_f"``, D = B + 1), ``c E[F F^T]`` (``"second"``) and
+    ``c E[F] E[F]^T`` (``"outer"``), with the scorer's ``"a_max"``: chunks of one sample
+    add up (`combine_sums`), so a pass can be split across workers.
+    """
+    contexts = np.ascontiguousarray(contexts, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.float64)
+    p, B = scorer.parts, scorer.parts.n_blocks
     x, totals = scorer._dense_features()
     second_totals = np.ascontiguousarray((x * scorer.u[:, None]).T @ x)
-    contexts = objective.unique
     n, R = contexts.shape
     log_zhat, e_sparse, e_dense = np.empty(n), np.empty((n, B)), np.empty((n, B + 1))
     second = np.empty((n, B + 1, B + 1))
@@ -108,17 +131,31 @@ def loss_gradient_hessian(objective, theta: np.ndarray):
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         if any(status != 0 for status in pool.map(run, range(0, n, HESSIAN_CHUNK))):
             raise MemoryError("the scoring kernel could not allocate its buffers")
-    counts = objective.counts
-    target_logits = objective.target_dense[:-1] @ beta + gamma * objective.target_dense[-1] \
-        + objective.target_raw @ beta - objective.n * scorer.a_max
-    loss = (counts @ log_zhat - target_logits) / objective.n
     mean_f = e_dense.copy()
     mean_f[:, :-1] += e_sparse
+    return {"log_z": counts @ log_zhat, "mean_f": counts @ mean_f,
+            "second": np.einsum("n,nkl->kl", counts, second),
+            "outer": np.einsum("n,nk,nl->kl", counts, mean_f, mean_f),
+            "a_max": float(scorer.a_max)}
+
+
+def combine_sums(objective, theta: np.ndarray, sums: list) -> tuple:
+    """``(loss, gradient, Hessian)`` from the `context_sums` of chunks covering all the
+    objective's distinct contexts, and its target terms (one chunk: bit-identical to a
+    single pass)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    beta, gamma = theta[:-1], theta[-1]
+    total = dict(sums[0])
+    for more in sums[1:]:
+        for name in ("log_z", "mean_f", "second", "outer"):
+            total[name] = total[name] + more[name]
+    target_logits = objective.target_dense[:-1] @ beta + gamma * objective.target_dense[-1] \
+        + objective.target_raw @ beta - objective.n * total["a_max"]
+    loss = (total["log_z"] - target_logits) / objective.n
     targets_f = np.r_[objective.target_dense[:-1] + objective.target_raw,
                       objective.target_dense[-1]]
-    grad = (counts @ mean_f - targets_f) / objective.n
-    hessian = (np.einsum("n,nkl->kl", counts, second)
-               - np.einsum("n,nk,nl->kl", counts, mean_f, mean_f)) / objective.n
+    grad = (total["mean_f"] - targets_f) / objective.n
+    hessian = (total["second"] - total["outer"]) / objective.n
     return float(loss), grad, (hessian + hessian.T) / 2
 
 
@@ -179,14 +216,16 @@ def loss_only(objective, theta: np.ndarray) -> float:
     return float((objective.counts @ log_zhat - target_logits) / objective.n)
 
 
-def _newton_steps(objective, theta, tolerance: float, first=None):
+def _newton_steps(objective, theta, tolerance: float, first=None, evaluate=None):
     """Damped Newton from ``theta`` until the decrement is below ``tolerance``; returns
-    ``(theta, loss)``. ``first`` is ``(loss, grad, hessian)`` at ``theta`` when known.
+    ``(theta, loss)``. ``first`` is ``(loss, grad, hessian)`` at ``theta`` when known;
+    ``evaluate`` makes the Hessian passes (default `loss_gradient_hessian`).
 
     The decrement ``d`` falls quadratically near the optimum (about ``d^2`` after a full
     step, measured), so once ``d < sqrt(tolerance)`` the step is taken and only its loss
     is checked (`loss_only`, no Hessian pass is spent to confirm the next decrement)."""
-    loss, grad, hessian = first if first is not None else loss_gradient_hessian(objective, theta)
+    evaluate = loss_gradient_hessian if evaluate is None else evaluate
+    loss, grad, hessian = first if first is not None else evaluate(objective, theta)
     objective.evaluations += int(first is None)
     for _ in range(NEWTON_ITERATIONS):
         if np.max(np.abs(grad)) < NEWTON_TOLERANCE:
@@ -206,7 +245,7 @@ def _newton_steps(objective, theta, tolerance: float, first=None):
                 return theta + step, t_loss
         for _ in range(30):  # halve until the (convex) loss goes down
             trial = theta + step
-            t_loss, t_grad, t_hess = loss_gradient_hessian(objective, trial)
+            t_loss, t_grad, t_hess = evaluate(objective, trial)
             objective.evaluations += 1
             if np.isfinite(t_loss) and t_loss <= loss:
                 break
@@ -221,7 +260,7 @@ def _newton_steps(objective, theta, tolerance: float, first=None):
 
 
 def fit_newton(objective, theta0: np.ndarray, coarse=None,
-               tolerance: float | None = None) -> CalibrationFit:
+               tolerance: float | None = None, evaluate=None) -> CalibrationFit:
     """Damped Newton from ``theta0`` (one kernel pass per iteration); kept only if the loss
     went down (as `minimize_kept`).
 
@@ -229,19 +268,22 @@ def fit_newton(objective, theta0: np.ndarray, coarse=None,
     far from the optimum run on it, and the full sample starts at its optimum: there the
     decrement is of the order of the subsample's statistical error ((R + 1) / (2 n_coarse)
     nats), so one Hessian pass and one `loss_only` check usually finish the fit.
-    ``tolerance`` is the decrement at which it stops (default `NEWTON_DECREMENT`)."""
+    ``tolerance`` is the decrement at which it stops (default `NEWTON_DECREMENT`).
+    ``evaluate(objective, theta) -> (loss, grad, hessian)`` makes the Hessian passes on
+    ``objective`` (default `loss_gradient_hessian`; e.g. `context_sums` of chunks mapped
+    over a cluster's workers, then `combine_sums`); the coarse stage runs locally."""
     theta0 = np.asarray(theta0, dtype=np.float64)
     tolerance = NEWTON_DECREMENT if tolerance is None else tolerance
     if coarse is None:
-        first = loss_gradient_hessian(objective, theta0)
+        first = (loss_gradient_hessian if evaluate is None else evaluate)(objective, theta0)
         objective.evaluations += 1
         start = first[0]
-        theta, loss = _newton_steps(objective, theta0, tolerance, first)
+        theta, loss = _newton_steps(objective, theta0, tolerance, first, evaluate)
     else:
         start = loss_only(objective, theta0)
         theta_c, _ = _newton_steps(coarse, theta0, tolerance)
         objective.evaluations += 1
-        theta, loss = _newton_steps(objective, theta_c, tolerance)
+        theta, loss = _newton_steps(objective, theta_c, tolerance, evaluate=evaluate)
         logger.info("Newton: %d passes on %d positions, then %d on all %d",
                     coarse.evaluations, coarse.n, objective.evaluations, objective.n)
         objective.evaluations += coarse.evaluations

@@ -573,11 +573,12 @@ class CalibrationObjective:
 
 def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: np.ndarray,
                            theta0: np.ndarray, max_iter: int = 100,
-                           native: bool | None = None) -> CalibrationFit:
+                           native: bool | None = None, evaluate=None) -> CalibrationFit:
     """Fit ``(beta, gamma)`` on `CalibrationObjective` (one fast pass per evaluation): by
     damped Newton with the exact Hessian (`streamsolve.core.newton`) on the C kernel's
     product path, else by L-BFGS; kept only if the sample's loss does not go up (as
-    `fit_calibration`)."""
+    `fit_calibration`). ``evaluate`` makes the Newton fit's Hessian passes on the whole
+    sample (see `streamsolve.core.newton.fit_newton`; e.g. spread over a cluster)."""
     objective = CalibrationObjective(parts, contexts, targets, native)
     if newton.newton_available(objective):
         coarse = None
@@ -586,7 +587,7 @@ def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: n
             coarse = CalibrationObjective(parts, np.atleast_2d(contexts)[pick],
                                           np.reshape(targets, -1)[pick], native)
         fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64), coarse,
-                                newton.FIT_DECREMENT)
+                                newton.FIT_DECREMENT, evaluate)
     else:
         fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter,
                             objective.n)

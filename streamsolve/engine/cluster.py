@@ -7,8 +7,9 @@ local (default)
 ``--scheduler tcp://HOST:PORT`` (or ``DASK_SCHEDULER_ADDRESS``)
     The whole command runs *as a job on the cluster*: the client submits one task (the
     command's arguments), that task runs on a worker, fans the corpus out as one task per
-    shard on the same cluster, merges the counts, and writes the store; finalize and
-    calibration run there too. What passes through the client process: the command line
+    shard on the same cluster, merges the counts, and writes the store; finalize runs
+    there too, and calibration's Newton passes are split over the workers (each rebuilds
+    the weights from the store: `streamsolve.engine.cluster_calibration`). What passes through the client process: the command line
     (corpus and store URLs, options), forwarded log records, and the command's JSON summary
     (counts metadata: token totals, distinct pairs, perplexities, calibration scalars).
     Never corpus text, token ids, counts or weights. Shards and the store must therefore

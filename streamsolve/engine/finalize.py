@@ -177,6 +177,9 @@ def lazy_weights(view, keys: list, col_terms: list, log_unigram: np.ndarray, con
                              block_of, data_range)
     blocks = [LazySparseRankOne(parts, b) for b in range(len(keys))]
     weights = ExplicitWeights.from_params(blocks, None, log_unigram, config, params)
+    # where the parts come from: a cluster worker rebuilds them from it (cluster_calibration)
+    parts.source = {"url": view.url, "storage_options": view.storage_options,
+                    "keys": [list(k) for k in keys], "params": dict(params)}
     weights._scoring_parts = parts
     return weights
 

@@ -40,6 +40,14 @@ MIN_TASK_BYTES = 64 << 10
 #: Smallest and largest read block.
 MIN_BLOCK_BYTES = 64 << 10
 MAX_BLOCK_BYTES = 8 << 20
+#: Distinct (context, target) pairs per offset grow with the tokens ``T`` as a Heaps-like
+#: law, at most ``HEAPS_PAIRS * T ** HEAPS_EXPONENT`` (and at most ``T``, and ``V**2``).
+#: Fitted (issue 16) with the bench tokenizer (V = 8192, R = 3), distinct pairs summed over
+#: offsets / (3 T^0.7): 11.5 (one Bible, 258k tokens), 13.9 (three Bibles, 751k), 16.2 (five
+#: mixed shards, 7.6M), 12.4 (the whole bench corpus, 51.9M); copies of the same text add
+#: none. 16 is the largest of them, so the bound is rarely below the truth.
+HEAPS_PAIRS = 16.0
+HEAPS_EXPONENT = 0.7
 #: Default budget when none is given.
 DEFAULT_MEMORY = "50%"
 #: Resident bytes the tokenizer holds per byte of one input while it encodes it (its
@@ -245,22 +253,37 @@ class MemoryPlan:
 
         ``input_bytes`` are the shards' sizes on disk, ``compressed_ratio`` their expected
         expansion (about 3.5 for gzip text). Tokens are taken as 1 per 3.5 bytes of text;
-        the counts hold at most ``min(tokens, V**2)`` distinct pairs per block at 16 bytes
-        each, twice over while merging. Memory is the process base, the read blocks being
+        the counts hold `distinct_pairs` per block at 16 bytes each, twice over while
+        merging. Memory is the process base, the read blocks being
         tokenized (no larger than the text) and those counts up to the plan's in-memory cap;
-        spill disk is the counts beyond that cap (0 when they fit).
+        spill disk is the sorted runs written when they do not fit (0 when they do).
         """
         text = input_bytes * compressed_ratio
         tokens = text / 3.5
         per_byte = 12 + 8 * n_blocks
-        pairs = min(tokens, float(vocab_size) ** 2) if vocab_size else tokens
+        pairs = distinct_pairs(tokens, vocab_size)
         counts = 16.0 * n_blocks * pairs
         reading = self.workers * min(self.block_bytes, text / self.workers) * per_byte
         in_memory_cap = self.task_bytes * (self.workers * 6 + 1)
         peak = PROCESS_BASE_BYTES + reading + min(2 * counts, in_memory_cap)
-        spill = max(0.0, counts - self.task_bytes) if self.spill_dir and 2 * counts > in_memory_cap else 0
+        spill = 0.0
+        if self.spill_dir and 2 * counts > in_memory_cap:
+            # sorted runs of at most task_bytes, each the distinct pairs of the tokens it
+            # covers: about tokens / run_tokens runs (measured: 2.2 GB spilled at 8x the
+            # bench corpus, 2 GB budget; this gives 2.23 GB)
+            per_offset = self.task_bytes / (16.0 * n_blocks)
+            run_tokens = max(per_offset, (per_offset / HEAPS_PAIRS) ** (1 / HEAPS_EXPONENT))
+            spill = self.task_bytes * tokens / run_tokens
         return {"text_bytes": int(text), "tokens": int(tokens), "counts_bytes": int(counts),
                 "peak_bytes": int(peak), "spill_bytes": int(spill)}
+
+
+def distinct_pairs(tokens: float, vocab_size: int | None = None) -> float:
+    """Estimated distinct pairs of one offset after ``tokens`` tokens:
+    ``min(T, HEAPS_PAIRS * T ** HEAPS_EXPONENT, V**2)`` (see `HEAPS_PAIRS`)."""
+    tokens = float(tokens)
+    pairs = min(tokens, HEAPS_PAIRS * tokens ** HEAPS_EXPONENT)
+    return min(pairs, float(vocab_size) ** 2) if vocab_size else pairs
 
 
 def default_spill_root(tmp: str | None) -> str:

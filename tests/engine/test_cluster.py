@@ -61,6 +61,7 @@ def test_cli_started_cluster_solve_matches_local(dask_cluster, tokenizer_file, t
     assert summary["shards"] == 4 and summary["new_tokens"] > 10_000
     assert "heldout_perplexity" in summary
     assert "on worker tcp://127.0.0.1:" in remote.stderr  # forwarded from the job's worker
+    assert "Newton passes split over 2 workers" in remote.stderr  # calibration spread
     assert not (client_dir / "remote.zarr").exists()  # the workers wrote the store
 
     local = run_cli(["solve", "corpus", "--store", "local.zarr", *common], cwd=workdir)

@@ -92,3 +92,24 @@ def test_count_summary_on_a_cluster_has_the_workers_peaks(client, tmp_path, shar
     assert memory["budget_bytes"] == int(2 * LIMIT * CLUSTER_WORKER_SHARE)
     assert "workers' memory limit" in memory["budget_source"]
     assert len(memory["worker_peak_bytes"]) == 2 and min(memory["worker_peak_bytes"]) > 0
+    # the line bound of the new store comes from the workers' limits, not this host's RAM
+    from streamsolve.engine.memory import line_bytes_for
+    from streamsolve.store.model_store import ModelStore
+
+    bound = ModelStore(str(tmp_path / "m.zarr")).meta["read_options"]["max_line_bytes"]
+    assert bound == line_bytes_for(int(2 * LIMIT * CLUSTER_WORKER_SHARE), 2)
+
+
+def test_line_bound_of_a_new_store_follows_the_workers_limits():
+    import os
+
+    from streamsolve.engine.memory import line_bytes_for
+    from streamsolve.ingest import IngestOptions, store_line_bytes
+
+    options = IngestOptions()
+    on_cluster = store_line_bytes(None, options, [LIMIT, LIMIT], 2)
+    assert on_cluster == line_bytes_for(int(2 * LIMIT * CLUSTER_WORKER_SHARE), 2) == 264455
+    assert store_line_bytes(None, options) == line_bytes_for(run_budget(None)[0],
+                                                             os.cpu_count() or 1)
+    assert store_line_bytes(None, IngestOptions(memory="1GB"), [LIMIT, LIMIT], 2) \
+        == line_bytes_for(10**9, 2)  # an explicit budget is the budget as given

@@ -46,3 +46,38 @@ def test_bad_memory_fails_before_a_tokenizer_is_trained(tmp_path, sharded_corpus
     err = capsys.readouterr().err.strip()
     assert code == 2 and "memory" in err and len(err.splitlines()) == 1
     assert not store.exists()
+
+
+def test_distinct_pairs_follow_a_heaps_bound_fitted_on_the_bench_shards():
+    """Issue 16: the estimate assumed one distinct pair per token (850 MB estimated for a
+    394 MB peak). Measured distinct pairs (bench tokenizer, V = 8192, R = 3, summed over
+    offsets) stay under the bound, within a factor 1.5 of it, and copies of the same text
+    add none."""
+    from streamsolve.engine.memory import HEAPS_EXPONENT, HEAPS_PAIRS, distinct_pairs
+
+    measured = {257_961: 212_548, 751_309: 541_181, 7_613_487: 3_190_219,
+                51_921_936: 9_336_034}
+    for tokens, pairs in measured.items():
+        bound = 3 * distinct_pairs(tokens, 8192)
+        assert pairs <= bound * 1.02 and bound < 1.5 * pairs
+    assert distinct_pairs(10, 8192) == 10  # a few tokens: one pair each at most
+    assert distinct_pairs(1e15, 100) == 100 ** 2  # V**2 caps it
+    assert distinct_pairs(1e6) == pytest.approx(HEAPS_PAIRS * 1e6 ** HEAPS_EXPONENT)
+
+
+def test_peak_estimate_of_the_quick_bench_run_is_near_its_measured_peak():
+    """The bench quick run (3 Bible shards, 959 kB on disk, R = 3, 2 workers, 1 GB): the
+    process tree peaked at 335.0 MB (1x) and 393.9 MB (8 copies); estimated 413 / 515 MB
+    (it was 481 / 850 MB with one pair per token)."""
+    plan = MemoryPlan.build(10**9, 2, 3, 4096, None, 4, 8 << 20, 1)
+    for copies, peak in ((1, 335.0e6), (8, 393.9e6)):
+        estimate = plan.estimate(959_332 * copies, 3, 3.5, 8193)["peak_bytes"]
+        assert peak < estimate < 1.35 * peak
+
+
+def test_spill_estimate_counts_the_sorted_runs():
+    """8x the bench corpus (1.32 GB of text, 415M tokens) under 2 GB spilled 2.2 GB of
+    sorted runs (BENCHMARKS 2-3): each run holds the distinct pairs of the tokens it covers."""
+    plan = MemoryPlan.build(2 * 10**9, 2, 3, 4096, "/tmp/x", 4, 8 << 20, 1)
+    spill = plan.estimate(415_377_798 * 3.5, 3, 1.0, 8193)["spill_bytes"]
+    assert 0.8 * 2.2e9 < spill < 1.25 * 2.2e9
