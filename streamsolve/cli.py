@@ -283,7 +283,16 @@ def _add_refining(p: argparse.ArgumentParser):
     p.add_argument("--max-seconds", type=_positive_float, metavar="S",
                    help="stop training after S seconds of wall time")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the shuffle and the random init (default 0)")
+                   help="seed of the shuffle, the random init and the held-out sample "
+                        "(default 0)")
+    p.add_argument("--dense-updates", action="store_true",
+                   help="update every parameter each step (dense gradients and moments); by "
+                        "default adam / sgd on dense tables update only the rows of the "
+                        "batch's contexts (row-sparse, much faster; weight decay then acts "
+                        "on those rows only)")
+    p.add_argument("--heldout-tokens", type=_positive_int, metavar="N",
+                   help="evaluate on a uniform sample (seeded) of N held-out positions, "
+                        "bounding the time of each evaluation (default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,7 +486,9 @@ def run(args) -> dict:
                             rank=args.rank, device=args.device, patience=args.patience,
                             eval_every=args.eval_every, max_seconds=args.max_seconds,
                             seed=args.seed, storage_options=so, wait=args.wait,
-                            break_lock=args.break_lock)
+                            break_lock=args.break_lock,
+                            updates="dense" if args.dense_updates else "auto",
+                            heldout_tokens=args.heldout_tokens)
     if args.command == "solve":
         corpus = args.corpus or [BUILTIN_CORPUS]
         if not args.corpus:
