@@ -507,14 +507,16 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
 
 
 def _commit(store, storage_options, module, provenance, start_weights, wait, break_lock) -> str:
-    from .api import _writer_lock
     from .store.layout import StoreError
+    from .store.location import check_writable
+    from .store.locking import StoreLock
     from .store.model_store import ModelStore
     from .store.refined_weights import commit_refined
 
     arrays = module_arrays(module)
-    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
-                      command="refine"):
+    check_writable(str(store))
+    # the store's lock itself, not api's re-entrant wrapper: api.refine imports this module
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="refine"):
         target = ModelStore(store, storage_options)
         current = target.meta.get("weights") or {}
         if current.get("id") != start_weights["id"] or \
