@@ -59,6 +59,14 @@ def _put(tensor, rows, values):
         tensor.index_copy_(0, rows, values)
 
 
+def _add(tensor, rows, delta):
+    """``tensor[rows] += delta`` (``rows`` distinct, so deterministic on CUDA too)."""
+    if rows is None:
+        tensor.add_(delta)
+    else:
+        tensor.index_add_(0, rows, delta)
+
+
 class LazyAdam(torch.optim.Optimizer):
     """Adam updating only the rows present in a sparse gradient (see the module docstring).
 
@@ -109,9 +117,10 @@ class LazyAdam(torch.optim.Optimizer):
                 _put(state["exp_avg_sq"], rows, v)
                 step = state["step"]
                 denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
-                value = _take(p, rows).mul(1 - lr * decay)  # a copy, even when decay is 0
-                value = value.addcdiv_(m, denom, value=-lr / (1 - beta1 ** step))
-                _put(p, rows, value)
+                delta = (m / denom).mul_(-lr / (1 - beta1 ** step))
+                if decay:  # decoupled: p (1 - lr decay) - step
+                    delta.add_(_take(p, rows), alpha=-lr * decay)
+                _add(p, rows, delta)
         return loss
 
 
@@ -147,9 +156,8 @@ class LazySGD(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 rows, grad = _rows_and_values(p)
-                value = _take(p, rows)
                 if decay:
-                    grad = grad.add(value, alpha=decay)
+                    grad = grad.add(_take(p, rows), alpha=decay)
                 if momentum:  # a fresh buffer is zero: 0 * momentum + g == g, as SGD's first
                     state = self.state[p]
                     if "momentum_buffer" not in state:
@@ -157,7 +165,7 @@ class LazySGD(torch.optim.Optimizer):
                     buf = _take(state["momentum_buffer"], rows).mul(momentum).add_(grad)
                     _put(state["momentum_buffer"], rows, buf)
                     grad = buf
-                _put(p, rows, value.sub(grad, alpha=lr))
+                _add(p, rows, grad.mul(-lr))
         return loss
 
 
