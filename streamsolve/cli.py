@@ -269,7 +269,9 @@ def _add_refining(p: argparse.ArgumentParser):
     p.add_argument("--batch", type=_positive_int, default=256, metavar="B",
                    help="positions per minibatch (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.0, metavar="X",
-                   help="L2 penalty on the parameters (default 0)")
+                   help="L2 penalty on the parameters (default 0); with row-sparse adam "
+                        "decoupled (AdamW) decay, with row-sparse sgd L2, on the batch's "
+                        "rows only")
     p.add_argument("--rank", type=_positive_int, metavar="D",
                    help="refine rank-D factors (embedding V x D, output D x V) instead of "
                         "dense V x V tables (needed when the dense tables do not fit)")

@@ -164,7 +164,8 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
     optimizer : {"adam", "sgd", "lbfgs"}
         ``lbfgs`` runs a few line-searched iterations per minibatch (use large batches).
     lr, weight_decay : float
-        Learning rate; L2 penalty ``weight_decay / 2 * ||params||^2`` (Adam / SGD's).
+        Learning rate; L2 penalty ``weight_decay / 2 * ||params||^2`` (Adam / SGD's), or
+        with row-sparse updates: Adam's decoupled decay / SGD's L2 on the touched rows only.
     max_steps : int, optional
         Stop after this many optimizer steps.
     max_seconds : float, optional
@@ -471,10 +472,9 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
     if rank is None:
         from .torch import default_max_bytes
 
-        # parameters + moments (+ a dense gradient unless row-sparse)
-        copies = {"adam": 3, "sgd": 2, "lbfgs": 3}[optimizer] + (
-            1 if updates == "dense" or optimizer == "lbfgs" else 0)
-        budget = default_max_bytes() // copies
+        # parameters, moments and a dense gradient; row-sparse gradients are O(B V)
+        sparse = updates != "dense" and optimizer != "lbfgs"
+        budget = default_max_bytes() // ({"adam": 4, "sgd": 3, "lbfgs": 3}[optimizer] - sparse)
     module = initial_module(model.weights, init, rank, resolved, seed, budget)
     batches = position_batches(
         lambda: text_positions(train, model, read_meta, storage_options), batch,
