@@ -126,7 +126,9 @@ def describe_event(event: dict) -> str:
         detail = (f"weights {event.get('weights_id')} ({event.get('layout')}"
                   + (f", rank {event['rank']}" if event.get("rank") else "")
                   + f") from {event.get('from_weights')}: {event.get('init')} init, "
-                  f"{event.get('optimizer')} lr {event.get('lr')}, {event.get('steps')} steps, "
+                  f"{event.get('optimizer')} lr {event.get('lr')}"
+                  + (f" ({event['updates']})" if event.get("updates") else "")
+                  + f", {event.get('steps')} steps, "
                   f"held-out CE {event.get('start_ce')} -> {event.get('best_ce')}")
     elif name == "created":
         config = event.get("config", {})
