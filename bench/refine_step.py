@@ -56,11 +56,11 @@ def seconds_per_step(V: int, R: int, updates: str, batches: list) -> float:
     """Median seconds of an Adam step (after one untimed step allocating the moments)."""
     import torch
 
-    from streamsolve.refine import _set_sparse, make_optimizer
+    from streamsolve.refine import use_sparse_gradients, make_optimizer
 
     module = _module(V, R)
     sparse = updates == "row-sparse"
-    _set_sparse(module, sparse)
+    use_sparse_gradients(module, sparse)
     opt = make_optimizer(list(module.parameters()), "adam", 1e-3, 0.0, sparse)
     times = []
     for i, (ctx, tgt) in enumerate(batches):

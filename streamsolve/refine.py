@@ -200,7 +200,7 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
     device = next(module.parameters()).device
     params = [p for p in module.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, weight_decay, sparse)
-    tables = _set_sparse(module, sparse)
+    tables = use_sparse_gradients(module, sparse)
     try:
         return _fit_loop(module, train_batches, heldout, opt, params, optimizer, weight_decay,
                          max_steps, max_seconds, eval_every, patience, device, sparse)
@@ -221,8 +221,9 @@ def resolve_updates(module, optimizer: str, updates: str = "auto") -> str:
     return "row-sparse" if possible and updates != "dense" else "dense"
 
 
-def _set_sparse(module, sparse: bool) -> list:
-    """Switch the tables' gradients to sparse; returns ``(table, previous flag)`` pairs."""
+def use_sparse_gradients(module, sparse: bool) -> list:
+    """Switch the tables of ``module`` (`sparse_embeddings`) to sparse gradients when
+    ``sparse``; returns ``(table, previous flag)`` pairs to restore them."""
     from .sparse_updates import sparse_embeddings
 
     if not sparse:
@@ -415,8 +416,8 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
                  device: str | None = None, patience: int | None = 5, eval_every: int = 100,
                  max_seconds: float | None = None, seed: int = 0,
                  shuffle_positions: int = SHUFFLE_POSITIONS, updates: str = "auto",
-                 heldout_tokens: int | None = None, storage_options: dict | None = None, wait: bool | float = False,
-                 break_lock: bool = False) -> dict:
+                 heldout_tokens: int | None = None, storage_options: dict | None = None,
+                 wait: bool | float = False, break_lock: bool = False) -> dict:
     """Refine a finalized store's LM by backpropagation and commit the best weights.
 
     The writer lock is taken only for the commit, which refuses when the store's weights
@@ -444,6 +445,8 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
                      heldout_tokens)
     if updates not in UPDATES:
         raise ValueError(f"unknown updates {updates!r}: use one of {', '.join(UPDATES)}")
+    if updates == "row-sparse" and (rank is not None or optimizer == "lbfgs"):
+        raise ValueError("row-sparse updates need dense tables (no --rank) and adam or sgd")
     lr = lr if lr is not None else {"adam": 1e-3, "sgd": 0.1, "lbfgs": 1.0}[optimizer]
     train = check_readable(train, storage_options)
     if not heldout:
