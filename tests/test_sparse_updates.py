@@ -121,3 +121,19 @@ def test_heldout_sample_is_uniform_seeded_and_capped():
     a, b = refine.heldout_sample(1000, 50, seed=3), refine.heldout_sample(1000, 50, seed=3)
     assert np.array_equal(a, b) and a.size == np.unique(a).size == 50
     assert np.all(np.diff(a) > 0) and not np.array_equal(a, refine.heldout_sample(1000, 50, 4))
+
+
+def test_lazy_sgd_weight_decay_is_l2_on_the_touched_rows(module):
+    """Touching every row: SGD with L2 exactly; touching a few: the others keep their value
+    (dense SGD would shrink them by ``1 - lr wd``)."""
+    dense = copy.deepcopy(module)
+    lazy = sparse_updates.LazySGD(module.parameters(), lr=0.2, weight_decay=0.3)
+    full = torch.optim.SGD(dense.parameters(), lr=0.2, weight_decay=0.3)
+    contexts = torch.stack([torch.arange(V), torch.arange(V).flip(0)], dim=1)
+    targets = torch.arange(V).roll(1)
+    _step(module, lazy, contexts, targets, sparse=True)
+    _step(dense, full, contexts, targets, sparse=False)
+    _assert_same(module, dense)
+    before = module.tables[0].weight.detach().clone()
+    _step(module, lazy, *_batch(8, 3, rows=4), sparse=True)
+    assert torch.equal(module.tables[0].weight[4:], before[4:])
