@@ -12,9 +12,10 @@ import sys
 import time
 import traceback
 
-BENCHES = ["throughput", "kernels", "memory", "quality", "backprop", "scoring", "smoothing"]
+BENCHES = ["throughput", "kernels", "memory", "quality", "backprop", "scoring", "smoothing",
+           "refine"]
 #: Benchmarks whose module is not named after them.
-MODULES = {"smoothing": "quality_kn"}
+MODULES = {"smoothing": "quality_kn", "refine": "refine_step"}
 
 
 def main(argv=None) -> int:

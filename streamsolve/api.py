@@ -345,6 +345,22 @@ def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = No
     return result
 
 
+def refine(store: str, train: Sequence[str] | str, heldout: Sequence[str] | str,
+           **options) -> dict:
+    """Refine a finalized store's LM by backpropagation, early-stopped on ``heldout``, and
+    commit the best weights as a new version (``streamsolve refine``; needs ``[torch]``).
+
+    A thin entry point to `streamsolve.refine.refine_store`, whose keyword ``options`` it
+    takes (``init``, ``optimizer``, ``lr``, ``steps``, ``batch``, ``updates``,
+    ``heldout_tokens``, ``device``, ...). Not re-exported as ``streamsolve.refine``: that
+    name is the module.
+    """
+    from .refine import refine_store
+
+    return refine_store(store, [train] if isinstance(train, str) else list(train),
+                        [heldout] if isinstance(heldout, str) else list(heldout), **options)
+
+
 def score(store: str, texts: Sequence[str] = ("-",), *, per_token: bool = False,
           storage_options: dict | None = None, uncalibrated: bool = False,
           memory: str | int | None = None, stdin=None) -> Iterator[dict]:

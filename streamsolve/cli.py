@@ -269,7 +269,8 @@ def _add_refining(p: argparse.ArgumentParser):
     p.add_argument("--batch", type=_positive_int, default=256, metavar="B",
                    help="positions per minibatch (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.0, metavar="X",
-                   help="L2 penalty on the parameters (default 0)")
+                   help="L2 penalty (default 0); row-sparse: on the batch's rows only, "
+                        "decoupled (AdamW) for adam")
     p.add_argument("--rank", type=_positive_int, metavar="D",
                    help="refine rank-D factors (embedding V x D, output D x V) instead of "
                         "dense V x V tables (needed when the dense tables do not fit)")
@@ -283,7 +284,13 @@ def _add_refining(p: argparse.ArgumentParser):
     p.add_argument("--max-seconds", type=_positive_float, metavar="S",
                    help="stop training after S seconds of wall time")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the shuffle and the random init (default 0)")
+                   help="seed of the shuffle, random init and held-out sample (default 0)")
+    p.add_argument("--dense-updates", action="store_true",
+                   help="update every parameter each step; by default adam / sgd on dense "
+                        "tables update only the batch's context rows (row-sparse, faster)")
+    p.add_argument("--heldout-tokens", type=_positive_int, metavar="N",
+                   help="evaluate on a uniform sample (seeded) of N held-out positions, "
+                        "bounding the time of each evaluation (default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,7 +484,8 @@ def run(args) -> dict:
                             rank=args.rank, device=args.device, patience=args.patience,
                             eval_every=args.eval_every, max_seconds=args.max_seconds,
                             seed=args.seed, storage_options=so, wait=args.wait,
-                            break_lock=args.break_lock)
+                            break_lock=args.break_lock, heldout_tokens=args.heldout_tokens,
+                            updates="dense" if args.dense_updates else "auto")
     if args.command == "solve":
         corpus = args.corpus or [BUILTIN_CORPUS]
         if not args.corpus:

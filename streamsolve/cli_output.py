@@ -20,7 +20,8 @@ def print_human(command: str, result: dict):
         print(f"refined weights {result['weights_id']} of {result['store']}: held-out CE "
               f"{result['start_ce']:.5f} -> {result['best_ce']:.5f} nats/token (best at step "
               f"{result['best_step']} of {result['steps']}, {result['tokens']:,} tokens, "
-              f"{result['init']} init, {result['optimizer']}, stopped: {result['stopped']})")
+              f"{result['init']} init, {result['optimizer']}, {result.get('updates', 'dense')} "
+              f"updates, stopped: {result['stopped']})")
     else:
         print(format_table([(_label(key, value), format_value(value))
                             for key, value in result.items()]))
@@ -125,7 +126,9 @@ def describe_event(event: dict) -> str:
         detail = (f"weights {event.get('weights_id')} ({event.get('layout')}"
                   + (f", rank {event['rank']}" if event.get("rank") else "")
                   + f") from {event.get('from_weights')}: {event.get('init')} init, "
-                  f"{event.get('optimizer')} lr {event.get('lr')}, {event.get('steps')} steps, "
+                  f"{event.get('optimizer')} lr {event.get('lr')}"
+                  + (f" ({event['updates']})" if event.get("updates") else "")
+                  + f", {event.get('steps')} steps, "
                   f"held-out CE {event.get('start_ce')} -> {event.get('best_ce')}")
     elif name == "created":
         config = event.get("config", {})
@@ -135,6 +138,23 @@ def describe_event(event: dict) -> str:
     else:
         detail = ""
     return f"{when}  {name:<10} {detail}".rstrip()
+
+
+def describe_refined(provenance: dict) -> str:
+    """One line for refined weights' provenance, the held-out curve summarised (first,
+    best, last CE and the number of points; ``--json`` keeps the whole curve)."""
+    parts = [f"{provenance.get('init')} init, {provenance.get('optimizer')} lr "
+             f"{provenance.get('lr')}, {provenance.get('updates', 'dense')} updates, "
+             f"{format_value(provenance.get('steps'))} steps, "
+             f"{format_value(provenance.get('tokens'))} tokens, stopped: "
+             f"{provenance.get('stopped')}"]
+    curve = provenance.get("curve") or []
+    if curve:
+        best = min(curve, key=lambda point: point[3])
+        parts.append(f"held-out CE first {curve[0][3]:.5f}, best {best[3]:.5f} (step "
+                     f"{best[0]}), last {curve[-1][3]:.5f} ({len(curve)} points on "
+                     f"{format_value(provenance.get('heldout_tokens'))} tokens)")
+    return "; ".join(parts)
 
 
 def describe_smoothing(values: dict | None) -> str:
@@ -168,6 +188,8 @@ def print_info(result: dict):
         elif key == "weights" and isinstance(value, dict):  # the rest is in smoothing
             rows.append(("weights", format_value({k: value.get(k) for k in (
                 "id", "written", "calibration", "stale") if k in value})))
+            if isinstance(value.get("refined"), dict):
+                rows.append(("refined", describe_refined(value["refined"])))
         elif key != "history":
             rows.append((_label(key, value), format_value(value)))
     print(format_table(rows))

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 INITS = ("explicit", "random", "zeros")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
+#: ``auto``: row-sparse for Adam / SGD on dense tables, else dense (`streamsolve.sparse_updates`).
+UPDATES = ("auto", "row-sparse", "dense")
 #: Positions held in the shuffle buffer of `position_batches`.
 SHUFFLE_POSITIONS = 1 << 16
 #: Held-out positions scored per forward pass of `heldout_cross_entropy`.
@@ -62,7 +64,11 @@ class FitResult:
     seconds : float
         Wall time of the whole fit.
     stopped : str
-        Why it ended: ``"steps"``, ``"seconds"``, ``"patience"`` or ``"data"``.
+        Why it ended: ``"steps"``, ``"seconds"``, ``"patience"``, ``"data"`` or
+        ``"diverged"``.
+    updates : str
+        ``"row-sparse"`` (only the touched rows of the tables, `streamsolve.sparse_updates`)
+        or ``"dense"``.
     """
 
     curve: list
@@ -73,6 +79,7 @@ class FitResult:
     tokens: int
     seconds: float
     stopped: str
+    updates: str = "dense"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,10 +118,24 @@ def _is_pair(value) -> bool:
             and hasattr(value[1], "shape") and len(value[1].shape) == 1)
 
 
-def make_optimizer(params, optimizer: str, lr: float, weight_decay: float):
+def make_optimizer(params, optimizer: str, lr: float, weight_decay: float,
+                   sparse: bool = False):
     """A torch optimizer by name: ``adam`` (L2 ``weight_decay``), ``sgd`` (momentum 0.9)
-    or ``lbfgs`` (strong Wolfe line search; weight decay added to the loss by `fit`)."""
+    or ``lbfgs`` (strong Wolfe line search; weight decay added to the loss by `fit`).
+
+    ``sparse``: the row-sparse `LazyAdam` (decoupled decay on touched rows) or `LazySGD`
+    (momentum 0.9, L2 on touched rows) of `streamsolve.sparse_updates`, which accept the
+    sparse gradients of ``nn.Embedding(sparse=True)`` and dense ones.
+    """
     torch = import_torch()
+    if sparse:
+        from .sparse_updates import LazyAdam, LazySGD
+
+        if optimizer == "adam":
+            return LazyAdam(params, lr=lr, weight_decay=weight_decay)
+        if optimizer == "sgd":
+            return LazySGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        raise ValueError(f"row-sparse updates need adam or sgd, not {optimizer!r}")
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if optimizer == "sgd":
@@ -128,7 +149,7 @@ def make_optimizer(params, optimizer: str, lr: float, weight_decay: float):
 def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
         lr: float = 1e-3, weight_decay: float = 0.0, max_steps: int | None = None,
         max_seconds: float | None = None, eval_every: int = 100, patience: int | None = 5,
-        device=None) -> FitResult:
+        device=None, updates: str = "auto") -> FitResult:
     """Train ``module`` on minibatches with early stopping on held-out positions.
 
     Parameters
@@ -143,7 +164,8 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
     optimizer : {"adam", "sgd", "lbfgs"}
         ``lbfgs`` runs a few line-searched iterations per minibatch (use large batches).
     lr, weight_decay : float
-        Learning rate; L2 penalty ``weight_decay / 2 * ||params||^2`` (Adam / SGD's).
+        Learning rate; L2 penalty ``weight_decay / 2 * ||params||^2`` (Adam / SGD's), or
+        with row-sparse updates: Adam's decoupled decay / SGD's L2 on the touched rows only.
     max_steps : int, optional
         Stop after this many optimizer steps.
     max_seconds : float, optional
@@ -154,6 +176,11 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
         Stop after this many evaluations without improvement (None: never).
     device : str or torch.device, optional
         Where to train (None: where the module is). CUDA without CUDA raises ValueError.
+    updates : {"auto", "row-sparse", "dense"}
+        ``row-sparse``: the tables of an `ExplicitLM` get sparse gradients and only their
+        touched rows are updated (`streamsolve.sparse_updates`: lazy Adam with decoupled
+        weight decay on touched rows, or SGD); ``auto`` chooses it for adam / sgd on dense
+        tables, ``dense`` otherwise (lbfgs, factored modules).
 
     Returns
     -------
@@ -164,6 +191,7 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
     torch = import_torch()
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    sparse = resolve_updates(module, optimizer, updates) == "row-sparse"
     if not (eval_every >= 1 and lr > 0 and weight_decay >= 0):
         raise ValueError(f"need eval_every >= 1, lr > 0 and weight_decay >= 0 (got "
                          f"{eval_every}, {lr}, {weight_decay})")
@@ -171,7 +199,44 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
         module.to(torch_device(torch, device))
     device = next(module.parameters()).device
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = make_optimizer(params, optimizer, lr, weight_decay)
+    opt = make_optimizer(params, optimizer, lr, weight_decay, sparse)
+    tables = use_sparse_gradients(module, sparse)
+    try:
+        return _fit_loop(module, train_batches, heldout, opt, params, optimizer, weight_decay,
+                         max_steps, max_seconds, eval_every, patience, device, sparse)
+    finally:
+        for table, flag in tables:
+            table.sparse = flag
+
+
+def resolve_updates(module, optimizer: str, updates: str = "auto") -> str:
+    """``"row-sparse"`` or ``"dense"``: what `fit` does for ``updates`` (see there)."""
+    from .sparse_updates import sparse_embeddings
+
+    if updates not in UPDATES:
+        raise ValueError(f"unknown updates {updates!r}: use one of {', '.join(UPDATES)}")
+    possible = optimizer in ("adam", "sgd") and bool(sparse_embeddings(module))
+    if updates == "row-sparse" and not possible:
+        raise ValueError("row-sparse updates need dense tables (no --rank) and adam or sgd")
+    return "row-sparse" if possible and updates != "dense" else "dense"
+
+
+def use_sparse_gradients(module, sparse: bool) -> list:
+    """Switch the tables of ``module`` (`sparse_embeddings`) to sparse gradients when
+    ``sparse``; returns ``(table, previous flag)`` pairs to restore them."""
+    from .sparse_updates import sparse_embeddings
+
+    if not sparse:
+        return []
+    tables = [(table, table.sparse) for table in sparse_embeddings(module)]
+    for table, _ in tables:
+        table.sparse = True
+    return tables
+
+
+def _fit_loop(module, train_batches, heldout, opt, params, optimizer, weight_decay, max_steps,
+              max_seconds, eval_every, patience, device, sparse) -> FitResult:
+    torch = import_torch()
     started = time.perf_counter()
     start_ce = heldout_cross_entropy(module, heldout, device)
     curve = [(0, 0.0, 0, start_ce)]
@@ -227,7 +292,8 @@ def fit(module, train_batches: Iterable, heldout, *, optimizer: str = "adam",
     module.load_state_dict(best_state)
     module.eval()
     return FitResult(curve, start_ce, best_ce, best_step, steps, tokens,
-                     time.perf_counter() - started, stopped)
+                     time.perf_counter() - started, stopped,
+                     "row-sparse" if sparse else "dense")
 
 
 def _copy_state(module) -> dict:
@@ -349,15 +415,17 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
                  epochs: int | None = None, batch: int = 256, rank: int | None = None,
                  device: str | None = None, patience: int | None = 5, eval_every: int = 100,
                  max_seconds: float | None = None, seed: int = 0,
-                 shuffle_positions: int = SHUFFLE_POSITIONS,
-                 storage_options: dict | None = None, wait: bool | float = False,
-                 break_lock: bool = False) -> dict:
+                 shuffle_positions: int = SHUFFLE_POSITIONS, updates: str = "auto",
+                 heldout_tokens: int | None = None, storage_options: dict | None = None,
+                 wait: bool | float = False, break_lock: bool = False) -> dict:
     """Refine a finalized store's LM by backpropagation and commit the best weights.
 
     The writer lock is taken only for the commit, which refuses when the store's weights
     or counts changed while training (the refined weights would not describe them).
     Parameters as `fit` and ``streamsolve refine --help``; ``lr`` defaults to 1e-3 (adam),
-    0.1 (sgd), 1 (lbfgs).
+    0.1 (sgd), 1 (lbfgs). ``updates``: as `fit` (``--dense-updates`` is ``"dense"``).
+    ``heldout_tokens``: evaluate on a uniform sample (seeded by ``seed``) of this many
+    held-out positions, so that each evaluation costs a bounded time (None: all).
 
     Returns
     -------
@@ -373,7 +441,12 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
     from .language_model import LanguageModel
     from .store.model_store import ModelStore
 
-    _check_arguments(init, optimizer, steps, epochs, batch, rank, patience, eval_every)
+    _check_arguments(init, optimizer, steps, epochs, batch, rank, patience, eval_every,
+                     heldout_tokens)
+    if updates not in UPDATES:
+        raise ValueError(f"unknown updates {updates!r}: use one of {', '.join(UPDATES)}")
+    if updates == "row-sparse" and (rank is not None or optimizer == "lbfgs"):
+        raise ValueError("row-sparse updates need dense tables (no --rank) and adam or sgd")
     lr = lr if lr is not None else {"adam": 1e-3, "sgd": 0.1, "lbfgs": 1.0}[optimizer]
     train = check_readable(train, storage_options)
     if not heldout:
@@ -390,14 +463,21 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
         pairs = list(text_positions(heldout, model, read_meta, storage_options))
         if not pairs:
             raise ValueError(f"the held-out text ({', '.join(heldout)}) has no tokens")
-        held = (torch.from_numpy(np.concatenate([c for c, _ in pairs])),
-                torch.from_numpy(np.concatenate([t for _, t in pairs])))
+        held_ctx = np.concatenate([c for c, _ in pairs])
+        held_tgt = np.concatenate([t for _, t in pairs])
+        heldout_total = int(held_tgt.size)
+        take = heldout_sample(heldout_total, heldout_tokens, seed)
+        if take is not None:
+            held_ctx, held_tgt = held_ctx[take], held_tgt[take]
+        held = (torch.from_numpy(held_ctx), torch.from_numpy(held_tgt))
         stage.tokens = int(held[1].shape[0])
     budget = None
     if rank is None:
         from .torch import default_max_bytes
 
-        budget = default_max_bytes() // (4 if optimizer == "adam" else 3)  # + grads, moments
+        # parameters, moments and a dense gradient; row-sparse gradients are O(B V)
+        sparse = updates != "dense" and optimizer != "lbfgs"
+        budget = default_max_bytes() // ({"adam": 4, "sgd": 3, "lbfgs": 3}[optimizer] - sparse)
     module = initial_module(model.weights, init, rank, resolved, seed, budget)
     batches = position_batches(
         lambda: text_positions(train, model, read_meta, storage_options), batch,
@@ -405,18 +485,24 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
     with Stage("refine: training") as stage:
         result = fit(module, batches, held, optimizer=optimizer, lr=lr,
                      weight_decay=weight_decay, max_steps=steps, max_seconds=max_seconds,
-                     eval_every=eval_every, patience=patience, device=resolved)
+                     eval_every=eval_every, patience=patience, device=resolved,
+                     updates=updates)
         stage.tokens = result.tokens
         stage.detail = (f"{result.steps} steps, held-out CE {result.start_ce:.4f} -> "
                         f"{result.best_ce:.4f} (best at step {result.best_step})")
+    from .sparse_updates import WEIGHT_DECAY_MODES
+
+    decay_mode = (WEIGHT_DECAY_MODES[optimizer] if result.updates == "row-sparse" else
+                  "L2 loss" if optimizer == "lbfgs" else "L2 gradient")
     provenance = {"init": init, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+                  "updates": result.updates, "weight_decay_mode": decay_mode,
                   "batch": batch, "steps": result.steps, "tokens": result.tokens,
                   "best_step": result.best_step, "start_ce": result.start_ce,
                   "best_ce": result.best_ce, "stopped": result.stopped,
                   "seconds": round(result.seconds, 3), "device": str(resolved), "rank": rank,
                   "seed": seed, "from_weights": start_weights["id"],
                   "train": list(train), "heldout": list(heldout),
-                  "heldout_tokens": int(held[1].shape[0]),
+                  "heldout_tokens": int(held[1].shape[0]), "heldout_positions": heldout_total,
                   "curve": [list(point) for point in result.curve]}
     weights_id = _commit(store, storage_options, module, provenance, start_weights, wait,
                          break_lock)
@@ -424,14 +510,16 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
 
 
 def _commit(store, storage_options, module, provenance, start_weights, wait, break_lock) -> str:
-    from .api import _writer_lock
     from .store.layout import StoreError
+    from .store.location import check_writable
+    from .store.locking import StoreLock
     from .store.model_store import ModelStore
     from .store.refined_weights import commit_refined
 
     arrays = module_arrays(module)
-    with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
-                      command="refine"):
+    check_writable(str(store))
+    # the store's lock itself, not api's re-entrant wrapper: api.refine imports this module
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="refine"):
         target = ModelStore(store, storage_options)
         current = target.meta.get("weights") or {}
         if current.get("id") != start_weights["id"] or \
@@ -442,7 +530,16 @@ def _commit(store, storage_options, module, provenance, start_weights, wait, bre
         return commit_refined(target, provenance=provenance, **arrays)
 
 
-def _check_arguments(init, optimizer, steps, epochs, batch, rank, patience, eval_every):
+def heldout_sample(total: int, cap: int | None, seed: int = 0):
+    """Sorted indices of a uniform sample (without replacement, seeded) of ``cap`` of
+    ``total`` held-out positions; None when there is no cap or ``cap >= total``."""
+    if cap is None or cap >= total:
+        return None
+    return np.sort(np.random.default_rng([seed, 0x4E1D]).choice(total, cap, replace=False))
+
+
+def _check_arguments(init, optimizer, steps, epochs, batch, rank, patience, eval_every,
+                     heldout_tokens=None):
     if init not in INITS:
         raise ValueError(f"unknown --init {init!r}: use one of {', '.join(INITS)}")
     if optimizer not in OPTIMIZERS:
@@ -450,6 +547,7 @@ def _check_arguments(init, optimizer, steps, epochs, batch, rank, patience, eval
     if steps is not None and epochs is not None:
         raise ValueError("give --steps or --epochs, not both")
     for name, value in (("--steps", steps), ("--epochs", epochs), ("--batch", batch),
-                        ("--rank", rank), ("--patience", patience), ("--eval-every", eval_every)):
+                        ("--rank", rank), ("--patience", patience), ("--eval-every", eval_every),
+                        ("--heldout-tokens", heldout_tokens)):
         if value is not None and not (isinstance(value, int) and value >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

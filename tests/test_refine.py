@@ -300,3 +300,38 @@ def test_commit_refused_when_the_store_changed_while_training(store, monkeypatch
         refine.refine_store(path, shards, [heldout], steps=2, eval_every=1)
     assert "\n" not in str(info.value)
     assert ModelStore(path).meta["weights"].get("kind") is None
+
+
+def test_row_sparse_refine_records_updates_caps_heldout_and_never_writes_worse(store, capsys):
+    """Default (row-sparse) refine with a diverging learning rate: the start weights are
+    written; the held-out cap samples N positions; ``info`` summarises the curve."""
+    path, shards, heldout = store
+    code, start, _ = cli(capsys, "eval", path, heldout)
+    code, result, err = cli(capsys, "refine", path, *shards, "--heldout", heldout,
+                            "--steps", "3", "--eval-every", "1", "--lr", "50",
+                            "--heldout-tokens", "40", "-q")
+    assert code == 0, err
+    assert result["updates"] == "row-sparse" and "touched rows" in result["weight_decay_mode"]
+    assert result["heldout_tokens"] == 40 < result["heldout_positions"]
+    assert result["best_ce"] <= result["start_ce"] and result["best_step"] == 0
+    code, after, _ = cli(capsys, "eval", path, heldout)
+    assert after["cross_entropy"] <= start["cross_entropy"] + 2e-5
+    assert main(["info", path]) == 0
+    out = capsys.readouterr().out
+    refined = [line for line in out.splitlines() if line.startswith("refined ")]
+    assert len(refined) == 1 and "row-sparse updates" in refined[0]
+    assert f"({len(result['curve'])} points on 40 tokens)" in refined[0]
+    assert f"first {result['curve'][0][3]:.5f}" in refined[0]
+
+
+def test_dense_updates_flag_and_api_refine(store):
+    from streamsolve import api
+
+    path, shards, heldout = store
+    result = api.refine(path, shards, heldout, steps=2, eval_every=1, updates="dense", lr=0.01)
+    provenance = ModelStore(path).meta["weights"]["refined"]
+    assert result["updates"] == provenance["updates"] == "dense"
+    assert provenance["weight_decay_mode"] == "L2 gradient"
+    assert main(["finalize", path, "-q"]) == 0
+    with pytest.raises(ValueError, match="row-sparse updates need dense tables"):
+        api.refine(path, shards, heldout, steps=1, rank=3, updates="row-sparse")
