@@ -110,7 +110,8 @@ def train(module, ctx, tgt, heldout: Heldout, *, optimizer: str = "adam", lr: fl
     heldout : Heldout
         Evaluated at the start and every ``eval_every`` training seconds.
     optimizer : {"adam", "lbfgs"}
-        ``adam``: minibatches of ``batch`` (AdamW-style decoupled weight decay).
+        ``adam``: minibatches of ``batch`` (decoupled weight decay): row-sparse lazy Adam for
+        dense tables (`streamsolve.refine`, what ``streamsolve refine`` runs), AdamW otherwise.
         ``lbfgs``: full-batch L-BFGS (strong Wolfe) on a fixed random subsample of
         ``lbfgs_positions`` training positions (the whole set does not fit a step).
     patience : int, optional
@@ -130,6 +131,8 @@ def train(module, ctx, tgt, heldout: Heldout, *, optimizer: str = "adam", lr: fl
     import torch
     import torch.nn.functional as F
 
+    from streamsolve.refine import make_optimizer, resolve_updates, use_sparse_gradients
+
     torch.manual_seed(seed)
     params = [p for p in module.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(seed)
@@ -148,8 +151,14 @@ def train(module, ctx, tgt, heldout: Heldout, *, optimizer: str = "adam", lr: fl
     best, since_best, stopped = evaluate(), 0, "budget"
     if not math.isfinite(best):
         best = float("inf")
+    restore = []
     if optimizer == "adam":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        # the product's optimizer (streamsolve.refine): row-sparse lazy Adam on dense tables
+        # (only the batch's context rows move, decoupled decay on them); AdamW otherwise
+        sparse = resolve_updates(module, "adam") == "row-sparse"
+        opt = make_optimizer(params, "adam", lr, weight_decay, sparse) if sparse else \
+            torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        restore = use_sparse_gradients(module, sparse)
         N = tgt.shape[0]
 
         def batches():
@@ -191,34 +200,39 @@ def train(module, ctx, tgt, heldout: Heldout, *, optimizer: str = "adam", lr: fl
             return sub_tgt.shape[0]
     else:
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
-    since_eval, N_train = 0.0, tgt.shape[0]
-    while clock < seconds and (epochs is None or seen < epochs * N_train):
-        t0 = time.perf_counter()
-        before = seen
-        seen += step()
-        dt = time.perf_counter() - t0
-        clock += dt
-        since_eval += dt
-        steps += 1
-        boundary = (seen // N_train > before // N_train or seen >= epochs * N_train
-                    if epochs is not None else since_eval >= eval_every)
-        if boundary or clock >= seconds:
-            since_eval = 0.0
-            ce = evaluate()
-            if not math.isfinite(ce):
-                stopped = "diverged"
-                break
-            if ce < best - 1e-5:
-                best, since_best = ce, 0
-            else:
-                since_best += 1
-                if patience is not None and since_best >= patience:
-                    stopped = "early"
+    try:
+        since_eval, N_train = 0.0, tgt.shape[0]
+        while clock < seconds and (epochs is None or seen < epochs * N_train):
+            t0 = time.perf_counter()
+            before = seen
+            seen += step()
+            dt = time.perf_counter() - t0
+            clock += dt
+            since_eval += dt
+            steps += 1
+            boundary = (seen // N_train > before // N_train or seen >= epochs * N_train
+                        if epochs is not None else since_eval >= eval_every)
+            if boundary or clock >= seconds:
+                since_eval = 0.0
+                ce = evaluate()
+                if not math.isfinite(ce):
+                    stopped = "diverged"
                     break
+                if ce < best - 1e-5:
+                    best, since_best = ce, 0
+                else:
+                    since_best += 1
+                    if patience is not None and since_best >= patience:
+                        stopped = "early"
+                        break
+    finally:
+        for table, flag in restore:
+            table.sparse = flag
     best_point = min(curve, key=lambda p: p["ce"] if math.isfinite(p["ce"]) else float("inf"))
     return {"curve": curve, "best_ce": best_point["ce"], "best_seconds": best_point["seconds"],
             "seconds": round(clock, 3), "steps": steps, "epochs": seen / tgt.shape[0],
-            "stopped": stopped, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay}
+            "stopped": stopped, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+            "updates": "row-sparse" if restore else "dense"}
 
 
 def best_within(curve: list[dict], seconds: float) -> float:
