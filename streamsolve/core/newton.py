@@ -42,6 +42,13 @@ FIT_DECREMENT = 1e-6
 #: Positions of the coarse stage of a calibration fit (a uniform subsample): the first
 #: Newton steps, far from the optimum, need no more (see `fit_newton`).
 COARSE_POSITIONS = 1 << 12
+#: Positions of a coarser level before it (a uniform subset of the coarse subsample): the
+#: first, largest steps cost a quarter there.
+COARSE_FIRST_POSITIONS = 1 << 10
+#: A coarse level stops at this fraction of its own statistical error, (R + 1) / (2 n)
+#: nats: converging it further would not bring the next level's start any closer to that
+#: level's optimum (measured: one Hessian pass fewer per level).
+COARSE_DECREMENT_FRACTION = 0.1
 #: Bytes of long rows held densely for the Hessian kernel (``exp(beta S)`` and ``S``, V
 #: each, plus the row's own sums): a context's longest row then costs O(1); rows with
 #: fewer entries than the minimum are not worth it.
@@ -74,11 +81,31 @@ def _scorer(objective, theta):
     return scorer
 
 
+def _order_by_longest_row(objective, parts) -> None:
+    """Reorder the objective's distinct contexts (and their counts) by their longest row,
+    once: consecutive contexts then read the same dense row (`_dense_rows`), which stays in
+    cache (a Hessian pass measured ~8% cheaper). Each context's terms are independent of
+    the order, and the loss sums them with their counts, so only rounding can change."""
+    if getattr(objective, "_ordered_by_longest_row", False):
+        return
+    contexts = objective.unique
+    lengths = np.stack([np.diff(parts.indptr[b])[contexts[:, r]]
+                        for r, b in enumerate(parts.block_of)], axis=1)
+    longest = np.argmax(lengths, axis=1)
+    key = parts.block_of[longest].astype(np.int64) * (1 << 40) \
+        + contexts[np.arange(contexts.shape[0]), longest]
+    order = np.argsort(key, kind="stable")
+    objective.unique = np.ascontiguousarray(contexts[order])
+    objective.counts = np.ascontiguousarray(objective.counts[order])
+    objective._ordered_by_longest_row = True
+
+
 def loss_gradient_hessian(objective, theta: np.ndarray):
     """``(loss, gradient, Hessian)`` of a `CalibrationObjective` at ``theta`` (one pass)."""
     theta = np.asarray(theta, dtype=np.float64)
     beta, gamma = theta[:-1], theta[-1]
     scorer = _scorer(objective, theta)
+    _order_by_longest_row(objective, scorer.parts)
     p, B = scorer.parts, theta.size - 1
     x, totals = scorer._dense_features()
     second_totals = np.ascontiguousarray((x * scorer.u[:, None]).T @ x)
@@ -172,6 +199,7 @@ def loss_only(objective, theta: np.ndarray) -> float:
     (``log Z`` only, the context's longest row held densely): a fraction of a Hessian pass."""
     theta = np.asarray(theta, dtype=np.float64)
     scorer = _scorer(objective, theta)
+    _order_by_longest_row(objective, scorer.parts)
     log_zhat = scorer.context_terms(objective.unique)
     beta, gamma = theta[:-1], theta[-1]
     target_logits = objective.target_dense[:-1] @ beta + gamma * objective.target_dense[-1] \
@@ -220,16 +248,26 @@ def _newton_steps(objective, theta, tolerance: float, first=None):
     return theta, loss
 
 
+def coarse_tolerance(objective, dimension: int, tolerance: float) -> float:
+    """The decrement at which a coarse level of ``objective.n`` positions stops:
+    `COARSE_DECREMENT_FRACTION` of its statistical error ``dimension / (2 n)``, and never
+    below the fit's own ``tolerance``."""
+    return max(tolerance, COARSE_DECREMENT_FRACTION * dimension / (2 * objective.n))
+
+
 def fit_newton(objective, theta0: np.ndarray, coarse=None,
-               tolerance: float | None = None) -> CalibrationFit:
+               tolerance: float | None = None, start: float | None = None) -> CalibrationFit:
     """Damped Newton from ``theta0`` (one kernel pass per iteration); kept only if the loss
     went down (as `minimize_kept`).
 
-    With ``coarse`` (the objective of a uniform subsample of the positions) the iterations
-    far from the optimum run on it, and the full sample starts at its optimum: there the
-    decrement is of the order of the subsample's statistical error ((R + 1) / (2 n_coarse)
-    nats), so one Hessian pass and one `loss_only` check usually finish the fit.
-    ``tolerance`` is the decrement at which it stops (default `NEWTON_DECREMENT`)."""
+    With ``coarse`` (the objective of a uniform subsample of the positions, or a list of
+    them, coarsest first) the iterations far from the optimum run on it, each level
+    stopping at `coarse_tolerance`, and the full sample starts at the last level's
+    optimum: there the decrement is of the order of the subsample's statistical error
+    ((R + 1) / (2 n_coarse) nats), so one Hessian pass and one `loss_only` check usually
+    finish the fit. ``tolerance`` is the decrement at which it stops (default
+    `NEWTON_DECREMENT`). ``start``: the loss at ``theta0`` on all positions when the
+    caller knows it (e.g. from the uncalibrated evaluation), which saves a loss-only pass."""
     theta0 = np.asarray(theta0, dtype=np.float64)
     tolerance = NEWTON_DECREMENT if tolerance is None else tolerance
     if coarse is None:
@@ -238,13 +276,19 @@ def fit_newton(objective, theta0: np.ndarray, coarse=None,
         start = first[0]
         theta, loss = _newton_steps(objective, theta0, tolerance, first)
     else:
-        start = loss_only(objective, theta0)
-        theta_c, _ = _newton_steps(coarse, theta0, tolerance)
-        objective.evaluations += 1
+        levels = list(coarse) if isinstance(coarse, (list, tuple)) else [coarse]
+        if start is None:
+            start = loss_only(objective, theta0)
+            objective.evaluations += 1
+        theta_c = theta0
+        for level in levels:
+            theta_c, _ = _newton_steps(level, theta_c,
+                                       coarse_tolerance(level, theta0.size, tolerance))
         theta, loss = _newton_steps(objective, theta_c, tolerance)
-        logger.info("Newton: %d passes on %d positions, then %d on all %d",
-                    coarse.evaluations, coarse.n, objective.evaluations, objective.n)
-        objective.evaluations += coarse.evaluations
+        logger.info("Newton: %s passes on %s positions, then %d on all %d",
+                    "+".join(str(c.evaluations) for c in levels),
+                    "+".join(str(c.n) for c in levels), objective.evaluations, objective.n)
+        objective.evaluations += sum(c.evaluations for c in levels)
     if not (np.isfinite(loss) and loss <= start):
         return CalibrationFit(theta0, start, start, objective.n)
     return CalibrationFit(theta, start, loss, objective.n)

@@ -573,20 +573,25 @@ class CalibrationObjective:
 
 def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: np.ndarray,
                            theta0: np.ndarray, max_iter: int = 100,
-                           native: bool | None = None) -> CalibrationFit:
+                           native: bool | None = None,
+                           start_loss: float | None = None) -> CalibrationFit:
     """Fit ``(beta, gamma)`` on `CalibrationObjective` (one fast pass per evaluation): by
     damped Newton with the exact Hessian (`streamsolve.core.newton`) on the C kernel's
     product path, else by L-BFGS; kept only if the sample's loss does not go up (as
-    `fit_calibration`)."""
+    `fit_calibration`). ``start_loss``: the sample's mean cross-entropy at ``theta0`` when
+    the caller has it (the Newton path then spends no pass on it)."""
     objective = CalibrationObjective(parts, contexts, targets, native)
     if newton.newton_available(objective):
-        coarse = None
-        if objective.n > 2 * newton.COARSE_POSITIONS:  # a uniform subsample for the first steps
+        coarse = []
+        if objective.n > 2 * newton.COARSE_POSITIONS:  # uniform subsamples for the first steps
             pick = np.random.default_rng(0).choice(objective.n, newton.COARSE_POSITIONS, False)
-            coarse = CalibrationObjective(parts, np.atleast_2d(contexts)[pick],
-                                          np.reshape(targets, -1)[pick], native)
-        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64), coarse,
-                                newton.FIT_DECREMENT)
+            sizes = sorted({min(newton.COARSE_FIRST_POSITIONS, pick.size), pick.size})
+            coarse = [CalibrationObjective(parts, np.atleast_2d(contexts)[pick[:size]],
+                                           np.reshape(targets, -1)[pick[:size]], native)
+                      for size in sizes]  # nested: each level a uniform subset of the next
+        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64),
+                                coarse or None, newton.FIT_DECREMENT,
+                                start=start_loss if coarse else None)
     else:
         fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter,
                             objective.n)
