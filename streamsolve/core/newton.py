@@ -207,13 +207,16 @@ def loss_only(objective, theta: np.ndarray) -> float:
     return float((objective.counts @ log_zhat - target_logits) / objective.n)
 
 
-def _newton_steps(objective, theta, tolerance: float, first=None):
+def _newton_steps(objective, theta, tolerance: float, first=None, check_last: bool = True):
     """Damped Newton from ``theta`` until the decrement is below ``tolerance``; returns
     ``(theta, loss)``. ``first`` is ``(loss, grad, hessian)`` at ``theta`` when known.
 
     The decrement ``d`` falls quadratically near the optimum (about ``d^2`` after a full
     step, measured), so once ``d < sqrt(tolerance)`` the step is taken and only its loss
-    is checked (`loss_only`, no Hessian pass is spent to confirm the next decrement)."""
+    is checked (`loss_only`, no Hessian pass is spent to confirm the next decrement).
+    Without ``check_last`` (a coarse level, whose result is only the next level's start
+    point, itself damped and checked) that step is taken unchecked, and the loss
+    returned is the one before it."""
     loss, grad, hessian = first if first is not None else loss_gradient_hessian(objective, theta)
     objective.evaluations += int(first is None)
     for _ in range(NEWTON_ITERATIONS):
@@ -227,6 +230,8 @@ def _newton_steps(objective, theta, tolerance: float, first=None):
         logger.debug("Newton: loss %.10f, decrement %.3g", loss, decrement)
         if decrement < tolerance:
             break
+        if decrement < np.sqrt(tolerance) and not check_last:
+            return theta + step, loss
         if decrement < np.sqrt(tolerance):
             t_loss = loss_only(objective, theta + step)
             objective.evaluations += 1
@@ -283,7 +288,8 @@ def fit_newton(objective, theta0: np.ndarray, coarse=None,
         theta_c = theta0
         for level in levels:
             theta_c, _ = _newton_steps(level, theta_c,
-                                       coarse_tolerance(level, theta0.size, tolerance))
+                                       coarse_tolerance(level, theta0.size, tolerance),
+                                       check_last=False)
         theta, loss = _newton_steps(objective, theta_c, tolerance)
         logger.info("Newton: %s passes on %s positions, then %d on all %d",
                     "+".join(str(c.evaluations) for c in levels),
