@@ -390,9 +390,10 @@ class LanguageModel:
         them when there are fewer). Each Newton step (`streamsolve.core.newton`; L-BFGS
         without the C kernel's product path) is one O(nnz) pass over the sample's distinct
         contexts (`streamsolve.core.scoring.CalibrationObjective`), so the sample can be
-        large; the steps far from the optimum run on a uniform subsample of 4096 positions,
-        and the whole sample costs one Hessian pass and two loss-only passes. The fit starts at the uncalibrated point and its result is kept only if the
-        sample's loss does not go up.
+        large; the steps far from the optimum run on uniform subsamples of 1,024 then 4,096
+        positions, and the whole sample costs one Hessian pass and one or two loss-only
+        passes (one with ``start_log_probs``). The fit starts at the uncalibrated point and
+        its result is kept only if the sample's loss does not go up.
 
         ``start_log_probs``: the uncalibrated model's log-probabilities of the sampled
         positions (`calibration_index` order, e.g. kept by `evaluate_ids` from the raw
