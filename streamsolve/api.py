@@ -309,13 +309,19 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
         raw = model.evaluate_ids(docs, n_bytes, keep=keep)
         stage.tokens = raw.tokens
     with Stage("calibration (R + 1 scalars, Newton steps on the O(nnz) scorer)") as stage:
-        calibrated_model = model.calibrate(docs, sample_size=sample,
+        # with the start loss known, the calibrated eval also checks the fit's last step
+        calibrated_model = model.calibrate(docs, sample_size=sample, check=keep is None,
                                            start_log_probs=None if keep is None else keep[1])
         stage.tokens = min(sample, raw.tokens)
         stage.detail = "tokens = calibration positions"
+    after = None if keep is None else (keep[0], keep[1].copy())
     with Stage("held-out eval (calibrated)") as stage:
-        calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
+        calibrated = calibrated_model.evaluate_ids(docs, n_bytes, keep=after)
         stage.tokens = calibrated.tokens
+    if after is not None and after[1].mean() < keep[1].mean():  # worse on the sample: redo
+        logger.info("the calibration's last step raised the sample's loss; fitting again")
+        calibrated_model = model.calibrate(docs, sample_size=sample, start_log_probs=keep[1])
+        calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
     if calibrated.cross_entropy > raw.cross_entropy:
         logger.warning("calibration made held-out cross-entropy worse (%.4f > %.4f); keeping "
                        "the uncalibrated weights", calibrated.cross_entropy, raw.cross_entropy)

@@ -383,7 +383,8 @@ class LanguageModel:
 
     def calibrate(self, documents: Sequence[np.ndarray],
                   sample_size: int = CALIBRATION_POSITIONS, seed: int = 0,
-                  start_log_probs: np.ndarray | None = None) -> "LanguageModel":
+                  start_log_probs: np.ndarray | None = None,
+                  check: bool = True) -> "LanguageModel":
         """Fit the R + 1 calibration scalars (DESIGN §3) on held-out documents.
 
         Up to ``sample_size`` positions are drawn uniformly across all the documents (all of
@@ -397,7 +398,10 @@ class LanguageModel:
 
         ``start_log_probs``: the uncalibrated model's log-probabilities of the sampled
         positions (`calibration_index` order, e.g. kept by `evaluate_ids` from the raw
-        evaluation), which spares the fit its loss pass at the start.
+        evaluation), which spares the fit its loss pass at the start. ``check=False``: the
+        fit's last step is not confirmed by a loss pass either; the caller must check the
+        sample's loss at the result (as `streamsolve.api.calibrate_checked` does from its
+        calibrated evaluation) and calibrate again with ``check=True`` if it went up.
 
         Returns
         -------
@@ -413,7 +417,7 @@ class LanguageModel:
             start = -float(np.mean(start_log_probs))
         fit = fit_calibration_scored(weights.scoring_parts(), ctx, tgt,
                                      theta0=np.r_[weights.beta, weights.gamma], max_iter=100,
-                                     start_loss=start)
+                                     start_loss=start, check=check)
         theta = fit.theta
         logger.info("calibration on %d positions: %.4f -> %.4f nats/token (beta=%s, gamma=%.3f)",
                     tgt.size, fit.loss_before, fit.loss_after,

@@ -215,8 +215,8 @@ def _newton_steps(objective, theta, tolerance: float, first=None, check_last: bo
     step, measured), so once ``d < sqrt(tolerance)`` the step is taken and only its loss
     is checked (`loss_only`, no Hessian pass is spent to confirm the next decrement).
     Without ``check_last`` (a coarse level, whose result is only the next level's start
-    point, itself damped and checked) that step is taken unchecked, and the loss
-    returned is the one before it."""
+    point, itself damped and checked; or a caller that checks the loss itself) that step
+    is taken unchecked, and the loss returned is the quadratic model's prediction."""
     loss, grad, hessian = first if first is not None else loss_gradient_hessian(objective, theta)
     objective.evaluations += int(first is None)
     for _ in range(NEWTON_ITERATIONS):
@@ -231,7 +231,7 @@ def _newton_steps(objective, theta, tolerance: float, first=None, check_last: bo
         if decrement < tolerance:
             break
         if decrement < np.sqrt(tolerance) and not check_last:
-            return theta + step, loss
+            return theta + step, loss - decrement
         if decrement < np.sqrt(tolerance):
             t_loss = loss_only(objective, theta + step)
             objective.evaluations += 1
@@ -260,8 +260,8 @@ def coarse_tolerance(objective, dimension: int, tolerance: float) -> float:
     return max(tolerance, COARSE_DECREMENT_FRACTION * dimension / (2 * objective.n))
 
 
-def fit_newton(objective, theta0: np.ndarray, coarse=None,
-               tolerance: float | None = None, start: float | None = None) -> CalibrationFit:
+def fit_newton(objective, theta0: np.ndarray, coarse=None, tolerance: float | None = None,
+               start: float | None = None, check: bool = True) -> CalibrationFit:
     """Damped Newton from ``theta0`` (one kernel pass per iteration); kept only if the loss
     went down (as `minimize_kept`).
 
@@ -272,7 +272,11 @@ def fit_newton(objective, theta0: np.ndarray, coarse=None,
     ((R + 1) / (2 n_coarse) nats), so one Hessian pass and one `loss_only` check usually
     finish the fit. ``tolerance`` is the decrement at which it stops (default
     `NEWTON_DECREMENT`). ``start``: the loss at ``theta0`` on all positions when the
-    caller knows it (e.g. from the uncalibrated evaluation), which saves a loss-only pass."""
+    caller knows it (e.g. from the uncalibrated evaluation), which saves a loss-only pass.
+    ``check=False`` (with ``coarse``): the last step on all positions is not confirmed by a
+    loss-only pass; ``loss_after`` is then the quadratic model's prediction and the caller
+    must check the loss (`streamsolve.api.calibrate_checked` reads it off its calibrated
+    evaluation)."""
     theta0 = np.asarray(theta0, dtype=np.float64)
     tolerance = NEWTON_DECREMENT if tolerance is None else tolerance
     if coarse is None:
@@ -290,7 +294,7 @@ def fit_newton(objective, theta0: np.ndarray, coarse=None,
             theta_c, _ = _newton_steps(level, theta_c,
                                        coarse_tolerance(level, theta0.size, tolerance),
                                        check_last=False)
-        theta, loss = _newton_steps(objective, theta_c, tolerance)
+        theta, loss = _newton_steps(objective, theta_c, tolerance, check_last=check)
         logger.info("Newton: %s passes on %s positions, then %d on all %d",
                     "+".join(str(c.evaluations) for c in levels),
                     "+".join(str(c.n) for c in levels), objective.evaluations, objective.n)

@@ -572,14 +572,14 @@ class CalibrationObjective:
 
 
 def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: np.ndarray,
-                           theta0: np.ndarray, max_iter: int = 100,
-                           native: bool | None = None,
-                           start_loss: float | None = None) -> CalibrationFit:
+                           theta0: np.ndarray, max_iter: int = 100, native: bool | None = None,
+                           start_loss: float | None = None, check: bool = True) -> CalibrationFit:
     """Fit ``(beta, gamma)`` on `CalibrationObjective` (one fast pass per evaluation): by
     damped Newton with the exact Hessian (`streamsolve.core.newton`) on the C kernel's
     product path, else by L-BFGS; kept only if the sample's loss does not go up (as
     `fit_calibration`). ``start_loss``: the sample's mean cross-entropy at ``theta0`` when
-    the caller has it (the Newton path then spends no pass on it)."""
+    the caller has it; ``check=False``: the caller checks the last step's loss (see
+    `newton.fit_newton`); the Newton path then spends no pass on either."""
     objective = CalibrationObjective(parts, contexts, targets, native)
     if newton.newton_available(objective):
         coarse = []
@@ -591,7 +591,7 @@ def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: n
                       for size in sizes]  # nested: each level a uniform subset of the next
         fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64),
                                 coarse or None, newton.FIT_DECREMENT,
-                                start=start_loss if coarse else None)
+                                start=start_loss if coarse else None, check=check)
     else:
         fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter,
                             objective.n)

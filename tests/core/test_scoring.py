@@ -378,3 +378,41 @@ def test_start_loss_kept_from_the_raw_evaluation(monkeypatch, aggregation, radiu
     np.testing.assert_array_equal(with_start.weights.beta, without.weights.beta)
     assert with_start.weights.gamma == without.weights.gamma
     assert with_start.evaluate_ids(heldout).cross_entropy <= raw.cross_entropy + 1e-12
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+def test_calibrate_checked_checks_the_last_step_on_its_calibrated_eval(monkeypatch):
+    """`calibrate_checked` fits without the last loss-only pass and reads the sample's loss
+    off its calibrated evaluation: the same scalars as a checked fit; and when that loss
+    went up (a bad unchecked fit, forced here) it fits again with the check."""
+    from streamsolve import api
+    from streamsolve.core import newton
+
+    monkeypatch.setattr(newton, "COARSE_POSITIONS", 200)
+    monkeypatch.setattr(newton, "COARSE_FIRST_POSITIONS", 64)
+    V, radius = 24, 3
+    docs = random_docs(9, V, n_docs=700)
+    weights = weights_of(docs[:400], V, radius, "cat", smoothing="kneser-ney")
+    heldout = [np.asarray(d) for d in docs[400:]]
+    model = LanguageModel(weights)
+    checked = model.calibrate(heldout, sample_size=1000)
+    calibrated, raw, cal = api.calibrate_checked(model, heldout, 1, sample=1000)
+    np.testing.assert_allclose(calibrated.weights.beta, checked.weights.beta, rtol=0, atol=1e-9)
+    assert calibrated.weights.gamma == pytest.approx(checked.weights.gamma, abs=1e-9)
+    assert cal.cross_entropy <= raw.cross_entropy
+
+    real, calls = LanguageModel.calibrate, []
+
+    def bad_unchecked(self, *args, check=True, **kwargs):
+        calls.append(check)
+        fitted = real(self, *args, check=check, **kwargs)
+        if check:
+            return fitted
+        uniform = fitted.weights.with_calibration(0 * fitted.weights.beta, 0.0)
+        return LanguageModel(uniform, None, self.bos_id)  # worse than raw on the sample
+
+    monkeypatch.setattr(LanguageModel, "calibrate", bad_unchecked)
+    again, _, cal_again = api.calibrate_checked(model, heldout, 1, sample=1000)
+    assert calls == [False, True]
+    np.testing.assert_allclose(again.weights.beta, checked.weights.beta, rtol=0, atol=1e-9)
+    assert cal_again.cross_entropy == pytest.approx(cal.cross_entropy, abs=1e-12)
