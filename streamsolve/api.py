@@ -29,6 +29,7 @@ from .engine.finalize import commit_store_weights, compute_store_weights
 from .engine.memory import parse_memory
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
 from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel, sample_positions
+from .language_model import calibration_keep
 from .store.layout import StoreError
 from .store.location import check_writable, is_inside_store, remove_store  # noqa: F401
 from .store.locking import StoreLock
@@ -302,16 +303,25 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
     from .engine.progress import Stage
 
     docs = list(docs)
+    # the raw eval gives the fit its start loss (the uncalibrated model's, on its sample)
+    keep = None if model.weights.calibrated else calibration_keep(docs, sample)
     with Stage("held-out eval (uncalibrated)") as stage:
-        raw = model.evaluate_ids(docs, n_bytes)
+        raw = model.evaluate_ids(docs, n_bytes, keep=keep)
         stage.tokens = raw.tokens
     with Stage("calibration (R + 1 scalars, Newton steps on the O(nnz) scorer)") as stage:
-        calibrated_model = model.calibrate(docs, sample_size=sample)
+        # with the start loss known, the calibrated eval also checks the fit's last step
+        calibrated_model = model.calibrate(docs, sample_size=sample, check=keep is None,
+                                           start_log_probs=None if keep is None else keep[1])
         stage.tokens = min(sample, raw.tokens)
         stage.detail = "tokens = calibration positions"
+    after = None if keep is None else (keep[0], keep[1].copy())
     with Stage("held-out eval (calibrated)") as stage:
-        calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
+        calibrated = calibrated_model.evaluate_ids(docs, n_bytes, keep=after)
         stage.tokens = calibrated.tokens
+    if after is not None and after[1].mean() < keep[1].mean():  # worse on the sample: redo
+        logger.info("the calibration's last step raised the sample's loss; fitting again")
+        calibrated_model = model.calibrate(docs, sample_size=sample, start_log_probs=keep[1])
+        calibrated = calibrated_model.evaluate_ids(docs, n_bytes)
     if calibrated.cross_entropy > raw.cross_entropy:
         logger.warning("calibration made held-out cross-entropy worse (%.4f > %.4f); keeping "
                        "the uncalibrated weights", calibrated.cross_entropy, raw.cross_entropy)

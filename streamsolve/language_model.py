@@ -252,11 +252,14 @@ class LanguageModel:
             total += float(np.sum(self.weights.target_log_probs(ctx, tgt)))
         return total
 
-    def evaluate_ids(self, documents: Iterable[np.ndarray], n_bytes: int | None = None) -> Evaluation:
+    def evaluate_ids(self, documents: Iterable[np.ndarray], n_bytes: int | None = None,
+                     keep: tuple[np.ndarray, np.ndarray] | None = None) -> Evaluation:
         """Streaming cross-entropy over documents of token ids (sparse: O(nnz) per token).
 
         Logs tokens/s (and, when ``documents`` has a length, an ETA) every
-        `PROGRESS_SECONDS` on long runs.
+        `PROGRESS_SECONDS` on long runs. ``keep = (index, out)``: ``out[k]`` receives the
+        log-probability of the position ``index[k]`` (ascending, counted over all the
+        documents' tokens in order, as `calibration_index` counts them).
         """
         expected = sum(len(d) for d in documents) if isinstance(documents, Sequence) else None
         total, tokens = 0.0, 0
@@ -264,7 +267,11 @@ class LanguageModel:
         if not isinstance(documents, Sequence):  # a stream: read ahead on a thread
             documents = prefetched(documents)
         for ctx, tgt in _batches(documents, self.config.radius, self.bos_id, SPARSE_EVAL_BATCH):
-            total -= float(np.sum(self.weights.target_log_probs(ctx, tgt)))
+            log_probs = self.weights.target_log_probs(ctx, tgt)
+            total -= float(np.sum(log_probs))
+            if keep is not None:
+                lo, hi = np.searchsorted(keep[0], [tokens, tokens + tgt.size])
+                keep[1][lo:hi] = log_probs[keep[0][lo:hi] - tokens]
             tokens += tgt.size
             now = time.perf_counter()
             if now - last >= PROGRESS_SECONDS:
@@ -375,16 +382,26 @@ class LanguageModel:
         return int(candidates[rng.choice(candidates.size, p=p)])
 
     def calibrate(self, documents: Sequence[np.ndarray],
-                  sample_size: int = CALIBRATION_POSITIONS, seed: int = 0) -> "LanguageModel":
+                  sample_size: int = CALIBRATION_POSITIONS, seed: int = 0,
+                  start_log_probs: np.ndarray | None = None,
+                  check: bool = True) -> "LanguageModel":
         """Fit the R + 1 calibration scalars (DESIGN §3) on held-out documents.
 
         Up to ``sample_size`` positions are drawn uniformly across all the documents (all of
         them when there are fewer). Each Newton step (`streamsolve.core.newton`; L-BFGS
         without the C kernel's product path) is one O(nnz) pass over the sample's distinct
         contexts (`streamsolve.core.scoring.CalibrationObjective`), so the sample can be
-        large; the steps far from the optimum run on a uniform subsample of 4096 positions,
-        and the whole sample costs one Hessian pass and two loss-only passes. The fit starts at the uncalibrated point and its result is kept only if the
-        sample's loss does not go up.
+        large; the steps far from the optimum run on uniform subsamples of 1,024 then 4,096
+        positions, and the whole sample costs one Hessian pass and one or two loss-only
+        passes (one with ``start_log_probs``). The fit starts at the uncalibrated point and
+        its result is kept only if the sample's loss does not go up.
+
+        ``start_log_probs``: the uncalibrated model's log-probabilities of the sampled
+        positions (`calibration_index` order, e.g. kept by `evaluate_ids` from the raw
+        evaluation), which spares the fit its loss pass at the start. ``check=False``: the
+        fit's last step is not confirmed by a loss pass either; the caller must check the
+        sample's loss at the result (as `streamsolve.api.calibrate_checked` does from its
+        calibrated evaluation) and calibrate again with ``check=True`` if it went up.
 
         Returns
         -------
@@ -393,6 +410,11 @@ class LanguageModel:
         """
         weights = self.weights.uncalibrated()
         ctx, tgt = sample_positions(documents, self.config.radius, self.bos_id, sample_size, seed)
+        start = None
+        at_start = np.array_equal(np.r_[self.weights.beta, self.weights.gamma],
+                                  np.r_[weights.beta, weights.gamma])
+        if start_log_probs is not None and at_start and np.size(start_log_probs) == tgt.size:
+            start = -float(np.mean(start_log_probs))
         from .engine.cluster_calibration import cluster_evaluator
 
         parts = weights.scoring_parts()  # in a cluster job, Newton passes go to the workers
@@ -400,7 +422,8 @@ class LanguageModel:
         try:
             fit = fit_calibration_scored(parts, ctx, tgt,
                                          theta0=np.r_[weights.beta, weights.gamma],
-                                         max_iter=100, evaluate=evaluate)
+                                         max_iter=100, start_loss=start, check=check,
+                                         evaluate=evaluate)
         finally:
             if evaluate is not None:
                 evaluate.close()
@@ -412,15 +435,32 @@ class LanguageModel:
                              self.bos_id)
 
 
+def calibration_index(documents: Sequence[np.ndarray], sample_size: int,
+                      seed: int = 0) -> np.ndarray:
+    """The positions `sample_positions` draws (ascending, over all the documents' tokens
+    in order)."""
+    total = int(sum(len(d) for d in documents))
+    if total == 0:
+        raise ValueError("no held-out tokens to calibrate on")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=min(sample_size, total), replace=False))
+
+
+def calibration_keep(documents: Sequence[np.ndarray],
+                     sample_size: int = CALIBRATION_POSITIONS, seed: int = 0):
+    """``(index, out)`` for `LanguageModel.evaluate_ids` to keep the log-probabilities of the
+    positions `LanguageModel.calibrate` will draw (None when there are no tokens)."""
+    if not any(len(d) for d in documents):
+        return None
+    index = calibration_index(documents, sample_size, seed)
+    return index, np.empty(index.size)
+
+
 def sample_positions(documents: Sequence[np.ndarray], radius: int, bos_id: int,
                      sample_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Draw up to ``sample_size`` (context, target) positions uniformly across documents."""
     lengths = np.asarray([len(d) for d in documents], dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        raise ValueError("no held-out tokens to calibrate on")
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(total, size=min(sample_size, total), replace=False))
+    chosen = calibration_index(documents, sample_size, seed)
     ends = np.cumsum(lengths)
     doc_index = np.searchsorted(ends, chosen, side="right")
     within = chosen - (ends - lengths)[doc_index]

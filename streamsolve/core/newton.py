@@ -42,6 +42,13 @@ FIT_DECREMENT = 1e-6
 #: Positions of the coarse stage of a calibration fit (a uniform subsample): the first
 #: Newton steps, far from the optimum, need no more (see `fit_newton`).
 COARSE_POSITIONS = 1 << 12
+#: Positions of a coarser level before it (a uniform subset of the coarse subsample): the
+#: first, largest steps cost a quarter there.
+COARSE_FIRST_POSITIONS = 1 << 10
+#: A coarse level stops at this fraction of its own statistical error, (R + 1) / (2 n)
+#: nats: converging it further would not bring the next level's start any closer to that
+#: level's optimum (measured: one Hessian pass fewer per level).
+COARSE_DECREMENT_FRACTION = 0.1
 #: Bytes of long rows held densely for the Hessian kernel (``exp(beta S)`` and ``S``, V
 #: each, plus the row's own sums): a context's longest row then costs O(1); rows with
 #: fewer entries than the minimum are not worth it.
@@ -71,11 +78,31 @@ def _scorer(objective, theta):
     return hessian_scorer(objective.scorer(theta, native=True))
 
 
+def _order_by_longest_row(objective, parts) -> None:
+    """Reorder the objective's distinct contexts (and their counts) by their longest row,
+    once: consecutive contexts then read the same dense row (`_dense_rows`), which stays in
+    cache (a Hessian pass measured ~8% cheaper). Each context's terms are independent of
+    the order, and the loss sums them with their counts, so only rounding can change."""
+    if getattr(objective, "_ordered_by_longest_row", False):
+        return
+    contexts = objective.unique
+    lengths = np.stack([np.diff(parts.indptr[b])[contexts[:, r]]
+                        for r, b in enumerate(parts.block_of)], axis=1)
+    longest = np.argmax(lengths, axis=1)
+    key = parts.block_of[longest].astype(np.int64) * (1 << 40) \
+        + contexts[np.arange(contexts.shape[0]), longest]
+    order = np.argsort(key, kind="stable")
+    objective.unique = np.ascontiguousarray(contexts[order])
+    objective.counts = np.ascontiguousarray(objective.counts[order])
+    objective._ordered_by_longest_row = True
+
+
 def loss_gradient_hessian(objective, theta: np.ndarray):
     """``(loss, gradient, Hessian)`` of a `CalibrationObjective` at ``theta`` (one pass):
     `context_sums` over all its distinct contexts, then `combine_sums`."""
     theta = np.asarray(theta, dtype=np.float64)
     scorer = _scorer(objective, theta)
+    _order_by_longest_row(objective, scorer.parts)
     return combine_sums(objective, theta,
                         [context_sums(scorer, objective.unique, objective.counts)])
 
@@ -209,6 +236,7 @@ def loss_only(objective, theta: np.ndarray) -> float:
     (``log Z`` only, the context's longest row held densely): a fraction of a Hessian pass."""
     theta = np.asarray(theta, dtype=np.float64)
     scorer = _scorer(objective, theta)
+    _order_by_longest_row(objective, scorer.parts)
     log_zhat = scorer.context_terms(objective.unique)
     beta, gamma = theta[:-1], theta[-1]
     target_logits = objective.target_dense[:-1] @ beta + gamma * objective.target_dense[-1] \
@@ -216,14 +244,18 @@ def loss_only(objective, theta: np.ndarray) -> float:
     return float((objective.counts @ log_zhat - target_logits) / objective.n)
 
 
-def _newton_steps(objective, theta, tolerance: float, first=None, evaluate=None):
+def _newton_steps(objective, theta, tolerance: float, first=None, evaluate=None,
+                  check_last: bool = True):
     """Damped Newton from ``theta`` until the decrement is below ``tolerance``; returns
     ``(theta, loss)``. ``first`` is ``(loss, grad, hessian)`` at ``theta`` when known;
     ``evaluate`` makes the Hessian passes (default `loss_gradient_hessian`).
 
     The decrement ``d`` falls quadratically near the optimum (about ``d^2`` after a full
     step, measured), so once ``d < sqrt(tolerance)`` the step is taken and only its loss
-    is checked (`loss_only`, no Hessian pass is spent to confirm the next decrement)."""
+    is checked (`loss_only`, no Hessian pass is spent to confirm the next decrement).
+    Without ``check_last`` (a coarse level, whose result is only the next level's start
+    point, itself damped and checked; or a caller that checks the loss itself) that step
+    is taken unchecked, and the loss returned is the quadratic model's prediction."""
     evaluate = loss_gradient_hessian if evaluate is None else evaluate
     loss, grad, hessian = first if first is not None else evaluate(objective, theta)
     objective.evaluations += int(first is None)
@@ -238,6 +270,8 @@ def _newton_steps(objective, theta, tolerance: float, first=None, evaluate=None)
         logger.debug("Newton: loss %.10f, decrement %.3g", loss, decrement)
         if decrement < tolerance:
             break
+        if decrement < np.sqrt(tolerance) and not check_last:
+            return theta + step, loss - decrement
         if decrement < np.sqrt(tolerance):
             t_loss = loss_only(objective, theta + step)
             objective.evaluations += 1
@@ -259,19 +293,33 @@ def _newton_steps(objective, theta, tolerance: float, first=None, evaluate=None)
     return theta, loss
 
 
-def fit_newton(objective, theta0: np.ndarray, coarse=None,
-               tolerance: float | None = None, evaluate=None) -> CalibrationFit:
+def coarse_tolerance(objective, dimension: int, tolerance: float) -> float:
+    """The decrement at which a coarse level of ``objective.n`` positions stops:
+    `COARSE_DECREMENT_FRACTION` of its statistical error ``dimension / (2 n)``, and never
+    below the fit's own ``tolerance``."""
+    return max(tolerance, COARSE_DECREMENT_FRACTION * dimension / (2 * objective.n))
+
+
+def fit_newton(objective, theta0: np.ndarray, coarse=None, tolerance: float | None = None,
+               start: float | None = None, check: bool = True,
+               evaluate=None) -> CalibrationFit:
     """Damped Newton from ``theta0`` (one kernel pass per iteration); kept only if the loss
     went down (as `minimize_kept`).
 
-    With ``coarse`` (the objective of a uniform subsample of the positions) the iterations
-    far from the optimum run on it, and the full sample starts at its optimum: there the
-    decrement is of the order of the subsample's statistical error ((R + 1) / (2 n_coarse)
-    nats), so one Hessian pass and one `loss_only` check usually finish the fit.
-    ``tolerance`` is the decrement at which it stops (default `NEWTON_DECREMENT`).
-    ``evaluate(objective, theta) -> (loss, grad, hessian)`` makes the Hessian passes on
-    ``objective`` (default `loss_gradient_hessian`; e.g. `context_sums` of chunks mapped
-    over a cluster's workers, then `combine_sums`); the coarse stage runs locally."""
+    With ``coarse`` (the objective of a uniform subsample of the positions, or a list of
+    them, coarsest first) the iterations far from the optimum run on it, each level
+    stopping at `coarse_tolerance`, and the full sample starts at the last level's
+    optimum: there the decrement is of the order of the subsample's statistical error
+    ((R + 1) / (2 n_coarse) nats), so one Hessian pass and one `loss_only` check usually
+    finish the fit. ``tolerance`` is the decrement at which it stops (default
+    `NEWTON_DECREMENT`). ``start``: the loss at ``theta0`` on all positions when the
+    caller knows it (e.g. from the uncalibrated evaluation), which saves a loss-only pass.
+    ``check=False`` (with ``coarse``): the last step on all positions is not confirmed by a
+    loss-only pass; ``loss_after`` is then the quadratic model's prediction and the caller
+    must check the loss (`streamsolve.api.calibrate_checked` reads it off its calibrated
+    evaluation). ``evaluate(objective, theta) -> (loss, grad, hessian)`` makes the Hessian
+    passes on ``objective`` (default `loss_gradient_hessian`; e.g. `context_sums` of chunks
+    mapped over a cluster's workers, then `combine_sums`); the coarse levels run locally."""
     theta0 = np.asarray(theta0, dtype=np.float64)
     tolerance = NEWTON_DECREMENT if tolerance is None else tolerance
     if coarse is None:
@@ -280,13 +328,21 @@ def fit_newton(objective, theta0: np.ndarray, coarse=None,
         start = first[0]
         theta, loss = _newton_steps(objective, theta0, tolerance, first, evaluate)
     else:
-        start = loss_only(objective, theta0)
-        theta_c, _ = _newton_steps(coarse, theta0, tolerance)
-        objective.evaluations += 1
-        theta, loss = _newton_steps(objective, theta_c, tolerance, evaluate=evaluate)
-        logger.info("Newton: %d passes on %d positions, then %d on all %d",
-                    coarse.evaluations, coarse.n, objective.evaluations, objective.n)
-        objective.evaluations += coarse.evaluations
+        levels = list(coarse) if isinstance(coarse, (list, tuple)) else [coarse]
+        if start is None:
+            start = loss_only(objective, theta0)
+            objective.evaluations += 1
+        theta_c = theta0
+        for level in levels:
+            theta_c, _ = _newton_steps(level, theta_c,
+                                       coarse_tolerance(level, theta0.size, tolerance),
+                                       check_last=False)
+        theta, loss = _newton_steps(objective, theta_c, tolerance, evaluate=evaluate,
+                                    check_last=check)
+        logger.info("Newton: %s passes on %s positions, then %d on all %d",
+                    "+".join(str(c.evaluations) for c in levels),
+                    "+".join(str(c.n) for c in levels), objective.evaluations, objective.n)
+        objective.evaluations += sum(c.evaluations for c in levels)
     if not (np.isfinite(loss) and loss <= start):
         return CalibrationFit(theta0, start, start, objective.n)
     return CalibrationFit(theta, start, loss, objective.n)

@@ -22,9 +22,7 @@ the rounding of ``U - sum_J u_j`` would show, and those contexts are scored dens
 
 `Scorer` scores positions (C kernel `_score.c` on a thread pool, NumPy fallback), caching
 ``log_zhat`` per context tuple in a bounded direct-mapped `ContextCache`.
-`CalibrationObjective` is the calibration loss and gradient on the same kernel: one pass
-over the distinct contexts of the sample per L-BFGS evaluation.
-
+`CalibrationObjective`: the calibration loss on the same kernel (Newton: `core.newton`).
 Pure numpy/scipy (and ctypes): no I/O.
 """
 
@@ -572,22 +570,28 @@ class CalibrationObjective:
 
 
 def fit_calibration_scored(parts: ScoringParts, contexts: np.ndarray, targets: np.ndarray,
-                           theta0: np.ndarray, max_iter: int = 100,
-                           native: bool | None = None, evaluate=None) -> CalibrationFit:
+                           theta0: np.ndarray, max_iter: int = 100, native: bool | None = None,
+                           start_loss: float | None = None, check: bool = True,
+                           evaluate=None) -> CalibrationFit:
     """Fit ``(beta, gamma)`` on `CalibrationObjective` (one fast pass per evaluation): by
     damped Newton with the exact Hessian (`streamsolve.core.newton`) on the C kernel's
     product path, else by L-BFGS; kept only if the sample's loss does not go up (as
-    `fit_calibration`). ``evaluate`` makes the Newton fit's Hessian passes on the whole
-    sample (see `streamsolve.core.newton.fit_newton`; e.g. spread over a cluster)."""
+    `fit_calibration`). ``start_loss``: the sample's mean cross-entropy at ``theta0`` when
+    known; ``check=False``: the caller checks the last step's loss; ``evaluate``: the Newton
+    fit's Hessian passes on the whole sample, e.g. over a cluster (see `newton.fit_newton`)."""
     objective = CalibrationObjective(parts, contexts, targets, native)
     if newton.newton_available(objective):
-        coarse = None
-        if objective.n > 2 * newton.COARSE_POSITIONS:  # a uniform subsample for the first steps
+        coarse = []
+        if objective.n > 2 * newton.COARSE_POSITIONS:  # uniform subsamples for the first steps
             pick = np.random.default_rng(0).choice(objective.n, newton.COARSE_POSITIONS, False)
-            coarse = CalibrationObjective(parts, np.atleast_2d(contexts)[pick],
-                                          np.reshape(targets, -1)[pick], native)
-        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64), coarse,
-                                newton.FIT_DECREMENT, evaluate)
+            sizes = sorted({min(newton.COARSE_FIRST_POSITIONS, pick.size), pick.size})
+            coarse = [CalibrationObjective(parts, np.atleast_2d(contexts)[pick[:size]],
+                                           np.reshape(targets, -1)[pick[:size]], native)
+                      for size in sizes]  # nested: each level a uniform subset of the next
+        fit = newton.fit_newton(objective, np.asarray(theta0, dtype=np.float64),
+                                coarse or None, newton.FIT_DECREMENT,
+                                start=start_loss if coarse else None, check=check,
+                                evaluate=evaluate)
     else:
         fit = minimize_kept(objective, np.asarray(theta0, dtype=np.float64), max_iter,
                             objective.n)

@@ -341,3 +341,78 @@ def test_coarse_to_fine_newton_reaches_the_full_sample_optimum(monkeypatch, aggr
     assert tight.fun - 1e-12 <= fit.loss_after <= tight.fun + 1e-6
     assert fit.loss_after < fit.loss_before
     assert passes.count(tgt.size) <= 2 and passes.count(200) >= 2  # most passes are coarse
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+@pytest.mark.parametrize("aggregation,radius", [("cat", 3), ("sum", 2)])
+def test_start_loss_kept_from_the_raw_evaluation(monkeypatch, aggregation, radius):
+    """The raw evaluation keeps the log-probabilities of the positions `calibrate` draws:
+    their mean is the fit's start loss (the loss-only pass it replaces, to 1e-12), and the
+    calibrated model is the same with or without it (two coarse levels here)."""
+    from streamsolve.core import newton
+    from streamsolve.language_model import calibration_keep, sample_positions
+
+    monkeypatch.setattr(newton, "COARSE_POSITIONS", 200)
+    monkeypatch.setattr(newton, "COARSE_FIRST_POSITIONS", 64)
+    V = 24
+    docs = random_docs(5, V, n_docs=700)
+    weights = weights_of(docs[:400], V, radius, aggregation, smoothing="kneser-ney")
+    heldout = [np.asarray(d) for d in docs[400:]]
+    model = LanguageModel(weights)
+    index, kept = calibration_keep(heldout, 1000, seed=3)
+    raw = model.evaluate_ids(heldout, keep=(index, kept))
+    ctx, tgt = sample_positions(heldout, radius, model.bos_id, 1000, seed=3)
+    np.testing.assert_allclose(kept, weights.target_log_probs(ctx, tgt), rtol=0, atol=1e-12)
+    assert raw.tokens > 1000
+    objective = CalibrationObjective(ScoringParts.from_weights(weights), ctx, tgt, native=True)
+    theta0 = np.r_[weights.beta, weights.gamma]
+    assert -np.mean(kept) == pytest.approx(newton.loss_only(objective, theta0), abs=1e-12)
+    passes = []
+    monkeypatch.setattr(newton, "loss_only", lambda o, t, f=newton.loss_only: passes.append(o.n)
+                        or f(o, t))
+    with_start = model.calibrate(heldout, sample_size=1000, seed=3, start_log_probs=kept)
+    spent = passes.count(1000)
+    passes.clear()
+    without = model.calibrate(heldout, sample_size=1000, seed=3)
+    assert passes[0] == 1000 and passes.count(1000) == spent + 1  # the start's pass, saved
+    np.testing.assert_array_equal(with_start.weights.beta, without.weights.beta)
+    assert with_start.weights.gamma == without.weights.gamma
+    assert with_start.evaluate_ids(heldout).cross_entropy <= raw.cross_entropy + 1e-12
+
+
+@pytest.mark.skipif(not score_native.available(), reason="C scoring kernel not built")
+def test_calibrate_checked_checks_the_last_step_on_its_calibrated_eval(monkeypatch):
+    """`calibrate_checked` fits without the last loss-only pass and reads the sample's loss
+    off its calibrated evaluation: the same scalars as a checked fit; and when that loss
+    went up (a bad unchecked fit, forced here) it fits again with the check."""
+    from streamsolve import api
+    from streamsolve.core import newton
+
+    monkeypatch.setattr(newton, "COARSE_POSITIONS", 200)
+    monkeypatch.setattr(newton, "COARSE_FIRST_POSITIONS", 64)
+    V, radius = 24, 3
+    docs = random_docs(9, V, n_docs=700)
+    weights = weights_of(docs[:400], V, radius, "cat", smoothing="kneser-ney")
+    heldout = [np.asarray(d) for d in docs[400:]]
+    model = LanguageModel(weights)
+    checked = model.calibrate(heldout, sample_size=1000)
+    calibrated, raw, cal = api.calibrate_checked(model, heldout, 1, sample=1000)
+    np.testing.assert_allclose(calibrated.weights.beta, checked.weights.beta, rtol=0, atol=1e-9)
+    assert calibrated.weights.gamma == pytest.approx(checked.weights.gamma, abs=1e-9)
+    assert cal.cross_entropy <= raw.cross_entropy
+
+    real, calls = LanguageModel.calibrate, []
+
+    def bad_unchecked(self, *args, check=True, **kwargs):
+        calls.append(check)
+        fitted = real(self, *args, check=check, **kwargs)
+        if check:
+            return fitted
+        uniform = fitted.weights.with_calibration(0 * fitted.weights.beta, 0.0)
+        return LanguageModel(uniform, None, self.bos_id)  # worse than raw on the sample
+
+    monkeypatch.setattr(LanguageModel, "calibrate", bad_unchecked)
+    again, _, cal_again = api.calibrate_checked(model, heldout, 1, sample=1000)
+    assert calls == [False, True]
+    np.testing.assert_allclose(again.weights.beta, checked.weights.beta, rtol=0, atol=1e-9)
+    assert cal_again.cross_entropy == pytest.approx(cal.cross_entropy, abs=1e-12)
