@@ -126,6 +126,18 @@ def _why_not(r: dict) -> str:
             "L-BFGS's run to 1e-4 here")
 
 
+def _margin(r: dict) -> str:
+    """How much the best explicit start saves over zeros, in passes and percent."""
+    passes = {row["start"]: row["passes_to_reach"] for row in r["starts"]}
+    zeros = passes.get("zeros")
+    explicit = [v for k, v in passes.items() if k != "zeros" and v is not None]
+    if zeros is None or not explicit:
+        return "zeros did not reach it"
+    best = min(explicit)
+    saved = 100 * (zeros - best) / zeros
+    return f"best explicit start {best} passes vs {zeros} from zeros, {saved:.0f}% fewer"
+
+
 def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
     """The REPORT section (pasted into BENCHMARKS.md by the lead)."""
     lines = ["## REPORT: the paper's claims measured (issue 15)", "",
@@ -141,8 +153,9 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
             "- explicit = `streamsolve.api.count` + `finalize` (default smoothing, `cat`); "
             "+ calibration adds `finalize(calibrate=...)` (its seconds include finalize's "
             "scoring of the calibration file).",
-            f"- Adam: PyTorch AdamW, float32, batch {d['batch']}, dense gradients, the same "
-            "module as the warm start (`streamsolve.torch.load`), random init N(0, 0.01); lr "
+            f"- Adam: PyTorch, float32, batch {d['batch']}: row-sparse lazy Adam on dense tables "
+            "(`streamsolve.refine`, decoupled decay on the touched rows), AdamW on factored "
+            "modules; the same module as the warm start (`streamsolve.torch.load`), random init N(0, 0.01); lr "
             f"{list(d['lrs'])} x weight decay {list(d['weight_decays'])} tuned on short runs "
             f"(best held-out CE), then the budget with early stopping (patience "
             f"{d['patience']} evaluations). Warm Adam: lr {list(d['warm_lrs'])} tuned alike.",
@@ -231,7 +244,7 @@ def markdown(results: dict, command: str, machine: str, pngs: list[str]) -> str:
         for name, r in results["5"].items():
             lines.append(f"- {name}: LogisticRegression objective {r['logreg_objective']:.5f}; "
                          f"explicit start wins: {'yes' if r['explicit_wins'] else 'no'}"
-                         + ("" if r["explicit_wins"] else f" — {_why_not(r)}"))
+                         + (f" ({_margin(r)})" if r["explicit_wins"] else f" — {_why_not(r)}"))
         lines.append("")
     if pngs:
         lines += ["Plots: " + ", ".join(pngs), ""]
