@@ -27,6 +27,7 @@ import numpy as np
 
 from ..core import newton
 from ..core.scoring import scorer_class
+from .runtime import task_client
 
 logger = logging.getLogger(__name__)
 
@@ -182,14 +183,8 @@ def cluster_evaluator(parts) -> ClusterEvaluator | None:
     spec = weights_spec(parts)
     if spec is None:
         return None
-    try:
-        from distributed import get_client, get_worker
-
-        get_worker()  # ValueError outside a task
-        client = get_client()
-        if len(client.scheduler_info()["workers"]) < 2:
-            return None
-    except (ImportError, ValueError):
+    client = task_client()
+    if client is None or len(client.scheduler_info()["workers"]) < 2:
         return None
     logger.info("calibration: Newton passes split over %d workers",
                 len(client.scheduler_info()["workers"]))

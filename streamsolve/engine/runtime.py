@@ -235,6 +235,19 @@ class Runtime:
         return False
 
 
+def task_client():
+    """The client of the Dask cluster this code runs on as a task (``distributed.get_client``
+    inside a worker), or None outside a task or without ``distributed``; it connects to
+    nothing new (the worker's own client)."""
+    try:
+        from distributed import get_client, get_worker
+
+        get_worker()  # ValueError outside a task
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
 def delayed(function):
     """``dask.delayed(function, pure=True)``: a task whose key hashes its arguments."""
     import dask

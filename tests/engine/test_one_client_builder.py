@@ -27,7 +27,9 @@ def _client_builders() -> list[str]:
 
 def test_only_the_runtime_builds_a_dask_client():
     builders = _client_builders()
-    assert len(builders) == 1 and builders[0].startswith("engine/runtime.py:"), builders
+    # connect_client (a new connection) and task_client (a task's own worker client)
+    assert len(builders) == 2 and all(b.startswith("engine/runtime.py:") for b in builders), \
+        builders
 
 
 def test_cluster_connects_through_the_runtime():
