@@ -69,23 +69,13 @@ def tokenizer(out: Path, vocab_size: int, paths: list[str], sample_bytes: int) -
 
 
 def token_documents(paths: list[str], tokenizer_text: str, max_tokens: int | None = None):
-    """Documents of int32 token ids, as streamsolve counts them (at most ~``max_tokens``)."""
-    from streamsolve.text.encoding import LineEncoder
-    from streamsolve.text.reading import ReadOptions, ReadStats, iter_document_pieces
+    """Documents of int32 token ids, as streamsolve counts them (exactly ``max_tokens`` when
+    given: the last document cut); the reading is `bench.common.read_token_documents`."""
+    from bench.common import read_token_documents
 
-    encoder = LineEncoder(tokenizer_text)
-    docs, total = [], 0
-    for path in paths:
-        for pieces in iter_document_pieces(path, ReadOptions(block_bytes=1 << 20), ReadStats()):
-            for ids, starts in encoder.encode_documents(pieces):
-                if not starts and docs:
-                    docs[-1] = np.concatenate([docs[-1], ids.astype(np.int32)])
-                elif ids.size:
-                    docs.append(ids.astype(np.int32))
-                total += ids.size
-            if max_tokens and total >= max_tokens:
-                return _take(docs, max_tokens)
-    return docs
+    docs = [d.astype(np.int32, copy=False)
+            for d in read_token_documents(paths, tokenizer_text, max_tokens)]
+    return _take(docs, max_tokens) if max_tokens else docs
 
 
 def _take(docs, tokens: int):
@@ -100,17 +90,11 @@ def _take(docs, tokens: int):
 
 
 def positions(docs, radius: int, bos_id: int):
-    """``(contexts (N, R), targets (N,))`` int64 tensors, BOS-padded like the counts."""
-    import torch
+    """``(contexts (N, R), targets (N,))`` int64 tensors, BOS-padded like the counts (the
+    benchmarks' `bench.softmax.positions`)."""
+    from bench.softmax import positions as bench_positions
 
-    from streamsolve.language_model import contexts_and_targets
-
-    ctx, tgt = [], []
-    for c, t in contexts_and_targets(docs, radius, bos_id):
-        ctx.append(c)
-        tgt.append(t)
-    return (torch.from_numpy(np.concatenate(ctx)).long(),
-            torch.from_numpy(np.concatenate(tgt)).long())
+    return bench_positions(docs, radius, bos_id)
 
 
 @dataclasses.dataclass
