@@ -256,7 +256,8 @@ class MemoryPlan:
         the counts hold `distinct_pairs` per block at 16 bytes each, twice over while
         merging. Memory is the process base, the read blocks being
         tokenized (no larger than the text) and those counts up to the plan's in-memory cap;
-        spill disk is the sorted runs written when they do not fit (0 when they do).
+        spill disk is the sorted runs written once the counts outgrow one task's cap
+        (`task_bytes`: a tree merge above it spills), 0 when they never do.
         """
         text = input_bytes * compressed_ratio
         tokens = text / 3.5
@@ -267,7 +268,7 @@ class MemoryPlan:
         in_memory_cap = self.task_bytes * (self.workers * 6 + 1)
         peak = PROCESS_BASE_BYTES + reading + min(2 * counts, in_memory_cap)
         spill = 0.0
-        if self.spill_dir and 2 * counts > in_memory_cap:
+        if self.spill_dir and counts > self.task_bytes:  # a merge over the cap spills
             # sorted runs of at most task_bytes, each the distinct pairs of the tokens it
             # covers: about tokens / run_tokens runs (measured: 2.2 GB spilled at 8x the
             # bench corpus, 2 GB budget; this gives 2.23 GB)
