@@ -21,6 +21,7 @@ into ``--out``. Needs PyTorch (``streamsolve[torch]``); matplotlib and mlxtend o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -47,7 +48,14 @@ def parse_args(argv=None):
                         help="comma-separated items of issue 15 (2 needs the runs of 1)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="training seconds per arm of items 1-2 (default: the profile's)")
+    parser.add_argument("--vocab", type=int, nargs="+", default=None,
+                        help="vocabulary sizes of items 1-2 (default: the profile's)")
+    parser.add_argument("--radius", type=int, nargs="+", default=None,
+                        help="radii R of items 1-2 (default: the profile's)")
     args = parser.parse_args(argv)
+    for name in ("vocab", "radius"):
+        if getattr(args, name) is not None and min(getattr(args, name)) < 1:
+            parser.error(f"--{name} takes positive integers")
     try:
         args.only = sorted({int(x) for x in args.only.split(",") if x.strip()})
     except ValueError:
@@ -81,6 +89,9 @@ def run(args) -> dict:
     import torch
 
     profile = PROFILES[args.profile]
+    if args.vocab or args.radius:  # a subset (or other sizes) of items 1-2's grid
+        profile = dataclasses.replace(profile, vocab_sizes=tuple(args.vocab or profile.vocab_sizes),
+                                      radii=tuple(args.radius or profile.radii))
     seconds = args.seconds or profile.seconds
     if set(args.only) - {5}:   # items 1-4 read the corpus: fail before anything else
         data.source_paths(profile.train_sources + [profile.calibration_source,
