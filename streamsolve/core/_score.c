@@ -392,6 +392,36 @@ int score_contexts_product_dense(int R, const int64_t *const *indptr,
     return 0;
 }
 
+/* A context's outputs of the Hessian kernels from its accumulated sums (zs = U + corr):
+   log zhat, the expectations of the dense and sparse features, and the second moments
+   (mm holds the correction's square; its upper triangle is read). */
+static inline __attribute__((always_inline)) void
+write_context_moments(int64_t i, int n_blocks, int n_dense, double zs, const double *cx,
+                      const double *ws, const double *mm, const double *dense_totals,
+                      const double *dense_second, double *log_zhat, double *exp_sparse,
+                      double *exp_dense, double *second)
+{
+    log_zhat[i] = log(zs);
+    for (int t = 0; t < n_dense; t++)
+        exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
+    for (int b = 0; b < n_blocks; b++)
+        exp_sparse[i * n_blocks + b] = ws[b] / zs;
+    for (int t = 0; t < n_dense; t++)
+        for (int l = 0; l < n_dense; l++) {
+            const int at = t <= l ? t * n_dense + l : l * n_dense + t;
+            second[i * n_dense * n_dense + t * n_dense + l] =
+                (dense_second[t * n_dense + l] + mm[at]) / zs;
+        }
+}
+
+/* Call IMPL(nb, nd, ...) with the block counts as constants when they are 1, 2 or 3 (R = 3 /
+   2 cat, or one block), so the compiler unrolls the per-entry loops over blocks. */
+#define WITH_CONSTANT_BLOCKS(IMPL, ...)                                                      \
+    (n_blocks == 3 && n_dense == 4 ? IMPL(3, 4, __VA_ARGS__)                                 \
+     : n_blocks == 1 && n_dense == 2 ? IMPL(1, 2, __VA_ARGS__)                               \
+     : n_blocks == 2 && n_dense == 3 ? IMPL(2, 3, __VA_ARGS__)                               \
+     : IMPL(n_blocks, n_dense, __VA_ARGS__))
+
 /* score_contexts_product_grad plus the second moments the calibration Newton step needs:
    with the features F_k(j) = Sraw_k(j) + x_k(j) for k < n_blocks and F_k = x_k for the
    dense columns beyond (n_dense = n_blocks + 1: the last is log p), per context
@@ -469,18 +499,8 @@ score_contexts_product_hess_impl(int R, int n_blocks, const int64_t *const *indp
                     mm[t * n_dense + l] += wf * f[l] - ux * x[l];
             }
         }
-        const double zs = U + corr;
-        log_zhat[i] = log(zs);
-        for (int t = 0; t < n_dense; t++)
-            exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
-        for (int b = 0; b < n_blocks; b++)
-            exp_sparse[i * n_blocks + b] = ws[b] / zs;
-        for (int t = 0; t < n_dense; t++)
-            for (int l = 0; l < n_dense; l++) {
-                const int at = t <= l ? t * n_dense + l : l * n_dense + t;
-                second[i * n_dense * n_dense + t * n_dense + l] =
-                    (dense_second[t * n_dense + l] + mm[at]) / zs;
-            }
+        write_context_moments(i, n_blocks, n_dense, U + corr, cx, ws, mm, dense_totals,
+                              dense_second, log_zhat, exp_sparse, exp_dense, second);
     }
     free(acc), free(sraw), free(stamp), free(touched), free(sums);
     return 0;
@@ -495,26 +515,11 @@ int score_contexts_product_hess(int R, int n_blocks, const int64_t *const *indpt
                                 double *log_zhat, double *exp_sparse, double *exp_dense,
                                 double *second)
 {
-    /* constant block counts let the compiler unroll the per-entry loops */
-    if (n_blocks == 3 && n_dense == 4)
-        return score_contexts_product_hess_impl(R, 3, indptr, indices, data, edata, block_of, u,
-                                                U, V, 4, dense, dense_totals, dense_second, n,
-                                                contexts, log_zhat, exp_sparse, exp_dense,
-                                                second);
-    if (n_blocks == 1 && n_dense == 2)
-        return score_contexts_product_hess_impl(R, 1, indptr, indices, data, edata, block_of, u,
-                                                U, V, 2, dense, dense_totals, dense_second, n,
-                                                contexts, log_zhat, exp_sparse, exp_dense,
-                                                second);
-    if (n_blocks == 2 && n_dense == 3)
-        return score_contexts_product_hess_impl(R, 2, indptr, indices, data, edata, block_of, u,
-                                                U, V, 3, dense, dense_totals, dense_second, n,
-                                                contexts, log_zhat, exp_sparse, exp_dense,
-                                                second);
-    return score_contexts_product_hess_impl(R, n_blocks, indptr, indices, data, edata, block_of,
-                                            u, U, V, n_dense, dense, dense_totals, dense_second,
-                                            n, contexts, log_zhat, exp_sparse, exp_dense,
-                                            second);
+#define HESS(nb, nd, ...) score_contexts_product_hess_impl(R, nb, indptr, indices, data,   \
+                                         edata, block_of, u, U, V, nd, __VA_ARGS__)
+    return WITH_CONSTANT_BLOCKS(HESS, dense, dense_totals, dense_second, n, contexts,
+                                log_zhat, exp_sparse, exp_dense, second);
+#undef HESS
 }
 
 /* score_contexts_product_hess with each context's longest dense row L taken from rowsums
@@ -622,18 +627,8 @@ score_contexts_product_hess_dense_impl(int R, int n_blocks, const int64_t *const
                     mm[t * n_dense + l] += wf * f[l] - wlf * fl[l];
             }
         }
-        const double zs = U + corr;
-        log_zhat[i] = log(zs);
-        for (int t = 0; t < n_dense; t++)
-            exp_dense[i * n_dense + t] = (dense_totals[t] + cx[t]) / zs;
-        for (int b = 0; b < n_blocks; b++)
-            exp_sparse[i * n_blocks + b] = ws[b] / zs;
-        for (int t = 0; t < n_dense; t++)
-            for (int l = 0; l < n_dense; l++) {
-                const int at = t <= l ? t * n_dense + l : l * n_dense + t;
-                second[i * n_dense * n_dense + t * n_dense + l] =
-                    (dense_second[t * n_dense + l] + mm[at]) / zs;
-            }
+        write_context_moments(i, n_blocks, n_dense, U + corr, cx, ws, mm, dense_totals,
+                              dense_second, log_zhat, exp_sparse, exp_dense, second);
     }
     free(acc), free(sraw), free(stamp), free(touched), free(sums);
     return 0;
@@ -650,28 +645,10 @@ int score_contexts_product_hess_dense(int R, int n_blocks, const int64_t *const 
                                 const double *const *drows, const double *const *srows,
                                 const double *const *rowsums)
 {
-    /* constant block counts let the compiler unroll the per-entry loops */
-    if (n_blocks == 3 && n_dense == 4)
-        return score_contexts_product_hess_dense_impl(R, 3, indptr, indices, data, edata,
-                                                      block_of, u, U, V, 4, dense, dense_totals,
-                                                      dense_second, n, contexts, log_zhat,
-                                                      exp_sparse, exp_dense, second, slot,
-                                                      drows, srows, rowsums);
-    if (n_blocks == 1 && n_dense == 2)
-        return score_contexts_product_hess_dense_impl(R, 1, indptr, indices, data, edata,
-                                                      block_of, u, U, V, 2, dense, dense_totals,
-                                                      dense_second, n, contexts, log_zhat,
-                                                      exp_sparse, exp_dense, second, slot,
-                                                      drows, srows, rowsums);
-    if (n_blocks == 2 && n_dense == 3)
-        return score_contexts_product_hess_dense_impl(R, 2, indptr, indices, data, edata,
-                                                      block_of, u, U, V, 3, dense, dense_totals,
-                                                      dense_second, n, contexts, log_zhat,
-                                                      exp_sparse, exp_dense, second, slot,
-                                                      drows, srows, rowsums);
-    return score_contexts_product_hess_dense_impl(R, n_blocks, indptr, indices, data, edata,
-                                                  block_of, u, U, V, n_dense, dense,
-                                                  dense_totals, dense_second, n, contexts,
-                                                  log_zhat, exp_sparse, exp_dense, second, slot,
-                                                  drows, srows, rowsums);
+#define HESS_DENSE(nb, nd, ...) score_contexts_product_hess_dense_impl(R, nb, indptr,      \
+                                         indices, data, edata, block_of, u, U, V, nd, __VA_ARGS__)
+    return WITH_CONSTANT_BLOCKS(HESS_DENSE, dense, dense_totals, dense_second, n, contexts,
+                                log_zhat, exp_sparse, exp_dense, second, slot, drows, srows,
+                                rowsums);
+#undef HESS_DENSE
 }
