@@ -77,33 +77,40 @@ def anthropic_tokenizer() -> Path | None:
     return path if path.exists() else None
 
 
-def run_count(corpus: list[str], store: Path, *args: str, env: dict | None = None) -> dict:
-    """Run ``streamsolve count`` as a subprocess: its JSON summary plus wall seconds and the
-    peak resident memory of its whole process tree (sampled every 200 ms)."""
+def run_streamsolve(args: list[str], log_name: str, env: dict | None = None
+                    ) -> tuple[dict, float, int]:
+    """``python -m streamsolve ARGS`` (ARGS ending in ``--json``) as a subprocess: its JSON
+    summary (the last line of stdout), wall seconds, and the peak resident memory of its whole
+    process tree (sampled every 200 ms). Stderr goes to ``WORK/logs/LOG_NAME.stderr``."""
     from streamsolve.engine.progress import PeakMemory
 
-    if store.exists():
-        shutil.rmtree(store)
-    command = [sys.executable, "-m", "streamsolve", "count", *corpus, "--store", str(store),
-               "--json", *args]
     child_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                  **(env or {})}
     log = WORK / "logs"
     log.mkdir(parents=True, exist_ok=True)
-    stderr_path = log / f"{store.name}.stderr"
+    stderr_path = log / f"{log_name}.stderr"
     started = time.perf_counter()
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                env=child_env)
+        proc = subprocess.Popen([sys.executable, "-m", "streamsolve", *args],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_env)
         with PeakMemory(proc.pid, interval=0.2) as mem:
             out, _ = proc.communicate()
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"streamsolve count failed ({proc.returncode}); see {stderr_path}:\n"
-                           + stderr_path.read_text()[-2000:])
-    result = json.loads(out)
+        raise RuntimeError(f"streamsolve {args[0]} failed ({proc.returncode}); see "
+                           f"{stderr_path}:\n" + stderr_path.read_text()[-2000:])
+    return json.loads(out.strip().splitlines()[-1]), seconds, mem.peak
+
+
+def run_count(corpus: list[str], store: Path, *args: str, env: dict | None = None) -> dict:
+    """Run ``streamsolve count`` as a subprocess (`run_streamsolve`): its JSON summary plus
+    wall seconds and the peak resident memory of its whole process tree."""
+    if store.exists():
+        shutil.rmtree(store)
+    result, seconds, peak = run_streamsolve(
+        ["count", *corpus, "--store", str(store), "--json", *args], store.name, env)
     result["wall_seconds"] = seconds
-    result["peak_rss"] = mem.peak
+    result["peak_rss"] = peak
     result["command"] = " ".join(["streamsolve count", f"<{len(corpus)} shards>", "--store",
                                   str(store), "--json", *args])
     return result

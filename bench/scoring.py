@@ -12,12 +12,7 @@ tokenizer is installed, V = 65k. Peak RSS is of each process tree.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 
 from . import common
 
@@ -29,24 +24,7 @@ TARGETS = {1: 1.0, 3: 0.25}
 
 def run_cli(*args: str, name: str) -> tuple[dict, float, int]:
     """``streamsolve ARGS --json`` in a subprocess: (its JSON, wall seconds, peak RSS)."""
-    from streamsolve.engine.progress import PeakMemory
-
-    env = {**os.environ, "PYTHONPATH": str(common.REPO) + os.pathsep
-           + os.environ.get("PYTHONPATH", "")}
-    log = common.WORK / "logs"
-    log.mkdir(parents=True, exist_ok=True)
-    stderr_path = log / f"scoring-{name}.stderr"
-    started = time.perf_counter()
-    with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "streamsolve", *args, "--json"],
-                                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-        with PeakMemory(proc.pid, interval=0.2) as mem:
-            out, _ = proc.communicate()
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"streamsolve {args[0]} failed; see {stderr_path}:\n"
-                           + stderr_path.read_text()[-2000:])
-    return json.loads(out.strip().splitlines()[-1]), seconds, mem.peak
+    return common.run_streamsolve([*args, "--json"], f"scoring-{name}")
 
 
 def run(full: bool) -> str:
