@@ -67,7 +67,28 @@ def _add(tensor, rows, delta):
         tensor.index_add_(0, rows, delta)
 
 
-class LazyAdam(torch.optim.Optimizer):
+class _RowOptimizer(torch.optim.Optimizer):
+    """`step` over the parameters that have gradients, each updated by ``_update(p, rows,
+    grad, group)`` on its touched rows (`_rows_and_values`)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step; ``closure`` (optional) re-evaluates the loss with gradients."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, *_rows_and_values(p), group)
+        return loss
+
+    def _update(self, p, rows, grad, group) -> None:
+        raise NotImplementedError
+
+
+class LazyAdam(_RowOptimizer):
     """Adam updating only the rows present in a sparse gradient (see the module docstring).
 
     Parameters
@@ -89,42 +110,28 @@ class LazyAdam(torch.optim.Optimizer):
                              f"eps {eps}, weight_decay {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; ``closure`` (optional) re-evaluates the loss with gradients."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p,
-                                                           memory_format=torch.preserve_format)
-                state["step"] += 1
-                rows, grad = _rows_and_values(p)
-                m = _take(state["exp_avg"], rows).mul_(beta1).add_(grad, alpha=1 - beta1)
-                v = _take(state["exp_avg_sq"], rows).mul_(beta2).addcmul_(grad, grad,
-                                                                           value=1 - beta2)
-                _put(state["exp_avg"], rows, m)
-                _put(state["exp_avg_sq"], rows, v)
-                step = state["step"]
-                denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
-                delta = (m / denom).mul_(-lr / (1 - beta1 ** step))
-                if decay:  # decoupled: p (1 - lr decay) - step
-                    delta.add_(_take(p, rows), alpha=-lr * decay)
-                _add(p, rows, delta)
-        return loss
+    def _update(self, p, rows, grad, group) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        m = _take(state["exp_avg"], rows).mul_(beta1).add_(grad, alpha=1 - beta1)
+        v = _take(state["exp_avg_sq"], rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        _put(state["exp_avg"], rows, m)
+        _put(state["exp_avg_sq"], rows, v)
+        step = state["step"]
+        denom = (v / (1 - beta2 ** step)).sqrt_().add_(eps)
+        delta = (m / denom).mul_(-lr / (1 - beta1 ** step))
+        if decay:  # decoupled: p (1 - lr decay) - step
+            delta.add_(_take(p, rows), alpha=-lr * decay)
+        _add(p, rows, delta)
 
 
-class LazySGD(torch.optim.Optimizer):
+class LazySGD(_RowOptimizer):
     """SGD (optional momentum) updating only the rows present in a sparse gradient.
 
     Parameters
@@ -143,30 +150,18 @@ class LazySGD(torch.optim.Optimizer):
                              f"{momentum}, weight_decay {weight_decay}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; ``closure`` (optional) re-evaluates the loss with gradients."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, grad = _rows_and_values(p)
-                if decay:
-                    grad = grad.add(_take(p, rows), alpha=decay)
-                if momentum:  # a fresh buffer is zero: 0 * momentum + g == g, as SGD's first
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    buf = _take(state["momentum_buffer"], rows).mul(momentum).add_(grad)
-                    _put(state["momentum_buffer"], rows, buf)
-                    grad = buf
-                _add(p, rows, grad.mul(-lr))
-        return loss
+    def _update(self, p, rows, grad, group) -> None:
+        lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+        if decay:
+            grad = grad.add(_take(p, rows), alpha=decay)
+        if momentum:  # a fresh buffer is zero: 0 * momentum + g == g, as SGD's first
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = _take(state["momentum_buffer"], rows).mul(momentum).add_(grad)
+            _put(state["momentum_buffer"], rows, buf)
+            grad = buf
+        _add(p, rows, grad.mul(-lr))
 
 
 def sparse_embeddings(module) -> list:
