@@ -95,8 +95,9 @@ def gather_positions(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     row_of = np.repeat(np.arange(n_rows), lengths)
     totals = np.bincount(row_of, weights=data, minlength=n_rows)
     out.row_total[mine] = totals[rows]
-    for k, mask in enumerate((data == 1, data == 2, data >= 3)):
-        out.row_counts_of_counts[mine, k] = np.bincount(row_of[mask], minlength=n_rows)[rows]
+    from .kneser_ney import row_counts_of_counts
+
+    out.row_counts_of_counts[mine] = row_counts_of_counts(indptr, data)[rows]
     keys = row_of * np.int64(1 << 32) + np.asarray(indices, dtype=np.int64)
     if np.any(keys[1:] < keys[:-1]):  # stored count blocks are sorted within rows already
         order = np.argsort(keys, kind="stable")
@@ -249,12 +250,11 @@ def choose_strength(stats: PositionStatistics, targets: np.ndarray, smoothing: s
     (ScaleSearch, discounts or None, log background (V,), mu or None)
         What the block's weights are then computed with.
     """
-    from .kneser_ney import block_discounts, continuation_log_q
+    from .kneser_ney import kneser_ney_parameters
 
     low, high = SEARCH_RANGES[smoothing]
     if smoothing == "kneser-ney":
-        estimated = block_discounts(block_stats)
-        log_q = continuation_log_q(block_stats)
+        estimated, log_q = kneser_ney_parameters(block_stats)
         bg = log_q[targets]
         found = search_scale(lambda s: kneser_ney_cross_entropy(
             stats, bg, scaled_discounts(estimated, s)), low, high)
