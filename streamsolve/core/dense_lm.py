@@ -50,10 +50,6 @@ class RefinedWeights:
     provenance: dict = dataclasses.field(default_factory=dict)
     calibrated: bool = False  # calibration is folded into the trained weights
 
-    @property
-    def n_blocks(self) -> int:
-        return len(self.tables if self.tables is not None else self.factors)
-
     def block_of_offset(self, r: int) -> int:
         """Index of the weight block used by offset r (0-based)."""
         return r if self.config.aggregation == "cat" else 0
@@ -77,7 +73,7 @@ class RefinedWeights:
                 out += self.tables[b][rows]
             else:
                 E, B, offsets = self.factors[b]
-                out += np.asarray(E[rows], dtype=np.float64) @ np.asarray(B, dtype=np.float64)
+                out += E[rows] @ B  # float64 since loading (`refined_store_weights`)
                 out += offsets[rows][:, None]
         out += self.bias
         return out

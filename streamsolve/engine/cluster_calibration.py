@@ -130,9 +130,10 @@ class ClusterEvaluator:
         The weights the objective's parts are (each worker rebuilds them from it).
     """
 
-    def __init__(self, client, spec: WeightsSpec):
+    def __init__(self, client, spec: WeightsSpec, workers=None):
         self.client = client
-        self.workers = sorted(client.scheduler_info()["workers"])
+        self.workers = sorted(client.scheduler_info()["workers"] if workers is None else workers)
+        self.token = spec.token  # what the workers' rebuilt parts are filed under
         self.spec = client.scatter(spec, broadcast=True, hash=False)
         self.passes = 0
         self.failed = False  # a pass failed on the workers: the rest are made here
@@ -166,7 +167,7 @@ class ClusterEvaluator:
 
     def close(self):
         """Release the scattered spec and chunks, and the parts the workers rebuilt."""
-        token = self.spec.result().token if self.spec.status == "finished" else None
+        token = self.token if self.spec.status == "finished" else None
         self._chunks = None
         self.spec.release()
         if token is not None:
@@ -184,8 +185,8 @@ def cluster_evaluator(parts) -> ClusterEvaluator | None:
     if spec is None:
         return None
     client = task_client()
-    if client is None or len(client.scheduler_info()["workers"]) < 2:
+    workers = [] if client is None else list(client.scheduler_info()["workers"])
+    if len(workers) < 2:
         return None
-    logger.info("calibration: Newton passes split over %d workers",
-                len(client.scheduler_info()["workers"]))
-    return ClusterEvaluator(client, spec)
+    logger.info("calibration: Newton passes split over %d workers", len(workers))
+    return ClusterEvaluator(client, spec, workers)

@@ -140,8 +140,8 @@ def refined_store_weights(view, allow_stale: bool = False) -> RefinedWeights:
         return RefinedWeights(view.config, arrays["bias"].astype(np.float64),
                               tables=[arrays[f"table{b}"] for b in range(n)],
                               provenance=provenance)
-    factors = [(arrays[f"embedding{b}"], arrays[f"output{b}"],
-                arrays[f"row_offsets{b}"].astype(np.float64)) for b in range(n)]
+    factors = [tuple(arrays[f"{name}{b}"].astype(np.float64)  # small: V x d, d x V, V
+                     for name in ("embedding", "output", "row_offsets")) for b in range(n)]
     return RefinedWeights(view.config, arrays["bias"].astype(np.float64), factors=factors,
                           provenance=provenance)
 
