@@ -30,8 +30,9 @@ from .engine.memory import parse_memory
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
 from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel, sample_positions
 from .language_model import calibration_keep
+from .store import replacement
 from .store.layout import StoreError
-from .store.location import check_writable, is_inside_store, remove_store  # noqa: F401
+from .store.location import check_writable, is_inside_store  # noqa: F401
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
@@ -65,6 +66,7 @@ def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_
                    command=command) as lock:
         _HELD_LOCKS[key] = lock
         try:
+            replacement.recover(store, storage_options)  # what a killed --overwrite left
             yield lock
         finally:
             _HELD_LOCKS.pop(key, None)
@@ -503,8 +505,10 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         With ``calibrate``, choose the smoothing strength per offset on the held-out part
         first (as `finalize`, where "auto" is explained; not with ``mu`` or ``discount``).
     overwrite : bool
-        First delete the streamsolve store at ``store`` (refused for anything that is not a
-        streamsolve store, and nothing is deleted while another writer holds the lock).
+        Replace the streamsolve store at ``store`` (refused for anything that is not a
+        streamsolve store, and while another writer holds the lock). The new store is
+        built beside it and swapped in only once complete (`streamsolve.store.replacement`):
+        any failure leaves the old store as it was.
 
     Returns
     -------
@@ -517,10 +521,16 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
     storage_options = count_kwargs.get("storage_options")
     with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),
                       break_lock=count_kwargs.get("break_lock", False), command="solve"):
-        if overwrite:
-            remove_store(store, storage_options)
-        return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,
-                             alpha, count_kwargs, discount, smoothing_search)
+        def solve_at(target: str) -> dict:
+            return _solve_locked(corpus, target, heldout_fraction, calibrate, form, smoothing,
+                                 mu, alpha, count_kwargs, discount, smoothing_search)
+
+        if not overwrite:
+            return solve_at(store)
+        summary = replacement.replace_store(store, storage_options, solve_at, lambda target: (
+            _writer_lock(target, storage_options, wait=False, break_lock=False,
+                         command="solve --overwrite")))
+        return {**summary, "store": store}
 
 
 #: Fewer held-out tokens than this make `solve` warn that its held-out figures are noisy.
