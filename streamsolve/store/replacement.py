@@ -11,10 +11,11 @@ directories atomically (Linux; ext4, xfs, btrfs, tmpfs...): ``STORE`` is the old
 that call and the new one after it, never anything else. The old store, now at the sibling
 name, is then removed. A crash before the exchange leaves the old store and a sibling; a
 crash after it leaves the new store and a sibling holding the old one: either way the next
-``--overwrite`` removes the sibling. Where the exchange is not available, two renames:
+writer of the store removes the sibling. Where the exchange is not available, two renames:
 ``STORE`` to ``STORE.streamsolve-replaced-<token>``, then the new one to ``STORE``; a crash
 between them leaves no ``STORE`` (`info` says "no streamsolve store") but the old store
-complete under the ``replaced`` name, and the next ``--overwrite`` renames it back first.
+complete under the ``replaced`` name, and the next writer (``count``, ``solve``) renames it
+back first.
 The directory keeps the old one's permission bits; a symlinked store is swapped at its
 target, so the link still points at the store.
 
@@ -25,7 +26,7 @@ hold a complete store at every instant. The commit order instead keeps the old s
 until the new one is complete, and makes every crash recoverable:
 
 1. build the new store at ``STORE.streamsolve-overwrite-<token>/`` (crash: the old store is
-   intact; the sibling is debris, removed by the next ``--overwrite``);
+   intact; the sibling is debris, removed by the next writer);
 2. write the commit record ``STORE.streamsolve-overwrite-<token>.commit`` (from here on the
    replacement is decided: a crash is rolled forward);
 3. delete ``STORE/zarr.json`` (the URL is no store from here: readers get "no streamsolve
@@ -33,9 +34,10 @@ until the new one is complete, and makes every crash recoverable:
 4. copy the new store's objects to ``STORE``, ``zarr.json`` last (a store again, complete);
 5. delete the commit record, then the sibling.
 
-A crash in steps 3-5 leaves the commit record and the complete sibling: the next
-``--overwrite`` of that store (under its lock) repeats steps 3-5 before anything else. Only
-between steps 3 and 4 (or such a crash and that next run) is there no store at the URL.
+A crash in steps 3-5 leaves the commit record and the complete sibling: the next writer of
+that store (``count``, ``solve``: any command taking its lock) repeats steps 3-5 before
+anything else. Only between steps 3 and 4 (or such a crash and that next writer) is there no
+store at the URL.
 
 Leftovers are recognised by name (``STORE.streamsolve-overwrite-`` or ``-replaced-`` and a
 32-hex token, their ``.lock`` and ``.commit``) and content (only a streamsolve store's own
@@ -188,7 +190,8 @@ def recover(store_url: str, storage_options: dict | None = None):
             _roll_forward(fs, f"{parent}/{name[:-7]}", filesystem(canonical, storage_options)[1])
     if is_local(canonical) and not os.path.lexists(canonical):
         for name in names:
-            if REPLACED in name and not name.endswith((".lock", ".commit")):
+            if REPLACED in name and not name.endswith((".lock", ".commit")) \
+                    and _is_own_debris(f"{parent}/{name}", None):
                 logger.warning("restoring %s, which a killed --overwrite had renamed to %s",
                                canonical, name)
                 os.rename(f"{parent}/{name}", canonical)
