@@ -73,7 +73,7 @@ def _count_kwargs(args, storage_options) -> dict:
                 scheduler=args.scheduler, workers=args.workers,
                 memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
-                wait=args.wait, break_lock=args.break_lock)
+                wait=args.wait, break_lock=args.break_lock, force_memory=args.force_memory)
 
 
 def run(args) -> dict:
@@ -211,13 +211,17 @@ def _main(argv, command) -> int:
 
     from .cli_output import print_human
     from .engine import cluster
+    from .engine.memory import check_memory
 
     parser = build_parser()
     args = parser.parse_args(argv)
     command.label = f"streamsolve {args.command}"
     _setup_logging(args)
-    try:
-        if args.command == "cluster-script" or cluster.wants_cluster(args):
+    remote = args.command == "cluster-script" or cluster.wants_cluster(args)
+    try:  # a job's --memory is checked against its workers' limits where it runs
+        check_memory(getattr(args, "memory", None), getattr(args, "force_memory", False),
+                     remote=remote)
+        if remote:
             result = cluster.execute(args, run)  # the command runs as a job on the cluster
         else:
             cluster.check_locations(args)

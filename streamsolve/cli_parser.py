@@ -84,6 +84,9 @@ def _add_memory(parser: argparse.ArgumentParser, help: str = MEMORY_HELP):
     an older spelling)."""
     parser.add_argument("-S", "--memory", "--memory-budget", dest="memory", default=None,
                         metavar="SIZE", help=help)
+    parser.add_argument("--force-memory", action="store_true",
+                        help="accept a --memory above the RAM (on a cluster: the workers' "
+                             "limits) or below the 256MiB one process needs (refused otherwise)")
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = False):
