@@ -5,6 +5,7 @@ previous output intact and no partial output behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import streamsolve as ss
 from streamsolve.cli import main
 from streamsolve.export import read_export
 
-from .conftest import write_shards, write_text
+from .conftest import write_text
 from .deploy_helpers import REPO
 from .store.test_integrity import counts_block, damage
 
@@ -27,16 +29,21 @@ KINDS = {"weights": ("w.safetensors", ["--weights"]),
          "tokenizer": ("t.json", None)}
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, documents, tokenizer_file) -> Path:
+    """A radius-2 store of real text, solved (counted, finalized, calibrated)."""
+    root = tmp_path_factory.mktemp("export-safety")
+    corpus = write_text(root / "corpus.txt", "\n\n".join(documents[:20]) + "\n")
+    ss.solve([str(corpus)], str(root / "m.zarr"), tokenizer=tokenizer_file, radius=2,
+             heldout_fraction=0.2)
+    return root / "m.zarr"
+
+
 @pytest.fixture
-def store(tmp_path, documents, tokenizer_file) -> str:
-    """A radius-2 store of real text, finalized (each test may damage its own)."""
-    shards = write_shards(tmp_path / "corpus", 2, "", documents[3:20])
-    path = str(tmp_path / "m.zarr")
-    assert main(["count", *map(str, shards), "--store", path, "--tokenizer", tokenizer_file,
-                 "--radius", "2", "-q"]) == 0
-    heldout = write_text(tmp_path / "held.txt", "\n\n".join(documents[:3]) + "\n")
-    assert main(["finalize", path, "--calibrate", str(heldout), "-q"]) == 0
-    return path
+def store(tmp_path, pristine) -> str:
+    """A copy of the pristine store for each test (some damage theirs)."""
+    shutil.copytree(pristine, tmp_path / "m.zarr")
+    return str(tmp_path / "m.zarr")
 
 
 def export_args(store: str, kind: str, out: Path) -> list[str]:
@@ -120,3 +127,11 @@ def test_a_write_error_keeps_the_previous_output(capsys, tmp_path, store, kind):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "cannot write" in done.stderr and str(out) in done.stderr
     assert out.read_bytes() == good and listing(out.parent) == [out.name]
+
+
+def test_stdout_and_the_same_file_twice_are_refused(capsys, tmp_path, store):
+    code, _, err = run_cli(capsys, "export", store, "-", "--weights")
+    assert code == 2 and "- is not stdout" in err and not (tmp_path / "-").exists()
+    twice = tmp_path / "w.json"
+    code, _, err = run_cli(capsys, "export", store, twice, "--weights", "--tokenizer", twice)
+    assert code == 2 and "given twice" in err and not twice.exists()
