@@ -26,12 +26,14 @@ from collections.abc import Iterator, Sequence
 from . import ingest
 from .core.smoothing import check_smoothing, default_smoothing
 from .engine.finalize import commit_store_weights, compute_store_weights
-from .engine.memory import parse_memory
+from .engine.memory import check_memory
+from .engine.runtime import is_address
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
 from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel, sample_positions
 from .language_model import calibration_keep
+from .store import replacement
 from .store.layout import StoreError
-from .store.location import check_writable, is_inside_store, remove_store  # noqa: F401
+from .store.location import check_writable, is_inside_store  # noqa: F401
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
@@ -43,7 +45,6 @@ from .documents import check_readable, iter_token_documents, read_documents  # n
 from .export import dense_export_bytes, export_counts  # noqa: F401  (public here)
 
 logger = logging.getLogger(__name__)
-
 
 
 #: Writer locks this process holds, per thread: (thread id, store URL) -> the `StoreLock`.
@@ -65,6 +66,7 @@ def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_
                    command=command) as lock:
         _HELD_LOCKS[key] = lock
         try:
+            replacement.recover(store, storage_options)  # what a killed --overwrite left
             yield lock
         finally:
             _HELD_LOCKS.pop(key, None)
@@ -79,7 +81,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
           wait: bool | float = False, break_lock: bool = False, memory: str | int | None = None,
-          tmp: str | None = None) -> CountResult:
+          tmp: str | None = None, force_memory: bool = False) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
     The ingest is all or nothing: the store's counts change in one atomic step at the end,
@@ -118,13 +120,15 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
         Break an object-store lock held from another host.
+    memory, force_memory : str or int, bool
+        The run's memory budget (``2GB``, ``80%``): above the RAM (on a cluster, the workers'
+        limits) or below one process's base it is refused, unless ``force_memory``.
 
     Returns
     -------
     CountResult
     """
-    if memory is not None:
-        parse_memory(memory)  # a bad budget fails before a tokenizer is trained
+    check_memory(memory, force_memory, remote=is_address(scheduler))  # before any work
     if tmp is not None and "://" not in str(tmp) and os.path.exists(tmp) and not os.path.isdir(tmp):
         raise ValueError(f"--tmp {tmp} is a file, not a directory: give a directory for spill "
                          "files (created if missing)")
@@ -134,7 +138,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         heldout_fraction=heldout_fraction, heldout_group_bytes=heldout_group_bytes,
         scheduler=scheduler, workers=workers,
         storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
-        allow_changed=allow_changed, memory=memory, tmp=tmp)
+        allow_changed=allow_changed, memory=memory, tmp=tmp, force_memory=force_memory)
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
                       command="count") as lock:
         return ingest.run(corpus, store, options, lock)
@@ -503,8 +507,10 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         With ``calibrate``, choose the smoothing strength per offset on the held-out part
         first (as `finalize`, where "auto" is explained; not with ``mu`` or ``discount``).
     overwrite : bool
-        First delete the streamsolve store at ``store`` (refused for anything that is not a
-        streamsolve store, and nothing is deleted while another writer holds the lock).
+        Replace the streamsolve store at ``store`` (refused for anything that is not a
+        streamsolve store, and while another writer holds the lock). The new store is
+        built beside it and swapped in only once complete (`streamsolve.store.replacement`):
+        any failure leaves the old store as it was.
 
     Returns
     -------
@@ -517,10 +523,16 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
     storage_options = count_kwargs.get("storage_options")
     with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),
                       break_lock=count_kwargs.get("break_lock", False), command="solve"):
-        if overwrite:
-            remove_store(store, storage_options)
-        return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,
-                             alpha, count_kwargs, discount, smoothing_search)
+        def solve_at(target: str) -> dict:
+            return _solve_locked(corpus, target, heldout_fraction, calibrate, form, smoothing,
+                                 mu, alpha, count_kwargs, discount, smoothing_search)
+
+        if not overwrite:
+            return solve_at(store)
+        summary = replacement.replace_store(store, storage_options, solve_at, lambda target: (
+            _writer_lock(target, storage_options, wait=False, break_lock=False,
+                         command="solve --overwrite")))
+        return {**summary, "store": store}
 
 
 #: Fewer held-out tokens than this make `solve` warn that its held-out figures are noisy.

@@ -30,8 +30,8 @@ import time
 from collections.abc import Sequence
 
 from .core.counting import CountConfig
-from .engine.memory import (PLAN_SHARE, format_bytes, line_bytes_for, make_plan,
-                             run_budget, tune_allocator)
+from .engine.memory import (PLAN_SHARE, check_memory, format_bytes, line_bytes_for,
+                             make_plan, run_budget, tune_allocator)
 from .engine.progress import PeakMemory, Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
@@ -74,6 +74,7 @@ class IngestOptions:
     allow_changed: bool = False
     memory: str | int | None = None
     tmp: str | None = None
+    force_memory: bool = False  # accept a budget above the machines' memory or below a process's
 
 
 @dataclasses.dataclass
@@ -133,6 +134,8 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
     # its own heap arena on its first malloc.
     tune_allocator()
     with Runtime(options.scheduler, options.workers, worker_setup=tune_allocator) as runtime:
+        if runtime.client is not None:  # the ceiling is the workers' limits, known from here
+            check_memory(options.memory, options.force_memory, runtime.worker_memory_limits())
         # the Runtime first: on a cluster the line bound comes from the workers' limits
         setup = configure(corpus, store, options, runtime.worker_memory_limits(),
                           runtime.worker_threads if runtime.client is not None else None)

@@ -112,6 +112,47 @@ def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY,
     return result
 
 
+def check_memory(memory, force: bool = False, worker_limits: Sequence[int] = (),
+                 remote: bool = False) -> None:
+    """Refuse a memory setting nobody means, in one line naming ``--force-memory``.
+
+    Too much: more than the machines hold (this host's RAM; on a Dask cluster,
+    ``worker_limits``, the workers' memory limits together; not checked when ``remote``,
+    a command run on hosts not known here, or when the workers have no limit). Too little:
+    below `PROCESS_BASE_BYTES`, the memory of one process before it counts anything (the
+    plan would be all margin and the measured peak many times the budget). ``force`` accepts
+    any budget that parses (e.g. a tiny one to make the spill paths run).
+
+    Raises
+    ------
+    ValueError
+        Naming the setting, the bound and the fix (also when ``memory`` cannot be read).
+    """
+    if memory is None:
+        return
+    limits = [int(x) for x in worker_limits if int(x or 0) > 0]
+    ceiling, where = None, ""
+    if limits:
+        n, smallest = len(worker_limits), min(limits)
+        ceiling = n * smallest
+        where = (f"the {n} Dask workers' memory limits ({n} x {format_bytes(smallest)}, "
+                 "the smallest)")
+    elif not (remote or worker_limits):
+        ceiling, where = total_ram(), f"this host's RAM ({format_bytes(total_ram())})"
+    budget = parse_memory(memory, total=ceiling)
+    if force:
+        return
+    if ceiling is not None and budget > ceiling:
+        raise ValueError(f"--memory {memory} ({format_bytes(budget)}) is more than {where}: "
+                         f"give at most {format_bytes(ceiling)} (e.g. --memory 80%), or "
+                         "--force-memory if you mean it")
+    if budget < PROCESS_BASE_BYTES:
+        raise ValueError(f"--memory {memory} ({format_bytes(budget)}) is below the "
+                         f"{format_bytes(PROCESS_BASE_BYTES)} one streamsolve process holds "
+                         "before it counts anything: give at least 256MiB, or --force-memory "
+                         "if you mean it (counts then spill to --tmp almost at once)")
+
+
 def run_budget(memory=None, worker_limits: Sequence[int] = ()) -> tuple[int, str]:
     """The budget of a run in bytes (all workers together) and where it came from.
 

@@ -53,9 +53,10 @@ def test_cluster_counts_equal_local_counts(tmp_path, cluster, sharded_corpus, to
     address = client.scheduler.address
     ss.count(paths, str(tmp_path / "local.zarr"), tokenizer=tokenizer_file, radius=3)
     ss.count(paths[:3], str(tmp_path / "remote.zarr"), tokenizer=tokenizer_file, radius=3,
-             scheduler=address, memory="1MB", tmp=str(spill), rows_per_block=64)
+             scheduler=address, memory="1MB", force_memory=True, tmp=str(spill),
+             rows_per_block=64)
     ss.count(paths[3:], str(tmp_path / "remote.zarr"), scheduler=address, memory="1MB",
-             tmp=str(spill))
+             force_memory=True, tmp=str(spill))
     local_counts = ModelStore(str(tmp_path / "local.zarr")).read_counts()
     assert ModelStore(str(tmp_path / "remote.zarr")).read_counts().equal_counts(local_counts)
     assert os.listdir(spill) == []

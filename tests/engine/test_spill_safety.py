@@ -75,14 +75,14 @@ def test_no_spill_directory_left_after_a_run_or_an_error(tmp_path, documents, to
     root = tmp_path / "spill"
     paths = _shards(tmp_path, documents)
     ss.count(paths, str(tmp_path / "m.zarr"), tokenizer=tokenizer_file, memory="1MB",
-             tmp=str(root))
+             force_memory=True, tmp=str(root))
     assert os.listdir(root) == []
     broken = tmp_path / "corpus" / "truncated.txt.gz"
     whole = gzip.compress("\n\n".join(documents).encode())
     broken.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(CorpusError, match="truncated"):
         ss.count([*paths, str(broken)], str(tmp_path / "n.zarr"), tokenizer=tokenizer_file,
-                 memory="1MB", tmp=str(root))
+                 memory="1MB", force_memory=True, tmp=str(root))
     assert os.listdir(root) == []
 
 
@@ -96,7 +96,7 @@ def test_a_signalled_run_removes_its_spill_directory(tmp_path, tokenizer_file, s
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamsolve", "count", str(corpus), "--store",
          str(tmp_path / "m.zarr"), "--tokenizer", tokenizer_file, "--memory", "1MB",
-         "--tmp", str(root), "--workers", "2"],
+         "--force-memory", "--tmp", str(root), "--workers", "2"],
         env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
@@ -160,7 +160,7 @@ def test_next_run_removes_directories_of_dead_owners_only(tmp_path, documents, t
         kept |= {legacy.name, link.name}
 
         ss.count(_shards(tmp_path, documents), str(tmp_path / "m.zarr"),
-                 tokenizer=tokenizer_file, memory="1MB", tmp=str(root))
+                 tokenizer=tokenizer_file, memory="1MB", force_memory=True, tmp=str(root))
         assert set(os.listdir(root)) == kept
         assert (victim / "thesis.tex").read_text() == "precious"
         assert not removed & set(os.listdir(root))

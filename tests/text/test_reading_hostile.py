@@ -144,7 +144,7 @@ def test_jsonl_record_longer_than_the_bound_is_one_bad_record(tmp_path):
 
 @pytest.mark.slow
 def test_fifty_megabyte_line_stays_within_a_256mb_budget(tmp_path):
-    """A 50 MB line without a newline under --memory 256MB: the child's peak RSS (training a
+    """A 50 MB line without a newline under --memory 256MiB: the child's peak RSS (training a
     tokenizer on a sample of it, then counting it) stays under the budget."""
     budget = 256 * 10**6
     unit = "expression" * 20 + " value function pattern "
@@ -155,7 +155,7 @@ def test_fifty_megabyte_line_stays_within_a_256mb_budget(tmp_path):
     env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     child = subprocess.Popen(
         [sys.executable, "-m", "streamsolve", "count", str(corpus), "--store",
-         str(tmp_path / "m.zarr"), "--vocab-size", "300", "--memory", "256MB", "--workers", "1",
+         str(tmp_path / "m.zarr"), "--vocab-size", "300", "--memory", "256MiB", "--workers", "1",
          "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     peak = _watch_peak_rss(child.pid, kill_above=2 * budget, timeout=300)
     out, err = child.communicate()
@@ -175,9 +175,10 @@ def test_line_bound_is_fixed_when_the_store_is_created(tmp_path, documents, toke
         parse_memory(roomy), 1)
     together = str(tmp_path / "together.zarr")
     api.count([str(first), str(second)], together, tokenizer=tokenizer_file, memory=tight,
-              workers=1)
+              force_memory=True, workers=1)
     added = str(tmp_path / "added.zarr")
-    api.count([str(first)], added, tokenizer=tokenizer_file, memory=tight, workers=1)
+    api.count([str(first)], added, tokenizer=tokenizer_file, memory=tight, force_memory=True,
+              workers=1)
     result = api.count([str(second)], added, memory=roomy, workers=1)
     assert result.split_lines >= 1  # cut at the store's bound, not at this run's
     assert ModelStore(added).read_counts().equal_counts(ModelStore(together).read_counts())
