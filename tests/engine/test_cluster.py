@@ -468,7 +468,8 @@ def test_slurm_cluster_through_a_fake_sbatch(tmp_path, tokenizer_file):
 
 def test_compose_and_readme_publish_no_unauthenticated_scheduler():
     """docker/compose.yaml publishes nothing beyond 127.0.0.1 and never the scheduler's port;
-    the README's cluster commands bind no scheduler to 0.0.0.0 and show TLS."""
+    neither the README's cluster section nor the sbatch recipe runs a scheduler any host can
+    reach without a certificate: TLS everywhere but on 127.0.0.1, secrets in a file."""
     yaml = pytest.importorskip("yaml")
     from ..deploy_helpers import REPO
 
@@ -485,8 +486,16 @@ def test_compose_and_readme_publish_no_unauthenticated_scheduler():
     assert "0.0.0.0" not in scheduler
     readme = (REPO / "README.md").read_text()
     cluster = readme[readme.index("## Running on a cluster"):]
-    assert "--host 0.0.0.0" not in cluster
-    assert "--tls-cert" in cluster and "tls://" in cluster and "--send-credentials" in cluster
+    sbatch = (REPO / "pipelines" / "slurm" / "solve.sbatch").read_text()
+    for text in (cluster, sbatch):
+        commands = re.sub(r"\\\n\s*", " ", text)  # shell continuation lines joined
+        for line in commands.splitlines():
+            if re.match(r"\s*dask scheduler\b", line):  # TLS, or this machine only
+                assert "--tls-cert" in line or "--host 127.0.0.1" in line, line
+            assert "0.0.0.0" not in line.replace("never `0.0.0.0`", ""), line
+        for address in re.findall(r"tcp://([^\s:`'\"]+)", text):
+            assert address in ("127.0.0.1", "HOST"), f"plain tcp:// to {address}"
+        assert "tls://" in text and "--storage-secrets" in text
 
 
 def test_tls_scheduler_without_tls_settings_is_one_line(tmp_path):
