@@ -423,13 +423,23 @@ def test_slurm_cluster_through_a_fake_sbatch(tmp_path, tokenizer_file):
     for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
         (fake / name).write_text(text)
         (fake / name).chmod(0o755 | stat.S_IEXEC)
-    write_shards(tmp_path / "corpus", n=2, per_shard=30)
-    tls_dir = tmp_path / "shared-home" / "tls"
+    shards = write_shards(tmp_path / "corpus", n=2, per_shard=30)
+    # the corpus behind bearer authentication: the worker job (joining after the secrets
+    # were registered) must read the token from --storage-secrets itself
+    token = "tok-batch-4d1a97"
+    server, url, answered = _bearer_protected_server(tmp_path / "corpus", token)
+    shared = tmp_path / "shared-home"
+    shared.mkdir()
+    (shared / "secrets.json").write_text(json.dumps(
+        {"client_kwargs": {"headers": {"Authorization": f"Bearer {token}"}}}))
+    (shared / "secrets.json").chmod(0o600)
+    tls_dir = shared / "tls"
     env = child_env(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM_DIR=fake)
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamsolve", "count", str(tmp_path / "corpus"), "--store",
-             str(tmp_path / "m.zarr"), "--tokenizer", tokenizer_file, "--cluster", "slurm",
+            [sys.executable, "-m", "streamsolve", "count", *[f"{url}/{p.name}" for p in shards],
+             "--store", str(tmp_path / "m.zarr"), "--tokenizer", tokenizer_file,
+             "--storage-secrets", str(shared / "secrets.json"), "--cluster", "slurm",
              "--jobs", "1", "--cores", "1", "--memory", "1GiB", "--interface", "lo",
              "--tls-dir", str(tls_dir), "--json"],
             env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
@@ -442,6 +452,7 @@ def test_slurm_cluster_through_a_fake_sbatch(tmp_path, tokenizer_file):
         result = json.loads((tmp_path / "stdout").read_text().strip().splitlines()[-1])
         assert result["shards"] == 2 and result["new_tokens"] > 0
         assert ModelStore(tmp_path / "m.zarr").read_counts().tokens == result["new_tokens"]
+        assert answered["ok"] > 0  # the worker sent the secrets file's header
         assert not os.path.exists(run_dir)  # the temporary certificate is gone with the run
         jobs = [int(j) for j in (fake / "jobs").read_text().split()]
 
@@ -456,6 +467,7 @@ def test_slurm_cluster_through_a_fake_sbatch(tmp_path, tokenizer_file):
 
         wait_for(gone, 30, "the fake SLURM job to end")
     finally:
+        server.shutdown()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

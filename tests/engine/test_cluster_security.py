@@ -146,3 +146,33 @@ def test_cluster_script_with_an_interface_and_user_certificates(tmp_path, capsys
                  str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert str(key) in line and "chmod 600" in line
+
+
+def test_cluster_refuses_credentials_before_submitting_jobs(tmp_path):
+    """--cluster: refused before any scheduler or batch job exists (no sbatch on PATH here:
+    reaching dask-jobqueue would fail differently)."""
+    pytest.importorskip("dask_jobqueue")
+    proc = run_cli(["count", "corpus", "--store", "x.zarr", "--cluster", "slurm",
+                    "--storage-options", json.dumps({"secret": SECRET})], cwd=tmp_path,
+                   env=child_env(PATH="/usr/bin:/bin", HOME=str(tmp_path)), check=False,
+                   timeout=60)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "--storage-options secret" in line and "--cluster slurm" in line
+    assert SECRET not in line and not (tmp_path / ".streamsolve").exists()
+
+
+def test_the_jobs_task_carries_no_local_only_option():
+    """The job's task (kept by the scheduler) has no job prologue, certificate path or
+    secrets-file path: those only matter in the submitting process."""
+    from streamsolve.cli import build_parser
+    from streamsolve.engine.cluster import shipped_args
+
+    args = build_parser().parse_args([
+        "count", "corpus", "--store", "x.zarr", "--cluster", "slurm", "--job-prologue",
+        f"export TOKEN={SECRET}", "--tls-ca-file", "/p/ca", "--tls-cert", "/p/c",
+        "--tls-key", "/p/k", "--storage-secrets", "/p/s.json", "--dashboard-address", ":8787"])
+    shipped = shipped_args(args)
+    assert SECRET not in repr(vars(shipped)) and "/p/" not in repr(vars(shipped))
+    assert shipped.store == "x.zarr" and shipped.corpus == ["corpus"]
+    assert args.job_prologue == [f"export TOKEN={SECRET}"]  # the caller's args untouched
