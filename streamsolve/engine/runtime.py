@@ -35,7 +35,7 @@ def is_address(scheduler: str | None) -> bool:
     return bool(scheduler) and "://" in scheduler
 
 
-#: Address schemes of a scheduler in another process (``inproc://`` lives in one process).
+#: Address schemes of a scheduler in another process (``inproc://``: one in this process).
 ADDRESS_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
 
 
@@ -64,9 +64,10 @@ def check_scheduler(scheduler: str | None) -> None:
 
 def check_scheduler_address(address: str) -> None:
     """Refuse a malformed or unusable scheduler address before any connection: an unknown
-    scheme, ``inproc://`` (one process only), a host or port missing, a port outside
-    1..65535, ``ucx://`` without UCX support installed. (A ``distributed.Client`` given
-    one of these fails half-built, and closing it waits out a timeout.)
+    scheme, ``inproc://`` where no scheduler of this process listens, a host or port
+    missing, a port outside 1..65535, ``ucx://`` without UCX support installed. (A
+    ``distributed.Client`` given one of these fails half-built, and closing it waits out a
+    timeout.)
 
     Raises
     ------
@@ -77,8 +78,8 @@ def check_scheduler_address(address: str) -> None:
     scheme, _, location = address.partition("://")
     scheme = scheme.lower()
     if scheme == "inproc":
-        raise ClusterError(f"not a Dask scheduler address: {address}: inproc:// addresses exist "
-                           "only inside one Python process; use tls://HOST:PORT or tcp://HOST:PORT")
+        _check_inproc(address, location)
+        return
     if scheme not in ADDRESS_SCHEMES:
         raise ClusterError(f"not a Dask scheduler address: {address}: unknown address scheme "
                            f"{scheme!r} (use {', '.join(s + '://' for s in ADDRESS_SCHEMES)})")
@@ -90,6 +91,21 @@ def check_scheduler_address(address: str) -> None:
         raise ClusterError(f"not a Dask scheduler address: {address}: {exc}") from None
     if scheme == "ucx":
         _check_ucx(address)
+
+
+def _check_inproc(address: str, location: str) -> None:
+    """Refuse an ``inproc://`` address unless a scheduler of this very process listens
+    there (``LocalCluster(processes=False)``): such addresses exist in one process only."""
+    from distributed.comm.inproc import global_manager
+
+    try:
+        listening = global_manager.get_listener_for(location) is not None
+    except (ValueError, TypeError, AssertionError):
+        listening = False
+    if not listening:
+        raise ClusterError(f"not a Dask scheduler address: {address}: inproc:// addresses exist "
+                           "only inside one Python process, and no scheduler of this one listens "
+                           "there; use tls://HOST:PORT or tcp://HOST:PORT")
 
 
 def _check_ucx(address: str) -> None:
@@ -129,8 +145,13 @@ def connect_client(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT, secur
 
     check_scheduler_address(address)
     security = security or _worker_client_security(address)
-    if address.startswith("tls://") and \
-            (security or Security()).get_connection_args("client").get("ssl_context") is None:
+    try:
+        context = (security or Security()).get_connection_args("client").get("ssl_context")
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ClusterError(f"cannot use the TLS settings for the Dask scheduler at {address}: "
+                           f"{exc} (check the CA file, client certificate and key of Dask's "
+                           "distributed.comm.tls configuration)") from None
+    if address.startswith("tls://") and context is None:
         raise ClusterError(
             f"cannot connect to the Dask scheduler at {address} without TLS settings: set "
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._TLS__CLIENT__CERT and "

@@ -86,3 +86,14 @@ def test_processes_scheduler_leaves_nothing_alive_after_sigkill(tmp_path, tokeni
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_tls_settings_naming_missing_files_are_one_line(tmp_path):
+    env = child_env(DASK_DISTRIBUTED__COMM__TLS__CA_FILE=str(tmp_path / "missing-ca.pem"),
+                    DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=str(tmp_path / "missing.pem"),
+                    DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=str(tmp_path / "missing.key"))
+    proc = run_cli(["count", "corpus", "--store", "x.zarr", "--scheduler", "tls://127.0.0.1:1",
+                    "--connect-timeout", "2"], env=env, cwd=tmp_path, check=False, timeout=60)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot use the TLS settings" in line and "tls://127.0.0.1:1" in line
