@@ -224,8 +224,7 @@ def _main(argv, command) -> int:
         if remote:
             result = cluster.execute(args, run)  # the command runs as a job on the cluster
         else:
-            cluster.check_locations(args)
-            result = run(args)
+            result = cluster.run_checked(args, run)
     except user_errors() as exc:
         logging.getLogger(LOGGER).debug("error", exc_info=True)
         print(f"streamsolve {args.command}: error: {exc}", file=sys.stderr)

@@ -8,20 +8,12 @@ import os
 import sys
 
 from . import api
-from .engine import cluster
-from .engine.runtime import DEFAULT_CONNECT_TIMEOUT
+from .cli_cluster import add_cluster_arguments as _add_cluster_arguments
+from .cli_cluster import add_jobqueue_arguments as _add_jobqueue_arguments
+from .cli_cluster import positive_float as _positive_float
+from .cli_cluster import positive_int as _positive_int
 from .store.locking import DEFAULT_WAIT_SECONDS, wait_seconds
 from .text.reading import DOCUMENT_MODES
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _discount(text: str) -> float | tuple[float, ...]:
@@ -33,44 +25,10 @@ def _discount(text: str) -> float | tuple[float, ...]:
     return values[0] if len(values) == 1 else values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
-def _add_scheduler_argument(parser: argparse.ArgumentParser):
-    """``--scheduler`` for commands that do not count locally (finalize)."""
-    parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-                        help="run on the dask.distributed scheduler at tcp://HOST:PORT "
-                             "(also DASK_SCHEDULER_ADDRESS)")
 
 
-def _add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = False):
-    """``--cluster slurm|pbs`` and the batch-job sizes (dask-jobqueue)."""
-    group = parser.add_argument_group("HPC batch jobs (dask-jobqueue, extra 'cluster')")
-    group.add_argument("--cluster", choices=sorted(cluster.JOBQUEUE_CLASSES), required=required,
-                       help="start Dask workers as SLURM or PBS batch jobs")
-    group.add_argument("--jobs", type=_positive_int, default=1,
-                       help="batch jobs to submit (default %(default)s)")
-    group.add_argument("--cores", type=_positive_int, default=1,
-                       help="cores per job (default %(default)s)")
-    # --memory (with --cluster also each job's memory) is in the main options (`_add_memory`)
-    group.add_argument("--walltime", default="01:00:00",
-                       help="wall time per job (default %(default)s)")
-    group.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
-    group.add_argument("--account", help="account/project to charge")
-    group.add_argument("--interface", help="network interface of scheduler and workers "
-                                           "(e.g. ib0)")
-    group.add_argument("--job-extra", action="append", default=[], metavar="DIRECTIVE",
-                       help="extra #SBATCH/#PBS directive, e.g. '--gres=gpu:0' (repeatable)")
-    group.add_argument("--job-prologue", action="append", default=[], metavar="COMMAND",
-                       help="shell command run before the worker starts, e.g. "
-                            "'source venv/bin/activate' (repeatable)")
 
 
 #: ``--memory`` of the commands that count or finalize (one budget, also each batch job's).
@@ -89,30 +47,19 @@ def _add_memory(parser: argparse.ArgumentParser, help: str = MEMORY_HELP):
                              "limits) or below the 256MiB one process needs (refused otherwise)")
 
 
-def _add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = False):
-    """All cluster options of count/finalize/solve (``scheduler``: add ``--scheduler`` too)."""
-    if scheduler:
-        _add_scheduler_argument(parser)
-    _add_connect_timeout(parser)
-    parser.add_argument("--send-credentials", action="store_true",
-                        help="with --scheduler/--cluster, send credentials given in "
-                             "--storage-options inside the job (the scheduler keeps them in "
-                             "clear, readable by all its clients); by default they are refused: "
-                             "give the workers their own credentials")
-    _add_jobqueue_arguments(parser)
 
 
-def _add_connect_timeout(parser: argparse.ArgumentParser):
-    parser.add_argument("--connect-timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT,
-                        metavar="SECONDS",
-                        help="give up reaching the scheduler after this long "
-                             "(default %(default)s)")
 
 
 def _add_common(parser: argparse.ArgumentParser):
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--storage-options", metavar="JSON",
-                        help="fsspec storage options (JSON object) for URLs")
+                        help="fsspec storage options (JSON object) for URLs; with --scheduler "
+                             "or --cluster nothing secret (use --storage-secrets)")
+    parser.add_argument("--storage-secrets", metavar="FILE",
+                        help="JSON file (mode 0600) of secret storage options (keys, tokens, "
+                             "headers), read where the URLs are opened: on a cluster by each "
+                             "worker, so on a filesystem the workers see")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
@@ -138,7 +85,8 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
     parser.add_argument("--text-field", default="text", help="text field of .jsonl records")
     parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
                         help="threads (default), processes, sync, or a dask.distributed "
-                             "address tcp://HOST:PORT (also DASK_SCHEDULER_ADDRESS)")
+                             "address tls://HOST:PORT or tcp://HOST:PORT (also "
+                             "DASK_SCHEDULER_ADDRESS)")
     parser.add_argument("--workers", type=_positive_int, help="local workers (default: cores)")
     _add_memory(parser)
     parser.add_argument("-T", "--tmp", metavar="DIR",

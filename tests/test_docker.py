@@ -197,8 +197,10 @@ def test_install_sh_in_a_fresh_venv(tmp_path):
                  "--store", str(tmp_path / "m.zarr"), "--vocab-size", "300", "-q", "--json"])
     assert count.returncode == 0, count.stderr
     assert json.loads(count.stdout.splitlines()[-1])["tokens"] > 100_000
-    script = run([str(venv / "bin" / "streamsolve"), "cluster-script", "--cluster", "slurm"])
+    script = run([str(venv / "bin" / "streamsolve"), "cluster-script", "--cluster", "slurm",
+                  "--tls-dir", str(tmp_path / "tls")])  # a temporary certificate: cryptography
     assert script.returncode == 0 and "#SBATCH" in script.stdout, script.stderr
+    assert "--tls-cert" in script.stdout
     s3 = run([str(venv / "bin" / "python"), "-c", "import s3fs, dask_jobqueue"])
     assert s3.returncode == 0, s3.stderr
 
