@@ -27,15 +27,11 @@ from ..text.encoding import LineEncoder
 from ..text.holdout import HoldOut, RunSplitter
 from ..text.reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
 from ..text.tokenizer import TokenizerError
-from .memory import MemoryPlan
+from .memory import PENDING_BLOCKS, MemoryPlan
 from .runtime import delayed, tokenize_key, tree_reduce
 from .spill import PartialCounts, collect, merge_partials, merge_sources
 
 logger = logging.getLogger(__name__)
-
-#: Merge block counts inside a shard task once this many blocks are pending.
-PENDING_BLOCKS = 8
-
 
 @dataclasses.dataclass
 class ShardResult:
