@@ -163,7 +163,7 @@ def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: R
         skipped_entries = setup.special + [s for s in new.shards if s["skipped"]]
         if new.tokens == 0 and not result.heldout:
             _remove_spill(new)
-            raise CorpusError("no text found in the corpus (all shards empty or binary): "
+            raise CorpusError("no text found in the corpus (all shards empty, binary or not text): "
                               + ", ".join(setup.paths))
         model_store = _write_generation(setup, new, lock, runtime)
         worker_peaks = runtime.worker_peaks()
