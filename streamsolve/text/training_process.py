@@ -3,12 +3,12 @@
 The BPE trainer runs in Rust and holds the calling thread until it returns: a signal sent
 to that process waits for the end of training (21 s on 23 MB of text, minutes on hostile
 text). `train_bpe_in_subprocess` runs `streamsolve.text.tokenizer.train_bpe` in a fresh
-interpreter instead (``python -c``: fork + exec, never a bare fork of a process whose
-tokenizers threads may be running). This process streams the sample to the child's stdin
-and waits for the tokenizer on its stdout; a signal interrupts that wait, the child is
-killed (SIGKILL) and reaped, and the exception (`KeyboardInterrupt`, or SIGTERM's
-``Terminated``) unwinds on: locks are released and nothing is left behind (the child's
-stderr goes to an unnamed temporary file).
+interpreter instead (``python -c`` with this process's ``sys.path``: fork + exec, never a
+bare fork of a process whose tokenizers threads may be running). This process streams the
+sample to the child's stdin and waits for the tokenizer on its stdout; a signal interrupts
+that wait, the child is killed (SIGKILL) and reaped, and the exception
+(`KeyboardInterrupt`, or SIGTERM's ``Terminated``) unwinds on: locks are released and
+nothing is left behind (the child's stderr goes to an unnamed temporary file).
 
 The child ignores SIGINT (a terminal's Ctrl-C reaches the whole process group: the parent
 decides) and exits by itself within a second when its parent is gone (a watchdog thread:
@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from tokenizers import Tokenizer
 
@@ -39,7 +38,8 @@ from .tokenizer import MAX_PIECE_CHARS, TokenizerError, check_vocab_size, train_
 
 logger = logging.getLogger(__name__)
 
-_CHILD = "from streamsolve.text.training_process import child_main; child_main()"
+_CHILD = ("import sys; sys.path[:] = {path}\n"
+          "from streamsolve.text.training_process import child_main; child_main()")
 #: Text sent to the child per write (bytes of JSON lines).
 _WRITE_BYTES = 1 << 20
 #: Seconds between the child's checks that its parent is alive.
@@ -58,10 +58,14 @@ def train_bpe_in_subprocess(lines: Iterable[str], vocab_size: int,
         the child fails (its last line of stderr).
     """
     check_vocab_size(vocab_size)
+    if not sys.executable:  # an embedded interpreter: no python to start
+        return train_bpe(lines, vocab_size, max_piece_chars)
     header = {"vocab_size": vocab_size, "max_piece_chars": max_piece_chars}
+    # the child imports exactly what this process does: the same sys.path, in order
+    code = _CHILD.format(path=json.dumps(sys.path))
     with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=errors, env=_child_env())
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=errors)
         try:
             sent = _send(child, header, lines)
             text = child.stdout.read().decode("utf-8")
@@ -78,14 +82,6 @@ def train_bpe_in_subprocess(lines: Iterable[str], vocab_size: int,
     logger.info("trained byte-level BPE: %d tokens (asked for %d)", tokenizer.get_vocab_size(),
                 vocab_size)
     return tokenizer
-
-
-def _child_env() -> dict:
-    """This environment, with this copy of streamsolve first on the child's path."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
 
 
 def _send(child: subprocess.Popen, header: dict, lines: Iterable[str]) -> bool:

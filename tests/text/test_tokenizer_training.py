@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from tokenizers import pre_tokenizers
 
@@ -19,7 +20,7 @@ from streamsolve.text.tokenizer import (MAX_PIECE_CHARS, MAX_VOCAB_SIZE, Tokeniz
 from streamsolve.text.training_process import train_bpe_in_subprocess
 
 from ..conftest import SHARED_CORPORA, pydoc_documents
-from ..deploy_helpers import child_env
+from ..deploy_helpers import child_env, wait_for
 from ..test_cli import run_cli
 
 
@@ -127,3 +128,31 @@ def test_the_trained_tokenizer_is_valid_json_with_dense_ids():
     spec = json.loads(train_bpe_in_subprocess(lines, 400).to_str())
     ids = sorted(spec["model"]["vocab"].values())
     assert ids == list(range(len(ids)))
+
+
+def test_the_trainer_process_exits_when_its_parent_is_killed(tmp_path):
+    """SIGKILL leaves no unwinding to the parent: the child notices and exits by itself."""
+    code = ("import random\n"
+            "from streamsolve.text.training_process import train_bpe_in_subprocess\n"
+            "line = ''.join(random.Random(0).choices('abcdefghij', k=3_000_000))\n"
+            "train_bpe_in_subprocess([line + '\\n'], 8192)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=child_env())
+    try:
+        wait_for(lambda: psutil.Process(parent.pid).children(), 60, "the trainer process")
+        (child,) = psutil.Process(parent.pid).children()
+        parent.kill()
+        parent.wait()
+        child.wait(timeout=5)  # psutil.TimeoutExpired if it outlives its parent
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_a_failing_trainer_process_is_one_line():
+    """The child's failure (here a line that is not a string: a TypeError in the child) is
+    one line ending with the last line of the child's stderr."""
+    lines = iter(["text\n", 12])
+    with pytest.raises(TokenizerError, match="training the tokenizer failed: the trainer "
+                                             "process exited with status 1: .*"):
+        train_bpe_in_subprocess(lines, 300)
