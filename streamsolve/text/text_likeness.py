@@ -16,11 +16,13 @@ The rule
     shorter): the verdict depends on the bytes only, never on the read block size. A NUL
     byte in the first `NUL_SNIFF_BYTES` is binary at once (reason ``"binary"``).
 
-Why 30%: random bytes are about 58% non-text; real text is far below it: the shared
+Why 30%: random bytes are about 54% non-text; real text is far below it: the shared
 corpora, source code and CJK or mixed-script UTF-8 have none, and French in Latin-1 inside
-a UTF-8 corpus (each accented letter one invalid byte) a few percent (16% in a line made of
-accented words). Text in a legacy CJK or Cyrillic encoding is 50-80% invalid UTF-8: it is
-skipped, and the message says to convert it.
+a UTF-8 corpus (each accented letter one invalid byte) about 6% (16% in a line made of
+accented words). Text in a legacy 8-bit CJK encoding is 34-62% invalid UTF-8 (CPython's
+test texts in Big5, GB2312, Shift-JIS, EUC-KR), Cyrillic in cp1251 or KOI8-R 84%: skipped,
+with a message to convert it. A junk stretch shorter than about two windows inside text may
+stay below the threshold: its bytes are replaced and counted as ``invalid_bytes``.
 
 Later in a shard
     The first window is judged before any of the shard's text is used. A window past it
