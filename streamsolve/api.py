@@ -479,10 +479,7 @@ def verify(store: str, storage_options: dict | None = None) -> dict:
         ``ok`` is False when anything is damaged; ``damaged`` lists every damaged block as
         ``{"path", "problem"}``.
     """
-    model_store = ModelStore(store, storage_options)
-    if not model_store.exists():
-        raise StoreError(f"no streamsolve store with counts at {store}")
-    report = model_store.verify()
+    report = ModelStore(store, storage_options).verify()  # reports damaged attributes too
     report["store"] = store
     return report
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from streamsolve.store.attributes import validate_meta
 from streamsolve.store.layout import (StoreConfigError, count_block_path, csr_of_rows,
                                       live_paths, merge_csr_block, row_blocks,
-                                      stack_row_blocks, validate_meta)
+                                      stack_row_blocks)
 
 
 def test_row_blocks_cover_the_vocabulary_once():
@@ -44,7 +45,7 @@ def test_live_paths_name_the_generation_weights_and_blocks():
 def _meta(**extra) -> dict:
     return {"format": "streamsolve", "format_version": 1, "rows_per_block": 4,
             "config": {"vocab_size": 10, "radius": 2, "aggregation": "cat", "bos_id": 0},
-            "tokenizer": {"vocab_size": 10, "sha256": "x"}, **extra}
+            "tokenizer": {"vocab_size": 10, "sha256": "0" * 64}, **extra}
 
 
 def test_validate_meta_accepts_with_and_without_history():
