@@ -86,12 +86,17 @@ class CountsTransaction:
             raise StoreError(f"refusing to write counts to {self.store.url} without holding "
                              "its writer lock: take `StoreLock(store)` first (the command line "
                              "and `streamsolve.count` do)")
-        self.generation = self._begin()
+        try:
+            self._begin()
+        except BaseException:  # e.g. a full disk while creating its groups
+            if self.generation is not None:
+                self.discard()
+            raise
         return self
 
-    def _begin(self) -> int:
+    def _begin(self):
         """Create an empty, uncommitted generation past every one present (deleting none),
-        once the committed one is proven there."""
+        once the committed one is proven there; sets `generation` before writing."""
         store = self.store
         meta = store.meta
         previous = meta.get("counts")
@@ -99,13 +104,12 @@ class CountsTransaction:
         if previous:
             store.snapshot_of(meta).prove_generation(current)
         existing = [int(name[1:]) for name in store.group_names("counts") if name[1:].isdigit()]
-        generation = max([current, *existing]) + 1
+        self.generation = max([current, *existing]) + 1
         config = CountConfig(**meta["config"])
-        gen_group = store.group.require_group(f"counts/g{generation}")
+        gen_group = store.group.require_group(f"counts/g{self.generation}")
         for r in range(config.n_blocks):
             for k, _ in enumerate(row_blocks(config.vocab_size, meta["rows_per_block"])):
                 gen_group.require_group(f"r{r + 1}/b{k}")
-        return generation
 
     def write_block(self, r: int, k: int, indptr: np.ndarray, indices: np.ndarray,
                     data: np.ndarray):
