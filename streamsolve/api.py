@@ -34,6 +34,7 @@ from .store.layout import StoreError
 from .store.location import check_writable, is_inside_store, remove_store  # noqa: F401
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
+from .store.permissions import parse_mode, store_file_mode
 from .text.holdout import HoldOut
 from .text.reading import CorpusError, ReadStats
 from .text.shards import expand_corpus
@@ -52,17 +53,19 @@ _HELD_LOCKS: dict[tuple[int, str], StoreLock] = {}
 
 @contextlib.contextmanager
 def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_lock: bool,
-                 command: str):
+                 command: str, mode: int | str | None = None):
     """The store's `StoreLock`, re-entrant within a thread (so `solve` can hold it across
-    overwrite + count + finalize while `count` and `finalize` still take it themselves).
-    Yields the held `StoreLock`."""
+    overwrite + count + finalize while `count` and `finalize` still take it themselves),
+    with the store's file ``mode`` applied meanwhile (`store_file_mode`). Yields the held
+    `StoreLock`."""
     key = (threading.get_ident(), str(store))
     if key in _HELD_LOCKS:
         yield _HELD_LOCKS[key]
         return
+    mode = None if mode is None else parse_mode(mode)
     check_writable(str(store))
     with StoreLock(store, storage_options, wait=wait, break_lock=break_lock,
-                   command=command) as lock:
+                   command=command) as lock, store_file_mode(store, mode):
         _HELD_LOCKS[key] = lock
         try:
             yield lock
@@ -79,7 +82,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
           wait: bool | float = False, break_lock: bool = False, memory: str | int | None = None,
-          tmp: str | None = None) -> CountResult:
+          tmp: str | None = None, mode: int | str | None = None) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
     The ingest is all or nothing: the store's counts change in one atomic step at the end,
@@ -118,6 +121,9 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
         Break an object-store lock held from another host.
+    mode : int or str, optional
+        Mode of the store's files on a local disk (e.g. ``0o600`` or ``"0600"``); default
+        the umask, never looser than an existing store's (`streamsolve.store.permissions`).
 
     Returns
     -------
@@ -136,7 +142,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
         allow_changed=allow_changed, memory=memory, tmp=tmp)
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
-                      command="count") as lock:
+                      command="count", mode=mode) as lock:
         return ingest.run(corpus, store, options, lock)
 
 
@@ -145,7 +151,8 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
              calibration_sample: int = CALIBRATION_POSITIONS, wait: bool | float = False,
              break_lock: bool = False, discount=None,
-             smoothing_search: bool | str = "auto") -> LanguageModel:
+             smoothing_search: bool | str = "auto",
+             mode: int | str | None = None) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
     Parameters
@@ -178,6 +185,8 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
         Break an object-store lock held from another host.
+    mode : int or str, optional
+        Mode of the store's files on a local disk, as in `count`.
 
     Returns
     -------
@@ -196,7 +205,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
-                      command="finalize"):
+                      command="finalize", mode=mode):
         return _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate,
                                 storage_options, calibration_sample, discount,
                                 smoothing_search)
@@ -513,7 +522,8 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
     check_smoothing(smoothing, mu, alpha, form, discount)
     storage_options = count_kwargs.get("storage_options")
     with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),
-                      break_lock=count_kwargs.get("break_lock", False), command="solve"):
+                      break_lock=count_kwargs.get("break_lock", False), command="solve",
+                      mode=count_kwargs.get("mode")):
         if overwrite:
             remove_store(store, storage_options)
         return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,

@@ -227,6 +227,8 @@ def _add_locking(parser: argparse.ArgumentParser):
                              f"at most SECONDS (default {DEFAULT_WAIT_SECONDS:g})")
     parser.add_argument("--break-lock", action="store_true",
                         help="remove a writer lock held from another host (only if that job is gone)")
+    parser.add_argument("--mode", metavar="OCTAL", help="mode of a local store's files, e.g. "
+                        "0600 (default: the umask, never looser than the store's own)")
 
 
 def _add_finalizing(parser: argparse.ArgumentParser):
@@ -420,7 +422,7 @@ def _count_kwargs(args, storage_options) -> dict:
                 scheduler=args.scheduler, workers=args.workers,
                 memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
-                wait=args.wait, break_lock=args.break_lock)
+                wait=args.wait, break_lock=args.break_lock, mode=args.mode)
 
 
 def run(args) -> dict:
@@ -432,7 +434,7 @@ def run(args) -> dict:
         model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
                              alpha=args.alpha, calibrate=args.calibrate, storage_options=so,
                              wait=args.wait, break_lock=args.break_lock, discount=args.discount,
-                             smoothing_search=_SEARCH[args.smoothing_search])
+                             smoothing_search=_SEARCH[args.smoothing_search], mode=args.mode)
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
@@ -485,7 +487,7 @@ def run(args) -> dict:
                             eval_every=args.eval_every, max_seconds=args.max_seconds,
                             seed=args.seed, storage_options=so, wait=args.wait,
                             break_lock=args.break_lock, heldout_tokens=args.heldout_tokens,
-                            updates="dense" if args.dense_updates else "auto")
+                            updates="dense" if args.dense_updates else "auto", mode=args.mode)
     if args.command == "solve":
         corpus = args.corpus or [BUILTIN_CORPUS]
         if not args.corpus:
