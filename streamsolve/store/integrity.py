@@ -81,8 +81,9 @@ def write_checksummed_array(group, name: str, data: np.ndarray, *,
 class VerifiedReads:
     """Reads that check checksums, digests and CSR shapes (mixed into `ModelStore`).
 
-    Expects ``self.group``, ``self.url``, ``self.storage_options``, ``self._pinned_meta``
-    and ``self.meta`` from the store class.
+    Expects ``self.group``, ``self.url``, ``self.storage_options``, ``self._pinned_meta``,
+    ``self.meta``, ``self.config``, ``self.group_names``, ``self.read_unigram`` and
+    ``self.read_count_block_csr`` from the store class.
     """
 
     def _read_arrays(self, path: str, names: tuple) -> tuple:
