@@ -21,16 +21,8 @@ from streamsolve.cli import main
 from streamsolve.store.model_store import ModelStore
 from tests.test_hostile_cli import _tree
 
-from ..conftest import write_text
 
 DIGEST = "attributes_sha256"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, documents) -> dict:
-    folder = tmp_path_factory.mktemp("corpus")
-    return {"first": str(write_text(folder / "first.txt", "\n\n".join(documents[::2]) + "\n")),
-            "second": str(write_text(folder / "second.txt", "\n\n".join(documents[1::2]) + "\n"))}
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,14 @@ def shard(tmp_path, documents) -> str:
     return str(write_text(tmp_path / "shard.txt", "\n\n".join(documents[:10]) + "\n"))
 
 
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    """A user's file that a writer must never touch."""
+    path = tmp_path / "precious.txt"
+    path.write_text("years of work\n")
+    return path
+
+
 def refused(capsys, shard, store, tokenizer_file) -> str:
     code = main(["count", shard, "--store", str(store), "--tokenizer", tokenizer_file, "-q"])
     err = capsys.readouterr().err.strip()
@@ -48,9 +56,7 @@ def refused(capsys, shard, store, tokenizer_file) -> str:
 
 
 def test_a_symlink_at_the_lock_path_is_refused_and_its_target_untouched(tmp_path, capsys, shard,
-                                                                        tokenizer_file):
-    victim = tmp_path / "precious.txt"
-    victim.write_text("years of work\n")
+                                                                        tokenizer_file, victim):
     store = tmp_path / "m.zarr"
     os.symlink(victim, lock_url(str(store)))
     err = refused(capsys, shard, store, tokenizer_file)
@@ -69,9 +75,7 @@ def test_a_dangling_symlink_at_the_lock_path_creates_nothing(tmp_path, capsys, s
 
 
 def test_a_hard_link_or_a_directory_at_the_lock_path_is_refused(tmp_path, capsys, shard,
-                                                               tokenizer_file):
-    victim = tmp_path / "precious.txt"
-    victim.write_text("years of work\n")
+                                                               tokenizer_file, victim):
     store = tmp_path / "m.zarr"
     os.link(victim, lock_url(str(store)))
     assert "hard links" in refused(capsys, shard, store, tokenizer_file)

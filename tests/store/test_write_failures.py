@@ -14,15 +14,7 @@ import pytest
 from streamsolve import api
 from streamsolve.store.model_store import ModelStore
 
-from ..conftest import write_text
 from .disk_limits import run_on_full_disk, run_with_file_size_limit, tree
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, documents) -> dict:
-    folder = tmp_path_factory.mktemp("corpus")
-    return {"first": str(write_text(folder / "first.txt", "\n\n".join(documents[::2]) + "\n")),
-            "second": str(write_text(folder / "second.txt", "\n\n".join(documents[1::2]) + "\n"))}
 
 
 @pytest.fixture(scope="module")
