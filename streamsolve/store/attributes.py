@@ -245,6 +245,8 @@ def _weights_problems(meta: dict) -> list[str]:
                             f"{', '.join(_SMOOTHINGS)}")
         problems += _strength_problems(weights, n_blocks)
         problems += _calibration_problems(weights.get("calibration"), n_blocks)
+    if not isinstance(weights.get("digests", False), bool):
+        problems.append("weights.digests is not true or false")
     if not isinstance(weights.get("counts_id"), str):
         problems.append("weights.counts_id is not a name")
     if "written" in weights and not is_timestamp(weights["written"]):

@@ -26,7 +26,7 @@ from .layout import (StoreError, count_block_path, live_paths, stack_row_blocks,
 logger = logging.getLogger(__name__)
 
 #: Keys of ``attrs["weights"]`` that describe the version rather than its parameters.
-VERSION_KEYS = ("id", "counts_id", "written", "blocks", "reused_blocks")
+VERSION_KEYS = ("id", "counts_id", "written", "blocks", "reused_blocks", "digests")
 
 
 @dataclasses.dataclass
@@ -113,9 +113,13 @@ class WeightBlocks:
         return digest
 
     def has_weight_block(self, key: str) -> bool:
-        """Whether a complete weight row block ``key`` is stored."""
+        """Whether a complete weight row block ``key`` is stored, with its digest (a block
+        without one, written before digests, is recomputed rather than reused unchecked)."""
         path = f"weights/blocks/{key}"
-        return path in self.group and bool(self.group[path].attrs.get("complete"))
+        if path not in self.group:
+            return False
+        attrs = self.group[path].attrs
+        return bool(attrs.get("complete")) and "digest" in attrs
 
     def write_weight_block(self, key: str, indptr, indices, data, row_terms):
         """Write one weight row block (marked complete only after all its arrays)."""
@@ -161,9 +165,17 @@ class WeightBlocks:
         node, arrays = self._read_arrays(path, ("indptr", "indices", "data", "row_terms"))
         indptr, indices, data, row_terms = arrays
         self._check_csr(path, indptr, indices, data)
+        if "digest" not in node.attrs and self._weight_digest_required(key):
+            raise self._damaged(path, "digest missing (its weights version recorded one for "
+                                      "every block)")
         self._check_digest(path, node.attrs.get("digest"),
                            lambda: array_digest(indptr, indices, data, row_terms))
         return indptr, indices, data, row_terms
+
+    def _weight_digest_required(self, key: str) -> bool:
+        """Whether ``key`` is a block of the current weights, committed with block digests."""
+        info = self.meta.get("weights") or {}
+        return info.get("digests") is True and any(key in keys for keys in info["blocks"])
 
     def commit_weights(self, params: dict, block_keys: list[list[str]], col_terms: np.ndarray,
                        bias: np.ndarray, log_unigram: np.ndarray,
@@ -187,8 +199,8 @@ class WeightBlocks:
 
         def attributes(meta: dict, weights_id: str) -> dict:
             used = counts_id or meta["counts"]["id"]
-            meta["weights"] = {"id": weights_id, "counts_id": used,
-                               "written": utc_now(), "blocks": block_keys, **params}
+            meta["weights"] = {"id": weights_id, "counts_id": used, "written": utc_now(),
+                               "blocks": block_keys, "digests": True, **params}
             meta = with_event(meta, finalized_event(weights_id, used, params, reused_blocks))
             if params.get("calibration"):
                 meta = with_event(meta, calibrated_event(weights_id, params["calibration"]))

@@ -225,3 +225,20 @@ def test_every_array_is_written_with_checksummed_codecs(store):
         node = json.loads(array_meta.read_text())
         if node["node_type"] == "array":
             assert any(codec["name"] == "crc32c" for codec in node["codecs"]), array_meta
+
+
+def test_a_weight_block_without_its_digest_is_damage_and_is_recomputed(store, corpus, capsys):
+    """A weight block of a version committed with digests whose digest was removed, and a
+    chunk of it lost: eval and verify stop naming it; finalize recomputes it (never reuses
+    a block it cannot check)."""
+    block = weights_block(store)
+    meta_file = Path(store) / block / "zarr.json"
+    node = json.loads(meta_file.read_text())
+    del node["attributes"]["digest"]
+    meta_file.write_text(json.dumps(node))
+    damage(store, block, "delete")
+    code, _, err = run_cli(capsys, "eval", store, corpus["second"], "-q")
+    assert code == 2 and f"{block}: digest missing" in err, err
+    assert [d["path"] for d in api.verify(store)["damaged"]] == [block]
+    assert run_cli(capsys, "finalize", store, "-q")[0] == 0
+    assert api.verify(store)["ok"]
