@@ -241,7 +241,8 @@ def legacy_counts_problem(view, generation: int, r: int, sums: np.ndarray,
     expected = np.asarray(unigram, dtype=np.int64) * (config.radius
                                                       if config.aggregation == "sum" else 1)
     size = max(sums.size, expected.size)
-    sums, expected = np.pad(sums, (0, size - sums.size)), np.pad(expected, (0, size - expected.size))
+    sums = np.pad(sums, (0, size - sums.size))
+    expected = np.pad(expected, (0, size - expected.size))
     if np.array_equal(sums, expected):
         return None
     bad = np.flatnonzero(sums != expected)

@@ -12,12 +12,12 @@ creates an empty generation that no reader sees, numbered past every generation 
 after proving that the committed one is there (`prove_generation`): a store whose recorded
 generation is missing is refused, and nothing is deleted on entering (generations left by
 crashed writers are retired by the next commit and removed after the grace period, like
-replaced ones). Row blocks are written one writer per
-block, from this process or from Dask workers (`write_count_block`, given
-``txn.generation``). `CountsTransaction.commit` checks that every row block was written, writes the unigram and
-switches the store's attributes to the generation in one atomic write that also appends the
-``ingest`` event to the store's history and records ``counts.digests`` (every block of the
-generation carries a digest, so one without is damage). Leaving without a commit (an exception, or no call) removes the
+replaced ones). Row blocks are written one writer per block, from this process or from Dask
+workers (`write_count_block`, given ``txn.generation``). `CountsTransaction.commit` checks
+that every row block was written, writes the unigram and switches the store's attributes to
+the generation in one atomic write that also appends the ``ingest`` event to the store's
+history and records ``counts.digests`` (every block of the generation carries a digest, so
+one without is damage). Leaving without a commit (an exception, or no call) removes the
 generation: the store is as it was.
 """
 
