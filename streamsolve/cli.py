@@ -73,7 +73,8 @@ def _count_kwargs(args, storage_options) -> dict:
                 scheduler=args.scheduler, workers=args.workers,
                 memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
-                wait=args.wait, break_lock=args.break_lock, force_memory=args.force_memory)
+                wait=args.wait, break_lock=args.break_lock, force_memory=args.force_memory,
+                mode=args.mode)
 
 
 def run(args) -> dict:
@@ -87,7 +88,7 @@ def run(args) -> dict:
         model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
                              alpha=args.alpha, calibrate=args.calibrate, storage_options=so,
                              wait=args.wait, break_lock=args.break_lock, discount=args.discount,
-                             smoothing_search=_SEARCH[args.smoothing_search])
+                             smoothing_search=_SEARCH[args.smoothing_search], mode=args.mode)
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
@@ -134,7 +135,7 @@ def run(args) -> dict:
                             eval_every=args.eval_every, max_seconds=args.max_seconds,
                             seed=args.seed, storage_options=so, wait=args.wait,
                             break_lock=args.break_lock, heldout_tokens=args.heldout_tokens,
-                            updates="dense" if args.dense_updates else "auto")
+                            updates="dense" if args.dense_updates else "auto", mode=args.mode)
     if args.command == "solve":
         import logging
 

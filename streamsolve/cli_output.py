@@ -182,7 +182,7 @@ def describe_refined(provenance: dict) -> str:
 
 
 def describe_smoothing(values: dict | None) -> str:
-    """One line for `api.smoothing_values` (``info``'s ``smoothing``)."""
+    """One line for `core.smoothing.smoothing_values` (``info``'s ``smoothing``)."""
     if not values:
         return "None (not finalized)"
     parts = [f"{values.get('smoothing')} ({values.get('form')} form)"]

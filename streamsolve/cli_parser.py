@@ -148,6 +148,8 @@ def _add_locking(parser: argparse.ArgumentParser):
                              f"at most SECONDS (default {DEFAULT_WAIT_SECONDS:g})")
     parser.add_argument("--break-lock", action="store_true",
                         help="remove a writer lock held from another host (only if that job is gone)")
+    parser.add_argument("--mode", metavar="OCTAL", help="mode of a local store's files, e.g. "
+                        "0600 (default: the umask, never looser than the store's own)")
 
 
 def _add_finalizing(parser: argparse.ArgumentParser):

@@ -37,7 +37,7 @@ from .engine.progress import PeakMemory, Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
 from .engine.tasks import ShardResult, count_graph, write_graph
-from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError, is_disk_full
+from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError, write_failure
 from .store.location import creatable_location
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
@@ -504,12 +504,9 @@ def _write_generation(setup: IngestSetup, new, lock, runtime: Runtime) -> ModelS
         raise
     except OSError as exc:
         model_store.discard_uncommitted()
-        full = is_disk_full(exc)
-        reason = "the disk is full" if full else str(exc)
-        fix = "free space" if full else "fix that"
-        raise StoreError(f"writing the counts to {model_store.url} failed: {reason}. The store "
-                         "is unchanged (partial data is never read, and is removed now or by "
-                         f"the next ingest); {fix} and run the same command again.") from exc
+        raise write_failure(exc, f"writing the counts to {model_store.url}",
+                            "The store is unchanged (partial data is never read, and is removed "
+                            "now or by the next ingest)") from exc
     return model_store
 
 
@@ -554,6 +551,8 @@ def write_row_blocks(transaction, partial: PartialCounts, base: int | None,
     ------
     StoreCorruptError
         When a block of the base generation is damaged (after every task has finished).
+    OSError
+        When a row block could not be written (after every task has finished).
     """
     spill = partial.spill_directory
     with Stage("k-way merge + write row blocks", 4, STAGES) as stage:

@@ -266,8 +266,10 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
     generation's block, for an existing store) and write it; returns its nnz.
 
     The only writer of that row block (one task per block: no two tasks share a Zarr chunk).
-    A damaged base block is returned as its `StoreCorruptError`, not raised, so that every
-    other task finishes before the writer stage raises it and discards the generation.
+    A damaged base block (`StoreCorruptError`) or a failed write (``OSError``: a full disk,
+    a file-size limit) is returned, not raised, so that every other task finishes before the
+    writer stage raises it and discards the generation (a task still running would write
+    into it after the discard).
     """
     keys, values = collect(merge_sources(sources, memory_bytes, spill_dir, vocab_size,
                                          rows_per_block))
@@ -280,7 +282,10 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
         except StoreCorruptError as exc:
             return exc
         csr = merge_csr_block(base, csr)
-    store_transaction.write_count_block(store, generation, r, k, *csr)
+    try:
+        store_transaction.write_count_block(store, generation, r, k, *csr)
+    except OSError as exc:
+        return exc
     return int(csr[1].size)
 
 
