@@ -6,7 +6,8 @@ skipped with a one-line reason. Every timed step is a whole process tree: CPU-se
 + sys of it and its descendants (`resource.getrusage` ``RUSAGE_CHILDREN`` deltas), which the
 load of a shared machine inflates far less than wall time; wall and the tree's peak resident
 memory are shown too. The steps alternate (A B A B ...) for ``$STREAMSOLVE_BENCH_ROUNDS``
-rounds (3 full, 1 quick) so both tools see the same load.
+rounds (3 full, 1 quick) so both tools see the same load. ``$STREAMSOLVE_BENCH_KENLM_PARTS``
+(e.g. ``a`` or ``b,c``; default all) runs some of the parts below.
 
 a. Build cost on raw text: ``lmplz -o 3`` and ``-o 5`` (whitespace words) beside
    ``streamsolve count --radius 3`` (a BPE of 8192 trained once and passed as ``--tokenizer``,
@@ -89,7 +90,7 @@ def lmplz(kenlm: Path, order: int, text: Path, arpa: Path, scratch: Path,
 def build_cost(kenlm: Path, full: bool, scratch: Path, n_rounds: int) -> str:
     paths = common.shards() if full else common.shards(QUICK_BUILD)
     texts = kt.decompress(paths, scratch / "raw")
-    corpus = kt.concatenate(texts, scratch / "raw-corpus.txt")
+    corpus = kt.concatenate(texts, scratch / f"raw-corpus-{'full' if full else 'quick'}.txt")
     mb = corpus.stat().st_size / 1e6
     gunzip = kt.run_measured(["gzip", "-dc", *paths], scratch / "logs" / "gunzip.log")
     tokenizer = common.bench_tokenizer(V)
@@ -121,6 +122,12 @@ def build_cost(kenlm: Path, full: bool, scratch: Path, n_rounds: int) -> str:
                 arpa.unlink()
     loads.append(kt.load_line())
     return build_table(results, mb, len(paths), gunzip, loads, full)
+
+
+def round_notes(loads: list[str]) -> list[str]:
+    """The load at each round's start and at the end, and the machine line."""
+    return ["load at the start of each round and at the end: " + " | ".join(loads),
+            f"machine: {common.machine()}"]
 
 
 def median_rate(amount: float, runs: list[kt.Measured]) -> float:
@@ -156,8 +163,7 @@ def build_table(results: dict, mb: float, n_shards: int, gunzip: kt.Measured,
         "(target issue 23: >= 1 against `lmplz -o 3`, BPE included)",
         "per-round CPU ratio lmplz -o 3 / count (paired, same round): "
         + "; ".join(f"{k}: {', '.join(v)}" for k, v in paired.items() if v),
-        "load at the start of each round and at the end: " + " | ".join(loads),
-        f"machine: {common.machine()}",
+        *round_notes(loads),
     ]
     return common.table(f"a. Build cost on raw text: KenLM lmplz vs streamsolve count "
                         f"({len(next(iter(results.values())))} interleaved rounds)",
@@ -318,8 +324,7 @@ def scoring_table(results: dict, split: dict, loads: list[str]) -> str:
         "tokens per CPU-s from the median CPU-s; ratio = eval's tokens per CPU-s over query's "
         "at equal context (order 2 / R = 1, order 4 / R = 3); target issue 23: >= 1/3, BPE "
         "included",
-        "load at the start of each round and at the end: " + " | ".join(loads),
-        f"machine: {common.machine()}",
+        *round_notes(loads),
     ]
     return common.table(f"b. Scoring cost: KenLM query vs streamsolve eval "
                         f"({len(results['q2'])} interleaved rounds)",
@@ -471,14 +476,19 @@ def run(full: bool) -> str:
         (scratch / f"{mode}-{name}.txt").write_text(text, encoding="utf-8")
         parts.append(text)
 
-    split = prepare_split(full, scratch)
-    models = build_kenlm_models(kenlm, split, scratch)
-    stores = build_streamsolve_stores(split, scratch)
-    keep("b-scoring", scoring_cost(kenlm, split, models, stores, scratch, n_rounds))
-    keep("c-quality", quality(kenlm, split, models, stores, scratch))
-    keep("c-sizes", sizes_table(models, stores))
-    del split
-    keep("a-build", build_cost(kenlm, full, scratch, n_rounds))
+    wanted = kt.parts()
+    if {"b", "c"} & wanted:
+        split = prepare_split(full, scratch)
+        models = build_kenlm_models(kenlm, split, scratch)
+        stores = build_streamsolve_stores(split, scratch)
+        if "b" in wanted:
+            keep("b-scoring", scoring_cost(kenlm, split, models, stores, scratch, n_rounds))
+        if "c" in wanted:
+            keep("c-quality", quality(kenlm, split, models, stores, scratch))
+            keep("c-sizes", sizes_table(models, stores))
+        del split
+    if "a" in wanted:
+        keep("a-build", build_cost(kenlm, full, scratch, n_rounds))
     parts.append(f"- KenLM binaries: {kenlm}; {started} at the start, {kt.load_line()} at "
                  f"the end; scratch files in {scratch}\n")
     return "\n".join(parts)

@@ -219,8 +219,10 @@ def decompress(paths: list[str], folder: Path) -> list[Path]:
 
 
 def concatenate(paths: list[Path], target: Path) -> Path:
-    """The files one after the other in ``target`` (made once)."""
-    if not target.exists():
+    """The files one after the other in ``target``, made again unless it already holds
+    exactly their bytes' count (an earlier run may have left one of other files)."""
+    expected = sum(path.stat().st_size for path in paths)
+    if not target.exists() or target.stat().st_size != expected:
         partial = target.with_suffix(".part")
         with open(partial, "wb") as out:
             for path in paths:
@@ -246,3 +248,15 @@ def load_line() -> str:
 def rounds(full: bool) -> int:
     """Interleaved rounds: ``$STREAMSOLVE_BENCH_ROUNDS``, else 3 (full) or 1 (quick)."""
     return int(os.environ.get("STREAMSOLVE_BENCH_ROUNDS", 3 if full else 1))
+
+
+def parts() -> set[str]:
+    """The parts to run: ``$STREAMSOLVE_BENCH_KENLM_PARTS`` (comma-separated of a, b, c),
+    else all three."""
+    wanted = {p.strip() for p in os.environ.get("STREAMSOLVE_BENCH_KENLM_PARTS", "a,b,c")
+              .split(",") if p.strip()}
+    unknown = wanted - {"a", "b", "c"}
+    if unknown:
+        raise common.Skip(f"STREAMSOLVE_BENCH_KENLM_PARTS names {', '.join(sorted(unknown))}: "
+                          "use a comma-separated subset of a, b, c")
+    return wanted

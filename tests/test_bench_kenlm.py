@@ -122,3 +122,16 @@ def test_slices_keep_blank_lines_and_every_byte_is_in_the_denominator(tmp_path, 
     assert len(lines) == len(encoded["docs"]) == 3  # one KenLM sentence per document
     assert [len(line.split()) for line in lines] == [d.size for d in encoded["docs"]]
     assert sum(len(line.split()) for line in lines) == encoded["tokens"]
+
+
+def test_the_concatenated_corpus_follows_its_parts(tmp_path):
+    # a cached concatenation of other shards (an earlier quick run) must not be reused
+    parts = []
+    for i, text in enumerate(["one\n", "two two\n", "three\n"]):
+        parts.append(tmp_path / f"p{i}.txt")
+        parts[-1].write_text(text)
+    target = tmp_path / "corpus.txt"
+    kenlm_tools.concatenate(parts[:1], target)
+    assert target.read_text() == "one\n"
+    kenlm_tools.concatenate(parts, target)
+    assert target.read_text() == "one\ntwo two\nthree\n"
