@@ -3,7 +3,7 @@ run, for the performance and n-gram issues (23, 24).
 
 KenLM's binaries come from ``$KENLM_BIN`` (a directory) or PATH; without them the benchmark is
 skipped with a one-line reason. Every timed step is a whole process tree: CPU-seconds are user
-+ sys of it and its descendants (`resource.getrusage` ``RUSAGE_CHILDREN`` deltas), which the
++ sys of it and its descendants (`os.wait4`), which the
 load of a shared machine inflates far less than wall time; wall and the tree's peak resident
 memory are shown too. The steps alternate (A B A B ...) for ``$STREAMSOLVE_BENCH_ROUNDS``
 rounds (3 full, 1 quick) so both tools see the same load. ``$STREAMSOLVE_BENCH_KENLM_PARTS``

@@ -59,14 +59,15 @@ class Measured:
 
 def run_measured(command: list[str], log: Path, *, stdin: Path | None = None,
                  stdout: Path | None = None, env: dict | None = None) -> Measured:
-    """Run ``command`` to completion; CPU from `resource.getrusage` ``RUSAGE_CHILDREN`` deltas
-    (the caller runs one child at a time), peak from `streamsolve.engine.progress.PeakMemory`
-    (the tree sampled every 200 ms plus each process's high-water mark). Stdout goes to
-    ``stdout`` (or is discarded), stderr to ``log``. Raises RuntimeError on a non-zero exit."""
+    """Run ``command`` to completion. CPU and the largest process's peak come from
+    `os.wait4` (the child's rusage, its waited-for descendants included); the tree's peak is
+    the larger of that and `streamsolve.engine.progress.PeakMemory` (the tree sampled every
+    200 ms plus each process's high-water mark: a sum over processes alive together). Stdout
+    goes to ``stdout`` (or is discarded), stderr to ``log``. Raises RuntimeError on a
+    non-zero exit."""
     from streamsolve.engine.progress import PeakMemory
 
     log.parent.mkdir(parents=True, exist_ok=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with open(log, "w") as err, \
             (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as src, \
@@ -74,14 +75,14 @@ def run_measured(command: list[str], log: Path, *, stdin: Path | None = None,
         proc = subprocess.Popen(command, stdin=src, stdout=out, stderr=err,
                                 env={**os.environ, **(env or {})})
         with PeakMemory(proc.pid, interval=0.2) as mem:
-            code = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({code}); see {log}:\n"
-                           + log.read_text(errors="replace")[-2000:])
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Measured(cpu, wall, mem.peak)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({proc.returncode}); see "
+                           f"{log}:\n" + log.read_text(errors="replace")[-2000:])
+    return Measured(usage.ru_utime + usage.ru_stime, wall,
+                    max(mem.peak, usage.ru_maxrss * 1024))
 
 
 def self_cpu() -> float:

@@ -9,6 +9,7 @@ import io
 import math
 import os
 import stat
+import sys
 
 import numpy as np
 import pytest
@@ -103,6 +104,10 @@ def test_measured_run_charges_the_child_tree_cpu(tmp_path):
     assert measured.cpu > 0.02
     assert measured.cpu <= measured.wall + 0.05  # one process at a time
     assert measured.peak > 0
+    # a peak reached after the last sample, right before the exit, still counts (its rusage)
+    grow = [sys.executable, "-c", "import time; time.sleep(0.5); b = bytearray(200 << 20); "
+            "b[::4096] = b'x' * len(b[::4096])"]
+    assert kenlm_tools.run_measured(grow, tmp_path / "log").peak >= 200 << 20
     with pytest.raises(RuntimeError, match="failed \\(3\\)"):
         kenlm_tools.run_measured(["sh", "-c", "exit 3"], tmp_path / "log")
 
