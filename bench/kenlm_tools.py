@@ -59,12 +59,13 @@ class Measured:
 
 def run_measured(command: list[str], log: Path, *, stdin: Path | None = None,
                  stdout: Path | None = None, env: dict | None = None) -> Measured:
-    """Run ``command`` to completion. CPU and the largest process's peak come from
-    `os.wait4` (the child's rusage, its waited-for descendants included); the tree's peak is
-    the larger of that and `streamsolve.engine.progress.PeakMemory` (the tree sampled every
-    200 ms plus each process's high-water mark: a sum over processes alive together). Stdout
-    goes to ``stdout`` (or is discarded), stderr to ``log``. Raises RuntimeError on a
-    non-zero exit."""
+    """Run ``command`` to completion. CPU comes from `os.wait4` (the child's rusage, its
+    waited-for descendants included); the peak from `streamsolve.engine.progress.PeakMemory`
+    (the tree sampled every 200 ms plus each process's ``VmHWM``), not from ``ru_maxrss``:
+    Linux carries the spawning process's high-water mark into the child's ``ru_maxrss``
+    across ``exec``, so a large benchmark process would show as every child's peak (KenLM's
+    own ``RSSMax`` line has that flaw too). Stdout goes to ``stdout`` (or is discarded),
+    stderr to ``log``. Raises RuntimeError on a non-zero exit."""
     from streamsolve.engine.progress import PeakMemory
 
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -81,8 +82,7 @@ def run_measured(command: list[str], log: Path, *, stdin: Path | None = None,
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])} ... failed ({proc.returncode}); see "
                            f"{log}:\n" + log.read_text(errors="replace")[-2000:])
-    return Measured(usage.ru_utime + usage.ru_stime, wall,
-                    max(mem.peak, usage.ru_maxrss * 1024))
+    return Measured(usage.ru_utime + usage.ru_stime, wall, mem.peak)
 
 
 def self_cpu() -> float:
