@@ -60,6 +60,9 @@ RADII = (1, 2, 3, 4)
 #: (KenLM order, streamsolve R) pairs of the scoring-cost rows; R = 4 is counted for sizes.
 SCORING_PAIRS = ((2, 1), (4, 3))
 CLI_RADII = (1, 3, 4)
+#: lmplz refuses raw text holding its own symbols (<s>, </s>, <unk>: the documentation
+#: shards do); this turns them into whitespace.
+RAW_TEXT = ("--skip_symbols",)
 
 
 def streamsolve_command(*args: str) -> list[str]:
@@ -87,7 +90,9 @@ def lmplz(kenlm: Path, order: int, text: Path, arpa: Path, scratch: Path,
 
 # ---------------------------------------------------------------- a. build cost on raw text
 
-def build_cost(kenlm: Path, full: bool, scratch: Path, n_rounds: int) -> str:
+def build_cost(kenlm: Path, full: bool, scratch: Path, n_rounds: int,
+               partial: Path | None = None) -> str:
+    """Table a (``partial``: the table so far, rewritten after each round)."""
     paths = common.shards() if full else common.shards(QUICK_BUILD)
     texts = kt.decompress(paths, scratch / "raw")
     corpus = kt.concatenate(texts, scratch / f"raw-corpus-{'full' if full else 'quick'}.txt")
@@ -101,12 +106,14 @@ def build_cost(kenlm: Path, full: bool, scratch: Path, n_rounds: int) -> str:
              "-S", SORT_MEMORY + "B", "--tmp", str(tmp / "spill")]
     steps = {
         "lmplz -o 3": lambda: kt.run_measured(
-            lmplz(kenlm, 3, corpus, tmp / "raw-o3.arpa", tmp), scratch / "logs" / "lmplz3.log"),
+            lmplz(kenlm, 3, corpus, tmp / "raw-o3.arpa", tmp, RAW_TEXT),
+            scratch / "logs" / "lmplz3.log"),
         "count --radius 3, BPE given": lambda: run_streamsolve_json(
             [*count, "--tokenizer", str(tokenizer)], scratch / "logs" / "count-given.log",
             tmp / "count.json")[0],
         "lmplz -o 5": lambda: kt.run_measured(
-            lmplz(kenlm, 5, corpus, tmp / "raw-o5.arpa", tmp), scratch / "logs" / "lmplz5.log"),
+            lmplz(kenlm, 5, corpus, tmp / "raw-o5.arpa", tmp, RAW_TEXT),
+            scratch / "logs" / "lmplz5.log"),
         "count --radius 3, BPE trained by count": lambda: run_streamsolve_json(
             [*count, "--vocab-size", str(V)], scratch / "logs" / "count-trained.log",
             tmp / "count.json")[0],
@@ -120,6 +127,9 @@ def build_cost(kenlm: Path, full: bool, scratch: Path, n_rounds: int) -> str:
             results[name].append(step())
             for arpa in tmp.glob("*.arpa"):
                 arpa.unlink()
+        if partial is not None:
+            partial.write_text(build_table(results, mb, len(paths), gunzip,
+                                           [*loads, kt.load_line()], full), encoding="utf-8")
     loads.append(kt.load_line())
     return build_table(results, mb, len(paths), gunzip, loads, full)
 
@@ -152,7 +162,8 @@ def build_table(results: dict, mb: float, n_shards: int, gunzip: kt.Measured,
         + ("" if full else " (quick subset)") + f", {mb:.1f} MB decompressed, decompressed once "
         f"beforehand and charged to neither tool (`gzip -dc` of the shards: {gunzip.cpu:.1f} "
         "CPU-s, to add to both if wanted)",
-        f"KenLM: `lmplz -o N -S {SORT_MEMORY} -T TMP --text CORPUS.txt --arpa OUT.arpa` "
+        f"KenLM: `lmplz -o N -S {SORT_MEMORY} -T TMP --skip_symbols --text CORPUS.txt "
+        "--arpa OUT.arpa` "
         "(whitespace words, one sentence a line; the ARPA written to disk and deleted after)",
         f"streamsolve: `streamsolve count SHARDS.txt --store S --radius 3 -S {SORT_MEMORY}B "
         f"--tmp TMP --json` (default workers = cores, threads), with `--tokenizer` "
@@ -488,7 +499,8 @@ def run(full: bool) -> str:
             keep("c-sizes", sizes_table(models, stores))
         del split
     if "a" in wanted:
-        keep("a-build", build_cost(kenlm, full, scratch, n_rounds))
+        keep("a-build", build_cost(kenlm, full, scratch, n_rounds,
+                                   scratch / f"{mode}-a-build.partial.txt"))
     parts.append(f"- KenLM binaries: {kenlm}; {started} at the start, {kt.load_line()} at "
                  f"the end; scratch files in {scratch}\n")
     return "\n".join(parts)
