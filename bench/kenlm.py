@@ -104,20 +104,21 @@ def build_cost(kenlm: Path, full: bool, scratch: Path, n_rounds: int,
     store = scratch / "build.zarr"
     count = ["count", *map(str, texts), "--store", str(store), "--radius", "3",
              "-S", SORT_MEMORY + "B", "--tmp", str(tmp / "spill")]
-    steps = {
-        "lmplz -o 3": lambda: kt.run_measured(
-            lmplz(kenlm, 3, corpus, tmp / "raw-o3.arpa", tmp, RAW_TEXT),
-            scratch / "logs" / "lmplz3.log"),
-        "count --radius 3, BPE given": lambda: run_streamsolve_json(
-            [*count, "--tokenizer", str(tokenizer)], scratch / "logs" / "count-given.log",
-            tmp / "count.json")[0],
-        "lmplz -o 5": lambda: kt.run_measured(
-            lmplz(kenlm, 5, corpus, tmp / "raw-o5.arpa", tmp, RAW_TEXT),
-            scratch / "logs" / "lmplz5.log"),
-        "count --radius 3, BPE trained by count": lambda: run_streamsolve_json(
-            [*count, "--vocab-size", str(V)], scratch / "logs" / "count-trained.log",
-            tmp / "count.json")[0],
-    }
+    logs = scratch / "logs"
+
+    def lmplz_step(order: int):
+        return lambda: kt.run_measured(lmplz(kenlm, order, corpus, tmp / f"raw-o{order}.arpa",
+                                             tmp, RAW_TEXT), logs / f"lmplz{order}.log")
+
+    def count_step(tag: str, *extra: str):
+        return lambda: run_streamsolve_json([*count, *extra], logs / f"count-{tag}.log",
+                                            tmp / "count.json")[0]
+
+    steps = {"lmplz -o 3": lmplz_step(3),
+             "count --radius 3, BPE given": count_step("given", "--tokenizer", str(tokenizer)),
+             "lmplz -o 5": lmplz_step(5),
+             "count --radius 3, BPE trained by count": count_step("trained", "--vocab-size",
+                                                                  str(V))}
     results: dict[str, list[kt.Measured]] = {name: [] for name in steps}
     loads = []
     for _ in range(n_rounds):
