@@ -20,7 +20,7 @@ import pytest
 from streamsolve import api
 from streamsolve.store.model_store import ModelStore
 
-from ..conftest import pydoc_documents
+from ..conftest import pydoc_documents, time_limit
 
 TRIALS = int(os.environ.get("STREAMSOLVE_CRASH_TRIALS", "20"))
 #: The ingest's numbered stage banners (`streamsolve.ingest`), and the commit's log line.
@@ -62,7 +62,7 @@ def run_and_kill(command: list[str], kill_after: float,
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         killed = True
-    reader.join(timeout=5)
+    reader.join(timeout=time_limit(5))
     return stages[-1], killed, time.monotonic() - started
 
 
@@ -78,7 +78,8 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tmp_path, sharded_co
     clean = tmp_path / "clean.zarr"
     shutil.copytree(base, clean)
     stage_starts = {"start": 0.0}
-    _, killed, clean_seconds = run_and_kill(ingest_command(clean, new_shards), 600, stage_starts)
+    _, killed, clean_seconds = run_and_kill(ingest_command(clean, new_shards), time_limit(600),
+                                            stage_starts)
     assert not killed
     after = ModelStore(str(clean)).read_counts()
     assert after.tokens > before.tokens
@@ -105,7 +106,7 @@ def test_sigkill_at_random_moments_never_corrupts_the_store(tmp_path, sharded_co
             states["after"] += 1
         else:
             failures.append((trial, stage, "counts neither before nor after"))
-        _, again_killed, _ = run_and_kill(ingest_command(store, new_shards), 600)
+        _, again_killed, _ = run_and_kill(ingest_command(store, new_shards), time_limit(600))
         assert not again_killed
         if not ModelStore(str(store)).read_counts().equal_counts(after):
             failures.append((trial, stage, "re-run did not complete the work"))
