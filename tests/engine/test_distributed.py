@@ -24,11 +24,17 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def cluster():
+    import dask
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", scheduler_port=0, silence_logs=40,
-                      env={"TOKENIZERS_PARALLELISM": "false"}) as local_cluster:
+    # A killed worker's nanny starts a new worker process; the cluster closes that nanny for
+    # good if the new worker has not joined within lost-worker-timeout (15 s), which a busy
+    # machine can exceed (only 1/2 workers came back at load 20): allow for the load.
+    patience = {"distributed.deploy.lost-worker-timeout": f"{time_limit(300):.0f}s"}
+    with dask.config.set(patience), LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+            scheduler_port=0, silence_logs=40,
+            env={"TOKENIZERS_PARALLELISM": "false"}) as local_cluster:
         with Client(local_cluster) as client:
             client.wait_for_workers(2, timeout=time_limit(60))
             yield local_cluster, client
