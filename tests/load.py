@@ -9,7 +9,8 @@ Each busy loop is a pure-Python process spinning at normal priority. They are al
 stopped when the command ends, fails, or this script is interrupted (Ctrl-C, SIGTERM); if this
 script is killed outright (SIGKILL) each loop notices its parent is gone and exits by itself
 within a fraction of a second. The load average is printed before and after, with the wall
-time of the command; the exit status is the command's.
+time and CPU time of the command; the exit status is the command's. ``--busy 0`` runs the
+command alone, for a quiet-vs-loaded comparison of the same figures.
 
 Time limits in the tests scale with the load on their own (``tests/conftest.py``,
 `time_limit`), so nothing needs to be passed to the suite; ``--warmup`` waits until the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -105,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         returncode = subprocess.call(command)
         wall = time.monotonic() - started
-        print(f"[load] exit {returncode} after {wall:.0f} s wall; {load_line()}",
-              file=sys.stderr, flush=True)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command's tree: the busy
+        cpu = usage.ru_utime + usage.ru_stime                  # loops are not reaped yet
+        print(f"[load] exit {returncode} after {wall:.1f} s wall, {cpu:.1f} s CPU (user+sys "
+              f"of the command's process tree); {load_line()}", file=sys.stderr, flush=True)
         return returncode
     finally:
         stop(loops)
