@@ -116,8 +116,15 @@ def start_dask_cluster(procs: Processes, workdir: Path, n_workers: int = 2,
     procs.start("scheduler", [tool("dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
                               "--no-dashboard", "--scheduler-file", str(scheduler_file)],
                 env=env, cwd=workdir)
-    wait_for(scheduler_file.exists, 60, "the dask scheduler", procs)
-    address = json.loads(scheduler_file.read_text())["address"]
+
+    def scheduler_address() -> str | None:  # the file exists before dask has written it
+        try:
+            return json.loads(scheduler_file.read_text())["address"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    wait_for(scheduler_address, 60, "the dask scheduler", procs)
+    address = scheduler_address()
     for i in range(n_workers):
         procs.start(f"worker-{i}", [tool("dask"), "worker", address, "--host", "127.0.0.1",
                                     "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
