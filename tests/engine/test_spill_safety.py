@@ -19,6 +19,7 @@ from streamsolve.core.counting import CountConfig
 from streamsolve.ingest import count_corpus
 from streamsolve.text.reading import CorpusError, ReadOptions
 
+from ..conftest import time_limit
 from ..deploy_helpers import child_env, wait_for, write_shards
 
 
@@ -106,7 +107,7 @@ def test_a_signalled_run_removes_its_spill_directory(tmp_path, tokenizer_file, s
 
         wait_for(spilled, 60, "the first spilled run")
         proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=time_limit(120))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,7 +118,8 @@ def test_a_signalled_run_removes_its_spill_directory(tmp_path, tokenizer_file, s
 
 
 def _sleeper() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    """A process that lives until it is killed (however long the test takes)."""
+    return subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
 
 
 def test_next_run_removes_directories_of_dead_owners_only(tmp_path, documents, tokenizer_file):

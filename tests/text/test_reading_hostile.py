@@ -28,7 +28,7 @@ from streamsolve.text.reading import (CorpusError, ReadOptions, ReadStats, iter_
                                  iter_line_blocks, read_sample)
 from streamsolve.store.model_store import ModelStore, StoreError
 
-from ..conftest import write_text
+from ..conftest import time_limit, write_text
 from ..core.test_counting import as_dict, brute_force
 
 PACKAGE_ROOT = str(Path(streamsolve.__file__).resolve().parents[1])
@@ -61,7 +61,7 @@ LONG_LINES = [
 def run_cli(*args, timeout=120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     return subprocess.run([sys.executable, "-m", "streamsolve", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=time_limit(timeout), env=env)
 
 
 # -- lines longer than the bound ----------------------------------------------------------------
@@ -196,7 +196,7 @@ def _watch_peak_rss(pid: int, kill_above: int, timeout: float) -> int:
     import signal
     import time
 
-    peak, deadline = 0, time.monotonic() + timeout
+    peak, deadline = 0, time.monotonic() + time_limit(timeout)
     while True:
         try:
             with open(f"/proc/{pid}/status") as status:
@@ -276,7 +276,10 @@ def test_special_file_named_on_the_command_line_is_refused(tmp_path, tokenizer_f
 
 @contextlib.contextmanager
 def deadline(seconds: int):
-    """Raise TimeoutError in this thread after ``seconds`` (interrupts a blocking open)."""
+    """Raise TimeoutError in this thread after ``seconds`` (interrupts a blocking open); a
+    hang guard, scaled by `time_limit`."""
+    seconds = max(1, round(time_limit(seconds)))
+
     def expire(signum, frame):
         raise TimeoutError(f"still blocked after {seconds} s")
 
