@@ -24,12 +24,13 @@ from collections.abc import Iterator, Sequence
 
 
 from . import ingest
+from .core.positions import sampled_positions
 from .core.smoothing import check_smoothing, default_smoothing, smoothing_values  # noqa: F401
 from .engine.finalize import commit_store_weights, compute_store_weights
 from .engine.memory import check_memory
 from .engine.runtime import is_address
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
-from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel, sample_positions
+from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
 from .language_model import calibration_keep
 from .store import replacement
 from .store.layout import StoreError
@@ -238,7 +239,7 @@ def search_positions(model_store, docs, sample: int, smoothing: str, form: str, 
             or not docs or not sum(int(len(d)) for d in docs):
         return None
     config = model_store.config
-    return sample_positions(docs, config.radius, config.bos_id, sample, seed=0)
+    return sampled_positions(docs, config.radius, config.bos_id, sample, seed=0)
 
 
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,

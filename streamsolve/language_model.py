@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from .core.calibration import logsumexp  # noqa: F401 (logsumexp: public here too)
+from .core.positions import grouped_positions, sample_index, sampled_positions
 from .core.scoring import fit_calibration_scored
 from .core.weights import ExplicitWeights
 from .text.tokenizer import is_tokenizer_panic, panic_error
@@ -34,43 +35,18 @@ PROGRESS_SECONDS = 30.0
 CALIBRATION_POSITIONS = 1 << 15
 
 
-def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
-                         bos_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(contexts (n, R), targets (n,))`` for each document, BOS-padded."""
-    for doc in documents:
-        doc = np.asarray(doc, dtype=np.int64)
-        if doc.size == 0:
-            continue
-        padded = np.concatenate([np.full(radius, bos_id, dtype=np.int64), doc])
-        positions = np.arange(radius, padded.size)
-        contexts = np.stack([padded[positions - r] for r in range(1, radius + 1)], axis=1)
-        yield contexts, doc
-
-
 def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(contexts, targets)`` of consecutive positions of the documents, ``batch`` at a time
-    (the last one shorter); the contexts of a group of about ``batch`` tokens are built at
-    once (`_group_positions`), not document by document."""
-    group, size = [], 0
+    (the last one shorter); the positions of a group of about ``batch`` tokens are built at
+    once (`streamsolve.core.positions.grouped_positions`), not document by document."""
     carry_ctx = np.zeros((0, radius), dtype=np.int64)
     carry_tgt = np.zeros(0, dtype=np.int64)
-    for doc in documents:
-        doc = np.asarray(doc, dtype=np.int64)
-        if doc.size == 0:
-            continue
-        group.append(doc)
-        size += doc.size
-        if size + carry_tgt.size >= batch:
-            ctx, tgt = _group_positions(group, radius, bos_id)
-            ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
-            full = tgt.size - tgt.size % batch
-            for start in range(0, full, batch):
-                yield ctx[start:start + batch], tgt[start:start + batch]
-            carry_ctx, carry_tgt = ctx[full:], tgt[full:]
-            group, size = [], 0
-    if group:
-        ctx, tgt = _group_positions(group, radius, bos_id)
-        carry_ctx, carry_tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+    for ctx, tgt in grouped_positions(documents, radius, bos_id, batch):
+        ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+        full = tgt.size - tgt.size % batch
+        for start in range(0, full, batch):
+            yield ctx[start:start + batch], tgt[start:start + batch]
+        carry_ctx, carry_tgt = ctx[full:], tgt[full:]
     if carry_tgt.size:
         yield carry_ctx, carry_tgt
 
@@ -122,20 +98,6 @@ def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
             yield from item
     finally:
         stop.set()
-
-
-def _group_positions(docs: list, radius: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """`contexts_and_targets` of non-empty documents, concatenated (vectorized)."""
-    targets = np.concatenate(docs)
-    lengths = np.fromiter((d.size for d in docs), dtype=np.int64, count=len(docs))
-    starts = np.cumsum(lengths) - lengths
-    offset = np.arange(targets.size) - np.repeat(starts, lengths)  # position in its document
-    contexts = np.empty((targets.size, radius), dtype=np.int64)
-    for r in range(1, radius + 1):
-        at = np.arange(targets.size) - r
-        inside = offset >= r
-        contexts[:, r - 1] = np.where(inside, targets[np.maximum(at, 0)], bos_id)
-    return contexts, targets
 
 
 @dataclasses.dataclass
@@ -259,7 +221,7 @@ class LanguageModel:
         Logs tokens/s (and, when ``documents`` has a length, an ETA) every
         `PROGRESS_SECONDS` on long runs. ``keep = (index, out)``: ``out[k]`` receives the
         log-probability of the position ``index[k]`` (ascending, counted over all the
-        documents' tokens in order, as `calibration_index` counts them).
+        documents' tokens in order, as `calibration_keep` counts them).
         """
         expected = sum(len(d) for d in documents) if isinstance(documents, Sequence) else None
         total, tokens = 0.0, 0
@@ -397,7 +359,7 @@ class LanguageModel:
         its result is kept only if the sample's loss does not go up.
 
         ``start_log_probs``: the uncalibrated model's log-probabilities of the sampled
-        positions (`calibration_index` order, e.g. kept by `evaluate_ids` from the raw
+        positions (`calibration_keep` order, e.g. kept by `evaluate_ids` from the raw
         evaluation), which spares the fit its loss pass at the start. ``check=False``: the
         fit's last step is not confirmed by a loss pass either; the caller must check the
         sample's loss at the result (as `streamsolve.api.calibrate_checked` does from its
@@ -409,7 +371,8 @@ class LanguageModel:
             A model with calibrated weights.
         """
         weights = self.weights.uncalibrated()
-        ctx, tgt = sample_positions(documents, self.config.radius, self.bos_id, sample_size, seed)
+        ctx, tgt = sampled_positions(documents, self.config.radius, self.bos_id, sample_size,
+                                     seed)
         start = None
         at_start = np.array_equal(np.r_[self.weights.beta, self.weights.gamma],
                                   np.r_[weights.beta, weights.gamma])
@@ -435,37 +398,12 @@ class LanguageModel:
                              self.bos_id)
 
 
-def calibration_index(documents: Sequence[np.ndarray], sample_size: int,
-                      seed: int = 0) -> np.ndarray:
-    """The positions `sample_positions` draws (ascending, over all the documents' tokens
-    in order)."""
-    total = int(sum(len(d) for d in documents))
-    if total == 0:
-        raise ValueError("no held-out tokens to calibrate on")
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(total, size=min(sample_size, total), replace=False))
-
-
 def calibration_keep(documents: Sequence[np.ndarray],
                      sample_size: int = CALIBRATION_POSITIONS, seed: int = 0):
     """``(index, out)`` for `LanguageModel.evaluate_ids` to keep the log-probabilities of the
-    positions `LanguageModel.calibrate` will draw (None when there are no tokens)."""
+    positions `LanguageModel.calibrate` will draw (`streamsolve.core.positions.sample_index`,
+    ascending over all the documents' tokens in order; None when there are no tokens)."""
     if not any(len(d) for d in documents):
         return None
-    index = calibration_index(documents, sample_size, seed)
+    index = sample_index(int(sum(len(d) for d in documents)), sample_size, seed)
     return index, np.empty(index.size)
-
-
-def sample_positions(documents: Sequence[np.ndarray], radius: int, bos_id: int,
-                     sample_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Draw up to ``sample_size`` (context, target) positions uniformly across documents."""
-    lengths = np.asarray([len(d) for d in documents], dtype=np.int64)
-    chosen = calibration_index(documents, sample_size, seed)
-    ends = np.cumsum(lengths)
-    doc_index = np.searchsorted(ends, chosen, side="right")
-    within = chosen - (ends - lengths)[doc_index]
-    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents])
-    ctx = np.empty((chosen.size, radius), dtype=np.int64)
-    for r in range(1, radius + 1):
-        ctx[:, r - 1] = np.where(within >= r, flat[np.maximum(chosen - r, 0)], bos_id)
-    return ctx, flat[chosen]

@@ -310,23 +310,13 @@ def text_positions(paths: Sequence[str], model, read_meta: dict,
     ``model`` is a `LanguageModel` (its tokenizer, radius and BOS id); ``read_meta`` the
     store's ``read_options`` (documents mode, text field, line bound).
     """
+    from .core.positions import grouped_positions
     from .documents import iter_token_documents
-    from .language_model import _group_positions
 
     docs = iter_token_documents(paths, model, read_meta.get("documents", "blank-line"),
                                 read_meta.get("text_field", "text"), storage_options, None,
                                 read_meta.get("max_line_bytes"))
-    group, size = [], 0
-    for doc in docs:
-        if len(doc) == 0:
-            continue
-        group.append(np.asarray(doc, dtype=np.int64))
-        size += len(doc)
-        if size >= group_tokens:
-            yield _group_positions(group, model.config.radius, model.bos_id)
-            group, size = [], 0
-    if group:
-        yield _group_positions(group, model.config.radius, model.bos_id)
+    yield from grouped_positions(docs, model.config.radius, model.bos_id, group_tokens)
 
 
 def position_batches(positions, batch: int, epochs: int | None = 1,

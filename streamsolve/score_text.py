@@ -15,7 +15,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from .language_model import LanguageModel, contexts_and_targets
+from .core.positions import positions
+from .language_model import LanguageModel
 from .text.reading import ReadOptions, ReadStats, iter_document_pieces
 from .text.shards import expand_corpus
 
@@ -135,11 +136,9 @@ def _encoded(model: LanguageModel, texts) -> list[tuple[int, np.ndarray, int]]:
 
 def _scored_batch(model: LanguageModel, batch, per_token: bool, totals: dict) -> Iterator[dict]:
     docs = [ids for _, ids, _ in batch]
-    pairs = list(contexts_and_targets(docs, model.config.radius, model.bos_id))
+    contexts, targets = positions(docs, model.config.radius, model.bos_id)
     log_probs = np.zeros(0)
-    if pairs:
-        contexts = np.concatenate([c for c, _ in pairs])
-        targets = np.concatenate([t for _, t in pairs])
+    if targets.size:
         log_probs = model.weights.target_log_probs(contexts, targets)
     at = 0
     for index, ids, n_bytes in batch:
