@@ -251,16 +251,57 @@ def count_ngram_flat(flat: np.ndarray, lengths: np.ndarray, continues: bool,
     """
     padded, positions = pad_sequences(np.asarray(flat, dtype=np.int64), lengths, continues,
                                       config, np.uint64, carry)
+    if positions.size * config.vocab_size >= 1 << 62:
+        raise ValueError(f"{positions.size} positions are too many for one block of a "
+                         f"{config.vocab_size}-id vocabulary: count smaller blocks")
     targets = padded[positions]
-    suffix = padded[positions - 1]
+    suffix, ranked = padded[positions - 1], None
     orders = []
     for k in range(2, config.order + 1):
         if k > 2:  # the next older token becomes the suffix's last digit
-            suffix = config.suffix_layout(k - 1).append(suffix, padded[positions - (k - 1)])
-        grams, counts = ngram_keys.count_distinct(config.suffix_layout(k).append(suffix, targets))
-        orders.append(OrderCounts.from_grams(config, k, grams, counts))
+            digit = padded[positions - (k - 1)]
+            if suffix is not None and config.suffix_layout(k).narrow:
+                suffix, ranked = config.suffix_layout(k - 1).append(suffix, digit), None
+            else:
+                ranked = _extend_ranks(config, k, ranked or _ranks(suffix), digit)
+                suffix = None
+        if suffix is not None and KeyLayout(config.bits, k).narrow:
+            grams, counts = ngram_keys.count_distinct(config.suffix_layout(k).append(suffix, targets))
+            orders.append(OrderCounts.from_grams(config, k, grams, counts))
+        else:
+            ranked = ranked or _ranks(suffix)
+            orders.append(_count_ranked(config, k, ranked, targets))
     unigram = np.bincount(targets.astype(np.int64), minlength=config.vocab_size)
     return NgramCounts(config, orders, unigram.astype(np.int64), {"tokens": int(targets.size)})
+
+
+def _ranks(suffix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct suffix keys, each position's index among them)`` of narrow suffixes."""
+    table, rank = np.unique(suffix, return_inverse=True)
+    return table, rank.reshape(-1).astype(np.int64)
+
+
+def _extend_ranks(config: NgramConfig, k: int, ranked: tuple, digit: np.ndarray) -> tuple:
+    """The ranks of the order-k suffixes from those of order k - 1 and the older digit:
+    ``rank * V + digit`` orders the suffixes as their keys do, so no wide key is sorted."""
+    table, rank = ranked
+    pairs, rank = np.unique(rank * config.vocab_size + digit.astype(np.int64),
+                            return_inverse=True)
+    keys = config.suffix_layout(k - 1).append(table[pairs // config.vocab_size],
+                                              pairs % config.vocab_size)
+    return keys, rank.reshape(-1)
+
+
+def _count_ranked(config: NgramConfig, k: int, ranked: tuple, targets: np.ndarray) -> OrderCounts:
+    """Order k counted as ``rank * V + target`` int64 pairs (used when the k-gram key would
+    be wider than 64 bits): one integer sort, then the rows' keys from the rank table."""
+    table, rank = ranked
+    V = config.vocab_size
+    pairs, counts = ngram_keys.count_distinct(rank * V + targets.astype(np.int64))
+    rows = pairs // V
+    starts = ngram_keys.run_starts(rows)
+    return OrderCounts(k, table[rows[starts]], np.r_[starts, pairs.size].astype(np.int64),
+                       (pairs % V).astype(np.int32), counts)
 
 
 def count_ngram_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: NgramConfig,

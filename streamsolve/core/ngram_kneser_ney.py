@@ -323,11 +323,12 @@ def kept_orders(counts: NgramCounts) -> list[OrderCounts]:
 def back_off_entries(config: NgramConfig, lower: OrderCounts, upper: OrderCounts) -> np.ndarray:
     """For every entry ``(s, j)`` of ``upper`` (order k + 1), its entry ``(s', j)`` in
     ``lower`` (order k); both kept (`kept_orders`), so every one exists."""
-    suffixes = config.suffix_layout(upper.order).drop_last(upper.keys)
-    rows = ngram_keys.search(lower.keys, suffixes)
-    entries = find_in_rows(lower.indptr, lower.targets, rows[upper.entry_rows()],
-                           upper.targets)
-    if entries.size and entries.min() < 0:
+    V = config.vocab_size
+    rows = ngram_keys.search(lower.keys, config.suffix_layout(upper.order).drop_last(upper.keys))
+    lower_entries = lower.entry_rows() * V + lower.targets   # ascending
+    query = np.repeat(rows, np.diff(upper.indptr)) * V + upper.targets
+    entries = np.minimum(np.searchsorted(lower_entries, query), max(lower.nnz - 1, 0))
+    if upper.nnz and (rows.min() < 0 or np.any(lower_entries[entries] != query)):
         raise ValueError("inconsistent n-gram counts: an order-"
                          f"{upper.order} n-gram lacks its order-{lower.order} suffix")
     return entries

@@ -55,8 +55,8 @@ class NgramUnion:
     owner : ndarray of int64, shape (m,)
         The context of each entry.
     targets : ndarray of int64, shape (m,)
-    corrections : ndarray of shape (m, N - 1)
-        ``C_k(c, j)`` for k = 2..N.
+    corrections : ndarray of shape (m, N - 1), or (m, 1)
+        ``C_k(c, j)`` for k = 2..N, or their weighted sum (`NgramScoringParts.union`).
     """
 
     owner: np.ndarray
@@ -72,6 +72,15 @@ def distinct(identity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return unique[:, None], first, inverse.reshape(-1)
     unique, first, inverse = np.unique(identity, axis=0, return_index=True, return_inverse=True)
     return unique, first, inverse.reshape(-1)
+
+
+def _owner_peaks(values: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
+    """``max(0, max of each owner's values)`` for owner-sorted entries (0 for none)."""
+    peak = np.zeros(k)
+    if values.size:
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        peak[owner[starts]] = np.maximum(np.maximum.reduceat(values, starts), 0.0)
+    return peak
 
 
 class NgramScoringParts:
@@ -111,8 +120,12 @@ class NgramScoringParts:
         log_p = np.log(self.model.order_probs(rows, targets)[:, 1:])
         return log_p - self.log_backoffs(rows) - self.log_unigram[targets][:, None]
 
-    def union(self, rows: np.ndarray) -> NgramUnion:
-        """``J(c)`` and ``C_k`` on it for the rows of distinct contexts (module doc)."""
+    def union(self, rows: np.ndarray, weights: np.ndarray | None = None) -> NgramUnion:
+        """``J(c)`` and ``C_k`` on it for the rows of distinct contexts (module doc).
+
+        With ``weights`` (one per order 2..N), ``corrections`` is the one column
+        ``sum_k weights_k C_k``, and the orders of weight 0 cost no logarithm.
+        """
         model, k_ctx = self.model, rows.shape[0]
         bigram, r2 = model.level(2), rows[:, 0]
         safe2 = np.maximum(r2, 0)
@@ -121,12 +134,10 @@ class NgramScoringParts:
         entries = _ranges(bigram.indptr[safe2], lengths)
         owner = np.repeat(np.arange(k_ctx), lengths)
         targets = bigram.targets[entries].astype(np.int64)
-        current = bigram.probs[entries].copy()  # P_k on the union, order by order
-        log_a = np.zeros(k_ctx)
-        log_a[r2 >= 0] = np.log(bigram.backoff[r2[r2 >= 0]])
-        corrections = np.empty((entries.size, self.n_blocks))
-        base = self.log_unigram[targets]
-        corrections[:, 0] = np.log(current) - log_a[owner] - base
+        current = bigram.probs[entries]  # (a copy) P_k on the union, order by order
+        log_a = np.where(r2 >= 0, np.log(bigram.backoff[safe2]), 0.0)
+        out = _Corrections(entries.size, self.n_blocks, weights)
+        out.add(2, current, log_a)
         for k in range(3, self.order + 1):
             level, row = model.level(k), rows[:, k - 2]
             found = np.flatnonzero(row >= 0)
@@ -138,8 +149,35 @@ class NgramScoringParts:
             hits = _ranges(level.indptr[row[found]], n)
             at = np.repeat(found, n)
             current[start[at] + level.roots[hits] - bigram.indptr[r2[at]]] = level.probs[hits]
-            corrections[:, k - 2] = np.log(current) - log_a[owner] - base
-        return NgramUnion(owner, targets, corrections)
+            out.add(k, current, log_a)
+        return NgramUnion(owner, targets, out.result(owner, self.log_unigram[targets]))
+
+
+class _Corrections:
+    """``C_k = log P_k - log A_k - log P_1`` on a union, per order or weighted together."""
+
+    def __init__(self, size: int, n_blocks: int, weights: np.ndarray | None):
+        self.weights = weights
+        self.terms = np.zeros((size, 1 if weights is not None else n_blocks))
+        self.constants = []  # (weight, log A_k per context)
+
+    def add(self, k: int, current: np.ndarray, log_a: np.ndarray):
+        if self.weights is None:
+            self.terms[:, k - 2] = np.log(current)
+            self.constants.append((k - 2, log_a.copy()))
+        elif self.weights[k - 2] != 0:
+            self.terms[:, 0] += self.weights[k - 2] * np.log(current)
+            self.constants.append((self.weights[k - 2], log_a.copy()))
+
+    def result(self, owner: np.ndarray, base: np.ndarray) -> np.ndarray:
+        if self.weights is None:
+            for column, log_a in self.constants:
+                self.terms[:, column] -= log_a[owner] + base
+            return self.terms
+        if self.constants:
+            self.terms[:, 0] -= sum(w * log_a for w, log_a in self.constants)[owner]
+        self.terms[:, 0] -= float(np.sum(self.weights)) * base
+        return self.terms
 
 
 class NgramScorer:
@@ -202,10 +240,11 @@ class NgramScorer:
             return signature
         return np.hstack([signature, contexts[:, :self.offsets.radius]])
 
-    def log_zhat(self, contexts: np.ndarray) -> np.ndarray:
-        """``log Z(c) - A(c) - max(a)`` per position (distinct contexts once)."""
+    def log_zhat(self, contexts: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``log Z(c) - A(c) - max(a)`` per position (distinct contexts once); ``rows``: the
+        contexts' `NgramScoringParts.rows` when known."""
         contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
-        rows = self.parts.rows(contexts)
+        rows = self.parts.rows(contexts) if rows is None else rows
         unique, first, inverse = distinct(self.identities(contexts, rows))
         if self.cache is None:
             return self.context_terms(contexts[first], rows[first])[inverse]
@@ -231,45 +270,57 @@ class NgramScorer:
                 array[bad] = fixed
         return tuple(out) if gradient else out[0]
 
-    def _sparse(self, contexts: np.ndarray, rows: np.ndarray):
-        """``(owner, targets, sparse features (m, blocks + 1))`` on each context's union."""
-        union = self.parts.union(rows)
-        width = self.theta.size
-        values = np.zeros((union.owner.size, width))
-        values[:, :self.parts.n_blocks] = union.corrections
+    def _sparse(self, contexts: np.ndarray, rows: np.ndarray, gradient: bool):
+        """``(owner, targets, values)`` on each context's union: the sparse features
+        (m, blocks + 1) with ``gradient``, else their sum weighted by theta (m,)."""
+        n = self.parts.n_blocks
+        if gradient:
+            union = self.parts.union(rows)
+            values = np.zeros((union.owner.size, self.theta.size))
+            values[:, :n] = union.corrections
+        else:
+            union = self.parts.union(rows, self.theta[:n])
+            values = union.corrections[:, 0]
         if self.offsets is None:
             return union.owner, union.targets, values
-        owner, targets, offset_values = self._offset_entries(contexts)
+        owner, targets, block, data = self._offset_entries(contexts)
+        if gradient:
+            offset_values = np.zeros((owner.size, self.theta.size))
+            offset_values[np.arange(owner.size), n + block] = data
+        else:
+            offset_values = data * self.theta[n + block]
         V = self.parts.vocab_size
         keys, inverse = np.unique(np.r_[union.owner * V + union.targets, owner * V + targets],
                                   return_inverse=True)
-        inverse, stacked = inverse.reshape(-1), np.vstack([values, offset_values])
-        merged = np.column_stack([np.bincount(inverse, stacked[:, b], keys.size)
-                                  for b in range(width)])
+        inverse = inverse.reshape(-1)
+        stacked = np.concatenate([values, offset_values])
+        if gradient:
+            merged = np.column_stack([np.bincount(inverse, stacked[:, b], keys.size)
+                                      for b in range(self.theta.size)])
+        else:
+            merged = np.bincount(inverse, stacked, keys.size)
         return keys // V, keys % V, merged
 
     def _offset_entries(self, contexts: np.ndarray):
-        """The offsets' stored entries on each context's rows: owner, target, features."""
+        """The offsets' stored entries on each context's rows: owner, target, block, S."""
         p, k = self.offsets, contexts.shape[0]
-        owner, column, features = [], [], []
-        first = self.parts.n_blocks
+        owner, column, block, data = [], [], [], []
         for r, b in enumerate(p.block_of):
             starts = p.indptr[b][contexts[:, r]]
             lengths = p.indptr[b][contexts[:, r] + 1] - starts
             index = _ranges(starts, lengths)
             owner.append(np.repeat(np.arange(k), lengths))
             column.append(p.indices[b][index].astype(np.int64))
-            block = np.zeros((index.size, self.theta.size))
-            block[:, first + b] = p.data[b][index]
-            features.append(block)
-        return np.concatenate(owner), np.concatenate(column), np.vstack(features)
+            block.append(np.full(index.size, b))
+            data.append(p.data[b][index])
+        return (np.concatenate(owner), np.concatenate(column), np.concatenate(block),
+                np.concatenate(data))
 
     def _chunk_terms(self, contexts: np.ndarray, rows: np.ndarray, gradient: bool):
         k = rows.shape[0]
-        owner, targets, sparse = self._sparse(contexts, rows)
-        e = self.a[targets] + sparse @ self.theta
-        peak = np.zeros(k)
-        np.maximum.at(peak, owner, e)
+        owner, targets, sparse = self._sparse(contexts, rows, gradient)
+        e = self.a[targets] + (sparse @ self.theta if gradient else sparse)
+        peak = _owner_peaks(e, owner, k)
         weights = np.exp(e - peak[owner])
         u = self.u[targets]
         scale = np.exp(-peak)
@@ -287,7 +338,7 @@ class NgramScorer:
 
     def _dense_terms(self, contexts: np.ndarray, rows: np.ndarray, gradient: bool):
         """The same figures from dense features (O(V) per context; cancelling contexts)."""
-        owner, targets, sparse = self._sparse(contexts, rows)
+        owner, targets, sparse = self._sparse(contexts, rows, gradient=True)
         features = np.broadcast_to(self.dense, (rows.shape[0], *self.dense.shape)).copy()
         features[owner, targets] += sparse
         logits = features @ self.theta - self.a_max
@@ -329,8 +380,9 @@ class NgramScorer:
         targets = np.asarray(targets, dtype=np.int64).reshape(-1)
         if targets.size == 0:
             return np.zeros(0)
-        features = self.target_features(contexts, targets)
-        return features @ self.theta - self.a_max - self.log_zhat(contexts)
+        rows = self.parts.rows(contexts)
+        features = self.target_features(contexts, targets, rows)
+        return features @ self.theta - self.a_max - self.log_zhat(contexts, rows)
 
 
 class NgramCalibration:
