@@ -241,6 +241,13 @@ def count_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: CountC
     -------
     Counts
     """
+    return count_flat(*flatten_sequences(sequences), config, carry)
+
+
+def flatten_sequences(sequences: Sequence[tuple[np.ndarray, bool]]
+                      ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(flat ids, lengths, continues)`` of a block of ``(ids, starts_document)`` pieces,
+    checking that only the first piece continues a document."""
     for ids, starts in sequences[1:]:
         if not starts:
             raise ValueError("only the first piece of a block may continue a document")
@@ -248,8 +255,7 @@ def count_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: CountC
                           count=len(sequences))
     flat = (np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in sequences])
             if len(sequences) else np.zeros(0, np.int64))
-    continues = bool(sequences) and not sequences[0][1]
-    return count_flat(flat, lengths, continues, config, carry)
+    return flat, lengths, bool(sequences) and not sequences[0][1]
 
 
 def pad_sequences(flat: np.ndarray, lengths: np.ndarray, continues: bool, config,

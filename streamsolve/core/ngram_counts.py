@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from . import ngram_keys
-from .counting import ContextCarry, pad_sequences
+from .counting import ContextCarry, flatten_sequences, pad_sequences
 from .ngram_keys import KeyLayout
 
 
@@ -77,8 +77,29 @@ class NgramConfig:
         return dataclasses.asdict(self)
 
 
+class SuffixRows:
+    """What a CSR over suffixes (``indptr``, ``targets``) says of its shape."""
+
+    indptr: np.ndarray
+    targets: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        """Number of suffixes (rows)."""
+        return int(self.indptr.size - 1)
+
+    @property
+    def nnz(self) -> int:
+        """Number of (suffix, target) entries."""
+        return int(self.targets.size)
+
+    def entry_rows(self) -> np.ndarray:
+        """The row of every entry (int64)."""
+        return np.repeat(np.arange(self.rows, dtype=np.int64), np.diff(self.indptr))
+
+
 @dataclasses.dataclass
-class OrderCounts:
+class OrderCounts(SuffixRows):
     """The counts of one order k, a CSR over its distinct suffixes (module doc).
 
     Attributes
@@ -113,20 +134,6 @@ class OrderCounts:
         starts = ngram_keys.run_starts(rows)
         return cls(k, rows[starts], np.r_[starts, grams.size].astype(np.int64),
                    layout.last(grams).astype(np.int32), np.asarray(counts, dtype=np.int64))
-
-    @property
-    def rows(self) -> int:
-        """Number of distinct suffixes."""
-        return int(self.indptr.size - 1)
-
-    @property
-    def nnz(self) -> int:
-        """Number of distinct k-grams."""
-        return int(self.targets.size)
-
-    def entry_rows(self) -> np.ndarray:
-        """The row of every entry (int64)."""
-        return np.repeat(np.arange(self.rows, dtype=np.int64), np.diff(self.indptr))
 
     def grams(self, config: NgramConfig) -> np.ndarray:
         """The k-gram key of every entry (suffix key with the target appended), ascending."""
@@ -320,15 +327,7 @@ def count_ngram_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: 
     -------
     NgramCounts
     """
-    for _, starts in sequences[1:]:
-        if not starts:
-            raise ValueError("only the first piece of a block may continue a document")
-    lengths = np.fromiter((len(ids) for ids, _ in sequences), dtype=np.int64,
-                          count=len(sequences))
-    flat = (np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in sequences])
-            if len(sequences) else np.zeros(0, np.int64))
-    return count_ngram_flat(flat, lengths, bool(sequences) and not sequences[0][1], config,
-                            carry)
+    return count_ngram_flat(*flatten_sequences(sequences), config, carry)
 
 
 def count_ngram_documents(documents: Iterable[Sequence[int]], config: NgramConfig) -> NgramCounts:

@@ -58,7 +58,7 @@ import numpy as np
 
 from . import ngram_keys
 from .kneser_ney import FALLBACK_DISCOUNTS
-from .ngram_counts import NgramConfig, NgramCounts, OrderCounts
+from .ngram_counts import NgramConfig, NgramCounts, OrderCounts, SuffixRows
 from .smoothing import check_discount
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def keep_rows(order: OrderCounts, keep: np.ndarray) -> OrderCounts:
 
 
 @dataclasses.dataclass
-class KneserNeyLevel:
+class KneserNeyLevel(SuffixRows):
     """One order k >= 2 of the model (module doc).
 
     Attributes
@@ -185,17 +185,6 @@ class KneserNeyLevel:
     backoff: np.ndarray
     probs: np.ndarray = None
     roots: np.ndarray = None
-
-    @property
-    def rows(self) -> int:
-        return int(self.indptr.size - 1)
-
-    @property
-    def nnz(self) -> int:
-        return int(self.targets.size)
-
-    def entry_rows(self) -> np.ndarray:
-        return np.repeat(np.arange(self.rows, dtype=np.int64), np.diff(self.indptr))
 
     def stored_arrays(self) -> dict:
         """The arrays a store would keep (the derived ones are rebuilt from them)."""
