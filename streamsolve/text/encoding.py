@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .piece_cache import encode_with_cache, piece_cache
 from .tokenizer import is_tokenizer_panic, panic_error, tokenizer_from_json
 
 #: Lines of one piece joined into one tokenizer input (per-input overhead halves throughput
@@ -176,6 +177,10 @@ class LineEncoder:
         Encode one batch at a time in this process (tight memory).
     after_batch : callable, optional
         Called after each tokenizer batch (heap trimming under a memory plan).
+    cached : bool
+        Encode through the process's exact piece -> ids cache when the tokenizer allows it
+        (`streamsolve.text.piece_cache`; same ids, several times faster); False: always
+        the tokenizer itself.
 
     Notes
     -----
@@ -184,14 +189,20 @@ class LineEncoder:
     """
 
     def __init__(self, tokenizer_text: str, bos_id: int | None = None, *, serial: bool = False,
-                 after_batch: Callable[[], object] | None = None):
+                 after_batch: Callable[[], object] | None = None, cached: bool = True):
         self.tokenizer_text = tokenizer_text
         self.bos_id = bos_id
         self.serial = serial
         self.after_batch = after_batch
         self.tokenizer, self.joinable = line_tokenizer(tokenizer_text)
+        self.cache = piece_cache(tokenizer_text) if cached and self.joinable else None
 
     def _encode(self, inputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is not None:
+            return encode_with_cache(self.cache, inputs, self._encode_plain)
+        return self._encode_plain(inputs)
+
+    def _encode_plain(self, inputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         try:
             return encode_inputs(self.tokenizer, inputs, serial=self.serial,
                                  after_batch=self.after_batch)
@@ -202,7 +213,8 @@ class LineEncoder:
 
     def encode_pieces(self, pieces) -> tuple[np.ndarray, np.ndarray]:
         """All ids of the pieces concatenated (int64), and the number of ids per piece."""
-        if self.joinable and self.bos_id is not None and len(pieces) > 1:
+        if (self.cache is None and self.joinable and self.bos_id is not None
+                and len(pieces) > 1):
             marker = piece_marker(self.tokenizer_text, self.bos_id)
             if marker is not None:
                 out = self._encode_joined(pieces, marker)
