@@ -21,6 +21,7 @@ Unigram/SentencePiece (``Metaspace``), custom ``Split`` regexes, lowercasing nor
 
 from __future__ import annotations
 
+import array
 import functools
 import itertools
 import json
@@ -31,8 +32,9 @@ from collections.abc import Callable
 import numpy as np
 
 #: Distinct pieces kept; the cache is emptied when a batch starts above it (bounded memory:
-#: about 150 bytes a piece, so about 150 MB at most with one batch's new pieces).
-MAX_PIECES = 1 << 20
+#: about 120 bytes a piece, so about 32 MB with one batch's new pieces; 10 MB of English
+#: dictionary text has about 120k distinct pieces).
+MAX_PIECES = 1 << 18
 
 _W = "\\t\\x0b\\x0c\\r "  # ASCII whitespace as the tokenizer's regex engine sees it (no \x1c-\x1f)
 #: The GPT-2 split regex of ``ByteLevel`` restricted to ASCII, made newline-aware: a
@@ -121,8 +123,8 @@ class PieceCache:
 
     def _clear(self) -> None:
         self._codes: dict[str, int] = {}
-        self._starts: list[int] = [0]
-        self._ids: list[int] = []
+        self._starts = array.array("q", [0])
+        self._ids = array.array("q")
         self._tables = None
 
     @classmethod
@@ -226,8 +228,8 @@ class PieceCache:
     def _gather(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ids of pieces given by code (int64), and the number of ids of each piece."""
         if self._tables is None:
-            starts = np.asarray(self._starts, dtype=np.int64)
-            self._tables = (starts, np.diff(starts), np.asarray(self._ids, dtype=np.int64))
+            starts = np.array(self._starts, dtype=np.int64)
+            self._tables = (starts, np.diff(starts), np.array(self._ids, dtype=np.int64))
         starts, lengths, ids = self._tables
         per_piece = lengths[codes]
         if codes.size and per_piece.min() == 1 and per_piece.max() == 1:
