@@ -109,6 +109,28 @@ def tokenizer_inputs(pieces, joinable: bool) -> tuple[list[str], np.ndarray]:
     return inputs, per_piece
 
 
+def whole_piece_inputs(pieces) -> tuple[list[str], np.ndarray]:
+    """One input per piece (its lines joined) where that is exact, for the piece cache.
+
+    The cache splits joined lines where each line ends, so a piece is one input unless a
+    line cut by the reader (no ``\\n``) is followed by more of it; such a piece is cut
+    as `tokenizer_inputs` cuts it.
+    """
+    inputs: list[str] = []
+    per_piece = np.zeros(len(pieces), dtype=np.int64)
+    for p, (lines, _) in enumerate(pieces):
+        text = "".join(lines)
+        ends = text.count("\n")
+        if ends == len(lines) or (ends == len(lines) - 1 and not lines[-1].endswith("\n")):
+            inputs.append(text)
+            per_piece[p] = 1
+        else:
+            more, _ = tokenizer_inputs([(lines, None)], True)
+            inputs.extend(more)
+            per_piece[p] = len(more)
+    return inputs, per_piece
+
+
 @functools.lru_cache(maxsize=8)
 def piece_marker(tokenizer_text: str, bos_id: int) -> tuple[str, int] | None:
     """``(text, id)`` of a special added token that can separate pieces in one input.
@@ -220,7 +242,10 @@ class LineEncoder:
                 out = self._encode_joined(pieces, marker)
                 if out is not None:
                     return out
-        inputs, per_piece = tokenizer_inputs(pieces, self.joinable)
+        if self.cache is not None:
+            inputs, per_piece = whole_piece_inputs(pieces)
+        else:
+            inputs, per_piece = tokenizer_inputs(pieces, self.joinable)
         if not inputs:
             return np.zeros(0, np.int64), np.zeros(len(pieces), np.int64)
         flat, per_input = self._encode(inputs)

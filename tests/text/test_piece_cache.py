@@ -161,6 +161,7 @@ def test_cached_and_plain_encoders_agree_on_pieces_and_documents(bpe_text, docum
     pieces = [([line + "\n" for line in doc.split("\n")], i % 3 == 0)
               for i, doc in enumerate(documents[:500])]
     pieces.append((["a line cut in the middle wi"], False))
+    pieces.append((["a long line the reader cut   ", "  in two\n", "caf\u00e9 next\n", "end wi"], True))
     bos = json.loads(bpe_text)["added_tokens"][0]["id"]
     cached, plain = LineEncoder(bpe_text, bos), LineEncoder(bpe_text, bos, cached=False)
     assert cached.cache is not None and plain.cache is None
