@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .piece_cache import encode_with_cache, piece_cache
 from .tokenizer import is_tokenizer_panic, panic_error, tokenizer_from_json
 
 #: Lines of one piece joined into one tokenizer input (per-input overhead halves throughput
@@ -108,6 +109,28 @@ def tokenizer_inputs(pieces, joinable: bool) -> tuple[list[str], np.ndarray]:
     return inputs, per_piece
 
 
+def whole_piece_inputs(pieces) -> tuple[list[str], np.ndarray]:
+    """One input per piece (its lines joined) where that is exact, for the piece cache.
+
+    The cache splits joined lines where each line ends, so a piece is one input unless a
+    line cut by the reader (no ``\\n``) is followed by more of it; such a piece is cut
+    as `tokenizer_inputs` cuts it.
+    """
+    inputs: list[str] = []
+    per_piece = np.zeros(len(pieces), dtype=np.int64)
+    for p, (lines, _) in enumerate(pieces):
+        text = "".join(lines)
+        ends = text.count("\n")
+        if ends == len(lines) or (ends == len(lines) - 1 and not lines[-1].endswith("\n")):
+            inputs.append(text)
+            per_piece[p] = 1
+        else:
+            more, _ = tokenizer_inputs([(lines, None)], True)
+            inputs.extend(more)
+            per_piece[p] = len(more)
+    return inputs, per_piece
+
+
 @functools.lru_cache(maxsize=8)
 def piece_marker(tokenizer_text: str, bos_id: int) -> tuple[str, int] | None:
     """``(text, id)`` of a special added token that can separate pieces in one input.
@@ -176,6 +199,10 @@ class LineEncoder:
         Encode one batch at a time in this process (tight memory).
     after_batch : callable, optional
         Called after each tokenizer batch (heap trimming under a memory plan).
+    cached : bool
+        Encode through the process's exact piece -> ids cache when the tokenizer allows it
+        (`streamsolve.text.piece_cache`; same ids, several times faster); False: always
+        the tokenizer itself.
 
     Notes
     -----
@@ -184,14 +211,20 @@ class LineEncoder:
     """
 
     def __init__(self, tokenizer_text: str, bos_id: int | None = None, *, serial: bool = False,
-                 after_batch: Callable[[], object] | None = None):
+                 after_batch: Callable[[], object] | None = None, cached: bool = True):
         self.tokenizer_text = tokenizer_text
         self.bos_id = bos_id
         self.serial = serial
         self.after_batch = after_batch
         self.tokenizer, self.joinable = line_tokenizer(tokenizer_text)
+        self.cache = piece_cache(tokenizer_text) if cached and self.joinable else None
 
     def _encode(self, inputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is not None:
+            return encode_with_cache(self.cache, inputs, self._encode_plain)
+        return self._encode_plain(inputs)
+
+    def _encode_plain(self, inputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         try:
             return encode_inputs(self.tokenizer, inputs, serial=self.serial,
                                  after_batch=self.after_batch)
@@ -202,13 +235,17 @@ class LineEncoder:
 
     def encode_pieces(self, pieces) -> tuple[np.ndarray, np.ndarray]:
         """All ids of the pieces concatenated (int64), and the number of ids per piece."""
-        if self.joinable and self.bos_id is not None and len(pieces) > 1:
+        if (self.cache is None and self.joinable and self.bos_id is not None
+                and len(pieces) > 1):
             marker = piece_marker(self.tokenizer_text, self.bos_id)
             if marker is not None:
                 out = self._encode_joined(pieces, marker)
                 if out is not None:
                     return out
-        inputs, per_piece = tokenizer_inputs(pieces, self.joinable)
+        if self.cache is not None:
+            inputs, per_piece = whole_piece_inputs(pieces)
+        else:
+            inputs, per_piece = tokenizer_inputs(pieces, self.joinable)
         if not inputs:
             return np.zeros(0, np.int64), np.zeros(len(pieces), np.int64)
         flat, per_input = self._encode(inputs)

@@ -57,6 +57,7 @@ def test_pieces_joined_by_the_bos_marker_give_per_line_ids(tmp_path, documents, 
 @pytest.mark.parametrize("serial", [False, True])
 def test_tokenizing_in_small_batches_gives_the_same_ids(monkeypatch, documents, tokenizer_text,
                                                          serial):
+    """The plain tokenizer path (the piece cache makes no per-token objects to trim)."""
     pieces = [([line + "\n" for line in doc.split("\n") if line.strip()], True)
               for doc in documents[:40]]
     pieces = [p for p in pieces if p[0]]
@@ -68,7 +69,7 @@ def test_tokenizing_in_small_batches_gives_the_same_ids(monkeypatch, documents, 
                                serial_tokenizer=serial)
     for bos in (0, None):  # joined by the marker, and one input per line
         encoder = LineEncoder(tokenizer_text, bos, serial=plan.serial_tokenizer,
-                              after_batch=plan.trim_heap)
+                              after_batch=plan.trim_heap, cached=False)
         flat, lengths = encoder.encode_pieces(pieces)
         assert flat.tolist() == whole_flat.tolist() and lengths.tolist() == whole_lengths.tolist()
     assert len(calls) > 20 and set(calls) == {plan.trim_above}  # trim checked after each batch
