@@ -493,10 +493,8 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
             Gradient passes (>= 0).
         init : {"auto", "current", "explicit", "zeros", "random"} or (coef, intercept), default="auto"
             Start point: the current weights, the minimum-norm explicit weights
-            (calibrated if `calibrate` ran; DESIGN 3b), zeros, small random weights, or arrays.
-            ``"auto"`` starts from the minimum-norm explicit weights unless the weights in use
-            were already refined (then it continues from them): the raw explicit weights carry
-            a per-feature offset that predicts nothing but that the L2 penalty pays for.
+            (calibrated if `calibrate` ran; DESIGN 3b), zeros, small random weights, or arrays;
+            ``"auto"``: ``"current"`` on refined weights, else ``"explicit"``.
         l2 : float or "auto", default="auto"
             L2 penalty on ``coef`` (not the intercept). LogisticRegression minimises ``C sum_n
             loss_n + ||coef||^2 / 2``: this objective with ``l2 = 1 / (C N)`` (N training
