@@ -492,9 +492,8 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
         passes : int, default=10
             Gradient passes (>= 0).
         init : {"auto", "current", "explicit", "zeros", "random"} or (coef, intercept), default="auto"
-            Start point: the current weights, the minimum-norm explicit weights
-            (calibrated if `calibrate` ran; DESIGN 3b), zeros, small random weights, or arrays;
-            ``"auto"``: ``"current"`` on refined weights, else ``"explicit"``.
+            ``"auto"``: ``"current"`` once refined, else ``"explicit"`` (the minimum-norm explicit
+            weights, calibrated if `calibrate` ran; DESIGN 3b); zeros, small random, or arrays.
         l2 : float or "auto", default="auto"
             L2 penalty on ``coef`` (not the intercept). LogisticRegression minimises ``C sum_n
             loss_n + ||coef||^2 / 2``: this objective with ``l2 = 1 / (C N)`` (N training
@@ -518,9 +517,8 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
         if early_stopping and X_val is None:
             raise ValueError("early_stopping=True needs validation data X_val, y_val.")
         weights, l2 = self._weights(), _refine.resolve_l2(l2, self._rows(X, caller).n_samples)
-        coef0, intercept0 = _refine.start_point(
-            init, (weights.coef, weights.intercept), weights.explicit_point(), random_state,
-            source=weights.source)
+        coef0, intercept0 = _refine.start_point(init, (weights.coef, weights.intercept),
+                                                weights.explicit_point(), random_state, weights.source)
         floor = np.min(intercept0[np.isfinite(intercept0)], initial=0.0) - 50.0
         intercept0 = np.where(np.isfinite(intercept0), intercept0, floor)
         train_pass = self._loss_grad_pass(X, y, caller)
