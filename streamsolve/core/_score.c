@@ -176,6 +176,46 @@ void target_values(int R, int n_blocks, const int64_t *const *indptr,
     }
 }
 
+/* The union J of one context's rows, as every product kernel needs it: each j in J is
+   written once to touched (first-seen order; the count is returned), acc[j] receives the
+   product of the rows' factors edata at j (in row order, so the rounding is fixed) and, with
+   sraw, sraw[j * n_blocks + b] the raw values of block b's rows at j, summed. Row `skip` is
+   left out (-1: none). stamp[j] == i marks j as seen for context i, so nothing is cleared
+   between contexts. Inlined: a NULL sraw and constant n_blocks compile the unused work away. */
+static inline __attribute__((always_inline)) int64_t
+gather_union(int R, int n_blocks, const int64_t *const *indptr, const int32_t *const *indices,
+             const double *const *data, const double *const *edata, const int32_t *block_of,
+             const int64_t *ctx, int skip, int64_t i, int64_t *stamp, int32_t *touched,
+             double *acc, double *sraw)
+{
+    int64_t k = 0;
+    for (int r = 0; r < R; r++) {
+        if (r == skip)
+            continue;
+        const int b = block_of[r];
+        const int64_t c = ctx[r];
+        const int32_t *ix = indices[b];
+        const double *e = edata[b];
+        const double *d = sraw != NULL ? data[b] : NULL;
+        for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
+            const int32_t j = ix[p];
+            if (stamp[j] != i) {
+                stamp[j] = i;
+                touched[k++] = j;
+                acc[j] = e[p];
+                if (sraw != NULL)
+                    for (int q = 0; q < n_blocks; q++)
+                        sraw[(int64_t)j * n_blocks + q] = 0.0;
+            } else {
+                acc[j] *= e[p];
+            }
+            if (sraw != NULL)
+                sraw[(int64_t)j * n_blocks + b] += d[p];
+        }
+    }
+    return k;
+}
+
 /* The evaluation path of score_contexts (no gradient), without a merge or an exp per entry:
    edata[b][p] = exp(beta_b * S^(b) data[p]) is precomputed once per (beta, gamma), so
    exp(T_j) is the product of the R rows' factors at j, accumulated in a dense scratch
@@ -212,23 +252,8 @@ int score_contexts_product(int R, const int64_t *const *indptr, const int32_t *c
     for (int64_t j = 0; j < V; j++)
         stamp[j] = -1;
     for (int64_t i = 0; i < n; i++) {
-        int64_t k = 0;
-        for (int r = 0; r < R; r++) {
-            const int b = block_of[r];
-            const int64_t c = contexts[i * R + r];
-            const int32_t *ix = indices[b];
-            const double *e = edata[b];
-            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
-                const int32_t j = ix[p];
-                if (stamp[j] != i) {
-                    stamp[j] = i;
-                    touched[k++] = j;
-                    acc[j] = e[p];
-                } else {
-                    acc[j] *= e[p];
-                }
-            }
-        }
+        const int64_t k = gather_union(R, 1, indptr, indices, NULL, edata, block_of,
+                                       contexts + i * R, -1, i, stamp, touched, acc, NULL);
         double corr = 0.0;
         for (int64_t q = 0; q < k; q++) {
             const int32_t j = touched[q];
@@ -267,27 +292,8 @@ int score_contexts_product_grad(int R, int n_blocks, const int64_t *const *indpt
     for (int64_t j = 0; j < V; j++)
         stamp[j] = -1;
     for (int64_t i = 0; i < n; i++) {
-        int64_t k = 0;
-        for (int r = 0; r < R; r++) {
-            const int b = block_of[r];
-            const int64_t c = contexts[i * R + r];
-            const int32_t *ix = indices[b];
-            const double *e = edata[b], *d = data[b];
-            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
-                const int32_t j = ix[p];
-                double *s = sraw + (int64_t)j * n_blocks;
-                if (stamp[j] != i) {
-                    stamp[j] = i;
-                    touched[k++] = j;
-                    acc[j] = e[p];
-                    for (int q = 0; q < n_blocks; q++)
-                        s[q] = 0.0;
-                } else {
-                    acc[j] *= e[p];
-                }
-                s[b] += d[p];
-            }
-        }
+        const int64_t k = gather_union(R, n_blocks, indptr, indices, data, edata, block_of,
+                                       contexts + i * R, -1, i, stamp, touched, acc, sraw);
         double *cx = sums, *ws = sums + n_dense;
         for (int q = 0; q < n_dense + n_blocks; q++)
             sums[q] = 0.0;
@@ -351,25 +357,8 @@ int score_contexts_product_dense(int R, const int64_t *const *indptr,
                     longest = r, longest_nnz = len;
             }
         }
-        int64_t k = 0;
-        for (int r = 0; r < R; r++) {
-            if (r == longest)
-                continue;
-            const int b = block_of[r];
-            const int64_t c = ctx[r];
-            const int32_t *ix = indices[b];
-            const double *e = edata[b];
-            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
-                const int32_t j = ix[p];
-                if (stamp[j] != i) {
-                    stamp[j] = i;
-                    touched[k++] = j;
-                    acc[j] = e[p];
-                } else {
-                    acc[j] *= e[p];
-                }
-            }
-        }
+        const int64_t k = gather_union(R, 1, indptr, indices, NULL, edata, block_of, ctx,
+                                       longest, i, stamp, touched, acc, NULL);
         double corr = 0.0;
         if (longest < 0) {
             for (int64_t q = 0; q < k; q++) {
@@ -454,27 +443,8 @@ score_contexts_product_hess_impl(int R, int n_blocks, const int64_t *const *indp
     for (int64_t j = 0; j < V; j++)
         stamp[j] = -1;
     for (int64_t i = 0; i < n; i++) {
-        int64_t k = 0;
-        for (int r = 0; r < R; r++) {
-            const int b = block_of[r];
-            const int64_t c = contexts[i * R + r];
-            const int32_t *ix = indices[b];
-            const double *e = edata[b], *d = data[b];
-            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
-                const int32_t j = ix[p];
-                double *s = sraw + (int64_t)j * n_blocks;
-                if (stamp[j] != i) {
-                    stamp[j] = i;
-                    touched[k++] = j;
-                    acc[j] = e[p];
-                    for (int q = 0; q < n_blocks; q++)
-                        s[q] = 0.0;
-                } else {
-                    acc[j] *= e[p];
-                }
-                s[b] += d[p];
-            }
-        }
+        const int64_t k = gather_union(R, n_blocks, indptr, indices, data, edata, block_of,
+                                       contexts + i * R, -1, i, stamp, touched, acc, sraw);
         double *cx = sums, *ws = sums + n_dense, *mm = sums + n_dense + n_blocks;
         for (int q = 0; q < n_dense + n_blocks + n_dense * n_dense; q++)
             sums[q] = 0.0;
@@ -563,29 +533,8 @@ score_contexts_product_hess_dense_impl(int R, int n_blocks, const int64_t *const
                     longest = r, longest_nnz = len;
             }
         }
-        int64_t k = 0;
-        for (int r = 0; r < R; r++) {
-            if (r == longest)
-                continue;
-            const int b = block_of[r];
-            const int64_t c = ctx[r];
-            const int32_t *ix = indices[b];
-            const double *e = edata[b], *d = data[b];
-            for (int64_t p = indptr[b][c]; p < indptr[b][c + 1]; p++) {
-                const int32_t j = ix[p];
-                double *s = sraw + (int64_t)j * n_blocks;
-                if (stamp[j] != i) {
-                    stamp[j] = i;
-                    touched[k++] = j;
-                    acc[j] = e[p];
-                    for (int q = 0; q < n_blocks; q++)
-                        s[q] = 0.0;
-                } else {
-                    acc[j] *= e[p];
-                }
-                s[b] += d[p];
-            }
-        }
+        const int64_t k = gather_union(R, n_blocks, indptr, indices, data, edata, block_of,
+                                       ctx, longest, i, stamp, touched, acc, sraw);
         double *cx = sums, *ws = sums + n_dense, *mm = sums + n_dense + n_blocks;
         double corr = 0.0, f[64], fl[64];
         const double *pl = NULL, *sl = NULL;

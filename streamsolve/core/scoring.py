@@ -449,17 +449,17 @@ class Scorer:
         return log_zhat, exp_sparse, prob @ self._dense_features()[0]
 
     def log_zhat(self, contexts: np.ndarray) -> np.ndarray:
-        """``log Z(c) - A(c) - max(a)`` per position (distinct tuples once, through the cache)."""
+        """``log Z(c) - A(c) - max(a)`` per position (looked up by hash; misses scored once)."""
         contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
-        unique, inverse = unique_contexts(contexts, self.parts.vocab_size)
+        _, hit, values = self.cache.lookup(contexts) if self.cache else (None, None, None)
+        miss = np.flatnonzero(~hit) if self.cache else slice(None)
+        unique, inverse = unique_contexts(contexts[miss], self.parts.vocab_size)
+        scored = self.context_terms(unique)
         if self.cache is None:
-            return self.context_terms(unique)[inverse]
-        slots, hit, values = self.cache.lookup(unique)
-        if not hit.all():
-            miss = ~hit
-            values[miss] = self.context_terms(unique[miss])
-            self.cache.store(slots[miss], unique[miss], values[miss])
-        return values[inverse]
+            return scored[inverse]
+        self.cache.store(self.cache.slots(unique), unique, scored)
+        values[miss] = scored[inverse]
+        return values
 
     def log_normalizers(self, contexts: np.ndarray) -> np.ndarray:
         """``log Z(c)`` per context (the log-sum-exp of the logits)."""

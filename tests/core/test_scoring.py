@@ -146,6 +146,35 @@ def test_cache_hits_give_identical_results(radius, native):
 
 
 @pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("radius", [1, 3])
+def test_evaluation_through_a_small_cache_equals_uncached_on_adversarial_documents(radius,
+                                                                                   native):
+    """The cache is looked up per position and only its misses are scored: through a cache
+    small enough to collide within a batch, an evaluation's per-token log-probabilities are
+    the uncached scorer's bit for bit, and the dense formula's to 1e-12, on empty documents,
+    BOS-only ones, one very long document and ordinary ones, batch after batch."""
+    V = 40
+    weights = weights_of(random_docs(5, V, n_docs=400), V, radius)
+    rng = np.random.default_rng(6)
+    docs = ([[], [0], [0] * 7, []] + random_docs(7, V, n_docs=150)
+            + [rng.integers(0, V, 20000).tolist(), [0, 3, 0, 0, 5], [1]])
+    ctx, tgt = positions(docs, radius)
+    parts = ScoringParts.from_weights(weights)
+    uncached = Scorer(parts, weights.beta, weights.gamma, cache_size=0, native=native)
+    cached = Scorer(parts, weights.beta, weights.gamma, cache_size=16, native=native)
+    expected = uncached.log_probs(ctx, tgt)
+    got = np.concatenate([cached.log_probs(ctx[s:s + 1000], tgt[s:s + 1000])
+                          for s in range(0, tgt.size, 1000)])
+    np.testing.assert_array_equal(got, expected)
+    assert 0 < cached.cache.hits < cached.cache.lookups == tgt.size
+    np.testing.assert_allclose(got, dense_log_probs(weights, ctx, tgt), rtol=0, atol=1e-12)
+    model = LanguageModel(weights, None, bos_id=0)
+    evaluation = model.evaluate_ids([np.asarray(d, dtype=np.int64) for d in docs])
+    assert evaluation.tokens == tgt.size
+    assert abs(evaluation.cross_entropy + float(np.mean(expected))) < 1e-12
+
+
+@pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize("form,aggregation,radius",
                          [("row", "cat", 1), ("row", "cat", 3), ("row", "sum", 2),
                           ("column", "cat", 2)])
