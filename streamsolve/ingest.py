@@ -213,7 +213,7 @@ def configure(corpus, store: str, options: IngestOptions, worker_limits: Sequenc
     line bound of a new store.
     """
     storage_options = options.storage_options
-    paths, special = expand_shards(corpus, storage_options)
+    paths, special = expand_shards(corpus, storage_options, exclude=[store])
     model_store = ModelStore(store, storage_options)
     existing = model_store.exists()
     radius, aggregation = options.radius, options.aggregation
