@@ -41,7 +41,7 @@ from .store.location import creatable_location
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
 from .text.reading import DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, read_sample
-from .text.shards import expand_shards, file_digest
+from .text.shards import expand_shards, file_digests, hash_batches, shard_sizes
 from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
                              tokenizer_json, train_bpe, vocab_size_of)
 
@@ -316,10 +316,26 @@ def hash_shards(setup: IngestSetup, runtime: Runtime, allow_changed: bool = Fals
     return to_count, digests, already, changed
 
 
+#: Shards a hashing task takes at most this many bytes of (see `hash_batches`).
+HASH_BATCH_BYTES = 256 << 20
+#: The size assumed for a shard whose size cannot be known before it is read.
+HASH_UNKNOWN_BYTES = 8 << 20
+
+
 def shard_digests(paths: Sequence[str], storage_options, runtime: Runtime) -> list[str]:
-    """SHA-256 of every shard's bytes, computed where the shards are read (Dask tasks)."""
-    return runtime.compute([delayed(file_digest)(p, storage_options) for p in paths],
-                           progress=False)
+    """SHA-256 of every shard's bytes, computed where the shards are read: one Dask task per
+    batch of shards (`hash_batches`; at least four batches per worker thread when there are
+    enough shards), so many small files cost one task per batch, not one each."""
+    sizes = shard_sizes(paths, storage_options, unknown=HASH_UNKNOWN_BYTES)
+    share = max(1, sum(sizes) // (4 * max(1, runtime.worker_threads)))
+    batches = hash_batches(sizes, min(HASH_BATCH_BYTES, share))
+    results = runtime.compute([delayed(file_digests)([paths[i] for i in batch], storage_options)
+                               for batch in batches], progress=False)
+    digests = [""] * len(paths)
+    for batch, batch_digests in zip(batches, results):
+        for i, digest in zip(batch, batch_digests):
+            digests[i] = digest
+    return digests
 
 
 def plan_ingest(paths: Sequence[str], digests: Sequence[str], manifest: list[dict],
