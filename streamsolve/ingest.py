@@ -38,6 +38,7 @@ from .engine.spill import PartialCounts
 from .engine.tasks import ShardResult, count_graph, write_graph
 from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError, is_disk_full
 from .store.location import creatable_location
+from .store.manifest import IngestPlan, manifest_entries, plan_ingest, record_aliases  # noqa: F401
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
 from .text.reading import DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, read_sample
@@ -145,15 +146,18 @@ def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: R
     store = setup.store.url
     with PeakMemory(interval=0.5) as run_peak:
         runtime.reset_worker_peaks()
-        to_count, digests, already, changed = hash_shards(setup, runtime, options.allow_changed)
-        if not to_count:
+        plan, digests = hash_shards(setup, runtime, options.allow_changed)
+        already, changed = plan.already, plan.changed
+        if not plan.to_count:
             logger.info("nothing new to count: every shard was already ingested")
+            if plan.aliases:
+                record_aliases(setup.store, plan.aliases, lock)
             meta = setup.store.meta
             return CountResult(store, [], meta["counts"]["tokens"], 0, meta["counts"]["nnz"],
-                               time.perf_counter() - started, already=already,
+                               time.perf_counter() - started, already=already, changed=changed,
                                skipped=[e["path"] for e in setup.special],
                                skipped_reasons={e["path"]: e["skipped"] for e in setup.special})
-        result = count_corpus(to_count, setup.tokenizer_text, setup.config, setup.read_options,
+        result = count_corpus(plan.to_count, setup.tokenizer_text, setup.config, setup.read_options,
                               HoldOut(options.heldout_fraction, group_bytes=options.heldout_group_bytes), runtime=runtime,
                               memory=options.memory, tmp=options.tmp, keep_partial=True,
                               rows_per_block=setup.rows_per_block)
@@ -164,7 +168,7 @@ def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: R
             _remove_spill(new)
             raise CorpusError("no text found in the corpus (all shards empty or binary): "
                               + ", ".join(setup.paths))
-        model_store = _write_generation(setup, new, lock, runtime)
+        model_store = _write_generation(setup, new, plan.aliases, lock, runtime)
         worker_peaks = runtime.worker_peaks()
     memory = measured_memory(result.memory, run_peak.peak, worker_peaks)
     meta = model_store.meta
@@ -291,7 +295,7 @@ def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer:
 # -- 2/5 hash --------------------------------------------------------------------------------
 
 def hash_shards(setup: IngestSetup, runtime: Runtime, allow_changed: bool = False):
-    """Stage 2/5: hash every shard; returns ``(to_count, digests, already, changed)``.
+    """Stage 2/5: hash every shard; returns ``(plan, digests)`` (an `IngestPlan`).
 
     Raises
     ------
@@ -300,20 +304,20 @@ def hash_shards(setup: IngestSetup, runtime: Runtime, allow_changed: bool = Fals
     """
     with Stage("hash shards", 2, STAGES) as stage:
         digests = shard_digests(setup.paths, setup.read_options.storage_options, runtime)
-        manifest = setup.store.meta.get("shards", []) if setup.existing else []
-        to_count, already, changed = plan_ingest(setup.paths, digests, manifest, allow_changed)
-        stage.detail = f"{len(setup.paths)} shard(s), {len(to_count)} to count"
-    for entry in already:
+        manifest = manifest_entries(setup.store.meta) if setup.existing else []
+        plan = plan_ingest(setup.paths, digests, manifest, allow_changed)
+        stage.detail = f"{len(setup.paths)} shard(s), {len(plan.to_count)} to count"
+    for entry in plan.already:
         logger.info("skipping %s: already ingested (same bytes as %s)", entry["path"],
                     entry["same_as"])
-    if changed and not allow_changed:
+    if plan.changed and not allow_changed:
         raise StoreError(
             "shard(s) already ingested with different content: "
             + ", ".join(f"{c['path']} (was sha256 {c['old_sha256'][:12]}..., now "
-                        f"{c['sha256'][:12]}...)" for c in changed)
+                        f"{c['sha256'][:12]}...)" for c in plan.changed)
             + ". Nothing was added. Pass --allow-changed to add the new content as well "
               "(the old content's counts stay), or use a new store.")
-    return to_count, digests, already, changed
+    return plan, digests
 
 
 #: Shards a hashing task takes at most this many bytes of (see `hash_batches`).
@@ -336,29 +340,6 @@ def shard_digests(paths: Sequence[str], storage_options, runtime: Runtime) -> li
         for i, digest in zip(batch, batch_digests):
             digests[i] = digest
     return digests
-
-
-def plan_ingest(paths: Sequence[str], digests: Sequence[str], manifest: list[dict],
-                allow_changed: bool = False) -> tuple[list[str], list[dict], list[dict]]:
-    """Decide which shards to count: ``(to_count, already_ingested, changed)``.
-
-    A shard whose bytes (SHA-256) are in the manifest, or earlier in this run, is skipped.
-    A path in the manifest with other bytes is "changed": counted only with ``allow_changed``.
-    """
-    known = {entry.get("sha256"): entry["path"] for entry in manifest if entry.get("sha256")}
-    by_path = {entry["path"]: entry.get("sha256") for entry in manifest}
-    to_count, already, changed = [], [], []
-    for path, digest in zip(paths, digests):
-        if digest in known:
-            already.append({"path": path, "sha256": digest, "same_as": known[digest]})
-            continue
-        if path in by_path and by_path[path] != digest:
-            changed.append({"path": path, "old_sha256": by_path[path], "sha256": digest})
-            if not allow_changed:
-                continue
-        known[digest] = path
-        to_count.append(path)
-    return to_count, already, changed
 
 
 # -- 3/5 read + tokenize + count + tree merge ----------------------------------------------------
@@ -484,8 +465,10 @@ def _remove_spill(counts) -> None:
 
 # -- 4/5 k-way merge + row-block writes, 5/5 commit ----------------------------------------------
 
-def _write_generation(setup: IngestSetup, new, lock, runtime: Runtime) -> ModelStore:
-    """Stages 4 and 5 into the store (created now if new); a failed write leaves it unchanged."""
+def _write_generation(setup: IngestSetup, new, aliases: list, lock,
+                      runtime: Runtime) -> ModelStore:
+    """Stages 4 and 5 into the store (created now if new), the counted shards and the
+    ``aliases`` added to its manifest; a failed write leaves it unchanged."""
     model_store = setup.store
     new_stats = {k: int(v) for k, v in new.stats.items()}
     try:
@@ -499,8 +482,8 @@ def _write_generation(setup: IngestSetup, new, lock, runtime: Runtime) -> ModelS
                 model_store.url, setup.config, setup.tokenizer_text, setup.tokenizer_sha256,
                 setup.bos, setup.read_meta, setup.read_options.storage_options,
                 **({"rows_per_block": setup.rows_per_block} if setup.rows_per_block else {}))
-        write_counts(model_store, new, new.shards, totals, add=setup.existing, lock=lock,
-                     runtime=runtime)
+        write_counts(model_store, new, new.shards + aliases, totals, add=setup.existing,
+                     lock=lock, runtime=runtime)
     except StoreCorruptError:
         model_store.discard_uncommitted()  # damaged counts: nothing is built on top of them
         raise

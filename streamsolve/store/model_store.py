@@ -38,6 +38,7 @@ from .layout import (DEFAULT_ROWS_PER_BLOCK, FORMAT, FORMAT_VERSION, STORE_ENTRI
                      stack_row_blocks, utc_now, validate_meta)
 from .location import creatable_location, is_local, remove_entries, zarr_location
 from .locking import StoreLock
+from .manifest import manifest_entries
 from .transaction import CountsTransaction
 from .weight_blocks import WeightBlocks
 
@@ -392,7 +393,7 @@ class ModelStore(VerifiedReads, WeightBlocks):
             values.append(csr.data.astype(np.int64))
         meta = view.meta
         return Counts(config, keys, values, view.read_unigram(), dict(meta.get("totals", {})),
-                      list(meta.get("shards", [])))
+                      manifest_entries(meta))
 
     def verify(self) -> dict:
         """Check every committed block and the current weights (see
