@@ -47,29 +47,46 @@ def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
         yield contexts, doc
 
 
+def _piece(item) -> tuple[np.ndarray, bool]:
+    """``(ids, starts)`` of a stream item: a document's ids, or a piece ``(ids, starts)``."""
+    if isinstance(item, tuple):
+        return np.asarray(item[0], dtype=np.int64), bool(item[1])
+    return np.asarray(item, dtype=np.int64), True
+
+
 def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(contexts, targets)`` of consecutive positions of the documents, ``batch`` at a time
-    (the last one shorter); the contexts of a group of about ``batch`` tokens are built at
-    once (`_group_positions`), not document by document."""
-    group, size = [], 0
+    (the last one shorter).
+
+    An item is a document's ids, or a piece ``(ids, starts)`` of one (`_piece`): a piece that
+    does not start a document continues the one before, its first positions seeing that
+    document's last ``radius`` tokens, so a long document streamed in pieces gives the
+    positions of the whole. Contexts are built for groups of about ``batch`` tokens at once
+    (`piece_positions`); a longer piece is taken ``batch`` tokens at a time.
+    """
+    group, starts, size = [], [], 0
+    history = np.zeros(0, dtype=np.int64)  # the last tokens of the document the group continues
     carry_ctx = np.zeros((0, radius), dtype=np.int64)
     carry_tgt = np.zeros(0, dtype=np.int64)
-    for doc in documents:
-        doc = np.asarray(doc, dtype=np.int64)
-        if doc.size == 0:
-            continue
-        group.append(doc)
-        size += doc.size
-        if size + carry_tgt.size >= batch:
-            ctx, tgt = _group_positions(group, radius, bos_id)
-            ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
-            full = tgt.size - tgt.size % batch
-            for start in range(0, full, batch):
-                yield ctx[start:start + batch], tgt[start:start + batch]
-            carry_ctx, carry_tgt = ctx[full:], tgt[full:]
-            group, size = [], 0
+    begin = True  # the next non-empty piece starts a document (an empty one may have started it)
+    for item in documents:
+        ids, piece_starts = _piece(item)
+        begin = begin or piece_starts
+        for start in range(0, ids.size, batch):
+            group.append(ids[start:start + batch])
+            starts.append(begin and start == 0)
+            size += group[-1].size
+            if size + carry_tgt.size >= batch:
+                ctx, tgt, history = piece_positions(group, starts, radius, bos_id, history)
+                ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+                full = tgt.size - tgt.size % batch
+                for at in range(0, full, batch):
+                    yield ctx[at:at + batch], tgt[at:at + batch]
+                carry_ctx, carry_tgt = ctx[full:], tgt[full:]
+                group, starts, size = [], [], 0
+        begin = begin and ids.size == 0
     if group:
-        ctx, tgt = _group_positions(group, radius, bos_id)
+        ctx, tgt, _ = piece_positions(group, starts, radius, bos_id, history)
         carry_ctx, carry_tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
     if carry_tgt.size:
         yield carry_ctx, carry_tgt
@@ -99,7 +116,7 @@ def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
             group, size = [], 0
             for doc in documents:
                 group.append(doc)
-                size += len(doc)
+                size += len(_piece(doc)[0])
                 if size >= tokens:
                     if not put(group):
                         return
@@ -126,16 +143,32 @@ def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
 
 def _group_positions(docs: list, radius: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
     """`contexts_and_targets` of non-empty documents, concatenated (vectorized)."""
-    targets = np.concatenate(docs)
-    lengths = np.fromiter((d.size for d in docs), dtype=np.int64, count=len(docs))
-    starts = np.cumsum(lengths) - lengths
-    offset = np.arange(targets.size) - np.repeat(starts, lengths)  # position in its document
+    contexts, targets, _ = piece_positions(docs, [True] * len(docs), radius, bos_id)
+    return contexts, targets
+
+
+def piece_positions(pieces: list, starts: list, radius: int, bos_id: int,
+                     history: np.ndarray | None = None):
+    """Contexts and targets of non-empty pieces, concatenated (vectorized), and the last
+    ``radius`` tokens of the last piece's document (the ``history`` of the next group).
+
+    A piece whose ``starts`` is False continues the document of the piece before it; the
+    first piece then continues the document whose last tokens are ``history`` (at most
+    ``radius`` of them, none from an earlier document).
+    """
+    targets = np.concatenate(pieces)
+    history = np.zeros(0, dtype=np.int64) if history is None else history
+    known = np.concatenate([history, targets]) if history.size else targets
+    lengths = np.fromiter((p.size for p in pieces), dtype=np.int64, count=len(pieces))
+    piece_start = np.cumsum(lengths) - lengths + history.size
+    document_start = np.maximum.accumulate(np.where(starts, piece_start, 0))
+    position = np.arange(history.size, known.size)
+    offset = position - np.repeat(document_start, lengths)  # position in its document
     contexts = np.empty((targets.size, radius), dtype=np.int64)
     for r in range(1, radius + 1):
-        at = np.arange(targets.size) - r
-        inside = offset >= r
-        contexts[:, r - 1] = np.where(inside, targets[np.maximum(at, 0)], bos_id)
-    return contexts, targets
+        contexts[:, r - 1] = np.where(offset >= r, known[np.maximum(position - r, 0)], bos_id)
+    tail = known[max(int(document_start[-1]), known.size - radius):]
+    return contexts, targets, tail
 
 
 @dataclasses.dataclass
