@@ -1,5 +1,6 @@
-"""A store's manifest of shards: which paths hold which content (the one place that knows
-where the manifest lives in the store's attributes).
+"""A store's manifest of shards: which paths hold which content. The one place that knows
+where the manifest lives in the store's attributes (`manifest_entries`,
+`with_manifest_entries`), and what an ingest makes of it (`plan_ingest`).
 
 An entry is either a shard an ingest read (counted, or skipped as binary or empty)::
 

@@ -5,9 +5,9 @@ URLs; each regular file is a shard. FIFOs, sockets, devices and symlinks to them
 (logged and reported) inside directories and globs, and refused when named explicitly, so a
 corpus can never hang the run. Directories and ``**`` globs are walked loop-free, and
 streamsolve's own files met there (stores, their locks, spill directories) are skipped and
-reported too (`streamsolve.text.corpus_listing`). A shard is identified by the SHA-256 of its stored bytes, taken
-while they are read for counting (`open_binary` with a hasher), so the recorded hash is that of
-exactly the bytes counted.
+reported too (`streamsolve.text.corpus_listing`). A shard is identified by the SHA-256 of its
+stored bytes, taken while they are read for counting (`open_binary` with a hasher), so the
+recorded hash is that of exactly the bytes counted.
 """
 
 from __future__ import annotations
