@@ -4,6 +4,7 @@
 #   make solve OVERWRITE=1           replace an existing out/model.zarr (kept otherwise)
 #   make test                        the test suite (what CI runs)
 #   make test-fast                   every test not marked slow
+#   make test-loaded LOAD=4          the test suite beside 4 busy-loop processes (TESTS='-m slow')
 PYTHON ?= python3
 # The CPU build of PyTorch, pinned, for the tests of the PyTorch bridge (an unpinned torch
 # pulls gigabytes of CUDA libraries). Override on machines without that wheel, e.g.
@@ -15,9 +16,11 @@ STORE  ?= out/model.zarr
 CORPUS ?=
 ARGS   ?=
 OVERWRITE ?=
+LOAD   ?=
+TESTS  ?=
 OVERWRITE_FLAG = $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite,)
 
-.PHONY: setup setup-test solve test test-fast bench clean
+.PHONY: setup setup-test solve test test-fast test-loaded bench clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +49,10 @@ test: setup-test
 
 test-fast: setup-test
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The suite on a busy machine: LOAD busy loops (default 2 x cores) beside `pytest -q $(TESTS)`, always stopped after.
+test-loaded: setup-test
+	$(BIN)/python tests/load.py $(if $(LOAD),--busy $(LOAD),) -- $(TESTS)
 
 bench: setup-test
 	$(BIN)/python -m bench $(if $(FULL),--full,)

@@ -97,9 +97,10 @@ def reference_kn_bigram_bits(counts1, docs, bos_id: int) -> float:
 def run(full: bool) -> str:
     from streamsolve.core import strength_search
     from streamsolve.core.counting import CountConfig, count_token_documents
+    from streamsolve.core.positions import sampled_positions
     from streamsolve.core.smoothing import smoothed_unigram
     from streamsolve.core.weights import finalize
-    from streamsolve.language_model import CALIBRATION_POSITIONS, LanguageModel, sample_positions
+    from streamsolve.language_model import CALIBRATION_POSITIONS, LanguageModel
     from streamsolve.text.tokenizer import find_bos, tokenizer_from_json
 
     mode = "full" if full else "quick"
@@ -127,7 +128,7 @@ def run(full: bool) -> str:
     ref = reference_kn_bigram_bits(counts1, test, bos_id) / test_bytes
     # the calibration's own sample (same size and seed); offset r's column is the same for
     # every R, so the R = k search sees the R = 4 positions' first k columns
-    ctx, tgt = sample_positions(calib, max(RADII), bos_id, CALIBRATION_POSITIONS, seed=0)
+    ctx, tgt = sampled_positions(calib, max(RADII), bos_id, CALIBRATION_POSITIONS, seed=0)
     search_seconds, scales = {}, {}
     log_p = np.log(smoothed_unigram(counts.unigram))
     for smoothing in ("dirichlet", "kneser-ney"):

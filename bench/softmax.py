@@ -10,14 +10,10 @@ def positions(docs, radius: int, bos_id: int):
     """(contexts (N, R), targets (N,)) as int64 tensors, BOS-padded like the counts."""
     import torch
 
-    from streamsolve.language_model import contexts_and_targets
+    from streamsolve.core.positions import positions as core_positions
 
-    ctx, tgt = [], []
-    for c, t in contexts_and_targets(docs, radius, bos_id):
-        ctx.append(c)
-        tgt.append(t)
-    return (torch.from_numpy(np.concatenate(ctx)).long(),
-            torch.from_numpy(np.concatenate(tgt)).long())
+    ctx, tgt = core_positions(docs, radius, bos_id)
+    return torch.from_numpy(ctx).long(), torch.from_numpy(tgt).long()
 
 
 class SoftmaxLayer:

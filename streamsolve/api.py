@@ -24,16 +24,20 @@ from collections.abc import Iterator, Sequence
 
 
 from . import ingest
-from .core.smoothing import check_smoothing, default_smoothing
+from .core.positions import sampled_positions
+from .core.smoothing import check_smoothing, default_smoothing, smoothing_values  # noqa: F401
 from .engine.finalize import commit_store_weights, compute_store_weights
-from .engine.memory import parse_memory
+from .engine.memory import check_memory
+from .engine.runtime import is_address
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
-from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel, sample_positions
+from .language_model import CALIBRATION_POSITIONS, Evaluation, LanguageModel
 from .language_model import calibration_keep
+from .store import replacement
 from .store.layout import StoreError
-from .store.location import check_writable, is_inside_store, remove_store  # noqa: F401
+from .store.location import check_writable, is_inside_store  # noqa: F401
 from .store.locking import StoreLock
 from .store.model_store import ModelStore
+from .store.permissions import parse_mode, store_file_mode
 from .text.holdout import HoldOut
 from .text.reading import CorpusError, ReadStats
 from .text.shards import expand_corpus
@@ -46,26 +50,28 @@ from .export import dense_export_bytes, export_counts  # noqa: F401  (public her
 logger = logging.getLogger(__name__)
 
 
-
 #: Writer locks this process holds, per thread: (thread id, store URL) -> the `StoreLock`.
 _HELD_LOCKS: dict[tuple[int, str], StoreLock] = {}
 
 
 @contextlib.contextmanager
 def _writer_lock(store: str, storage_options: dict | None, *, wait: bool, break_lock: bool,
-                 command: str):
+                 command: str, mode: int | str | None = None):
     """The store's `StoreLock`, re-entrant within a thread (so `solve` can hold it across
-    overwrite + count + finalize while `count` and `finalize` still take it themselves).
-    Yields the held `StoreLock`."""
+    overwrite + count + finalize while `count` and `finalize` still take it themselves),
+    with the store's file ``mode`` applied meanwhile (`store_file_mode`). Yields the held
+    `StoreLock`."""
     key = (threading.get_ident(), str(store))
     if key in _HELD_LOCKS:
         yield _HELD_LOCKS[key]
         return
+    mode = None if mode is None else parse_mode(mode)
     check_writable(str(store))
     with StoreLock(store, storage_options, wait=wait, break_lock=break_lock,
-                   command=command) as lock:
+                   command=command) as lock, store_file_mode(store, mode):
         _HELD_LOCKS[key] = lock
         try:
+            replacement.recover(store, storage_options)  # what a killed --overwrite left
             yield lock
         finally:
             _HELD_LOCKS.pop(key, None)
@@ -80,7 +86,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           storage_options: dict | None = None, block_bytes: int | None = None,
           rows_per_block: int | None = None, allow_changed: bool = False,
           wait: bool | float = False, break_lock: bool = False, memory: str | int | None = None,
-          tmp: str | None = None) -> CountResult:
+          tmp: str | None = None, force_memory: bool = False,
+          mode: int | str | None = None) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
     The ingest is all or nothing: the store's counts change in one atomic step at the end,
@@ -119,13 +126,18 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
         Break an object-store lock held from another host.
+    memory, force_memory : str or int, bool
+        The run's memory budget (``2GB``, ``80%``): above the RAM (on a cluster, the workers'
+        limits) or below one process's base it is refused, unless ``force_memory``.
+    mode : int or str, optional
+        Mode of the store's files on a local disk (e.g. ``0o600`` or ``"0600"``); default
+        the umask, never looser than an existing store's (`streamsolve.store.permissions`).
 
     Returns
     -------
     CountResult
     """
-    if memory is not None:
-        parse_memory(memory)  # a bad budget fails before a tokenizer is trained
+    check_memory(memory, force_memory, remote=is_address(scheduler))  # before any work
     if tmp is not None and "://" not in str(tmp) and os.path.exists(tmp) and not os.path.isdir(tmp):
         raise ValueError(f"--tmp {tmp} is a file, not a directory: give a directory for spill "
                          "files (created if missing)")
@@ -135,9 +147,9 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         heldout_fraction=heldout_fraction, heldout_group_bytes=heldout_group_bytes,
         scheduler=scheduler, workers=workers,
         storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
-        allow_changed=allow_changed, memory=memory, tmp=tmp)
+        allow_changed=allow_changed, memory=memory, tmp=tmp, force_memory=force_memory)
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
-                      command="count") as lock:
+                      command="count", mode=mode) as lock:
         return ingest.run(corpus, store, options, lock)
 
 
@@ -146,7 +158,8 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
              calibrate: Sequence[str] | None = None, storage_options: dict | None = None,
              calibration_sample: int = CALIBRATION_POSITIONS, wait: bool | float = False,
              break_lock: bool = False, discount=None,
-             smoothing_search: bool | str = "auto") -> LanguageModel:
+             smoothing_search: bool | str = "auto",
+             mode: int | str | None = None) -> LanguageModel:
     """Compute the explicit weights of a store's counts (and optionally calibrate them).
 
     Parameters
@@ -179,6 +192,8 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
         Wait for another writer's lock: ``True`` at most 600 s, or this many seconds.
     break_lock : bool
         Break an object-store lock held from another host.
+    mode : int or str, optional
+        Mode of the store's files on a local disk, as in `count`.
 
     Returns
     -------
@@ -197,7 +212,7 @@ def finalize(store: str, *, form: str = "row", smoothing: str | None = None,
     if not model_store.exists():
         raise StoreError(f"no streamsolve store with counts at {store}")
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
-                      command="finalize"):
+                      command="finalize", mode=mode):
         return _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate,
                                 storage_options, calibration_sample, discount,
                                 smoothing_search)
@@ -225,7 +240,7 @@ def search_positions(model_store, docs, sample: int, smoothing: str, form: str, 
             or not docs or not sum(int(len(d)) for d in docs):
         return None
     config = model_store.config
-    return sample_positions(docs, config.radius, config.bos_id, sample, seed=0)
+    return sampled_positions(docs, config.radius, config.bos_id, sample, seed=0)
 
 
 def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage_options,
@@ -446,36 +461,6 @@ def info(store: str, storage_options: dict | None = None) -> dict:
     }
 
 
-def smoothing_values(weights: dict, config: dict) -> dict:
-    """The smoothing values a store's weights were computed with, as `info` shows them.
-
-    ``mu`` (Dirichlet), ``alpha`` (additive) and, for Kneser–Ney, ``discounts``: per weight
-    block (``"r1"``, ``"r2"``, ... per offset for ``cat``; ``"sum"``), ``[D1, D2, D3+]``.
-    When the strengths were chosen on held-out text, ``mu`` is per block too and
-    ``search`` holds each block's scale ``s`` and held-out cross-entropy (default -> chosen;
-    the whole curve is in ``weights.smoothing_search``).
-    Values that do not apply are left out.
-    """
-    out = {"smoothing": weights.get("smoothing"), "form": weights.get("form")}
-    def per_block(values: list) -> dict:
-        labels = (["sum"] if config.get("aggregation") == "sum" else
-                  [f"r{r + 1}" for r in range(len(values))])
-        return dict(zip(labels, values))
-
-    for key in ("mu", "alpha"):
-        if isinstance(weights.get(key), list):  # chosen per block on held-out text
-            out[key] = per_block(weights[key])
-        elif weights.get(key) is not None:
-            out[key] = weights[key]
-    if weights.get("discounts"):
-        out["discounts"] = per_block(weights["discounts"])
-    search = weights.get("smoothing_search")
-    if search:
-        out["search"] = {"positions": search.get("positions"), "blocks": per_block([
-            {k: block[k] for k in ("scale", "default_cross_entropy", "cross_entropy",
-                                   "evaluations")} for block in search["blocks"]])}
-    return out
-
 
 def verify(store: str, storage_options: dict | None = None) -> dict:
     """Read and check everything a store's current state uses (see `ModelStore.verify`).
@@ -486,10 +471,7 @@ def verify(store: str, storage_options: dict | None = None) -> dict:
         ``ok`` is False when anything is damaged; ``damaged`` lists every damaged block as
         ``{"path", "problem"}``.
     """
-    model_store = ModelStore(store, storage_options)
-    if not model_store.exists():
-        raise StoreError(f"no streamsolve store with counts at {store}")
-    report = model_store.verify()
+    report = ModelStore(store, storage_options).verify()  # reports damaged attributes too
     report["store"] = store
     return report
 
@@ -510,8 +492,10 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
         With ``calibrate``, choose the smoothing strength per offset on the held-out part
         first (as `finalize`, where "auto" is explained; not with ``mu`` or ``discount``).
     overwrite : bool
-        First delete the streamsolve store at ``store`` (refused for anything that is not a
-        streamsolve store, and nothing is deleted while another writer holds the lock).
+        Replace the streamsolve store at ``store`` (refused for anything that is not a
+        streamsolve store, and while another writer holds the lock). The new store is
+        built beside it and swapped in only once complete (`streamsolve.store.replacement`):
+        any failure leaves the old store as it was.
 
     Returns
     -------
@@ -523,11 +507,18 @@ def solve(corpus: Sequence[str] | str, store: str, *, heldout_fraction: float = 
     check_smoothing(smoothing, mu, alpha, form, discount)
     storage_options = count_kwargs.get("storage_options")
     with _writer_lock(store, storage_options, wait=count_kwargs.get("wait", False),
-                      break_lock=count_kwargs.get("break_lock", False), command="solve"):
-        if overwrite:
-            remove_store(store, storage_options)
-        return _solve_locked(corpus, store, heldout_fraction, calibrate, form, smoothing, mu,
-                             alpha, count_kwargs, discount, smoothing_search)
+                      break_lock=count_kwargs.get("break_lock", False), command="solve",
+                      mode=count_kwargs.get("mode")):
+        def solve_at(target: str) -> dict:
+            return _solve_locked(corpus, target, heldout_fraction, calibrate, form, smoothing,
+                                 mu, alpha, count_kwargs, discount, smoothing_search)
+
+        if not overwrite:
+            return solve_at(store)
+        summary = replacement.replace_store(store, storage_options, solve_at, lambda target: (
+            _writer_lock(target, storage_options, wait=False, break_lock=False,
+                         command="solve --overwrite")))
+        return {**summary, "store": store}
 
 
 #: Fewer held-out tokens than this make `solve` warn that its held-out figures are noisy.

@@ -2,34 +2,36 @@
 
 Every command takes ``--json`` to print exactly one JSON object on stdout; logs and progress
 go to stderr. Errors print one line naming the problem and exit with status 2.
+
+Loading this module imports nothing but ``os`` and ``sys`` (loaded with the interpreter):
+everything else, the standard library's ``argparse`` and ``logging`` included, is imported
+inside `main` once Ctrl-C and SIGTERM are handled (`streamsolve.cli_process`), so an
+interrupt at any moment of start-up is one line and exit 130, never a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import logging
 import os
 import sys
-import threading
 
-from . import api
-from .cli_output import print_human
-from .engine import cluster
-from .engine.runtime import DEFAULT_CONNECT_TIMEOUT
-from .text.reading import BUILTIN_CORPUS, DOCUMENT_MODES, CorpusError
-from .store.locking import DEFAULT_WAIT_SECONDS, StoreLockedError, wait_seconds
-from .store.layout import StoreError
-from .text.tokenizer import TokenizerError
+#: The package's logger (``logging.getLogger(LOGGER)``).
+LOGGER = "streamsolve"
 
-logger = logging.getLogger("streamsolve")
 
-USER_ERRORS = (CorpusError, StoreError, StoreLockedError, TokenizerError, ValueError,
-               FileNotFoundError, PermissionError, RuntimeError, ImportError)
+def user_errors() -> tuple:
+    """The exceptions that are the user's to fix: one line and exit 2, no traceback."""
+    from .store.layout import StoreError
+    from .store.locking import StoreLockedError
+    from .text.reading import CorpusError
+    from .text.tokenizer import TokenizerError
+
+    return (CorpusError, StoreError, StoreLockedError, TokenizerError, ValueError,
+            FileNotFoundError, PermissionError, RuntimeError, ImportError)
 
 
 def _storage_options(text: str | None) -> dict | None:
+    import json
+
     if not text:
         return None
     try:
@@ -41,369 +43,20 @@ def _storage_options(text: str | None) -> dict | None:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _discount(text: str) -> float | tuple[float, ...]:
-    """``--discount D`` or ``D1,D2,D3`` (ranges checked by `check_smoothing`, one line)."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or three comma-separated numbers: {text!r}")
-    return values[0] if len(values) == 1 else values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _add_scheduler_argument(parser: argparse.ArgumentParser):
-    """``--scheduler`` for commands that do not count locally (finalize)."""
-    parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-                        help="run on the dask.distributed scheduler at tcp://HOST:PORT "
-                             "(also DASK_SCHEDULER_ADDRESS)")
-
-
-def _add_jobqueue_arguments(parser: argparse.ArgumentParser, required: bool = False):
-    """``--cluster slurm|pbs`` and the batch-job sizes (dask-jobqueue)."""
-    group = parser.add_argument_group("HPC batch jobs (dask-jobqueue, extra 'cluster')")
-    group.add_argument("--cluster", choices=sorted(cluster.JOBQUEUE_CLASSES), required=required,
-                       help="start Dask workers as SLURM or PBS batch jobs")
-    group.add_argument("--jobs", type=_positive_int, default=1,
-                       help="batch jobs to submit (default %(default)s)")
-    group.add_argument("--cores", type=_positive_int, default=1,
-                       help="cores per job (default %(default)s)")
-    # --memory (with --cluster also each job's memory) is in the main options (`_add_memory`)
-    group.add_argument("--walltime", default="01:00:00",
-                       help="wall time per job (default %(default)s)")
-    group.add_argument("--queue", help="partition (SLURM) or queue (PBS)")
-    group.add_argument("--account", help="account/project to charge")
-    group.add_argument("--interface", help="network interface of scheduler and workers "
-                                           "(e.g. ib0)")
-    group.add_argument("--job-extra", action="append", default=[], metavar="DIRECTIVE",
-                       help="extra #SBATCH/#PBS directive, e.g. '--gres=gpu:0' (repeatable)")
-    group.add_argument("--job-prologue", action="append", default=[], metavar="COMMAND",
-                       help="shell command run before the worker starts, e.g. "
-                            "'source venv/bin/activate' (repeatable)")
-
-
-#: ``--memory`` of the commands that count or finalize (one budget, also each batch job's).
 #: ``--smoothing-search`` -> api's ``smoothing_search``.
 _SEARCH = {"auto": "auto", "on": True, "off": False}
 
-MEMORY_HELP = ("one memory budget: of this run (e.g. 2GB, 512MiB, 80%% of RAM; default 50%%, "
-               "on a Dask cluster 80%% of the workers' memory limit; counts above it spill to "
-               "--tmp), and with --cluster also the memory of each batch job (default 4GiB there)")
 
+def build_parser():
+    """The ``streamsolve`` argument parser (`streamsolve.cli_parser.build_parser`)."""
+    from .cli_parser import build_parser as build
 
-def _add_memory(parser: argparse.ArgumentParser, help: str = MEMORY_HELP):
-    """``-S/--memory SIZE`` in the main options (``-S`` is lmplz's name; ``--memory-budget``
-    an older spelling)."""
-    parser.add_argument("-S", "--memory", "--memory-budget", dest="memory", default=None,
-                        metavar="SIZE", help=help)
-
-
-def _add_cluster_arguments(parser: argparse.ArgumentParser, scheduler: bool = False):
-    """All cluster options of count/finalize/solve (``scheduler``: add ``--scheduler`` too)."""
-    if scheduler:
-        _add_scheduler_argument(parser)
-    _add_connect_timeout(parser)
-    parser.add_argument("--send-credentials", action="store_true",
-                        help="with --scheduler/--cluster, send credentials given in "
-                             "--storage-options inside the job (the scheduler keeps them in "
-                             "clear, readable by all its clients); by default they are refused: "
-                             "give the workers their own credentials")
-    _add_jobqueue_arguments(parser)
-
-
-def _add_connect_timeout(parser: argparse.ArgumentParser):
-    parser.add_argument("--connect-timeout", type=_positive_float, default=DEFAULT_CONNECT_TIMEOUT,
-                        metavar="SECONDS",
-                        help="give up reaching the scheduler after this long "
-                             "(default %(default)s)")
-
-
-def _add_common(parser: argparse.ArgumentParser):
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--storage-options", metavar="JSON",
-                        help="fsspec storage options (JSON object) for URLs")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-
-
-def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True):
-    parser.add_argument("corpus", nargs="+" if corpus_required else "*", metavar="CORPUS",
-                        help="files, directories, globs or fsspec URLs; each file is a shard "
-                             "(.txt, .gz, .bz2, .xz, .zst, .jsonl)")
-    parser.add_argument("--store", required=True, help="store path or fsspec URL (Zarr v3)")
-    tok = parser.add_mutually_exclusive_group()
-    tok.add_argument("--tokenizer", metavar="PATH", help="a HuggingFace tokenizer.json to use")
-    tok.add_argument("--vocab-size", type=int, default=None,
-                     help="vocabulary of the byte-level BPE trained on a corpus sample for a new "
-                          f"store (default {api.DEFAULT_VOCAB_SIZE}; an existing store keeps its own)")
-    parser.add_argument("--bos-token", help="token padding the context at document starts "
-                                            "(default: <|doc|>, or a known special token)")
-    parser.add_argument("--radius", type=int, default=None,
-                        help=f"context offsets R (default {api.DEFAULT_RADIUS}, or the store's)")
-    parser.add_argument("--aggregation", choices=("cat", "sum"), default=None,
-                        help="cat: one block per offset (default); sum: bag of context")
-    parser.add_argument("--documents", choices=DOCUMENT_MODES, default="blank-line",
-                        help="document boundaries that reset the context (default %(default)s)")
-    parser.add_argument("--text-field", default="text", help="text field of .jsonl records")
-    parser.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER_ADDRESS"),
-                        help="threads (default), processes, sync, or a dask.distributed "
-                             "address tcp://HOST:PORT (also DASK_SCHEDULER_ADDRESS)")
-    parser.add_argument("--workers", type=_positive_int, help="local workers (default: cores)")
-    _add_memory(parser)
-    parser.add_argument("-T", "--tmp", metavar="DIR",
-                        help="directory for spill files (default: $STREAMSOLVE_TMP or the system "
-                             "temp dir; on a multi-host cluster a directory every worker sees)")
-    parser.add_argument("--allow-changed", action="store_true",
-                        help="add shards whose path was ingested before with other bytes, as "
-                             "new content (the old version's counts stay)")
-    _add_locking(parser)
-
-
-def _wait_seconds(text: str) -> float:
-    try:
-        return wait_seconds(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _attach_wait_seconds(argv: list[str]) -> list[str]:
-    """``--wait N`` -> ``--wait=N`` and plain ``--wait`` -> ``--wait=DEFAULT``.
-
-    ``--wait`` takes an optional value, and argparse would swallow the word after a plain
-    ``--wait`` (``finalize --wait STORE``) as that value: only a number is one.
-    """
-    out, rest = [], list(argv)
-    while rest:
-        token = rest.pop(0)
-        if token == "--":
-            return out + [token] + rest
-        if token == "--wait":
-            value = rest.pop(0) if rest and _is_number(rest[0]) else f"{DEFAULT_WAIT_SECONDS:g}"
-            token = f"--wait={value}"
-        out.append(token)
-    return out
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """One line, exit 2 (``--help`` shows the usage)."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = sys.argv[1:] if args is None else args
-        return super().parse_known_args(_attach_wait_seconds(list(args)), namespace)
-
-
-def _add_locking(parser: argparse.ArgumentParser):
-    parser.add_argument("--wait", nargs="?", type=_wait_seconds, const=DEFAULT_WAIT_SECONDS,
-                        default=False, metavar="SECONDS",
-                        help="wait for another writer of the store to finish instead of failing, "
-                             f"at most SECONDS (default {DEFAULT_WAIT_SECONDS:g})")
-    parser.add_argument("--break-lock", action="store_true",
-                        help="remove a writer lock held from another host (only if that job is gone)")
-
-
-def _add_finalizing(parser: argparse.ArgumentParser):
-    parser.add_argument("--form", choices=("row", "column"), default="row",
-                        help="row (published, default) or column (naive Bayes) form")
-    parser.add_argument("--smoothing", choices=("dirichlet", "additive", "none", "kneser-ney"),
-                        help="default kneser-ney (row form; dirichlet for --form column, or "
-                             "when --mu is given; additive when --alpha is given)")
-    parser.add_argument("--mu", type=_positive_float, help="Dirichlet strength (default V)")
-    parser.add_argument("--alpha", type=_positive_float, help="additive pseudo-count (default 0.1)")
-    parser.add_argument("--discount", type=_discount, metavar="D | D1,D2,D3",
-                        help="kneser-ney discounts for counts 1, 2, >= 3 (default: estimated per "
-                             "offset from its counts-of-counts)")
-    parser.add_argument("--smoothing-search", choices=("auto", "on", "off"), default="auto",
-                        help="choose the smoothing strength (mu, or a scale on the discounts) "
-                             "of each offset on the calibration text before calibrating; only "
-                             "with calibration text and no --mu/--discount (default auto: "
-                             "Dirichlet only, searched Kneser-Ney measured worse once "
-                             "calibrated, BENCHMARKS.md section 8)")
-
-
-def _add_refining(p: argparse.ArgumentParser):
-    """The arguments of ``streamsolve refine`` (see `streamsolve.refine.refine_store`)."""
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3), finalized")
-    p.add_argument("train", nargs="+", metavar="TRAIN", help="training text files (shards)")
-    p.add_argument("--heldout", nargs="+", metavar="TEXT", required=True,
-                   help="held-out text files: early stopping keeps the best weights on them")
-    p.add_argument("--init", choices=("explicit", "random", "zeros"), default="explicit",
-                   help="start from the minimum-norm explicit weights (default), small random "
-                        "values (seeded) or zeros")
-    p.add_argument("--optimizer", choices=("adam", "sgd", "lbfgs"), default="adam",
-                   help="optimizer (default %(default)s)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_positive_int, metavar="N",
-                        help="stop after N optimizer steps")
-    length.add_argument("--epochs", type=_positive_int, metavar="E",
-                        help="passes over TRAIN (default 1 when --steps is not given)")
-    p.add_argument("--lr", type=_positive_float, metavar="X",
-                   help="learning rate (default 1e-3 adam, 0.1 sgd, 1 lbfgs)")
-    p.add_argument("--batch", type=_positive_int, default=256, metavar="B",
-                   help="positions per minibatch (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.0, metavar="X",
-                   help="L2 penalty (default 0); row-sparse: on the batch's rows only, "
-                        "decoupled (AdamW) for adam")
-    p.add_argument("--rank", type=_positive_int, metavar="D",
-                   help="refine rank-D factors (embedding V x D, output D x V) instead of "
-                        "dense V x V tables (needed when the dense tables do not fit)")
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="cpu (default) or cuda[:N]")
-    p.add_argument("--patience", type=_positive_int, default=5, metavar="K",
-                   help="stop after K held-out evaluations without improvement (default "
-                        "%(default)s)")
-    p.add_argument("--eval-every", type=_positive_int, default=100, metavar="N",
-                   help="steps between held-out evaluations (default %(default)s)")
-    p.add_argument("--max-seconds", type=_positive_float, metavar="S",
-                   help="stop training after S seconds of wall time")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the shuffle, random init and held-out sample (default 0)")
-    p.add_argument("--dense-updates", action="store_true",
-                   help="update every parameter each step; by default adam / sgd on dense "
-                        "tables update only the batch's context rows (row-sparse, faster)")
-    p.add_argument("--heldout-tokens", type=_positive_int, metavar="N",
-                   help="evaluate on a uniform sample (seeded) of N held-out positions, "
-                        "bounding the time of each evaluation (default: all)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="streamsolve",
-        description="Train single-layer softmax language models without backpropagation.")
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"streamsolve {__version__}",
-                        help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("count", help="stream a corpus into sparse counts (adds to an existing store)")
-    _add_counting(p)
-    _add_cluster_arguments(p)
-    _add_common(p)
-
-    p = sub.add_parser("finalize", help="compute explicit weights from a store's counts")
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
-    _add_finalizing(p)
-    p.add_argument("--calibrate", nargs="+", metavar="HELDOUT",
-                   help="held-out text to fit the R + 1 calibration scalars on")
-    _add_memory(p)
-    _add_locking(p)
-    _add_cluster_arguments(p, scheduler=True)
-    _add_common(p)
-
-    p = sub.add_parser("eval", help="held-out cross-entropy / perplexity of a finalized store")
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
-    p.add_argument("text", nargs="+", metavar="TEXT", help="held-out text files to score")
-    p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
-    _add_memory(p, "memory budget (e.g. 1GB): a quarter caches weight row blocks")
-    _add_common(p)
-
-    p = sub.add_parser("score", help="log-probabilities of text, one JSON line per document "
-                                     "(or token), then a summary line")
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
-    p.add_argument("text", nargs="*", metavar="TEXT", help="files, or - (default) for stdin")
-    p.add_argument("--per-token", action="store_true", help="one line per token")
-    p.add_argument("--uncalibrated", action="store_true", help="ignore calibration scalars")
-    _add_memory(p, "memory budget (e.g. 1GB): a quarter caches weight row blocks")
-    _add_common(p)
-
-    p = sub.add_parser("info", help="describe a store")
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
-    _add_common(p)
-
-    p = sub.add_parser("verify", help="check every block of a store against its checksums and "
-                                      "digests (exit 2 naming the damaged blocks)")
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
-    _add_common(p)
-
-    p = sub.add_parser("export", help="export counts (dense .npz), weights (safetensors or "
-                                      ".npz) or the tokenizer")
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
-    p.add_argument("out", metavar="OUT", nargs="?",
-                   help="output file (.npz or .safetensors) for --counts / --weights")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--counts", action="store_true",
-                      help="export counts_1..counts_R (V x V) and unigram to OUT.npz")
-    what.add_argument("--weights", action="store_true",
-                      help="export the weights: sparse + rank-one parts (any V) by default")
-    p.add_argument("--format", choices=("safetensors", "npz"),
-                   help="weights file format (default: from OUT's suffix, else safetensors)")
-    p.add_argument("--rank", type=_positive_int, metavar="D",
-                   help="weights as rank-D embedding/output factors of the min-norm blocks")
-    p.add_argument("--dense", action="store_true",
-                   help="weights as dense min-norm V x V tables (within --memory)")
-    _add_memory(p, "budget of --counts and --weights --dense (default: half the RAM)")
-    p.add_argument("--tokenizer", metavar="OUT.json", dest="tokenizer_out",
-                   help="also write the stored tokenizer JSON here")
-    _add_common(p)
-
-    p = sub.add_parser("generate", help="continue a prompt with a finalized store")
-    p.add_argument("store", help="store path or fsspec URL (Zarr v3)")
-    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: empty)")
-    p.add_argument("--tokens", type=_positive_int, default=20,
-                   help="tokens to generate (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of sampling (default 0)")
-    p.add_argument("--top-k", type=_positive_int, help="sample among the K most likely tokens")
-    p.add_argument("--top-p", type=float, help="sample among the most likely tokens whose "
-                                               "probability reaches P (nucleus, 0 < P <= 1)")
-    p.add_argument("--top", type=_positive_int, default=5,
-                   help="also show the top next tokens after the prompt")
-    _add_common(p)
-
-    p = sub.add_parser("refine", help="refine a finalized LM by backpropagation (PyTorch), "
-                                      "early-stopped on held-out text; writes a new weights version")
-    _add_refining(p)
-    _add_locking(p)
-    _add_common(p)
-
-    p = sub.add_parser("solve", help="count + finalize + calibrate + evaluate on a held-out part")
-    _add_counting(p, corpus_required=False)
-    _add_finalizing(p)
-    p.add_argument("--heldout", type=float, default=0.05,
-                   help="fraction of runs of 64 lines or 16 kB held out (default %(default)s)")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="do not fit the calibration scalars on the held-out part")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing streamsolve store (nothing else is ever deleted)")
-    _add_cluster_arguments(p)
-    _add_common(p)
-
-    p = sub.add_parser("cluster-script", help="print the batch job script --cluster would submit")
-    _add_memory(p, "memory of each batch job (default 4GiB)")
-    _add_jobqueue_arguments(p, required=True)
-    _add_common(p)
-    return parser
+    return build()
 
 
 def _setup_logging(args):
+    import logging
+
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -420,11 +73,14 @@ def _count_kwargs(args, storage_options) -> dict:
                 scheduler=args.scheduler, workers=args.workers,
                 memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
-                wait=args.wait, break_lock=args.break_lock)
+                wait=args.wait, break_lock=args.break_lock, force_memory=args.force_memory,
+                mode=args.mode)
 
 
 def run(args) -> dict:
     """Run a parsed command; returns its JSON-able result."""
+    from . import api
+
     so = _storage_options(args.storage_options)
     if args.command == "count":
         return api.count(args.corpus, args.store, **_count_kwargs(args, so)).summary()
@@ -432,23 +88,18 @@ def run(args) -> dict:
         model = api.finalize(args.store, form=args.form, smoothing=args.smoothing, mu=args.mu,
                              alpha=args.alpha, calibrate=args.calibrate, storage_options=so,
                              wait=args.wait, break_lock=args.break_lock, discount=args.discount,
-                             smoothing_search=_SEARCH[args.smoothing_search])
+                             smoothing_search=_SEARCH[args.smoothing_search], mode=args.mode)
         return {"store": args.store, **model.weights.params()}
     if args.command == "eval":
         result = api.evaluate(args.store, args.text, so, uncalibrated=args.uncalibrated,
                               memory=args.memory)
         return {"store": args.store, **result.to_dict()}
     if args.command == "score":
-        summary = None
-        for record in api.score(args.store, args.text, per_token=args.per_token,
-                                storage_options=so, uncalibrated=args.uncalibrated,
-                                memory=args.memory):
-            if record.get("summary"):
-                summary = record
-                break
-            sys.stdout.write(json.dumps(record) + "\n")
-        sys.stdout.flush()
-        return summary  # printed by main as the last JSON line
+        from .cli_output import write_records
+
+        return write_records(api.score(args.store, args.text, per_token=args.per_token,
+                                       storage_options=so, uncalibrated=args.uncalibrated,
+                                       memory=args.memory))  # the summary: printed last
     if args.command == "info":
         return api.info(args.store, so)
     if args.command == "verify":
@@ -468,10 +119,9 @@ def run(args) -> dict:
             if args.prompt else None
         if args.json:
             return {"prompt": args.prompt, "top_next": top_next, "continuation": "".join(pieces)}
-        for piece in pieces:  # streamed as generated
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        from .cli_output import write_pieces
+
+        write_pieces(pieces)
         return {"prompt": args.prompt, "top_next": top_next}
     if args.command == "refine":
         from .refine import refine_store
@@ -485,12 +135,18 @@ def run(args) -> dict:
                             eval_every=args.eval_every, max_seconds=args.max_seconds,
                             seed=args.seed, storage_options=so, wait=args.wait,
                             break_lock=args.break_lock, heldout_tokens=args.heldout_tokens,
-                            updates="dense" if args.dense_updates else "auto")
+                            updates="dense" if args.dense_updates else "auto", mode=args.mode)
     if args.command == "solve":
+        import logging
+
+        from .store.layout import StoreError
+        from .text.reading import BUILTIN_CORPUS
+
         corpus = args.corpus or [BUILTIN_CORPUS]
         if not args.corpus:
-            logger.info("no CORPUS given: using the embedded default corpus, CPython's own "
-                        "pydoc topic texts (pydoc_data.topics, about 0.5 MB)")
+            logging.getLogger(LOGGER).info(
+                "no CORPUS given: using the embedded default corpus, CPython's own pydoc "
+                "topic texts (pydoc_data.topics, about 0.5 MB)")
         if not args.overwrite and api.ModelStore(args.store, so).exists():
             raise StoreError(f"a store already exists at {args.store}: pass --overwrite to "
                              "replace it, or `streamsolve count` to add shards to it")
@@ -505,82 +161,75 @@ def run(args) -> dict:
 
 def _export(args, so) -> dict:
     """``streamsolve export``: counts, weights and/or the tokenizer."""
-    from . import export
+    from . import api, export
     from .engine.memory import parse_memory
 
     if not (args.counts or args.weights or args.tokenizer_out):
         raise ValueError("nothing to export: pass --counts, --weights or --tokenizer OUT.json")
     if (args.counts or args.weights) and not args.out:
         raise ValueError(f"--{'counts' if args.counts else 'weights'} needs an OUT path")
-    for out in (args.out, args.tokenizer_out):
-        if out and "://" not in out and os.path.isdir(out) and \
-                not api.is_inside_store(out, args.store, so):  # that one has its own message
-            raise ValueError(f"{out} is a directory: give a file path to write, e.g. "
-                             f"{os.path.join(out, 'model.safetensors')}")
+    outs = [out for out in (args.out, args.tokenizer_out) if out]
+    if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
+        raise ValueError(f"{outs[0]} is given twice: write the tokenizer to another file")
+    for out in outs:  # every output checked before anything is written
+        export.check_output(out, args.store, so, args.force)
     if not args.weights and (args.rank or args.dense or args.format):
         raise ValueError("--format, --rank and --dense apply to --weights only")
     if args.memory and not (args.counts or args.weights):
         raise ValueError("--memory applies to --counts and --weights only")
     result = {}
     if args.counts:
-        result = api.export_counts(args.store, args.out, so, args.memory)
+        result = api.export_counts(args.store, args.out, so, args.memory, force=args.force)
     if args.weights:
         budget = parse_memory(args.memory) if args.memory else None
         result = export.export_weights(args.store, args.out, args.format, args.rank,
-                                       args.dense, budget, so)
+                                       args.dense, budget, so, force=args.force)
     if args.tokenizer_out:
-        result.update(export.export_tokenizer(args.store, args.tokenizer_out, so))
+        result.update(export.export_tokenizer(args.store, args.tokenizer_out, so,
+                                              force=args.force))
     return result
 
 
-class Terminated(SystemExit):
-    """SIGTERM, raised in the main thread so that a run unwinds as on Ctrl-C (exit 143)."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(128 + signum)
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    """Within: SIGTERM unwinds the command (locks released, spill files removed)."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv=None) -> int:
-    """Entry point of the ``streamsolve`` command."""
+    """Entry point of the ``streamsolve`` command: its exit status (0, 2 for errors the
+    user can fix, 130 after Ctrl-C, 143 after SIGTERM; 0 when stdout is closed early)."""
+    try:
+        from .cli_process import run_guarded
+
+        return run_guarded(lambda command: _main(argv, command))
+    except KeyboardInterrupt:  # before the guard was up
+        print("streamsolve: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv, command) -> int:
+    """Parse, run and print one command (inside `run_guarded`)."""
     # Tokenizers run in Dask threads (and spawned, not forked, processes): keep the
     # tokenizer's own thread pool, and say so explicitly to silence its fork warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    import json
+    import logging
+
+    from .cli_output import print_human
+    from .engine import cluster
+    from .engine.memory import check_memory
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    command.label = f"streamsolve {args.command}"
     _setup_logging(args)
-    try:
-        with _sigterm_unwinds():
-            if args.command == "cluster-script" or cluster.wants_cluster(args):
-                result = cluster.execute(args, run)  # the command runs as a job on the cluster
-            else:
-                cluster.check_locations(args)
-                result = run(args)
-    except USER_ERRORS as exc:
-        logger.debug("error", exc_info=True)
+    remote = args.command == "cluster-script" or cluster.wants_cluster(args)
+    try:  # a job's --memory is checked against its workers' limits where it runs
+        check_memory(getattr(args, "memory", None), getattr(args, "force_memory", False),
+                     remote=remote)
+        if remote:
+            result = cluster.execute(args, run)  # the command runs as a job on the cluster
+        else:
+            result = cluster.run_checked(args, run)
+    except user_errors() as exc:
+        logging.getLogger(LOGGER).debug("error", exc_info=True)
         print(f"streamsolve {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"streamsolve {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as exc:
-        print(f"streamsolve {args.command}: terminated", file=sys.stderr)
-        return exc.code
     if args.json:
         print(json.dumps(result, default=str))
     else:

@@ -1,8 +1,32 @@
-"""Human output of the command line: the `solve` summary, `info` with its history, and the rest."""
+"""Human output of the command line: the `solve` summary, `info` with its history, and the
+rest; and the records and text that `score` and `generate` stream to stdout."""
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterable
+
+
+def write_records(records: Iterable[dict]) -> dict | None:
+    """Write records as JSON lines to stdout as they come, up to the summary record, which
+    is returned (the caller prints it last)."""
+    summary = None
+    for record in records:
+        if record.get("summary"):
+            summary = record
+            break
+        sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+    return summary
+
+
+def write_pieces(pieces: Iterable[str]):
+    """Write text to stdout piece by piece as it is generated, then a newline."""
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 def print_human(command: str, result: dict):
@@ -158,7 +182,7 @@ def describe_refined(provenance: dict) -> str:
 
 
 def describe_smoothing(values: dict | None) -> str:
-    """One line for `api.smoothing_values` (``info``'s ``smoothing``)."""
+    """One line for `core.smoothing.smoothing_values` (``info``'s ``smoothing``)."""
     if not values:
         return "None (not finalized)"
     parts = [f"{values.get('smoothing')} ({values.get('form')} form)"]

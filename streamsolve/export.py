@@ -17,29 +17,168 @@ configuration and the weight parameters as JSON in the metadata:
 
 The format follows the file name (``.npz``) unless given. In an ``.npz`` the metadata is
 the JSON string ``__metadata__`` (a unicode array: ``np.load(allow_pickle=False)`` reads it).
+
+Every output is written through `replacing_output`: an existing file is never replaced
+unless ``force``, and the bytes go to a temporary file beside the output, renamed into place
+only once complete, so a write error (a full disk), Ctrl-C or a damaged store leaves no
+partial output and any previous one as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import uuid
 from collections.abc import Sequence
 import json
 import logging
 
 import numpy as np
 import scipy.sparse as sp
+from fsspec.core import url_to_fs
 
 from .core.dense_lm import RefinedWeights
 from .core.warm_start import check_dense_fits, min_norm_weights
 from .extras import TORCH_HINT
 from .engine.memory import parse_memory
-from .store.location import is_inside_store
+from .store.layout import is_disk_full
+from .store.location import is_inside_store, is_local, zarr_location
 from .store.model_store import ModelStore
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("safetensors", "npz")
 LAYOUT_VERSION = "streamsolve-weights/1"
+
+
+class OutputError(RuntimeError):
+    """An export output that exists (and ``force`` was not given), or cannot be written."""
+
+
+def check_output(out: str, store: str, storage_options: dict | None = None,
+                 force: bool = False):
+    """Refuse, before any work, an output inside the store, a directory, ``-``, or (unless
+    ``force``) an existing file.
+
+    Raises
+    ------
+    ValueError, OutputError
+    """
+    if is_inside_store(out, store, storage_options):
+        raise ValueError(f"refusing to export to {out}: it is inside the store {store} and "
+                         "would overwrite the store's own files; write it somewhere else")
+    if str(out) == "-":
+        raise ValueError("export writes files: give an output path (- is not stdout here)")
+    if is_local(out):
+        path = zarr_location(out)
+        if os.path.isdir(path):
+            raise ValueError(f"{out} is a directory: give a file path to write, e.g. "
+                             f"{os.path.join(out, 'model.safetensors')}")
+        exists = os.path.lexists(path)
+    else:
+        fs, path = url_to_fs(out, **(storage_options or {}))
+        exists = fs.exists(path)
+    if exists and not force:
+        raise OutputError(f"{out} already exists: refusing to replace it (nothing was "
+                          "written); pass --force to replace it, or choose another path")
+
+
+def _write_error(out: str, exc: OSError) -> OutputError:
+    why = "the disk is full" if is_disk_full(exc) else (exc.strerror or str(exc))
+    return OutputError(f"cannot write {out}: {why}; no partial output was left and an "
+                       f"existing {out} is unchanged: free space or choose another path")
+
+
+class _Output:
+    """A binary file handle whose write errors are `OutputError` (one line for the user),
+    so they are told apart from errors reading the store."""
+
+    def __init__(self, handle, out: str):
+        self._handle, self._out = handle, out
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            raise _write_error(self._out, exc) from exc
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+@contextlib.contextmanager
+def replacing_output(out: str, storage_options: dict | None = None, force: bool = False):
+    """A binary handle to write ``out`` through; the output appears only if the block
+    completes.
+
+    Local: a temporary ``.NAME.<token>.partial`` beside ``out``, flushed to disk, then
+    linked to ``out`` (which fails if a file appeared there meanwhile) or, with ``force``,
+    renamed over it. URLs: a temporary object beside ``out``, moved into place (the check for
+    an existing object is made just before). On any failure the temporary is removed.
+    """
+    if not is_local(out):
+        with _replacing_object(out, storage_options, force) as handle:
+            yield handle
+        return
+    path = os.path.abspath(zarr_location(out))
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        handle = open(temp, "xb")
+    except OSError as exc:
+        raise _write_error(out, exc) from exc
+    try:
+        yield _Output(handle, out)
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        except OSError as exc:
+            raise _write_error(out, exc) from exc
+        _publish(temp, path, out, force)
+    finally:
+        with contextlib.suppress(OSError):  # after a failed write, closing fails again
+            handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def _publish(temp: str, path: str, out: str, force: bool):
+    """Put the complete ``temp`` at ``path``: never over a file unless ``force``."""
+    try:
+        if force:
+            os.replace(temp, path)
+            return
+        try:
+            os.link(temp, path)  # atomic, and refuses a file that appeared meanwhile
+        except FileExistsError:
+            raise OutputError(f"{out} appeared while it was being written: it was left as "
+                              "it is; pass --force to replace it") from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(path):
+                raise OutputError(f"{out} appeared while it was being written: it was left "
+                                  "as it is; pass --force to replace it") from None
+            os.rename(temp, path)
+    except OSError as exc:
+        raise _write_error(out, exc) from exc
+
+
+@contextlib.contextmanager
+def _replacing_object(out: str, storage_options: dict | None, force: bool):
+    fs, path = url_to_fs(out, **(storage_options or {}))
+    temp = f"{path}.{uuid.uuid4().hex[:12]}.partial"
+    try:
+        with fs.open(temp, "wb") as handle:
+            yield _Output(handle, out)
+        if not force and fs.exists(path):
+            raise OutputError(f"{out} appeared while it was being written: it was left as "
+                              "it is; pass --force to replace it")
+        fs.mv(temp, path)
+    finally:
+        with contextlib.suppress(Exception):
+            if fs.exists(temp):
+                fs.rm(temp)
 
 
 def _format_of(out: str, fmt: str | None) -> str:
@@ -158,7 +297,8 @@ def refined_weight_arrays(weights: RefinedWeights, layout: str) -> tuple[dict, d
 
 def export_weights(store: str, out: str, fmt: str | None = None, rank: int | None = None,
                    dense: bool = False, max_bytes: int | None = None,
-                   storage_options: dict | None = None, allow_stale: bool = False) -> dict:
+                   storage_options: dict | None = None, allow_stale: bool = False,
+                   force: bool = False) -> dict:
     """Write a store's weights to ``out`` (safetensors or .npz).
 
     Parameters
@@ -174,20 +314,19 @@ def export_weights(store: str, out: str, fmt: str | None = None, rank: int | Non
     dense : bool
         Write the dense minimum-norm tables (``"dense"``), within ``max_bytes`` (default half
         the RAM).
+    force : bool
+        Replace an existing ``out`` (refused otherwise, before any work).
 
     Returns
     -------
     dict
         ``out``, ``format``, ``layout``, ``arrays`` (names), ``bytes``.
     """
-    import fsspec
-
     from .language_model import LanguageModel
 
     if rank is not None and dense:
         raise ValueError("--rank and --dense are two layouts: pass one of them")
-    if is_inside_store(out, store, storage_options):
-        raise ValueError(f"refusing to export to {out}: it is inside the store {store}")
+    check_output(out, store, storage_options, force)
     fmt = _format_of(out, fmt)
     weights = LanguageModel.open(store, storage_options, allow_stale=allow_stale).weights
     layout = "low-rank" if rank is not None else "dense" if dense else "sparse-rank-one"
@@ -198,7 +337,7 @@ def export_weights(store: str, out: str, fmt: str | None = None, rank: int | Non
     arrays, metadata = weight_arrays(weights, layout, rank, max_bytes)
     layout = metadata["layout"]  # refined weights are exported as stored
     payload = _serialise(arrays, metadata, fmt)
-    with fsspec.open(out, "wb", **(storage_options or {})) as handle:
+    with replacing_output(out, storage_options, force) as handle:
         handle.write(payload)
     logger.info("exported %s weights (%s) to %s: %d arrays, %d bytes", layout, fmt, out,
                 len(arrays), len(payload))
@@ -206,18 +345,15 @@ def export_weights(store: str, out: str, fmt: str | None = None, rank: int | Non
             "bytes": len(payload)}
 
 
-def export_tokenizer(store: str, out: str, storage_options: dict | None = None) -> dict:
-    """Write the store's tokenizer JSON (as stored, checksum verified) to ``out``."""
-    import fsspec
-
-    from .store.model_store import ModelStore
-
-    if is_inside_store(out, store, storage_options):
-        raise ValueError(f"refusing to export to {out}: it is inside the store {store}")
-    text = ModelStore(store, storage_options).snapshot().tokenizer_text()
-    with fsspec.open(out, "w", encoding="utf-8", **(storage_options or {})) as handle:
-        handle.write(text)
-    return {"tokenizer": out, "bytes": len(text.encode("utf-8"))}
+def export_tokenizer(store: str, out: str, storage_options: dict | None = None,
+                     force: bool = False) -> dict:
+    """Write the store's tokenizer JSON (as stored, checksum verified) to ``out`` (an
+    existing file only with ``force``)."""
+    check_output(out, store, storage_options, force)
+    data = ModelStore(store, storage_options).snapshot().tokenizer_text().encode("utf-8")
+    with replacing_output(out, storage_options, force) as handle:
+        handle.write(data)
+    return {"tokenizer": out, "bytes": len(data)}
 
 
 def dense_export_bytes(vocab_size: int, nnz: Sequence[int]) -> int:
@@ -229,7 +365,7 @@ def dense_export_bytes(vocab_size: int, nnz: Sequence[int]) -> int:
 
 
 def export_counts(store: str, out: str, storage_options: dict | None = None,
-                  memory: str | int | None = None) -> dict:
+                  memory: str | int | None = None, force: bool = False) -> dict:
     """Write dense ``counts_1..counts_R`` (V x V) and ``unigram`` to an ``.npz`` file.
 
     The blocks are densified and written one at a time (compressed), so the memory needed
@@ -239,20 +375,21 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
     ----------
     memory : str or int, optional
         The memory budget (``--memory``: ``2GB``, ``80%``...; default half the RAM).
+    force : bool
+        Replace an existing ``out`` (refused otherwise, before any work).
 
     Raises
     ------
     ValueError
         If the export would need more memory than ``memory``.
+    OutputError
+        If ``out`` exists (without ``force``) or cannot be written; no partial file is left.
     """
     import zipfile
 
-    import fsspec
     from dask.utils import format_bytes
 
-    if is_inside_store(out, store, storage_options):
-        raise ValueError(f"refusing to export to {out}: it is inside the store {store} and would "
-                         "overwrite the store's own files; write the .npz somewhere else")
+    check_output(out, store, storage_options, force)
     model_store = ModelStore(store, storage_options).snapshot()  # unigram and pairs agree
     config = model_store.config
     V = config.vocab_size
@@ -265,7 +402,7 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
             f"{format_bytes(budget)}: raise --memory, or read them sparse in Python with "
             f"streamsolve.ModelStore({store!r}).read_count_block(r) (a scipy CSR array)")
     names = ["unigram"] + [f"counts_{r + 1}" for r in range(config.n_blocks)]
-    with fsspec.open(out, "wb", **(storage_options or {})) as handle, \
+    with replacing_output(out, storage_options, force) as handle, \
             zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
         for r, name in enumerate(names, start=-1):  # what np.savez_compressed writes
             array = model_store.read_unigram() if r < 0 else \

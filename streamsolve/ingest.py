@@ -30,21 +30,23 @@ import time
 from collections.abc import Sequence
 
 from .core.counting import CountConfig
-from .engine.memory import (PLAN_SHARE, format_bytes, line_bytes_for, make_plan,
-                             run_budget, tune_allocator)
+from .engine.memory import (PLAN_SHARE, check_memory, check_vocab_fits, format_bytes,
+                             line_bytes_for,
+                             make_plan, run_budget, tune_allocator)
 from .engine.progress import PeakMemory, Stage
 from .engine.runtime import Runtime, delayed
 from .engine.spill import PartialCounts
 from .engine.tasks import ShardResult, count_graph, write_graph
-from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError, is_disk_full
+from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError, write_failure
 from .store.location import creatable_location
 from .store.manifest import IngestPlan, manifest_entries, plan_ingest, record_aliases  # noqa: F401
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
 from .text.reading import DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, read_sample
 from .text.shards import expand_shards, file_digests, hash_batches, shard_sizes
-from .text.tokenizer import (find_bos, load_tokenizer, tokenizer_from_json, tokenizer_hash,
-                             tokenizer_json, train_bpe, vocab_size_of)
+from .text.tokenizer import (check_vocab_size, find_bos, load_tokenizer, tokenizer_from_json,
+                             tokenizer_hash, tokenizer_json, vocab_size_of)
+from .text.training_process import train_bpe_in_subprocess
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class IngestOptions:
     allow_changed: bool = False
     memory: str | int | None = None
     tmp: str | None = None
+    force_memory: bool = False  # accept a budget above the machines' memory or below a process's
 
 
 @dataclasses.dataclass
@@ -134,6 +137,8 @@ def run(corpus: Sequence[str] | str, store: str, options: IngestOptions, lock) -
     # its own heap arena on its first malloc.
     tune_allocator()
     with Runtime(options.scheduler, options.workers, worker_setup=tune_allocator) as runtime:
+        if runtime.client is not None:  # the ceiling is the workers' limits, known from here
+            check_memory(options.memory, options.force_memory, runtime.worker_memory_limits())
         # the Runtime first: on a cluster the line bound comes from the workers' limits
         setup = configure(corpus, store, options, runtime.worker_memory_limits(),
                           runtime.worker_threads if runtime.client is not None else None)
@@ -166,7 +171,7 @@ def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: R
         skipped_entries = setup.special + [s for s in new.shards if s["skipped"]]
         if new.tokens == 0 and not result.heldout:
             _remove_spill(new)
-            raise CorpusError("no text found in the corpus (all shards empty or binary): "
+            raise CorpusError("no text found in the corpus (all shards empty, binary or not text): "
                               + ", ".join(setup.paths))
         model_store = _write_generation(setup, new, plan.aliases, lock, runtime)
         worker_peaks = runtime.worker_peaks()
@@ -211,10 +216,11 @@ def configure(corpus, store: str, options: IngestOptions, worker_limits: Sequenc
               workers: int | None = None) -> IngestSetup:
     """Stage 1/5: expand the corpus, read or check the store's configuration, get the tokenizer.
 
-    Arguments are checked (shards named, radius, the store's location) before the stage's
-    banner: a mistake fails with its one-line message only. ``worker_limits`` and
-    ``workers`` (a cluster's memory limits and threads, see `store_line_bytes`) size the
-    line bound of a new store.
+    Arguments are checked (shards named, radius, vocabulary size, the store's location)
+    before the stage's banner: a mistake fails with its one-line message only.
+    ``worker_limits`` and ``workers`` (a cluster's memory limits and threads, see
+    `store_line_bytes`) size the line bound of a new store and its largest vocabulary
+    (`check_vocab_fits`, also for a tokenizer file once loaded).
     """
     storage_options = options.storage_options
     paths, special = expand_shards(corpus, storage_options, exclude=[store])
@@ -234,6 +240,11 @@ def configure(corpus, store: str, options: IngestOptions, worker_limits: Sequenc
     aggregation = aggregation or "cat"
     if not isinstance(radius, int) or not 1 <= radius <= MAX_RADIUS:
         raise ValueError(f"radius must be an integer >= 1 and <= {MAX_RADIUS}, got {radius!r}")
+    fits = dict(memory=options.memory, worker_limits=worker_limits,
+                workers=workers or options.workers or os.cpu_count() or 1)
+    if not existing and options.tokenizer is None and options.vocab_size is not None:
+        check_vocab_size(options.vocab_size, "--vocab-size")
+        check_vocab_fits(options.vocab_size, f"--vocab-size {options.vocab_size}", **fits)
     read_meta = {"documents": options.documents, "text_field": options.text_field,
                  "max_line_bytes": store_line_bytes(model_store if existing else None,
                                                     options, worker_limits, workers)}
@@ -244,11 +255,14 @@ def configure(corpus, store: str, options: IngestOptions, worker_limits: Sequenc
         tok, bos, bos_id = resolve_tokenizer(paths, model_store if existing else None,
                                              options.tokenizer, options.vocab_size, read_options,
                                              options.bos_token)
+        V = vocab_size_of(tok)
+        if options.tokenizer is not None:
+            check_vocab_fits(V, f"the tokenizer {options.tokenizer} ({V} token ids)", **fits)
         text = (tokenizer_json(tok) if not existing or options.tokenizer is not None
                 else model_store.tokenizer_text())
         sha = tokenizer_hash(text)
         # a BOS reserved past the vocabulary (bos None) is one more id: V + 1
-        config = CountConfig(vocab_size_of(tok) + (bos is None), radius, aggregation, bos_id)
+        config = CountConfig(V + (bos is None), radius, aggregation, bos_id)
         if existing:
             model_store.check_compatible(config, sha, read_meta)
         rows = model_store.meta["rows_per_block"] if existing else options.rows_per_block
@@ -287,7 +301,7 @@ def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer:
         vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
         logger.info("training a byte-level BPE tokenizer (vocab-size %d) on a %d MB sample",
                     vocab_size, sample_bytes >> 20)
-        tok = train_bpe(read_sample(paths, sample_bytes, read_options), vocab_size)
+        tok = train_bpe_in_subprocess(read_sample(paths, sample_bytes, read_options), vocab_size)
     bos, bos_id = find_bos(tok, bos_token)
     return tok, bos, bos_id
 
@@ -489,12 +503,9 @@ def _write_generation(setup: IngestSetup, new, aliases: list, lock,
         raise
     except OSError as exc:
         model_store.discard_uncommitted()
-        full = is_disk_full(exc)
-        reason = "the disk is full" if full else str(exc)
-        fix = "free space" if full else "fix that"
-        raise StoreError(f"writing the counts to {model_store.url} failed: {reason}. The store "
-                         "is unchanged (partial data is never read, and is removed now or by "
-                         f"the next ingest); {fix} and run the same command again.") from exc
+        raise write_failure(exc, f"writing the counts to {model_store.url}",
+                            "The store is unchanged (partial data is never read, and is removed "
+                            "now or by the next ingest)") from exc
     return model_store
 
 
@@ -539,6 +550,8 @@ def write_row_blocks(transaction, partial: PartialCounts, base: int | None,
     ------
     StoreCorruptError
         When a block of the base generation is damaged (after every task has finished).
+    OSError
+        When a row block could not be written (after every task has finished).
     """
     spill = partial.spill_directory
     with Stage("k-way merge + write row blocks", 4, STAGES) as stage:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from .core.calibration import logsumexp  # noqa: F401 (logsumexp: public here too)
+from .core.positions import as_piece, grouped_piece_positions, sample_index, sampled_positions
 from .core.scoring import fit_calibration_scored
 from .core.weights import ExplicitWeights
 from .text.tokenizer import is_tokenizer_panic, panic_error
@@ -34,60 +35,21 @@ PROGRESS_SECONDS = 30.0
 CALIBRATION_POSITIONS = 1 << 15
 
 
-def contexts_and_targets(documents: Iterable[np.ndarray], radius: int,
-                         bos_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(contexts (n, R), targets (n,))`` for each document, BOS-padded."""
-    for doc in documents:
-        doc = np.asarray(doc, dtype=np.int64)
-        if doc.size == 0:
-            continue
-        padded = np.concatenate([np.full(radius, bos_id, dtype=np.int64), doc])
-        positions = np.arange(radius, padded.size)
-        contexts = np.stack([padded[positions - r] for r in range(1, radius + 1)], axis=1)
-        yield contexts, doc
-
-
-def _piece(item) -> tuple[np.ndarray, bool]:
-    """``(ids, starts)`` of a stream item: a document's ids, or a piece ``(ids, starts)``."""
-    if isinstance(item, tuple):
-        return np.asarray(item[0], dtype=np.int64), bool(item[1])
-    return np.asarray(item, dtype=np.int64), True
-
-
 def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(contexts, targets)`` of consecutive positions of the documents, ``batch`` at a time
-    (the last one shorter).
-
-    An item is a document's ids, or a piece ``(ids, starts)`` of one (`_piece`): a piece that
-    does not start a document continues the one before, its first positions seeing that
-    document's last ``radius`` tokens, so a long document streamed in pieces gives the
-    positions of the whole. Contexts are built for groups of about ``batch`` tokens at once
-    (`piece_positions`); a longer piece is taken ``batch`` tokens at a time.
-    """
-    group, starts, size = [], [], 0
-    history = np.zeros(0, dtype=np.int64)  # the last tokens of the document the group continues
+    (the last one shorter); the positions of a group of about ``batch`` tokens are built at
+    once (`streamsolve.core.positions.grouped_piece_positions`), not document by document.
+    An item is a document's ids, or a piece ``(ids, starts)`` of one: a piece that does not
+    start a document continues the one before, so a long document streamed in pieces
+    gives the positions of the whole."""
     carry_ctx = np.zeros((0, radius), dtype=np.int64)
     carry_tgt = np.zeros(0, dtype=np.int64)
-    begin = True  # the next non-empty piece starts a document (an empty one may have started it)
-    for item in documents:
-        ids, piece_starts = _piece(item)
-        begin = begin or piece_starts
-        for start in range(0, ids.size, batch):
-            group.append(ids[start:start + batch])
-            starts.append(begin and start == 0)
-            size += group[-1].size
-            if size + carry_tgt.size >= batch:
-                ctx, tgt, history = piece_positions(group, starts, radius, bos_id, history)
-                ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
-                full = tgt.size - tgt.size % batch
-                for at in range(0, full, batch):
-                    yield ctx[at:at + batch], tgt[at:at + batch]
-                carry_ctx, carry_tgt = ctx[full:], tgt[full:]
-                group, starts, size = [], [], 0
-        begin = begin and ids.size == 0
-    if group:
-        ctx, tgt, _ = piece_positions(group, starts, radius, bos_id, history)
-        carry_ctx, carry_tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+    for ctx, tgt in grouped_piece_positions(documents, radius, bos_id, batch):
+        ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
+        full = tgt.size - tgt.size % batch
+        for start in range(0, full, batch):
+            yield ctx[start:start + batch], tgt[start:start + batch]
+        carry_ctx, carry_tgt = ctx[full:], tgt[full:]
     if carry_tgt.size:
         yield carry_ctx, carry_tgt
 
@@ -116,7 +78,7 @@ def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
             group, size = [], 0
             for doc in documents:
                 group.append(doc)
-                size += len(_piece(doc)[0])
+                size += len(as_piece(doc)[0])
                 if size >= tokens:
                     if not put(group):
                         return
@@ -139,36 +101,6 @@ def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
             yield from item
     finally:
         stop.set()
-
-
-def _group_positions(docs: list, radius: int, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """`contexts_and_targets` of non-empty documents, concatenated (vectorized)."""
-    contexts, targets, _ = piece_positions(docs, [True] * len(docs), radius, bos_id)
-    return contexts, targets
-
-
-def piece_positions(pieces: list, starts: list, radius: int, bos_id: int,
-                     history: np.ndarray | None = None):
-    """Contexts and targets of non-empty pieces, concatenated (vectorized), and the last
-    ``radius`` tokens of the last piece's document (the ``history`` of the next group).
-
-    A piece whose ``starts`` is False continues the document of the piece before it; the
-    first piece then continues the document whose last tokens are ``history`` (at most
-    ``radius`` of them, none from an earlier document).
-    """
-    targets = np.concatenate(pieces)
-    history = np.zeros(0, dtype=np.int64) if history is None else history
-    known = np.concatenate([history, targets]) if history.size else targets
-    lengths = np.fromiter((p.size for p in pieces), dtype=np.int64, count=len(pieces))
-    piece_start = np.cumsum(lengths) - lengths + history.size
-    document_start = np.maximum.accumulate(np.where(starts, piece_start, 0))
-    position = np.arange(history.size, known.size)
-    offset = position - np.repeat(document_start, lengths)  # position in its document
-    contexts = np.empty((targets.size, radius), dtype=np.int64)
-    for r in range(1, radius + 1):
-        contexts[:, r - 1] = np.where(offset >= r, known[np.maximum(position - r, 0)], bos_id)
-    tail = known[max(int(document_start[-1]), known.size - radius):]
-    return contexts, targets, tail
 
 
 @dataclasses.dataclass
@@ -292,7 +224,7 @@ class LanguageModel:
         Logs tokens/s (and, when ``documents`` has a length, an ETA) every
         `PROGRESS_SECONDS` on long runs. ``keep = (index, out)``: ``out[k]`` receives the
         log-probability of the position ``index[k]`` (ascending, counted over all the
-        documents' tokens in order, as `calibration_index` counts them).
+        documents' tokens in order, as `calibration_keep` counts them).
         """
         expected = sum(len(d) for d in documents) if isinstance(documents, Sequence) else None
         total, tokens = 0.0, 0
@@ -430,7 +362,7 @@ class LanguageModel:
         its result is kept only if the sample's loss does not go up.
 
         ``start_log_probs``: the uncalibrated model's log-probabilities of the sampled
-        positions (`calibration_index` order, e.g. kept by `evaluate_ids` from the raw
+        positions (`calibration_keep` order, e.g. kept by `evaluate_ids` from the raw
         evaluation), which spares the fit its loss pass at the start. ``check=False``: the
         fit's last step is not confirmed by a loss pass either; the caller must check the
         sample's loss at the result (as `streamsolve.api.calibrate_checked` does from its
@@ -442,7 +374,8 @@ class LanguageModel:
             A model with calibrated weights.
         """
         weights = self.weights.uncalibrated()
-        ctx, tgt = sample_positions(documents, self.config.radius, self.bos_id, sample_size, seed)
+        ctx, tgt = sampled_positions(documents, self.config.radius, self.bos_id, sample_size,
+                                     seed)
         start = None
         at_start = np.array_equal(np.r_[self.weights.beta, self.weights.gamma],
                                   np.r_[weights.beta, weights.gamma])
@@ -468,37 +401,12 @@ class LanguageModel:
                              self.bos_id)
 
 
-def calibration_index(documents: Sequence[np.ndarray], sample_size: int,
-                      seed: int = 0) -> np.ndarray:
-    """The positions `sample_positions` draws (ascending, over all the documents' tokens
-    in order)."""
-    total = int(sum(len(d) for d in documents))
-    if total == 0:
-        raise ValueError("no held-out tokens to calibrate on")
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(total, size=min(sample_size, total), replace=False))
-
-
 def calibration_keep(documents: Sequence[np.ndarray],
                      sample_size: int = CALIBRATION_POSITIONS, seed: int = 0):
     """``(index, out)`` for `LanguageModel.evaluate_ids` to keep the log-probabilities of the
-    positions `LanguageModel.calibrate` will draw (None when there are no tokens)."""
+    positions `LanguageModel.calibrate` will draw (`streamsolve.core.positions.sample_index`,
+    ascending over all the documents' tokens in order; None when there are no tokens)."""
     if not any(len(d) for d in documents):
         return None
-    index = calibration_index(documents, sample_size, seed)
+    index = sample_index(int(sum(len(d) for d in documents)), sample_size, seed)
     return index, np.empty(index.size)
-
-
-def sample_positions(documents: Sequence[np.ndarray], radius: int, bos_id: int,
-                     sample_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Draw up to ``sample_size`` (context, target) positions uniformly across documents."""
-    lengths = np.asarray([len(d) for d in documents], dtype=np.int64)
-    chosen = calibration_index(documents, sample_size, seed)
-    ends = np.cumsum(lengths)
-    doc_index = np.searchsorted(ends, chosen, side="right")
-    within = chosen - (ends - lengths)[doc_index]
-    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents])
-    ctx = np.empty((chosen.size, radius), dtype=np.int64)
-    for r in range(1, radius + 1):
-        ctx[:, r - 1] = np.where(within >= r, flat[np.maximum(chosen - r, 0)], bos_id)
-    return ctx, flat[chosen]

@@ -310,23 +310,13 @@ def text_positions(paths: Sequence[str], model, read_meta: dict,
     ``model`` is a `LanguageModel` (its tokenizer, radius and BOS id); ``read_meta`` the
     store's ``read_options`` (documents mode, text field, line bound).
     """
+    from .core.positions import grouped_positions
     from .documents import iter_token_documents
-    from .language_model import _group_positions
 
     docs = iter_token_documents(paths, model, read_meta.get("documents", "blank-line"),
                                 read_meta.get("text_field", "text"), storage_options, None,
                                 read_meta.get("max_line_bytes"))
-    group, size = [], 0
-    for doc in docs:
-        if len(doc) == 0:
-            continue
-        group.append(np.asarray(doc, dtype=np.int64))
-        size += len(doc)
-        if size >= group_tokens:
-            yield _group_positions(group, model.config.radius, model.bos_id)
-            group, size = [], 0
-    if group:
-        yield _group_positions(group, model.config.radius, model.bos_id)
+    yield from grouped_positions(docs, model.config.radius, model.bos_id, group_tokens)
 
 
 def position_batches(positions, batch: int, epochs: int | None = 1,
@@ -417,7 +407,8 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
                  max_seconds: float | None = None, seed: int = 0,
                  shuffle_positions: int = SHUFFLE_POSITIONS, updates: str = "auto",
                  heldout_tokens: int | None = None, storage_options: dict | None = None,
-                 wait: bool | float = False, break_lock: bool = False) -> dict:
+                 wait: bool | float = False, break_lock: bool = False,
+                 mode: int | str | None = None) -> dict:
     """Refine a finalized store's LM by backpropagation and commit the best weights.
 
     The writer lock is taken only for the commit, which refuses when the store's weights
@@ -426,6 +417,7 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
     0.1 (sgd), 1 (lbfgs). ``updates``: as `fit` (``--dense-updates`` is ``"dense"``).
     ``heldout_tokens``: evaluate on a uniform sample (seeded by ``seed``) of this many
     held-out positions, so that each evaluation costs a bounded time (None: all).
+    ``mode``: of the store's files on a local disk (`streamsolve.store.permissions`).
 
     Returns
     -------
@@ -433,6 +425,9 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
         The new weights version, the start and best held-out CE, the curve and the
         provenance recorded.
     """
+    from .store.permissions import parse_mode
+
+    mode = None if mode is None else parse_mode(mode)  # before any work
     torch = import_torch()
     resolved = torch_device(torch, device)  # CUDA without CUDA: one line, before any work
     from .core.dense_lm import RefinedWeights
@@ -505,21 +500,24 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
                   "heldout_tokens": int(held[1].shape[0]), "heldout_positions": heldout_total,
                   "curve": [list(point) for point in result.curve]}
     weights_id = _commit(store, storage_options, module, provenance, start_weights, wait,
-                         break_lock)
+                         break_lock, mode)
     return {"store": store, "weights_id": weights_id, **provenance}
 
 
-def _commit(store, storage_options, module, provenance, start_weights, wait, break_lock) -> str:
+def _commit(store, storage_options, module, provenance, start_weights, wait, break_lock,
+            mode=None) -> str:
     from .store.layout import StoreError
     from .store.location import check_writable
     from .store.locking import StoreLock
     from .store.model_store import ModelStore
+    from .store.permissions import store_file_mode
     from .store.refined_weights import commit_refined
 
     arrays = module_arrays(module)
     check_writable(str(store))
     # the store's lock itself, not api's re-entrant wrapper: api.refine imports this module
-    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="refine"):
+    with StoreLock(store, storage_options, wait=wait, break_lock=break_lock, command="refine"), \
+            store_file_mode(store, mode):
         target = ModelStore(store, storage_options)
         current = target.meta.get("weights") or {}
         if current.get("id") != start_weights["id"] or \

@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from .core.positions import piece_positions
 from .documents import trimmed_heap
-from .language_model import LanguageModel, piece_positions
+from .language_model import LanguageModel
 from .text.reading import DEFAULT_BLOCK_BYTES, ReadOptions, ReadStats, iter_document_pieces
 from .text.shards import expand_corpus
 

@@ -10,6 +10,54 @@ from pathlib import Path
 
 import pytest
 
+TIME_SCALE_ENV = "STREAMSOLVE_TEST_TIME_SCALE"
+
+
+def time_scale() -> float:
+    """How many times longer than on a quiet machine a test should allow for, right now.
+
+    ``max(1, one-minute load average / cores)``, times ``$STREAMSOLVE_TEST_TIME_SCALE``
+    (default 1; e.g. 3 on a slow emulated machine). Read at each call, so a test started
+    while the machine is busy gets more time.
+    """
+    factor = 1.0
+    raw = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if raw:
+        try:
+            factor = float(raw)
+        except ValueError:
+            factor = float("nan")
+        if not 0 < factor < float("inf"):
+            raise pytest.UsageError(f"{TIME_SCALE_ENV}={raw!r}: must be a positive number "
+                                    "(a factor on every time limit in the tests, e.g. 2)")
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        load = 0.0
+    return max(1.0, load / (os.cpu_count() or 1)) * factor
+
+
+def time_limit(seconds: float) -> float:
+    """A hang guard of ``seconds`` on a quiet machine, scaled by `time_scale` for this one.
+
+    The one place where tests turn a wall-clock limit into seconds: limits exist only to
+    stop a hung test, never to synchronise, so give generous quiet-machine ``seconds``
+    (several times the quiet duration) and wait for a condition (a barrier, an event, a
+    line from a child, polling a predicate) rather than for time to pass.
+    """
+    return seconds * time_scale()
+
+
+def pytest_configure(config):
+    time_scale()  # a bad STREAMSOLVE_TEST_TIME_SCALE stops the run before any test
+
+
+def pytest_report_header(config):
+    one, five, _ = os.getloadavg()
+    return (f"time limits x{time_scale():.1f} (load average {one:.1f}, {five:.1f} on "
+            f"{os.cpu_count()} cores; {TIME_SCALE_ENV}={os.environ.get(TIME_SCALE_ENV, '')!r})")
+
+
 SHARED_CORPORA = Path(os.environ.get(
     "STREAMSOLVE_SHARED_CORPORA",
     Path(__file__).resolve().parents[2] / "shared" / "corpora"))

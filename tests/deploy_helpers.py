@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .conftest import time_limit
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -41,7 +43,9 @@ def free_port() -> int:
 
 
 def kill_group(proc: subprocess.Popen, timeout: float = 10.0):
-    """Terminate a process started with ``start_new_session=True`` and all its children."""
+    """Terminate a process started with ``start_new_session=True`` and all its children
+    (SIGKILL after ``timeout`` quiet-machine seconds, scaled by `time_limit`)."""
+    timeout = time_limit(timeout)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -88,14 +92,17 @@ class Processes:
 
 def wait_for(predicate, timeout: float, what: str, procs: Processes | None = None,
              interval: float = 0.2):
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it is true; ``timeout`` is a hang guard in quiet-machine
+    seconds, scaled by `time_limit` for the machine's load."""
+    limit = time_limit(timeout)
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if predicate():
             return
         if procs is not None:
             procs.check_alive()
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    raise TimeoutError(f"timed out after {limit:.0f} s waiting for {what}")
 
 
 def start_dask_cluster(procs: Processes, workdir: Path, n_workers: int = 2,
@@ -109,8 +116,15 @@ def start_dask_cluster(procs: Processes, workdir: Path, n_workers: int = 2,
     procs.start("scheduler", [tool("dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
                               "--no-dashboard", "--scheduler-file", str(scheduler_file)],
                 env=env, cwd=workdir)
-    wait_for(scheduler_file.exists, 60, "the dask scheduler", procs)
-    address = json.loads(scheduler_file.read_text())["address"]
+
+    def scheduler_address() -> str | None:  # the file exists before dask has written it
+        try:
+            return json.loads(scheduler_file.read_text())["address"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    wait_for(scheduler_address, 60, "the dask scheduler", procs)
+    address = scheduler_address()
     for i in range(n_workers):
         procs.start(f"worker-{i}", [tool("dask"), "worker", address, "--host", "127.0.0.1",
                                     "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
@@ -120,7 +134,7 @@ def start_dask_cluster(procs: Processes, workdir: Path, n_workers: int = 2,
     def workers_up():
         from distributed import Client
 
-        with Client(address, timeout="10s") as client:
+        with Client(address, timeout=f"{time_limit(10):.0f}s") as client:
             return len(client.scheduler_info(n_workers=-1)["workers"]) >= n_workers
 
     wait_for(workers_up, 90, f"{n_workers} dask workers", procs, interval=1.0)
@@ -148,15 +162,15 @@ def start_moto(procs: Processes, name: str = "moto") -> str:
 def create_bucket(endpoint: str, bucket: str):
     """``PUT /BUCKET`` (what docker/compose.yaml's create-bucket service does with curl)."""
     request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=time_limit(10)) as response:
         assert response.status == 200, response.status
 
 
 def run_cli(args: list[str], env: dict | None = None, cwd=None, timeout: float = 300,
             check: bool = True) -> subprocess.CompletedProcess:
-    """`streamsolve ARGS` as a separate process."""
+    """`streamsolve ARGS` as a separate process (``timeout``: a hang guard, `time_limit`)."""
     proc = subprocess.run([sys.executable, "-m", "streamsolve", *args], env=env or child_env(),
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, capture_output=True, text=True, timeout=time_limit(timeout),
                           stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
         raise AssertionError(f"streamsolve {' '.join(args)} exited {proc.returncode}:\n"

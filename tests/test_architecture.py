@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import time_limit
+
 PACKAGE = "streamsolve"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 MAX_MODULE_LINES = 600
@@ -228,7 +230,7 @@ def _run_python(code: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent),
                                                       env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=120, check=True)
+                          text=True, timeout=time_limit(120), check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from streamsolve.cli import main
 
-from .conftest import write_text
+from .conftest import time_limit, write_text
 
 
 def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
@@ -104,7 +104,8 @@ def test_jsonl_and_text_field(capsys, caplog, tmp_path, documents, tokenizer_fil
 def test_module_entry_point_runs(tmp_path, corpus, tokenizer_file):
     proc = subprocess.run([sys.executable, "-m", "streamsolve", "count", str(corpus[0]),
                            "--store", str(tmp_path / "x.zarr"), "--tokenizer", tokenizer_file,
-                           "--json", "-q"], capture_output=True, text=True, timeout=300)
+                           "--json", "-q"], capture_output=True, text=True,
+                          timeout=time_limit(300))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["shards"] == 1
 

@@ -81,7 +81,8 @@ def test_disk_full_while_spilling(capsys, tmp_path, sharded_corpus, tokenizer_fi
 
     monkeypatch.setattr(np, "save", short_write)
     err = _fails_in_one_line(capsys, "count", *shards, "--store", store, "--tokenizer",
-                             tokenizer_file, "--radius", "2", "--memory", "1MB", "--tmp", spill,
+                             tokenizer_file, "--radius", "2", "--memory", "1MB", "--force-memory",
+                             "--tmp", spill,
                              "--scheduler", "sync", message="disk is full")
     assert str(spill) in err and "--tmp DIR" in err
     assert not store.exists() or not any(store.rglob("counts*"))

@@ -17,6 +17,7 @@ import pytest
 
 from streamsolve.cli import build_parser
 
+from .conftest import time_limit
 from .deploy_helpers import REPO, tool
 
 DOCKER = REPO / "docker"
@@ -76,7 +77,7 @@ def test_dockerfile_is_a_thin_wrapper_over_install_sh():
 @functools.cache
 def _dask_help(subcommand: str) -> str:
     proc = subprocess.run([tool("dask"), subcommand, "--help"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=time_limit(120))
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -176,7 +177,7 @@ def test_install_sh_in_a_fresh_venv(tmp_path):
                 shutil.copy2(REPO / source, target)
     venv = tmp_path / "venv"
     proc = subprocess.run(["bash", str(src / "docker" / "install.sh"), str(venv), str(src)],
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True, timeout=time_limit(600),
                           env={**_clean_env(), "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
@@ -191,14 +192,16 @@ def test_install_sh_in_a_fresh_venv(tmp_path):
     assert re.search(r"^streamsolve( @ |==)", frozen, re.M), frozen
 
     # the installed command works on its own (outside this checkout)
-    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300,
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=time_limit(300),
                             cwd=tmp_path, env=_clean_env())
     count = run([str(venv / "bin" / "streamsolve"), "count", "builtin://pydoc-topics",
                  "--store", str(tmp_path / "m.zarr"), "--vocab-size", "300", "-q", "--json"])
     assert count.returncode == 0, count.stderr
     assert json.loads(count.stdout.splitlines()[-1])["tokens"] > 100_000
-    script = run([str(venv / "bin" / "streamsolve"), "cluster-script", "--cluster", "slurm"])
+    script = run([str(venv / "bin" / "streamsolve"), "cluster-script", "--cluster", "slurm",
+                  "--tls-dir", str(tmp_path / "tls")])  # a temporary certificate: cryptography
     assert script.returncode == 0 and "#SBATCH" in script.stdout, script.stderr
+    assert "--tls-cert" in script.stdout
     s3 = run([str(venv / "bin" / "python"), "-c", "import s3fs, dask_jobqueue"])
     assert s3.returncode == 0, s3.stderr
 

@@ -103,7 +103,7 @@ def test_low_rank_dense_and_tokenizer_exports(capsys, tmp_path, store):
 
 def test_bad_exports_are_one_line_exit_2(capsys, tmp_path, store):
     code, _, err = cli(capsys, "export", store, tmp_path / "d.npz", "--weights", "--dense",
-                       "--memory", "1MB")
+                       "--memory", "1MB", "--force-memory")
     assert code == 2 and err.count("\n") == 1 and "--rank d" in err
     code, _, err = cli(capsys, "export", store)
     assert code == 2 and "nothing to export" in err and err.count("\n") == 1
@@ -140,12 +140,14 @@ def test_export_counts_refuses_by_the_memory_it_needs(capsys, tmp_path, store):
     meta = info(store)
     need = dense_export_bytes(meta["vocab_size"], meta["nnz"])
     out = tmp_path / "c.npz"
-    code, _, err = cli(capsys, "export", store, out, "--counts", "--memory", str(need - 1))
+    code, _, err = cli(capsys, "export", store, out, "--counts", "--memory", str(need - 1),
+                       "--force-memory")
     assert code == 2 and err.count("\n") == 1 and "over the memory budget" in err, err
     assert f"streamsolve.ModelStore({store!r}).read_count_block(r)" in err and not out.exists()
     reader = streamsolve.ModelStore(store)  # the call it names works
     assert reader.read_count_block(0).shape == (meta["vocab_size"],) * 2
-    code, _, err = cli(capsys, "export", store, out, "--counts", "-S", str(need))
+    code, _, err = cli(capsys, "export", store, out, "--counts", "-S", str(need),
+                       "--force-memory")
     assert code == 0, err
     with np.load(out) as arrays:
         blocks = len(meta["nnz"])

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from .conftest import time_limit
 from .deploy_helpers import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
@@ -23,7 +24,7 @@ def _make(tmp_path, *variables):
     fake.chmod(0o755)
     (venv / ".installed").touch()  # newer than pyproject.toml: `setup` is up to date
     return subprocess.run(["make", "-s", "-C", str(REPO), "solve", f"VENV={venv}", *variables],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=time_limit(60))
 
 
 def test_make_solve_keeps_an_existing_store_unless_overwrite(tmp_path):

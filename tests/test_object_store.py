@@ -17,6 +17,7 @@ pytest.importorskip("moto")
 from streamsolve import api  # noqa: E402
 from streamsolve.store.model_store import ModelStore  # noqa: E402
 
+from .conftest import time_limit  # noqa: E402
 from .deploy_helpers import (Processes, child_env, create_bucket, json_out,  # noqa: E402
                              run_cli, start_moto, write_shards)
 
@@ -137,7 +138,7 @@ def test_wrong_credentials_name_the_url(tmp_path):
         key = iam.create_access_key(UserName="alice")["AccessKey"]
         request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0",
                                          method="POST", headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(request, timeout=10).close()
+        urllib.request.urlopen(request, timeout=time_limit(10)).close()
 
         env = child_env(AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="",
                         AWS_SECRET_ACCESS_KEY="")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import pydoc_documents
+from .conftest import pydoc_documents, time_limit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_tiny_profile_writes_every_item(tiny_corpus, tmp_path):
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "paper_claims.py"),
                            "--profile", "tiny", "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=time_limit(600))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert {"1", "3", "4", "5"} <= set(results)
@@ -90,7 +90,7 @@ def test_missing_corpus_fails_with_one_line(tmp_path):
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "paper_claims.py"),
                            "--profile", "tiny", "--out", str(tmp_path / "out")], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=time_limit(120))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"paper_claims: bench corpus not found at {tmp_path / 'absent'} "

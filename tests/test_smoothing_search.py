@@ -15,8 +15,8 @@ from streamsolve import api
 from streamsolve.cli import main
 from streamsolve.core import strength_search
 from streamsolve.core.kneser_ney import block_discounts, block_statistics
+from streamsolve.core.positions import sampled_positions
 from streamsolve.core.weights import finalize
-from streamsolve.language_model import sample_positions
 from streamsolve.store.model_store import ModelStore
 from tests.conftest import pydoc_documents, write_text
 
@@ -40,7 +40,7 @@ def _positions(store: str):
     model = api.finalize(store, calibrate=False)
     docs = [model.encode(doc) for doc in HELDOUT.split("\n\n")]
     total = sum(d.size for d in docs)
-    return sample_positions(docs, 2, model.config.bos_id, 10 ** 6), total, docs
+    return sampled_positions(docs, 2, model.config.bos_id, 10 ** 6), total, docs
 
 
 def _dense_cross_entropy(log_p_block: np.ndarray, contexts: np.ndarray, targets: np.ndarray):
@@ -186,7 +186,7 @@ def test_sum_aggregation_searches_its_one_block_on_every_offset(tmp_path, sharde
     model = api.finalize(path, calibrate=[heldout], smoothing_search=True)
     search = model.weights.smoothing_search
     docs, _ = api.read_documents([heldout], model)  # as finalize reads its calibration text
-    ctx, tgt = sample_positions(docs, 2, model.config.bos_id, 10 ** 6)
+    ctx, tgt = sampled_positions(docs, 2, model.config.bos_id, 10 ** 6)
     assert search["positions"] == tgt.size and len(search["blocks"]) == 1
     assert set(api.info(path)["smoothing"]["search"]["blocks"]) == {"sum"}
     memory = finalize(ModelStore(path).read_counts(), smoothing="kneser-ney",

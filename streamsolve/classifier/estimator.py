@@ -469,7 +469,7 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
 
     # ---- refinement --------------------------------------------------------------------
 
-    def refine(self, X, y, passes=10, init="current", l2="auto", X_val=None, y_val=None,
+    def refine(self, X, y, passes=10, init="auto", l2="auto", X_val=None, y_val=None,
                early_stopping=False, random_state=None):
         """Improve the weights by full-batch L-BFGS passes over row chunks of (X, y).
 
@@ -491,9 +491,12 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
             Labels among ``classes_``.
         passes : int, default=10
             Gradient passes (>= 0).
-        init : {"current", "explicit", "zeros", "random"} or (coef, intercept), default="current"
+        init : {"auto", "current", "explicit", "zeros", "random"} or (coef, intercept), default="auto"
             Start point: the current weights, the minimum-norm explicit weights
             (calibrated if `calibrate` ran; DESIGN 3b), zeros, small random weights, or arrays.
+            ``"auto"`` starts from the minimum-norm explicit weights unless the weights in use
+            were already refined (then it continues from them): the raw explicit weights carry
+            a per-feature offset that predicts nothing but that the L2 penalty pays for.
         l2 : float or "auto", default="auto"
             L2 penalty on ``coef`` (not the intercept). LogisticRegression minimises ``C sum_n
             loss_n + ||coef||^2 / 2``: this objective with ``l2 = 1 / (C N)`` (N training
@@ -518,7 +521,8 @@ class ExplicitSoftmaxClassifier(EstimatorProtocol):
             raise ValueError("early_stopping=True needs validation data X_val, y_val.")
         weights, l2 = self._weights(), _refine.resolve_l2(l2, self._rows(X, caller).n_samples)
         coef0, intercept0 = _refine.start_point(
-            init, (weights.coef, weights.intercept), weights.explicit_point(), random_state)
+            init, (weights.coef, weights.intercept), weights.explicit_point(), random_state,
+            source=weights.source)
         floor = np.min(intercept0[np.isfinite(intercept0)], initial=0.0) - 50.0
         intercept0 = np.where(np.isfinite(intercept0), intercept0, floor)
         train_pass = self._loss_grad_pass(X, y, caller)

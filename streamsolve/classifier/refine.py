@@ -232,12 +232,15 @@ def resolve_l2(l2, n_samples: int) -> float:
     return float(l2)
 
 
-def start_point(init, current: tuple, explicit: tuple, random_state=None):
+def start_point(init, current: tuple, explicit: tuple, random_state=None,
+                source: str = "refined"):
     """The start ``(coef, intercept)`` of `refine_weights`, copies that may be changed.
 
     Parameters
     ----------
-    init : {"current", "explicit", "zeros", "random"} or (coef, intercept)
+    init : {"auto", "current", "explicit", "zeros", "random"} or (coef, intercept)
+        ``"auto"`` is ``"explicit"`` while the weights in use are explicit or calibrated
+        (``source``), ``"current"`` once they were refined.
     current, explicit : (coef, intercept)
         The weights in use, and the explicit ones (calibrated if calibration ran).
         ``init="explicit"`` starts from the minimum-norm representative of ``explicit``
@@ -246,9 +249,13 @@ def start_point(init, current: tuple, explicit: tuple, random_state=None):
         penalty to pay for.
     random_state : int or None
         Seed for ``init="random"``.
+    source : {"explicit", "calibrated", "refined"}
+        Where the weights in use come from (resolves ``init="auto"``).
     """
     shape = current[0].shape
     if isinstance(init, str):
+        if init == "auto":
+            init = "current" if source == "refined" else "explicit"
         if init == "current":
             return current[0].copy(), current[1].copy()
         if init == "explicit":
@@ -258,7 +265,7 @@ def start_point(init, current: tuple, explicit: tuple, random_state=None):
         if init == "random":
             rng = np.random.default_rng(random_state)
             return 0.01 * rng.standard_normal(shape), np.zeros(shape[0])
-        raise ValueError(f"init must be 'current', 'explicit', 'zeros', 'random' or a "
+        raise ValueError(f"init must be 'auto', 'current', 'explicit', 'zeros', 'random' or a "
                          f"(coef, intercept) pair, got {init!r}.")
     coef, intercept = (np.array(a, dtype=np.float64) for a in init)
     if coef.shape != shape or intercept.shape != (shape[0],):

@@ -241,6 +241,13 @@ def count_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: CountC
     -------
     Counts
     """
+    return count_flat(*flatten_sequences(sequences), config, carry)
+
+
+def flatten_sequences(sequences: Sequence[tuple[np.ndarray, bool]]
+                      ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(flat ids, lengths, continues)`` of a block of ``(ids, starts_document)`` pieces,
+    checking that only the first piece continues a document."""
     for ids, starts in sequences[1:]:
         if not starts:
             raise ValueError("only the first piece of a block may continue a document")
@@ -248,8 +255,41 @@ def count_sequences(sequences: Sequence[tuple[np.ndarray, bool]], config: CountC
                           count=len(sequences))
     flat = (np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in sequences])
             if len(sequences) else np.zeros(0, np.int64))
-    continues = bool(sequences) and not sequences[0][1]
-    return count_flat(flat, lengths, continues, config, carry)
+    return flat, lengths, bool(sequences) and not sequences[0][1]
+
+
+def pad_sequences(flat: np.ndarray, lengths: np.ndarray, continues: bool, config,
+                  dtype, carry: ContextCarry | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated sequences, each after ``config.radius`` BOS ids (or, for a first piece
+    that ``continues`` a document, the ids carried from it), and the target positions.
+
+    Parameters as `count_flat` (``config`` needs ``radius``, ``vocab_size``, ``bos_id``);
+    ``dtype``: of the padded array. Returns ``(padded, positions)``: every id of ``flat`` at
+    ``padded[positions]``, its context at offset r at ``padded[positions - r]``, r <= radius.
+    """
+    R, V = config.radius, config.vocab_size
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_seq = lengths.size
+    n_targets = int(lengths.sum())
+    if n_targets != flat.size:
+        raise ValueError(f"lengths sum to {n_targets} but {flat.size} ids were given")
+    total = n_targets + R * n_seq
+    padded = np.full(total, config.bos_id, dtype=dtype)
+    is_target = np.ones(total, dtype=bool)
+    seg_starts = np.concatenate([[0], np.cumsum(lengths + R)[:-1]]) if n_seq else np.zeros(0, np.int64)
+    for offset in range(R):
+        is_target[seg_starts + offset] = False
+    if n_targets:
+        if flat.min() < 0 or flat.max() >= V:
+            raise ValueError(f"token id outside 0..{V - 1}: the tokenizer does not match the vocabulary size")
+        padded[is_target] = flat
+    if carry is not None and n_seq:
+        if continues:
+            padded[:R] = carry.tail
+        last_start = seg_starts[-1]
+        tail = padded[last_start:last_start + R + lengths[-1]][-R:]
+        carry.tail[:] = tail
+    return padded, np.flatnonzero(is_target)
 
 
 def count_flat(flat: np.ndarray, lengths: np.ndarray, continues: bool, config: CountConfig,
@@ -273,31 +313,11 @@ def count_flat(flat: np.ndarray, lengths: np.ndarray, continues: bool, config: C
     Counts
     """
     R, V = config.radius, config.vocab_size
-    lengths = np.asarray(lengths, dtype=np.int64)
-    n_seq = lengths.size
-    n_targets = int(lengths.sum())
-    if n_targets != flat.size:
-        raise ValueError(f"lengths sum to {n_targets} but {flat.size} ids were given")
-    total = n_targets + R * n_seq
     # Pair keys fit in uint32 up to V = 65536: half the memory traffic of int64, and the
     # radix kernel's key type.
     key_type = np.uint32 if V * V <= 1 << 32 else np.int64
-    padded = np.full(total, config.bos_id, dtype=key_type)
-    is_target = np.ones(total, dtype=bool)
-    seg_starts = np.concatenate([[0], np.cumsum(lengths + R)[:-1]]) if n_seq else np.zeros(0, np.int64)
-    for offset in range(R):
-        is_target[seg_starts + offset] = False
-    if n_targets:
-        if flat.min() < 0 or flat.max() >= V:
-            raise ValueError(f"token id outside 0..{V - 1}: the tokenizer does not match the vocabulary size")
-        padded[is_target] = flat
-    if carry is not None and n_seq:
-        if continues:
-            padded[:R] = carry.tail
-        last_start = seg_starts[-1]
-        tail = padded[last_start:last_start + R + lengths[-1]][-R:]
-        carry.tail[:] = tail
-    positions = np.flatnonzero(is_target)
+    padded, positions = pad_sequences(flat, lengths, continues, config, key_type, carry)
+    n_targets = positions.size
     targets = padded[positions]
     scale = key_type(V)
 

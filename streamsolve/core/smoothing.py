@@ -429,3 +429,33 @@ def block_weights(F: sp.csr_array, form: str, smoothing: str, mu: float | None,
     sparse = sp.csr_array((data, F.indices.copy(), F.indptr.copy()), shape=F.shape)
     return SparseRankOne(sparse, np.asarray(row_terms, dtype=np.float64),
                          np.asarray(col_terms, dtype=np.float64))
+
+def smoothing_values(weights: dict, config: dict) -> dict:
+    """The smoothing values a store's weights were computed with, as `info` shows them.
+
+    ``mu`` (Dirichlet), ``alpha`` (additive) and, for Kneser–Ney, ``discounts``: per weight
+    block (``"r1"``, ``"r2"``, ... per offset for ``cat``; ``"sum"``), ``[D1, D2, D3+]``.
+    When the strengths were chosen on held-out text, ``mu`` is per block too and
+    ``search`` holds each block's scale ``s`` and held-out cross-entropy (default -> chosen;
+    the whole curve is in ``weights.smoothing_search``).
+    Values that do not apply are left out.
+    """
+    out = {"smoothing": weights.get("smoothing"), "form": weights.get("form")}
+    def per_block(values: list) -> dict:
+        labels = (["sum"] if config.get("aggregation") == "sum" else
+                  [f"r{r + 1}" for r in range(len(values))])
+        return dict(zip(labels, values))
+
+    for key in ("mu", "alpha"):
+        if isinstance(weights.get(key), list):  # chosen per block on held-out text
+            out[key] = per_block(weights[key])
+        elif weights.get(key) is not None:
+            out[key] = weights[key]
+    if weights.get("discounts"):
+        out["discounts"] = per_block(weights["discounts"])
+    search = weights.get("smoothing_search")
+    if search:
+        out["search"] = {"positions": search.get("positions"), "blocks": per_block([
+            {k: block[k] for k in ("scale", "default_cross_entropy", "cross_entropy",
+                                   "evaluations")} for block in search["blocks"]])}
+    return out

@@ -15,149 +15,100 @@ local (default)
     Never corpus text, token ids, counts or weights. Shards and the store must therefore
     be reachable *from the workers* (shared filesystem or object store).
 ``--cluster slurm|pbs --jobs N --cores C --memory M --walltime T``
-    ``dask-jobqueue`` (extra ``cluster``) starts a scheduler in this process and submits
-    N batch jobs of Dask workers; then the command runs as above on them.
-    ``streamsolve cluster-script`` prints the job script it would submit.
+    ``dask-jobqueue`` (extra ``cluster``) starts a TLS-only scheduler in this process and
+    submits N batch jobs of Dask workers (`streamsolve.engine.jobqueue`); then the command
+    runs as above on them. ``streamsolve cluster-script`` prints the job script it would
+    submit.
+
+The scheduler keeps every task as it was sent, readable by all its clients: credentials
+never go into the job (`refuse_credentials_in_job`, `streamsolve.engine.credentials`); the
+workers read them from their environment or a user-only ``--storage-secrets`` file
+(`streamsolve.engine.storage_secrets`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
 import os
 import time
 
-from .runtime import DEFAULT_CONNECT_TIMEOUT, ClusterError, connect_client, is_address
+from .credentials import credential_findings
+from .jobqueue import DEFAULT_JOB_MEMORY, job_script, started_cluster
+from .runtime import (DEFAULT_CONNECT_TIMEOUT, LOCAL_SCHEDULERS, ClusterError, check_scheduler,
+                      connect_client)
 
 logger = logging.getLogger(__name__)
 
 #: Commands that can run as a job on a Dask cluster.
 REMOTE_COMMANDS = ("count", "finalize", "solve")
-#: --cluster kinds and their dask-jobqueue classes.
-JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
-DEFAULT_JOB_MEMORY = "4GiB"
-
-
-def jobqueue_cluster(args):
-    """A dask-jobqueue cluster (not yet scaled) from ``--cluster`` options."""
-    try:
-        import dask_jobqueue
-    except ImportError as exc:
-        raise ClusterError("--cluster needs dask-jobqueue: pip install 'streamsolve[cluster]'") \
-            from exc
-    cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[args.cluster])
-    kwargs = dict(cores=args.cores, memory=args.memory or DEFAULT_JOB_MEMORY, walltime=args.walltime,
-                  processes=1, job_name="streamsolve",
-                  job_extra_directives=list(args.job_extra),
-                  job_script_prologue=["export TOKENIZERS_PARALLELISM=true",
-                                       *args.job_prologue])
-    for name in ("queue", "account", "interface"):
-        if getattr(args, name, None):
-            kwargs[name] = getattr(args, name)
-    if not kwargs.get("interface"):
-        kwargs["scheduler_options"] = {"dashboard_address": ":0"}
-    else:
-        kwargs["scheduler_options"] = {"dashboard_address": ":0", "interface": args.interface}
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError, OSError) as exc:
-        raise ClusterError(f"cannot set up a {args.cluster} cluster: {exc}") from exc
-
-
-def job_script(args) -> str:
-    """The batch script ``--cluster`` would submit for each worker job."""
-    cluster = jobqueue_cluster(args)
-    try:
-        return cluster.job_script()
-    finally:
-        cluster.close()
+#: Options of the submitting process only: never shipped inside the job.
+LOCAL_ONLY_OPTIONS = {"cluster": None, "job_extra": [], "job_prologue": [], "tls_ca_file": None,
+                      "tls_cert": None, "tls_key": None, "tls_dir": None,
+                      "dashboard_address": None, "storage_secrets": None}
 
 
 # -- credentials ----------------------------------------------------------------------------
-#: Storage option names that are credentials, as a whole (``key`` of s3fs) or by a part.
-CREDENTIAL_OPTION_NAMES = frozenset({"key", "access_key", "access_key_id", "aws_access_key_id"})
-CREDENTIAL_OPTION_WORDS = ("secret", "password", "passwd", "token", "credential", "private",
-                           "account_key", "sas", "connection_string", "api_key", "apikey",
-                           "auth", "signature")
-#: Values of a credential-named option that name a mechanism, not a secret (gcsfs ``token``).
-CREDENTIAL_MODES = frozenset({"anon", "google_default", "cloud", "browser", "cache"})
-
-
-def _is_credential(name: str, value) -> bool:
-    if value is None or isinstance(value, bool) or (isinstance(value, str)
-                                                    and value in CREDENTIAL_MODES):
-        return False
-    name = str(name).lower()
-    return name in CREDENTIAL_OPTION_NAMES or any(w in name for w in CREDENTIAL_OPTION_WORDS)
-
-
-def credential_option_names(options, prefix: str = "") -> list[str]:
-    """Names (dotted, for nested options) of the storage options that hold credentials."""
-    found = []
-    for name, value in (options or {}).items():
-        if isinstance(value, dict):
-            found += credential_option_names(value, f"{prefix}{name}.")
-        elif _is_credential(name, value):
-            found.append(f"{prefix}{name}")
-    return found
-
-
 def refuse_credentials_in_job(args, scheduler: str):
-    """Stop before a job would carry credentials in clear to ``scheduler`` (a description).
+    """Stop before a job would carry credentials to ``scheduler`` (a description).
 
     Everything a job is made of (its task, and every task it submits) is kept by the
-    scheduler as it was sent, where any client of that scheduler can read it. So unless
-    ``--send-credentials`` is given, credentials in ``--storage-options`` or in a URL
-    (``scheme://user:password@host``) are refused; the workers must have their own
-    (environment, instance role, credentials file).
+    scheduler as it was sent, where any client of that scheduler can read it. So anything
+    that looks like a credential (`streamsolve.engine.credentials`) in ``--storage-options``
+    or in a URL of the command is refused; the workers must have their own (environment,
+    instance role, credentials file) or read them from ``--storage-secrets FILE``.
 
     Raises
     ------
     ClusterError
-        Naming the options or URLs and the two ways out.
+        Naming where the credentials are (never their values) and the ways out.
     """
+    if getattr(args, "send_credentials", False):
+        raise ClusterError("--send-credentials is gone (it left credentials readable by every "
+                           "client of the scheduler): put them in a JSON file only you can read "
+                           "(chmod 600) on a filesystem the workers see and pass "
+                           "--storage-secrets FILE")
+    found = credential_findings(_storage_options(args), command_urls(args))
+    if found:
+        raise ClusterError(
+            f"credentials would be sent inside the job to {scheduler}, where any of its "
+            f"clients can read them: {', '.join(found)}; put them in a JSON file of storage "
+            "options only you can read (chmod 600) on a filesystem the workers see and pass "
+            "--storage-secrets FILE, or give the workers their own (environment, e.g. "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an instance role, a credentials file)")
+
+
+def _storage_options(args) -> dict | None:
     import json
-    from urllib.parse import urlsplit
 
     try:
         options = json.loads(getattr(args, "storage_options", None) or "null")
     except ValueError:
-        options = None  # reported by cli.run
-    found = credential_option_names(options) if isinstance(options, dict) else []
-    found += [f"the password in {_redact(url)}" for url in _command_urls(args)
-              if _url_password(urlsplit, url)]
-    if not found:
-        return
-    if getattr(args, "send_credentials", False):
-        logger.warning("sending credentials (%s) inside the job: %s keeps them in clear while "
-                       "the job runs", ", ".join(found), scheduler)
-        return
-    raise ClusterError(
-        f"credentials in the command ({', '.join(found)}) would be sent in clear to "
-        f"{scheduler}, where any of its clients can read them: give the workers "
-        "their own credentials (environment, e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-        "an instance role or a credentials file on each worker) and leave them out of the "
-        "command, or pass --send-credentials to send them anyway")
+        return None  # reported by cli.run
+    return options if isinstance(options, dict) else None
 
 
-def _command_urls(args) -> list[str]:
-    urls = [*store_urls(args)]
-    for name in ("corpus", "text", "calibrate"):
-        urls += [str(u) for u in getattr(args, name, None) or []]
-    return [u for u in urls if "://" in u]
+#: Positional arguments of the commands, as --help names them.
+_POSITIONAL_LABELS = {"corpus": "CORPUS", "text": "TEXT"}
 
 
-def _url_password(urlsplit, url: str) -> bool:
-    try:
-        return bool(urlsplit(url).password)
-    except ValueError:
-        return False
-
-
-def _redact(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.rsplit('@', 1)[-1]}"
+def command_urls(args) -> list[tuple[str, str]]:
+    """``(label, value)`` of every URL-like argument of a parsed command (CORPUS #2,
+    --store, --tokenizer, ...), the scheduler and local-only options aside."""
+    found = []
+    for name, value in sorted(vars(args).items()):
+        if name in LOCAL_ONLY_OPTIONS or name in ("scheduler", "storage_options", "command"):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        strings = [str(v) for v in values if isinstance(v, (str, os.PathLike))]
+        label = _POSITIONAL_LABELS.get(name) or (
+            "STORE" if name == "store" and args.command not in ("count", "solve")
+            else f"--{name.replace('_', '-')}")
+        for i, text in enumerate(strings, 1):
+            found.append((f"{label} #{i}" if len(strings) > 1 else label, text))
+    return found
 
 
 # -- running a command as a job on the cluster ----------------------------------------------
@@ -168,40 +119,74 @@ def execute(args, run):
                      "distributed.deploy", "dask_jobqueue"):
             logging.getLogger(name).setLevel(logging.WARNING)
     if args.command == "cluster-script":
-        return {"cluster": args.cluster, "job_script": job_script(args)}
+        return job_script(args)
     if wants_cluster(args):
+        if not getattr(args, "cluster", None):
+            check_scheduler(args.scheduler)
         refuse_credentials_in_job(args, f"the Dask scheduler of the --cluster {args.cluster} jobs"
                                   if getattr(args, "cluster", None)
                                   else f"the Dask scheduler at {args.scheduler}")
+        secrets_file(args)  # checked here too, when this host sees it
         return run_on_cluster(args, functools.partial(run_checked, run=run))
     return run_checked(args, run)
 
 
 def run_checked(args, run):
-    """``run(args)`` after checking that the object-store URLs it names can be used."""
-    check_locations(args)
-    return run(args)
+    """``run(args)`` with the ``--storage-secrets`` file applied, after checking that the
+    object-store URLs it names can be used."""
+    path = getattr(args, "storage_secrets", None)
+    previous = None
+    if path:
+        from .storage_secrets import apply_secrets, restore
+
+        secrets = secrets_file(args, required=True)
+        previous = apply_secrets(secrets, _url_protocols(args))
+    try:
+        check_locations(args)
+        return run(args)
+    finally:
+        if previous is not None:
+            restore(previous)
+
+
+def secrets_file(args, required: bool = False) -> dict | None:
+    """The ``--storage-secrets`` options, checked (user-only, a JSON object, no option also
+    in ``--storage-options``); None without the option, or when this host cannot see the
+    file and ``required`` is false (a cluster's workers may see it where the client cannot).
+    """
+    path = getattr(args, "storage_secrets", None)
+    if not path or (not required and not os.path.exists(path)):
+        return None
+    from .storage_secrets import check_disjoint, read_secrets
+
+    secrets = read_secrets(path)
+    check_disjoint(path, secrets, _storage_options(args))
+    if not _url_protocols(args):
+        logger.warning("--storage-secrets %s: the command names no remote URL to use it for",
+                       path)
+    return secrets
+
+
+def _url_protocols(args) -> list[str]:
+    from .storage_secrets import url_protocols
+
+    return url_protocols(text for _, text in command_urls(args))
 
 
 def check_locations(args) -> None:
     """Check that the store and corpus URLs a parsed command names can be used (one line
     naming the URL and the error otherwise), before any work."""
-    import json
-
-    try:
-        options = json.loads(getattr(args, "storage_options", None) or "null")
-    except ValueError:
-        options = None  # cli.run reports malformed options itself
-    if not isinstance(options, dict):
-        options = None
     for url in [*store_urls(args), *corpus_urls(args)]:
-        check_store_location(url, options)
+        check_store_location(url, _storage_options(args))
 
 
 def wants_cluster(args) -> bool:
-    """Whether a parsed command line asks to run on a Dask cluster."""
+    """Whether a parsed command line asks to run on a Dask cluster (or names a scheduler
+    that is not a local one: `execute` then says what is wrong with it)."""
+    scheduler = getattr(args, "scheduler", None)
     return args.command in REMOTE_COMMANDS and (
-        bool(getattr(args, "cluster", None)) or is_address(getattr(args, "scheduler", None)))
+        bool(getattr(args, "cluster", None))
+        or bool(scheduler and scheduler not in LOCAL_SCHEDULERS))
 
 
 class JobCancelled(BaseException):
@@ -311,7 +296,6 @@ def _remote_job(run, args):
     worker = get_worker()
     args = copy.copy(args)
     args.scheduler = worker.scheduler.address  # shard tasks go to this same cluster
-    args.cluster = None
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.getLogger("streamsolve").setLevel(level)
     logger.info("running `streamsolve %s` on worker %s", args.command, worker.address)
@@ -328,27 +312,52 @@ def _remote_job(run, args):
         rejoin()
 
 
+def shipped_args(args):
+    """The parsed command as the job's task carries it: without the options that only
+    matter in this process (batch-job prologue and directives, certificate paths, the
+    secrets file, which a worker plugin applies instead)."""
+    shipped = copy.copy(args)
+    for name, empty in LOCAL_ONLY_OPTIONS.items():
+        if hasattr(shipped, name):
+            setattr(shipped, name, copy.copy(empty))
+    return shipped
+
+
 def run_on_cluster(args, run):
     """Run a parsed command (``cli.run``) as one job on the cluster it names; its result."""
-    cluster = None
-    if getattr(args, "cluster", None):
-        cluster = jobqueue_cluster(args)
-        logger.info("submitting %d %s job(s) of Dask workers (%d cores, %s, walltime %s); "
-                    "scheduler at %s", args.jobs, args.cluster, args.cores, args.memory or DEFAULT_JOB_MEMORY,
-                    args.walltime, cluster.scheduler_address)
-        cluster.scale(jobs=args.jobs)
-        address = cluster.scheduler_address
-    else:
-        address = args.scheduler
+    with contextlib.ExitStack() as stack:
+        security = None
+        if getattr(args, "cluster", None):
+            cluster, tls = stack.enter_context(started_cluster(args))
+            logger.info("submitting %d %s job(s) of Dask workers (%d cores, %s, walltime %s)",
+                        args.jobs, args.cluster, args.cores, args.memory or DEFAULT_JOB_MEMORY,
+                        args.walltime)
+            cluster.scale(jobs=args.jobs)
+            address, security = cluster.scheduler_address, tls.security
+        else:
+            address = args.scheduler
+        client = connect_client(address, getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+                                security=security)
+        stack.callback(client.close)
+        if getattr(args, "storage_secrets", None):
+            stack.enter_context(_secrets_on_workers(client, args))
+        return submit_and_wait(client, run, shipped_args(args))
+
+
+@contextlib.contextmanager
+def _secrets_on_workers(client, args):
+    """Within: every worker of ``client``'s cluster (also later ones) applies the
+    ``--storage-secrets`` file, which it reads itself (the plugin carries its path)."""
+    from .storage_secrets import StorageSecrets
+
+    plugin = StorageSecrets(os.path.abspath(args.storage_secrets), _url_protocols(args))
+    name = f"{StorageSecrets.name}-{os.getpid()}-{time.time_ns()}"
+    client.register_plugin(plugin, name=name)
     try:
-        client = connect_client(address, getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT))
-        try:
-            return submit_and_wait(client, run, args)
-        finally:
-            client.close()
+        yield
     finally:
-        if cluster is not None:
-            cluster.close()
+        with contextlib.suppress(Exception):  # the workers go with the cluster anyway
+            client.unregister_worker_plugin(name)
 
 
 def submit_and_wait(client, run, args):
@@ -398,7 +407,21 @@ def remote_call(client, func, *args, **kwargs):
     For the Python API: ``remote_call(Client("tcp://..."), ss.solve, ["s3://b/shards/"],
     "s3://b/model.zarr", scheduler="tcp://...")`` reads the shards and writes the store on
     the cluster, and returns only the summary.
+
+    Raises
+    ------
+    ClusterError
+        When ``storage_options`` or a URL argument holds a credential (the scheduler keeps
+        the call as sent): register a `streamsolve.engine.storage_secrets.StorageSecrets`
+        plugin, or give the workers their own credentials.
     """
+    urls = [(f"argument {i}", a) for i, a in enumerate(args, 1) if isinstance(a, str)]
+    urls += [(name, v) for name, v in kwargs.items() if isinstance(v, str)]
+    found = credential_findings(kwargs.get("storage_options"), urls)
+    if found:
+        raise ClusterError(f"credentials would be sent inside the job to the Dask scheduler at "
+                           f"{client.scheduler.address}: {', '.join(found)}; give the workers "
+                           "their own (environment, or a StorageSecrets worker plugin)")
     return client.submit(_call_seceded, func, args, kwargs, pure=False).result()
 
 

@@ -24,7 +24,7 @@ from ..core import strength_search
 from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
 from ..core.dense_lm import RefinedWeights
-from ..store.layout import DiskFullError, StoreCorruptError, is_disk_full, row_blocks
+from ..store.layout import StoreCorruptError, row_blocks, write_failure
 from ..store.manifest import manifest_entries
 from ..store.refined_weights import is_refined, read_refined
 from .progress import TaskProgress
@@ -90,7 +90,7 @@ def commit_store_weights(store, pending: PendingWeights,
                                     pending.weights.bias, pending.weights.log_unigram,
                                     counts_id=pending.counts_id,
                                     reused_blocks=pending.reused_blocks)
-    except OSError as exc:
+    except BaseException as exc:  # the version removed itself; remove the new row blocks
         if pending.present is not None:
             _write_failed(store, pending.present, exc)
         raise
@@ -274,7 +274,10 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
     try:
         with TaskProgress():  # the same bar (or log lines) as counting's tasks
             (results,) = dask.compute(tasks, scheduler=scheduler)
-    except OSError as exc:  # e.g. a full disk: remove the blocks half-written, keep the rest
+        failed = [res for block in results for res in block if isinstance(res, OSError)]
+        if failed:  # raised once every task has ended: none writes after the clean-up
+            raise failed[0]
+    except BaseException as exc:  # e.g. a full disk: remove the blocks written, keep the rest
         _write_failed(store, present, exc)
         raise
     block_keys = [[res.key for res in block] for block in results]
@@ -301,14 +304,16 @@ def compute_store_weights(store, form: str = "row", smoothing: str = "dirichlet"
                           source.meta["counts"]["id"], reused, present)
 
 
-def _write_failed(store, present: set[str], exc: OSError):
-    """After a failed weights write: remove what it half-wrote (weight nodes not in
-    ``present``); for a full disk, raise the one-line `DiskFullError`."""
-    store.discard_weight_nodes(present)
-    if is_disk_full(exc):
-        raise DiskFullError(f"writing the weights to {store.url} failed: the disk is full. "
-                            "The store is unchanged (its previous weights stay current); free "
-                            "space there and run the same command again.") from exc
+def _write_failed(store, present: set[str], exc: BaseException):
+    """After a failed weights write: remove what it wrote (weight nodes not in ``present``,
+    best effort); an ``OSError`` becomes the one-line `StoreWriteError` naming its errno."""
+    try:
+        store.discard_weight_nodes(present)
+    except Exception:  # unreferenced: the next commit retires them
+        logger.warning("could not remove the weight blocks of the failed write to %s", store.url)
+    if isinstance(exc, OSError):
+        raise write_failure(exc, f"writing the weights to {store.url}",
+                            "The store is unchanged (its previous weights stay current)") from exc
 
 
 @dataclasses.dataclass
@@ -337,9 +342,9 @@ class _RowBlockResult:
 
 
 def _weight_row_block(source, store, generation: int, r: int, k: int, start: int, stop: int,
-                      recipe: _BlockRecipe, log_q, reuse: bool) -> _RowBlockResult:
+                      recipe: _BlockRecipe, log_q, reuse: bool) -> _RowBlockResult | OSError:
     """One task: the weight row block ``k`` of weight block ``r`` (computed and written, or
-    reused when its content key is already stored)."""
+    reused when its content key is already stored); a failed write returns its ``OSError``."""
     V = recipe.vocab_size
     # read (and so verify) the count block even when its weights are reused
     ip, ix, d = source.read_count_block_csr(generation, r, k)
@@ -355,7 +360,10 @@ def _weight_row_block(source, store, generation: int, r: int, k: int, start: int
                               recipe.background, log_q, recipe.col_sums,
                               discounts=recipe.discounts)
         S, rt = block.sparse, block.row_terms
-        store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
+        try:
+            store.write_weight_block(key, S.indptr, S.indices, S.data, rt)
+        except OSError as exc:  # returned: raised once every other task has ended
+            return exc
     data = np.asarray(S.data)
     return _RowBlockResult(key, np.asarray(rt, dtype=np.float64), int(S.nnz),
                            float(data.min(initial=0.0)), float(data.max(initial=0.0)),

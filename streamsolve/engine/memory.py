@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from ..text.reading import DEFAULT_MAX_LINE_BYTES
+from ..text.tokenizer import MAX_VOCAB_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ PROCESS_BASE_BYTES = 256 << 20
 #: measured at 2x the bench corpus, 2 workers, 2 GB budget: peak 1.27 GB and 832k tokens/s
 #: concurrent, 0.92 GB and 692k tokens/s serialized.
 SERIAL_TOKENIZER_BELOW = 1 << 30
+#: Block counts a shard task holds before it merges them (`streamsolve.engine.tasks`).
+PENDING_BLOCKS = 8
 #: Smallest in-memory counts cap (a tiny budget still runs, spilling nearly everything).
 MIN_TASK_BYTES = 64 << 10
 #: Smallest and largest read block.
@@ -62,6 +65,17 @@ MAX_LINE_BYTES = DEFAULT_MAX_LINE_BYTES  # the reader's default: 1 MiB
 #: (issue 16): a 1 GB budget planned in full peaked at 98% of itself; planned to 85%,
 #: the measured peak stays under the budget.
 PLAN_SHARE = 0.85
+#: Bytes per token id of the tokenizer itself over a count run (its tables, JSON text and
+#: the copies each worker and the store writes make). Measured: a 2M-id WordLevel tokenizer
+#: (56 MB of JSON), 4 small shards, 2 workers, ``--memory 4GB``: peak RSS 1.33 GB in stage 1
+#: and 2.59 GB in stage 3, against 0.15 GB with 20k ids: 1.22 kB per id in all, of which
+#: the unigram counts (`vocab_bytes`) are 264 bytes.
+TOKENIZER_BYTES_PER_ID = 1000
+#: Share of the planned budget that memory per token id may take (`max_vocab_size`).
+VOCAB_SHARE = 0.5
+#: Token ids every budget allows: 2**16 = 65,536 (a 64K vocabulary such as GPT-2's: about
+#: 80 MB with two workers, inside the reserve for a process).
+MIN_VOCAB_LIMIT = 1 << 16
 #: Share of each Dask worker's memory limit a run on a cluster takes as its budget by
 #: default: dask.distributed pauses a worker at 80% of its limit
 #: (``distributed.worker.memory.pause``) and the plan keeps `PLAN_SHARE` of that.
@@ -112,6 +126,47 @@ def parse_memory(value: str | int | float | None, default: str = DEFAULT_MEMORY,
     return result
 
 
+def check_memory(memory, force: bool = False, worker_limits: Sequence[int] = (),
+                 remote: bool = False) -> None:
+    """Refuse a memory setting nobody means, in one line naming ``--force-memory``.
+
+    Too much: more than the machines hold (this host's RAM; on a Dask cluster,
+    ``worker_limits``, the workers' memory limits together; not checked when ``remote``,
+    a command run on hosts not known here, or when the workers have no limit). Too little:
+    below `PROCESS_BASE_BYTES`, the memory of one process before it counts anything (the
+    plan would be all margin and the measured peak many times the budget). ``force`` accepts
+    any budget that parses (e.g. a tiny one to make the spill paths run).
+
+    Raises
+    ------
+    ValueError
+        Naming the setting, the bound and the fix (also when ``memory`` cannot be read).
+    """
+    if memory is None:
+        return
+    limits = [int(x) for x in worker_limits if int(x or 0) > 0]
+    ceiling, where = None, ""
+    if limits:
+        n, smallest = len(worker_limits), min(limits)
+        ceiling = n * smallest
+        where = (f"the {n} Dask workers' memory limits ({n} x {format_bytes(smallest)}, "
+                 "the smallest)")
+    elif not (remote or worker_limits):
+        ceiling, where = total_ram(), f"this host's RAM ({format_bytes(total_ram())})"
+    budget = parse_memory(memory, total=ceiling)
+    if force:
+        return
+    if ceiling is not None and budget > ceiling:
+        raise ValueError(f"--memory {memory} ({format_bytes(budget)}) is more than {where}: "
+                         f"give at most {format_bytes(ceiling)} (e.g. --memory 80%), or "
+                         "--force-memory if you mean it")
+    if budget < PROCESS_BASE_BYTES:
+        raise ValueError(f"--memory {memory} ({format_bytes(budget)}) is below the "
+                         f"{format_bytes(PROCESS_BASE_BYTES)} one streamsolve process holds "
+                         "before it counts anything: give at least 256MiB, or --force-memory "
+                         "if you mean it (counts then spill to --tmp almost at once)")
+
+
 def run_budget(memory=None, worker_limits: Sequence[int] = ()) -> tuple[int, str]:
     """The budget of a run in bytes (all workers together) and where it came from.
 
@@ -158,6 +213,45 @@ def line_bytes_for(budget: int, workers: int = 1) -> int:
     """
     share = (int(budget) - PROCESS_BASE_BYTES) // (2 * max(1, int(workers)) * TOKENIZER_BYTES_PER_BYTE)
     return int(min(MAX_LINE_BYTES, max(MIN_LINE_BYTES, share)))
+
+
+def vocab_bytes(vocab_size: int, workers: int = 1, split_every: int = 4) -> int:
+    """Bytes a count run may hold per token id, times ``vocab_size``.
+
+    The tokenizer's own (`TOKENIZER_BYTES_PER_ID`), and the unigram counts (V int64) of
+    every in-memory counts: per worker the block being counted, `PENDING_BLOCKS` pending
+    ones, the shard's merged counts and ``split_every`` + 2 results of the tree merge;
+    plus the final result.
+    """
+    holders = max(1, int(workers)) * (PENDING_BLOCKS + 2 + split_every + 2) + 1
+    return int(vocab_size) * (TOKENIZER_BYTES_PER_ID + 8 * holders)
+
+
+def max_vocab_size(budget: int, workers: int = 1, split_every: int = 4) -> int:
+    """Most token ids a count run under ``budget`` bytes may have: their memory
+    (`vocab_bytes`) takes at most `VOCAB_SHARE` of the planned budget; at least
+    `MIN_VOCAB_LIMIT`, at most `MAX_VOCAB_SIZE` (2**24)."""
+    fits = int(budget * PLAN_SHARE * VOCAB_SHARE) // vocab_bytes(1, workers, split_every)
+    return int(min(MAX_VOCAB_SIZE, max(MIN_VOCAB_LIMIT, fits)))
+
+
+def check_vocab_fits(vocab_size: int, what: str, memory=None, worker_limits: Sequence[int] = (),
+                     workers: int = 1) -> None:
+    """Refuse a vocabulary of ``vocab_size`` ids above `max_vocab_size` of the run's budget
+    (`run_budget` of ``memory`` and ``worker_limits``), before anything is allocated.
+
+    Raises
+    ------
+    ValueError
+        One line naming ``what`` (``--vocab-size N``, a tokenizer file) and the budget.
+    """
+    budget, source = run_budget(memory, worker_limits)
+    limit = max_vocab_size(budget, workers)
+    if vocab_size > limit:
+        raise ValueError(
+            f"{what} needs ~{format_bytes(vocab_bytes(vocab_size, workers))} of memory per "
+            f"token id, more than the {source} budget allows (at most {limit} token ids "
+            f"with {workers} worker(s)): use a smaller vocabulary or raise --memory")
 
 
 def format_bytes(n: float) -> str:

@@ -12,6 +12,7 @@ Importing this module loads nothing but the standard library (the classifier imp
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -34,28 +35,104 @@ def is_address(scheduler: str | None) -> bool:
     return bool(scheduler) and "://" in scheduler
 
 
+#: Address schemes of a scheduler in another process (``inproc://``: one in this process).
+ADDRESS_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    """Refuse a scheduler that is neither a local one nor a usable address, before anything
+    connects (`check_scheduler_address` for addresses).
+
+    Raises
+    ------
+    ClusterError
+        One line naming the value and what to give instead.
+    """
+    if not scheduler or scheduler in LOCAL_SCHEDULERS:
+        return
+    if is_address(scheduler):
+        check_scheduler_address(scheduler)
+        return
+    import re
+
+    if re.fullmatch(r"[\w.\-]+:\d+|\[[0-9a-fA-F:.]+\]:\d+", scheduler):
+        raise ClusterError(f"not a Dask scheduler address: {scheduler}: give its scheme, e.g. "
+                           f"tls://{scheduler} (or tcp://{scheduler} on a private network)")
+    raise ClusterError(f"unknown scheduler {scheduler!r}: use threads, processes, sync or a "
+                       "Dask scheduler address (tls://HOST:PORT, tcp://HOST:PORT)")
+
+
 def check_scheduler_address(address: str) -> None:
-    """Refuse a malformed ``tcp://HOST:PORT`` / ``tls://`` address before any connection
-    (a half-built ``distributed.Client`` would wait out its timeout while closing).
+    """Refuse a malformed or unusable scheduler address before any connection: an unknown
+    scheme, ``inproc://`` where no scheduler of this process listens, a host or port
+    missing, a port outside 1..65535, ``ucx://`` without UCX support installed. (A
+    ``distributed.Client`` given one of these fails half-built, and closing it waits out a
+    timeout.)
 
     Raises
     ------
     ClusterError
     """
-    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.addressing import parse_host_port
 
+    scheme, _, location = address.partition("://")
+    scheme = scheme.lower()
+    if scheme == "inproc":
+        _check_inproc(address, location)
+        return
+    if scheme not in ADDRESS_SCHEMES:
+        raise ClusterError(f"not a Dask scheduler address: {address}: unknown address scheme "
+                           f"{scheme!r} (use {', '.join(s + '://' for s in ADDRESS_SCHEMES)})")
     try:
-        scheme, location = parse_address(address)
-        if scheme in ("tcp", "tls"):
-            host, port = parse_host_port(location)
-            if not host or not 0 < int(port) < 65536:
-                raise ValueError("expected tcp://HOST:PORT with a port in 1..65535")
+        host, port = parse_host_port(location)
+        if not host or not 0 < int(port) < 65536:
+            raise ValueError(f"expected {scheme}://HOST:PORT with a port in 1..65535")
     except (ValueError, TypeError) as exc:
         raise ClusterError(f"not a Dask scheduler address: {address}: {exc}") from None
+    if scheme == "ucx":
+        _check_ucx(address)
 
 
-def connect_client(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
+def _check_inproc(address: str, location: str) -> None:
+    """Refuse an ``inproc://`` address unless a scheduler of this very process listens
+    there (``LocalCluster(processes=False)``): such addresses exist in one process only."""
+    from distributed.comm.inproc import global_manager
+
+    try:
+        listening = global_manager.get_listener_for(location) is not None
+    except (ValueError, TypeError, AssertionError):
+        listening = False
+    if not listening:
+        raise ClusterError(f"not a Dask scheduler address: {address}: inproc:// addresses exist "
+                           "only inside one Python process, and no scheduler of this one listens "
+                           "there; use tls://HOST:PORT or tcp://HOST:PORT")
+
+
+def _check_ucx(address: str) -> None:
+    """Refuse ``ucx://`` when no working UCX backend is installed (distributed's own is a
+    placeholder that fails with a TypeError)."""
+    from distributed.comm.registry import get_backend
+
+    try:
+        get_backend("ucx").get_connector()
+    except (ImportError, TypeError, ValueError, RuntimeError) as exc:
+        raise ClusterError(f"cannot use the Dask scheduler at {address}: this installation has "
+                           "no UCX communication backend (pip install distributed-ucxx), or use "
+                           f"tls:// or tcp:// ({type(exc).__name__})") from None
+
+
+def connect_client(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT, security=None):
     """A ``distributed.Client`` on ``address`` (not made Dask's default client).
+
+    Parameters
+    ----------
+    address : str
+        ``tls://HOST:PORT``, ``tcp://HOST:PORT``, ...
+    timeout : float
+        Seconds to wait for the scheduler.
+    security : distributed.security.Security, optional
+        TLS settings (default: inside a worker of that same scheduler, the worker's own
+        certificate; elsewhere Dask's configuration, ``distributed.comm.tls``).
 
     Raises
     ------
@@ -67,19 +144,64 @@ def connect_client(address: str, timeout: float = DEFAULT_CONNECT_TIMEOUT):
     from distributed.security import Security
 
     check_scheduler_address(address)
-    if address.startswith("tls://") and \
-            Security().get_connection_args("client").get("ssl_context") is None:
+    security = security or _worker_client_security(address)
+    try:
+        context = (security or Security()).get_connection_args("client").get("ssl_context")
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ClusterError(f"cannot use the TLS settings for the Dask scheduler at {address}: "
+                           f"{exc} (check the CA file, client certificate and key of Dask's "
+                           "distributed.comm.tls configuration)") from None
+    if address.startswith("tls://") and context is None:
         raise ClusterError(
             f"cannot connect to the Dask scheduler at {address} without TLS settings: set "
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._TLS__CLIENT__CERT and "
             "..._TLS__CLIENT__KEY (or Dask's distributed.comm.tls configuration)")
     try:
-        return Client(address, timeout=f"{timeout}s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+        return Client(address, timeout=f"{timeout}s", set_as_default=False, security=security)
+    except (OSError, TimeoutError) as exc:  # the client closed itself
         raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
-                           f"{timeout:g}s: {exc}") from exc
-    except ValueError as exc:  # malformed address
-        raise ClusterError(f"not a Dask scheduler address: {address}: {exc}") from exc
+                           f"{timeout:g}s: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - anything else leaves it half-built
+        _close_half_built_client(exc)
+        raise ClusterError(f"cannot connect to the Dask scheduler at {address}: "
+                           f"{type(exc).__name__}: {exc}") from None
+
+
+def _worker_client_security(address: str):
+    """Inside a worker of the scheduler at ``address``: TLS settings for a client that
+    presents the worker's own certificate (a batch job's workers get theirs on the command
+    line, not in Dask's configuration); None elsewhere."""
+    try:
+        from distributed import get_worker
+        from distributed.security import Security
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    own = worker.security
+    if worker.scheduler.address != address or not own.tls_worker_cert:
+        return None
+    return Security(require_encryption=own.require_encryption, tls_ca_file=own.tls_ca_file,
+                    tls_client_cert=own.tls_worker_cert, tls_client_key=own.tls_worker_key,
+                    tls_ciphers=own.tls_ciphers)
+
+
+def _close_half_built_client(exc: BaseException) -> None:
+    """Close the ``distributed.Client`` whose constructor raised ``exc`` (found in the
+    traceback): left to the garbage collector, its ``__del__`` waits out a timeout at exit
+    and prints a traceback after the one-line error."""
+    import contextlib
+
+    from distributed import Client
+
+    tb = exc.__traceback__
+    while tb is not None:
+        client = tb.tb_frame.f_locals.get("self")
+        if isinstance(client, Client):
+            with contextlib.suppress(Exception):
+                client.close(timeout=2)
+            return
+        tb = tb.tb_next
 
 
 class Runtime:
@@ -118,12 +240,11 @@ class Runtime:
         self.progress = progress
         self.worker_setup = worker_setup
         self._owns_client = False
+        if client is None:
+            check_scheduler(scheduler)
         if client is None and is_address(scheduler):
             client = connect_client(scheduler, connect_timeout)
             self._owns_client = True
-        elif scheduler is not None and not is_address(scheduler) and scheduler not in LOCAL_SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}: use threads, processes, sync "
-                             "or a dask.distributed address (tcp://HOST:PORT)")
         self.client = client
         self.scheduler = None if client is not None else (scheduler or "threads")
         self.worker_threads, self.worker_processes = self._worker_counts()
@@ -203,8 +324,9 @@ class Runtime:
         kwargs = {"scheduler": self.scheduler}
         if self.scheduler in ("threads", "processes"):
             kwargs["num_workers"] = self.workers or os.cpu_count() or 1
-        if self.scheduler == "processes" and self.worker_setup is not None:
-            kwargs["initializer"] = self.worker_setup
+        if self.scheduler == "processes":
+            kwargs["initializer"] = functools.partial(
+                start_worker_process, os.getpid(), self.worker_setup, _fsspec_configuration())
         show = self.progress if progress is None else progress
         if show and logging.getLogger("streamsolve").isEnabledFor(logging.INFO):
             from .progress import TaskProgress
@@ -233,6 +355,73 @@ class Runtime:
     def __exit__(self, *exc_info) -> bool:
         self.close()
         return False
+
+
+def start_worker_process(parent_pid: int, setup: Callable[[], object] | None = None,
+                         fsspec_configuration: dict | None = None) -> None:
+    """Set up a process of the local ``processes`` scheduler before it runs tasks.
+
+    It dies with ``parent_pid`` (`die_with_parent`), sees the parent's fsspec configuration
+    (which ``--storage-secrets`` extends at run time, after the spawned process imported
+    fsspec), and runs ``setup`` (`Runtime`'s ``worker_setup``).
+    """
+    die_with_parent(parent_pid)
+    if fsspec_configuration:
+        import fsspec.config
+
+        fsspec.config.conf.clear()
+        fsspec.config.conf.update(fsspec_configuration)
+    if setup is not None:
+        setup()
+
+
+def _fsspec_configuration() -> dict | None:
+    """A copy of this process's fsspec configuration, if fsspec is loaded."""
+    config = sys.modules.get("fsspec.config")
+    if config is None or not config.conf:
+        return None
+    import copy
+
+    return copy.deepcopy(config.conf)
+
+
+#: Seconds between two looks at the parent (where the kernel cannot watch it for us).
+PARENT_POLL_SECONDS = 1.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process as soon as process ``parent_pid`` (its parent) dies, even by SIGKILL.
+
+    On Linux the kernel sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``; it fires when the
+    *thread* that started this process ends: the ``processes`` scheduler starts its workers
+    from the thread that computes, which waits for them). Elsewhere a daemon thread looks at
+    the parent every `PARENT_POLL_SECONDS`. Multiprocessing's resource tracker then sees
+    its last user gone and exits as well.
+    """
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            pr_set_pdeathsig = 1
+            if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL,
+                                                       0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # it died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            logger.debug("prctl(PR_SET_PDEATHSIG) unavailable: polling the parent instead")
+    import threading
+
+    def watch():
+        import time
+
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="streamsolve-parent-watch").start()
 
 
 def task_client():

@@ -9,9 +9,11 @@ task a key that hashes its inputs. `count_shard` is the unit of parallel work:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -25,15 +27,11 @@ from ..text.encoding import LineEncoder
 from ..text.holdout import HoldOut, RunSplitter
 from ..text.reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
 from ..text.tokenizer import TokenizerError
-from .memory import MemoryPlan
+from .memory import PENDING_BLOCKS, MemoryPlan
 from .runtime import delayed, tokenize_key, tree_reduce
 from .spill import PartialCounts, collect, merge_partials, merge_sources
 
 logger = logging.getLogger(__name__)
-
-#: Merge block counts inside a shard task once this many blocks are pending.
-PENDING_BLOCKS = 8
-
 
 @dataclasses.dataclass
 class ShardResult:
@@ -70,6 +68,16 @@ class _BlockCounts:
             self.merged = merge_partials([self.merged, block], self.cap, self.spill_dir)
             self.pending, self.pending_bytes = [], 0
         return self.merged
+
+    def discard(self) -> None:
+        """Drop everything counted so far, spilled runs included (a shard skipped late)."""
+        for runs in self.merged.runs:
+            for run in runs:
+                for path in (run.keys_path, run.values_path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+        self.merged = PartialCounts.of(Counts.empty(self.merged.config), self.rows_per_block)
+        self.pending, self.pending_bytes = [], 0
 
 
 class _HeldOutDocuments:
@@ -126,8 +134,10 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
     Returns
     -------
     ShardResult
-        Counts with one manifest entry for the shard (``skipped`` set for binary/empty ones;
-        ``sha256`` the hash of exactly the stored bytes read, None for a binary shard).
+        Counts with one manifest entry for the shard (``skipped`` set for binary, not-text
+        and empty ones; ``sha256`` the hash of exactly the stored bytes read, None for a
+        binary or not-text shard). A shard found binary or not text late is not counted
+        at all: what was counted of it is dropped.
     """
     started = time.perf_counter()
     if shard_delay:
@@ -152,9 +162,12 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
                 held.add(held_pieces, encoder.encode_documents(held_pieces))
             if ends_held:
                 carry.reset()
-    except BinaryShardError as exc:
+    except BinaryShardError as exc:  # also late in the shard: nothing of it is counted
         logger.warning("%s", exc)
-        skipped = "binary"
+        skipped = exc.reason
+        counts.discard()
+        held = _HeldOutDocuments(holdout.max_tokens_per_shard)
+        stats = ReadStats()
     except UnicodeDecodeError as exc:  # pragma: no cover - decode_counting replaces
         raise CorpusError(f"{path}: {exc}") from exc
     except TokenizerError as exc:  # a panic of the tokenizer: say on which shard
@@ -164,7 +177,7 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
         logger.warning("shard has no text, skipped: %s", path)
         skipped = "empty"
     _describe_shard(merged.memory, path, stats, held.tokens, skipped,
-                    None if skipped == "binary" else hasher.hexdigest(),
+                    None if skipped not in (None, "empty") else hasher.hexdigest(),
                     time.perf_counter() - started)
     logger.debug("counted %s: %d tokens (%d runs spilled)", path, merged.tokens,
                  merged.spilled_runs)
@@ -253,8 +266,10 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
     generation's block, for an existing store) and write it; returns its nnz.
 
     The only writer of that row block (one task per block: no two tasks share a Zarr chunk).
-    A damaged base block is returned as its `StoreCorruptError`, not raised, so that every
-    other task finishes before the writer stage raises it and discards the generation.
+    A damaged base block (`StoreCorruptError`) or a failed write (``OSError``: a full disk,
+    a file-size limit) is returned, not raised, so that every other task finishes before the
+    writer stage raises it and discards the generation (a task still running would write
+    into it after the discard).
     """
     keys, values = collect(merge_sources(sources, memory_bytes, spill_dir, vocab_size,
                                          rows_per_block))
@@ -267,7 +282,10 @@ def write_row_block(store_url: str, storage_options: dict | None, generation: in
         except StoreCorruptError as exc:
             return exc
         csr = merge_csr_block(base, csr)
-    store_transaction.write_count_block(store, generation, r, k, *csr)
+    try:
+        store_transaction.write_count_block(store, generation, r, k, *csr)
+    except OSError as exc:
+        return exc
     return int(csr[1].size)
 
 

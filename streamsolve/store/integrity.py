@@ -6,8 +6,15 @@ back as other numbers. A *missing* chunk would still read back as the fill value
 block also records a digest of its content: a counts or weights row block in its group's
 attributes (``digest``, over all its arrays), every other array in its own attributes. Reads
 verify them: a mismatch raises `StoreCorruptError` naming the block (``counts/g3/r2/b0:
-digest mismatch ...``). Stores written before digests existed still open: their blocks are
-checked structurally only (CSR shapes), and new writes add digests.
+digest mismatch ...``). A generation committed since digests are required records
+``counts.digests``: a block of it without one is damage.
+
+Stores written before digests existed still open. Their count blocks are checked by content
+(`legacy_counts_problem`): every target position is counted once per offset, its context
+padded with BOS at document starts and held-out text left out of both, so the column sums of
+each count block equal the unigram (R times it for ``sum`` aggregation). ``verify`` checks
+that, and so does a new generation before it merges the old one (`prove_generation`); a
+block without a digest that nonetheless has other attributes (a renamed digest) is damage.
 
 The array writer and the digests are shared with the classifier's counts store.
 """
@@ -18,8 +25,9 @@ import hashlib
 
 import numpy as np
 
-from .layout import (RETIRE_SECONDS_VARIABLE, StoreCorruptError, StoreError, count_block_path,
-                     live_paths, refined_arrays, retire_seconds, row_blocks)
+from .attributes import DIGEST_MISMATCH, attributes_status, digest_problem, validate_meta
+from .layout import (RETIRE_SECONDS_VARIABLE, StoreConfigError, StoreCorruptError, StoreError,
+                     count_block_path, live_paths, refined_arrays, retire_seconds, row_blocks)
 
 #: Largest number of elements in one chunk of a written array.
 CHUNK_ELEMENTS = 1 << 22
@@ -73,8 +81,9 @@ def write_checksummed_array(group, name: str, data: np.ndarray, *,
 class VerifiedReads:
     """Reads that check checksums, digests and CSR shapes (mixed into `ModelStore`).
 
-    Expects ``self.group``, ``self.url``, ``self.storage_options``, ``self._pinned_meta``
-    and ``self.meta`` from the store class.
+    Expects ``self.group``, ``self.url``, ``self.storage_options``, ``self._pinned_meta``,
+    ``self.meta``, ``self.config``, ``self.group_names``, ``self.read_unigram`` and
+    ``self.read_count_block_csr`` from the store class.
     """
 
     def _read_arrays(self, path: str, names: tuple) -> tuple:
@@ -128,6 +137,78 @@ class VerifiedReads:
             raise self._damaged(path, f"digest mismatch (recorded {recorded[:12]}..., read "
                                       f"{actual[:12]}...)")
 
+    def _check_count_digest(self, path: str, node, generation: int, compute):
+        """A count block's digest: checked when recorded; when absent the block must be a
+        legacy one (no attributes at all, in a generation committed before digests)."""
+        recorded = node.attrs.get("digest")
+        if recorded is None:
+            others = sorted(node.attrs)
+            if others:
+                raise self._damaged(path, f"no digest but attributes {', '.join(others)} (a "
+                                          "renamed or damaged digest)")
+            if self._digests_required(generation):
+                raise self._damaged(path, "digest missing (its generation recorded one for "
+                                          "every block)")
+        self._check_digest(path, recorded, compute)
+
+    def _digests_required(self, generation: int) -> bool:
+        """Whether ``generation`` is the committed one and was committed with block digests."""
+        counts = self.meta.get("counts") or {}
+        return counts.get("generation") == generation and counts.get("digests") is True
+
+    def legacy_blocks(self, generation: int) -> dict[int, list[str]]:
+        """Count block index -> its row blocks without a digest (proving that every row block
+        of ``generation`` is there).
+
+        Raises
+        ------
+        StoreCorruptError
+            Naming the first missing row block.
+        """
+        config = self.config
+        legacy: dict[int, list[str]] = {}
+        for r in range(config.n_blocks):
+            for k, _ in enumerate(row_blocks(config.vocab_size, self.meta["rows_per_block"])):
+                path = count_block_path(generation, r, k)
+                try:
+                    attrs = self.group[path].attrs
+                except (KeyError, ValueError, TypeError) as exc:
+                    raise self._unreadable(path, exc) from exc
+                if "digest" not in attrs:
+                    legacy.setdefault(r, []).append(path)
+        return legacy
+
+    def prove_generation(self, generation: int):
+        """Prove the committed ``generation`` is there and sound before a new one is begun
+        on top of it: its group, unigram and every row block exist, and its count blocks
+        with row blocks without a digest pass `legacy_counts_problem`. Reads only; blocks
+        with digests are verified as the new generation merges them.
+
+        Raises
+        ------
+        StoreCorruptError
+            Naming what is missing or inconsistent; nothing was changed or deleted.
+        """
+        root = f"counts/g{generation}"
+        if root not in self.group or f"{root}/unigram" not in self.group:
+            present = ", ".join(sorted(self.group_names("counts"))) or "none"
+            raise StoreCorruptError(
+                f"{root}: missing in store {self.url}, whose attributes record counts "
+                f"generation {generation} (generations present: {present}): zarr.json was "
+                "hand-edited or damaged, and nothing was changed or deleted; restore zarr.json "
+                "from a backup, or rebuild the store from the corpus")
+        legacy = self.legacy_blocks(generation)
+        if not legacy:
+            return
+        unigram = self.read_unigram(generation)
+        for r, paths in legacy.items():
+            V = self.config.vocab_size
+            sums = column_sums((self.read_count_block_csr(generation, r, k) for k, _ in
+                                enumerate(row_blocks(V, self.meta["rows_per_block"]))), V)
+            problem = legacy_counts_problem(self, generation, r, sums, unigram, paths)
+            if problem:
+                raise StoreCorruptError(problem)
+
     def _check_csr(self, path: str, indptr, indices, data):
         """Shape checks that catch a lost chunk even in stores without digests."""
         ok = (indptr.ndim == 1 and indptr.size >= 1 and indptr[0] == 0
@@ -139,24 +220,74 @@ class VerifiedReads:
                                       f"{indices.size} indices, {data.size} values)")
 
 
+def column_sums(blocks, vocab_size: int) -> np.ndarray:
+    """Column sums (int64, at least [V]) of CSR count row blocks ``(indptr, indices, data)``
+    (longer than V when a damaged block holds a column past the vocabulary)."""
+    total = np.zeros(vocab_size, np.int64)
+    for _, indices, data in blocks:
+        sums = np.bincount(indices, weights=data, minlength=vocab_size)
+        total = _add(total, np.rint(sums).astype(np.int64))
+    return total
+
+
+def legacy_counts_problem(view, generation: int, r: int, sums: np.ndarray,
+                          unigram: np.ndarray, legacy: list[str]) -> str | None:
+    """What is wrong with count block ``r`` whose row blocks ``legacy`` carry no digest, or
+    None: every counted target has one context token per offset (BOS-padded at document
+    starts; held-out text is in neither), so the block's column sums ``sums`` equal the
+    unigram (R times it for ``sum`` aggregation); a lost chunk reads back as zeros and
+    breaks that."""
+    config = view.config
+    expected = np.asarray(unigram, dtype=np.int64) * (config.radius
+                                                      if config.aggregation == "sum" else 1)
+    size = max(sums.size, expected.size)
+    sums = np.pad(sums, (0, size - sums.size))
+    expected = np.pad(expected, (0, size - expected.size))
+    if np.array_equal(sums, expected):
+        return None
+    bad = np.flatnonzero(sums != expected)
+    path = f"counts/g{generation}/r{r + 1}"
+    return (f"{path}: its column sums differ from the unigram at {bad.size} token(s) (id "
+            f"{bad[0]}: {sums[bad[0]]}, unigram {expected[bad[0]]}), and its row block(s) "
+            f"{', '.join(p.rsplit('/', 1)[1] for p in legacy)} carry no digest: damaged "
+            f"(e.g. a lost chunk) in store {view.url}: {DAMAGE_FIX}")
+
+
 def verify_store(store) -> dict:
-    """Read and check every committed count block, the unigram, the tokenizer and the
-    current weights of ``store`` (one snapshot), collecting all damage instead of stopping
-    at the first.
+    """Check a store's attributes, then read and check every committed count block, the
+    unigram, the tokenizer and the current weights (one snapshot), collecting all damage
+    instead of stopping at the first.
 
     Returns
     -------
     dict
-        ``ok`` (bool), ``checked`` (blocks and arrays read), ``damaged`` (list of
-        ``{"path", "problem"}``), ``without_digest`` (paths written before digests were
-        recorded: checked for shape only), ``counts_generation`` and ``weights_id``.
+        ``ok`` (bool), ``attributes`` (`attributes_status`: "digest ok", "legacy, no
+        attribute digest" or "digest mismatch"), ``checked`` (blocks and arrays read),
+        ``damaged`` (list of ``{"path", "problem"}``), ``without_digest`` (paths written
+        before digests were recorded: count blocks checked by content, the rest by shape),
+        ``counts_generation`` and ``weights_id``.
+
+    Raises
+    ------
+    StoreError
+        When there is no streamsolve store with counts at the URL.
     """
-    view = store.snapshot()
-    meta = view.meta
-    generation = view.committed_generation()
-    report = {"store": store.url, "ok": True, "checked": 0, "damaged": [],
-              "without_digest": [], "counts_generation": generation,
-              "weights_id": (meta.get("weights") or {}).get("id")}
+    meta = store.unchecked_meta()
+    report = {"store": store.url, "ok": False, "attributes": attributes_status(meta),
+              "checked": 0, "damaged": [], "without_digest": [], "counts_generation": None,
+              "weights_id": None}
+    try:
+        validate_meta(meta, store.url)
+    except StoreConfigError as exc:
+        report["damaged"].append({"path": "zarr.json", "problem": f"zarr.json: {exc}"})
+        return report
+    if report["attributes"] == DIGEST_MISMATCH:
+        report["damaged"].append({"path": "zarr.json", "problem": digest_problem(store.url)})
+    if "counts" not in meta:
+        raise StoreError(f"no streamsolve store with counts at {store.url}")
+    view = store.snapshot_of(meta)
+    report["counts_generation"] = generation = view.committed_generation()
+    report["weights_id"] = (meta.get("weights") or {}).get("id")
     _verify_counts(view, generation, report)
     if meta.get("weights"):
         _verify_weights(view, meta["weights"], report)
@@ -177,30 +308,49 @@ def _verify_one(view, report: dict, path: str, read):
     return result
 
 
+def _damage(report: dict, path: str, problem: str):
+    report["damaged"].append({"path": path, "problem": problem})
+
+
 def _verify_counts(view, generation: int, report: dict):
     counts = view.meta["counts"]
     _verify_one(view, report, "tokenizer", view.tokenizer_text)
     unigram_path = f"counts/g{generation}/unigram"
     unigram = _verify_one(view, report, unigram_path, lambda: view.read_unigram(generation))
     if unigram is not None and int(unigram.sum()) != int(counts["tokens"]):
-        report["damaged"].append({"path": unigram_path, "problem": (
-            f"{unigram_path}: holds {int(unigram.sum())} tokens but the commit recorded "
-            f"{counts['tokens']} in store {view.url}: {DAMAGE_FIX}")})
+        _damage(report, unigram_path, f"{unigram_path}: holds {int(unigram.sum())} tokens but "
+                f"the commit recorded {counts['tokens']} in store {view.url}: {DAMAGE_FIX}")
     config = view.config
+    V = config.vocab_size
     for r in range(config.n_blocks):
-        stored, complete = 0, True
-        for k, _ in enumerate(row_blocks(config.vocab_size, view.meta["rows_per_block"])):
-            path = count_block_path(generation, r, k)
-            csr = _verify_one(view, report, path,
+        path = f"counts/g{generation}/r{r + 1}"
+        stored, complete, sums = 0, True, np.zeros(V, np.int64)
+        for k, _ in enumerate(row_blocks(V, view.meta["rows_per_block"])):
+            csr = _verify_one(view, report, count_block_path(generation, r, k),
                               lambda: view.read_count_block_csr(generation, r, k))
             complete = complete and csr is not None
-            stored += csr[1].size if csr is not None else 0
-        expected = counts.get("nnz", [None] * config.n_blocks)[r]
-        if complete and expected is not None and stored != int(expected):
-            path = f"counts/g{generation}/r{r + 1}"
-            report["damaged"].append({"path": path, "problem": (
-                f"{path}: holds {stored} pairs but the commit recorded {expected} in store "
-                f"{view.url}: {DAMAGE_FIX}")})
+            if csr is not None:
+                stored += csr[1].size
+                sums = _add(sums, column_sums([csr], V))
+        expected = counts["nnz"][r]
+        if complete and stored != int(expected):
+            _damage(report, path, f"{path}: holds {stored} pairs but the commit recorded "
+                                  f"{expected} in store {view.url}: {DAMAGE_FIX}")
+            continue
+        legacy = [p for p in report["without_digest"] if p.startswith(path + "/")]
+        if complete and legacy and unigram is not None:
+            problem = legacy_counts_problem(view, generation, r, sums, unigram, legacy)
+            if problem:
+                _damage(report, path, problem)
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a + b`` of column sums of possibly different lengths."""
+    if a.size < b.size:
+        a, b = b, a
+    a = a.copy()
+    a[:b.size] += b
+    return a
 
 
 def _verify_weights(view, weights: dict, report: dict):

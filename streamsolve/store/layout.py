@@ -1,4 +1,4 @@
-"""The store's layout: format constants, errors, row blocks, CSR helpers, attribute checks.
+"""The store's layout: format constants, errors, row blocks, CSR helpers.
 
 Layout (``g`` = counts generation, ``w`` = weights version id)::
 
@@ -15,7 +15,8 @@ Layout (``g`` = counts generation, ``w`` = weights version id)::
                                          (a refined version instead: bias, table{b} or
                                          embedding{b}, output{b}, row_offsets{b})
 
-Everything here is pure: it reads no store, so every other module of the package may use it.
+The attributes' digest and validation are in `streamsolve.store.attributes`. Everything here
+is pure: it reads no store, so every other module of the package may use it.
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ class StoreCorruptError(StoreError):
     """Stored data fails its checksum, digest or shape check: the store is damaged."""
 
 
-class DiskFullError(StoreError):
+class StoreWriteError(StoreError):
+    """A write to a store failed (full disk, file-size limit, permissions, read-only file
+    system, ...); the message names the errno, the store's state and the fix."""
+
+
+class DiskFullError(StoreWriteError):
     """A write ran out of disk space; the message names the path and the fix."""
 
 
@@ -74,6 +80,51 @@ def is_disk_full(exc: BaseException) -> bool:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return exc.errno is None and bool(_SHORT_WRITE.fullmatch(str(exc)))
+
+
+def errno_name(exc: OSError) -> str:
+    """The symbolic errno of ``exc`` (``ENOSPC``, ``EFBIG``, ...), or ``"OSError"``."""
+    if is_disk_full(exc) and exc.errno is None:
+        return "ENOSPC"  # NumPy's short write
+    return errno.errorcode.get(exc.errno, "OSError") if exc.errno else "OSError"
+
+
+_WRITE_FIXES = {
+    "EFBIG": ("a file reached the file-size limit", "raise the limit (`ulimit -f`) or put the "
+              "store on a file system that holds larger files"),
+    "EACCES": ("permission denied", "fix the permissions of the store and its directory"),
+    "EPERM": ("operation not permitted", "fix the permissions of the store and its directory"),
+    "EROFS": ("the file system is read-only", "remount it read-write or choose another store "
+              "path"),
+}
+
+
+def write_failure(exc: OSError, what: str, state: str) -> StoreWriteError:
+    """The one-line error for an ``OSError`` raised by a store write.
+
+    Parameters
+    ----------
+    exc : OSError
+        What the write raised.
+    what : str
+        What was being done, e.g. ``"writing the weights to STORE"``.
+    state : str
+        What the store holds now, e.g. ``"the store is unchanged"``.
+
+    Returns
+    -------
+    StoreWriteError
+        `DiskFullError` for a full disk or quota; the errno's name in every message.
+    """
+    name = errno_name(exc)
+    where = f" on {exc.filename}" if getattr(exc, "filename", None) else ""
+    if is_disk_full(exc):
+        return DiskFullError(f"{what} failed: the disk is full ({name}{where}). {state}; free "
+                             "space there and run the same command again.")
+    reason, fix = _WRITE_FIXES.get(name, ((exc.strerror or str(exc)).rstrip("."),
+                                          "fix that"))
+    return StoreWriteError(f"{what} failed: {reason} ({name}{where}). {state}; {fix} and run "
+                           "the same command again.")
 
 
 def retire_seconds() -> float:
@@ -188,103 +239,3 @@ def refined_arrays(weights_meta: dict) -> list[str]:
         return ["bias"] + [f"table{b}" for b in range(n)]
     return ["bias"] + [f"{name}{b}" for b in range(n)
                        for name in ("embedding", "output", "row_offsets")]
-
-
-# -- validation of a store's attributes ------------------------------------------------------
-
-def _is_int(value, low: int, high: int | None = None) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
-            and (high is None or value <= high))
-
-
-def _config_problems(meta: dict) -> list[str]:
-    config = meta.get("config")
-    if not isinstance(config, dict):
-        return ["config is missing or not an object"]
-    problems = []
-    vocab_size = config.get("vocab_size")
-    if not _is_int(vocab_size, 2, 3_000_000_000):
-        problems.append(f"config.vocab_size {vocab_size!r} is not an integer in 2..3e9")
-    if not _is_int(config.get("radius"), 1, MAX_RADIUS):
-        problems.append(f"config.radius {config.get('radius')!r} is not an integer in "
-                        f"1..{MAX_RADIUS}")
-    if config.get("aggregation") not in ("cat", "sum"):
-        problems.append(f"config.aggregation {config.get('aggregation')!r} is not 'cat' or 'sum'")
-    if _is_int(vocab_size, 2) and not _is_int(config.get("bos_id"), 0, vocab_size - 1):
-        problems.append(f"config.bos_id {config.get('bos_id')!r} is outside 0..{vocab_size - 1}")
-    tokenizer = meta.get("tokenizer")
-    if not isinstance(tokenizer, dict) or tokenizer.get("vocab_size") != vocab_size:
-        problems.append("tokenizer.vocab_size does not match config.vocab_size")
-    if not _is_int(meta.get("rows_per_block"), 1):
-        problems.append(f"rows_per_block {meta.get('rows_per_block')!r} is not an integer >= 1")
-    return problems
-
-
-def _counts_problems(meta: dict) -> list[str]:
-    counts = meta.get("counts")
-    if counts is None:
-        return []
-    if not isinstance(counts, dict):
-        return ["counts is not an object"]
-    problems = []
-    if not _is_int(counts.get("generation"), 1):
-        problems.append(f"counts.generation {counts.get('generation')!r} is not an integer >= 1")
-    if not _is_int(counts.get("tokens"), 0):
-        problems.append(f"counts.tokens {counts.get('tokens')!r} is not an integer >= 0")
-    nnz = counts.get("nnz")
-    config = meta["config"]
-    n_blocks = config["radius"] if config["aggregation"] == "cat" else 1
-    if not (isinstance(nnz, list) and len(nnz) == n_blocks and all(_is_int(n, 0) for n in nnz)):
-        problems.append(f"counts.nnz {str(nnz)[:40]} is not {n_blocks} non-negative integers "
-                        f"(one per count block of radius {config['radius']}, aggregation "
-                        f"{config['aggregation']})")
-    return problems
-
-
-def _weights_problems(meta: dict) -> list[str]:
-    weights = meta.get("weights")
-    if weights is None:
-        return []
-    names = [weights.get("id")] if isinstance(weights, dict) else [None]
-    blocks = weights.get("blocks") if isinstance(weights, dict) else None
-    if isinstance(blocks, list) and all(isinstance(keys, list) for keys in blocks):
-        names += [key for keys in blocks for key in keys]
-    else:
-        names.append(None)
-    if not all(isinstance(name, str) and name.isalnum() for name in names):
-        return ["weights.id / weights.blocks are not alphanumeric names"]
-    return []
-
-
-def _history_problems(meta: dict) -> list[str]:
-    history = meta.get("history", [])
-    if not (isinstance(history, list)
-            and all(isinstance(event, dict) and isinstance(event.get("event"), str)
-                    for event in history)):
-        return ["history is not a list of events (objects with an 'event' name)"]
-    return []
-
-
-def validate_meta(meta: dict, url: str):
-    """Check a store's attributes for type and range before anything is read by them.
-
-    Raises
-    ------
-    StoreConfigError
-        One line naming the store, every bad attribute, and the fix.
-    """
-    version = meta.get("format_version")
-    if not _is_int(version, 1):
-        problems = [f"format_version {version!r} is not an integer >= 1"]
-    elif version > FORMAT_VERSION:
-        raise StoreConfigError(f"store {url} has format_version {version}, newer than this "
-                               f"streamsolve reads (up to {FORMAT_VERSION}): upgrade streamsolve")
-    else:
-        problems = _config_problems(meta)
-        if not problems:
-            problems = (_counts_problems(meta) + _weights_problems(meta)
-                        + _history_problems(meta))
-    if problems:
-        raise StoreConfigError(f"store {url} has invalid attributes (hand-edited or damaged "
-                               f"zarr.json): {'; '.join(problems)}. Restore zarr.json or "
-                               "rebuild the store.")

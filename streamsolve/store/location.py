@@ -211,25 +211,6 @@ def is_inside_store(path: str, store_url: str, storage_options: dict | None = No
             and (inner.rstrip("/") + "/").startswith(root.rstrip("/") + "/"))
 
 
-def remove_store(url: str, storage_options: dict | None = None):
-    """Delete the streamsolve store at ``url`` (for ``solve --overwrite``); hold its lock.
-
-    Only a streamsolve store holding nothing but its own entries is removed (the directory
-    itself stays); anything else is refused and left untouched.
-
-    Raises
-    ------
-    StoreError
-        Naming what is at ``url`` when it is not a streamsolve store, or the foreign entries.
-    """
-    location = replaceable_location(url, storage_options, format_name=FORMAT,
-                                    store_noun="a streamsolve store", own_entries=STORE_ENTRIES)
-    if location.kind in ("absent", "empty"):
-        return
-    remove_entries(url, storage_options, STORE_ENTRIES)
-    logger.info("removed the streamsolve store %s (--overwrite)", url)
-
-
 def remove_entries(url: str, storage_options: dict | None, entries: tuple = STORE_ENTRIES):
     """Remove a store's own top-level ``entries``, nothing else."""
     fs, root = filesystem(zarr_location(url), storage_options)

@@ -10,9 +10,12 @@ LOCK_NB)`` on the lock file, held for the writer's lifetime. The kernel releases
 process ends, however it ends (SIGKILL included, before the process is even reaped), so a
 dead writer never blocks the next one and no lock is ever "broken" by hand: holding the
 flock is the lock. The file's content only describes the holder (host, pid, process start,
-command, start time) for the error message; an empty or unreadable file (e.g. left by a full
-disk) is not a holder. ``flock`` works on local disks and on NFSv4/CIFS mounts; a file
-system without it (e.g. Lustre mounted ``noflock``) is refused with a clear error.
+command name, start time; never the command's arguments, which may hold credentials) for the
+error message; an empty or unreadable file (e.g. left by a full disk) is not a holder. The
+file is created with mode 0600 and opened with ``O_NOFOLLOW``: a symbolic link, a hard-linked
+file or anything but a regular file at the lock's path is refused (a writer would otherwise
+truncate and overwrite its target). ``flock`` works on local disks and on NFSv4/CIFS mounts;
+a file system without it (e.g. Lustre mounted ``noflock``) is refused with a clear error.
 
 Object stores (fsspec URLs) have no kernel: the lock is an object created with a
 conditional create (``fs.open(path, "xb")``, an ``If-None-Match`` PUT on S3), then read back
@@ -40,14 +43,14 @@ import logging
 import os
 import posixpath
 import socket
-import sys
+import stat
 import threading
 import time
 import uuid
 
 from fsspec.core import url_to_fs
 
-from .layout import is_disk_full
+from .layout import errno_name, is_disk_full
 
 try:
     import fcntl
@@ -64,6 +67,9 @@ DEBRIS_SECONDS = 10.0
 
 PROGRESS_SECONDS = 30.0
 """Interval of the "still waiting" log lines."""
+
+LOCK_FILE_MODE = 0o600
+"""Mode of a local lock file: readable by its owner only, whatever the umask or --mode."""
 
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
@@ -229,11 +235,12 @@ class StoreLock:
         self._fd: int | None = None
 
     def _record(self) -> dict:
+        """Who holds the lock: host, pid, process start (to tell a reused pid), start time,
+        command name and token; never the command's arguments (they may hold secrets)."""
         return {"host": socket.gethostname(), "pid": os.getpid(),
                 "process_start": _process_start_time(os.getpid()),
                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": self.command, "token": self.token,
-                "argv": " ".join(sys.argv[:6])}
+                "command": self.command, "token": self.token}
 
     def read_holder(self) -> dict | None:
         """The current lock file's holder record, or None when there is no lock file.
@@ -241,30 +248,66 @@ class StoreLock:
         An empty or unreadable file gives ``{"unreadable": why}``. For local stores the record
         only describes the holder: whether the lock is held is the kernel's to say.
         """
+        if self.kernel_lock:
+            return self._read_local_holder()
         try:
             with self.fs.open(self.path, "rb") as handle:
                 return _parse_holder(handle.read())
         except FileNotFoundError:
             return None
 
+    def _read_local_holder(self) -> dict | None:
+        """`read_holder` of a local lock file, never following a link at its path."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return {"unreadable": exc.strerror or "unreadable"}
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return {"unreadable": "not a regular file"}
+            return _parse_holder(os.pread(fd, 1 << 16, 0))
+        finally:
+            os.close(fd)
+
     # -- local stores: a kernel lock -------------------------------------------------------
 
     def _open_lock_file(self) -> int:
+        """The lock file, created with mode 0600; never a link or anything but a file."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, flags, LOCK_FILE_MODE)
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR):
+                kind = "a symbolic link" if exc.errno == errno.ELOOP else "a directory"
+                raise self._unsafe_path(f"is {kind}") from exc
             raise self._create_error(exc) from exc
+        info = os.fstat(fd)
+        problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode) else
+                   f"is a file with {info.st_nlink} hard links" if info.st_nlink > 1 else None)
+        if problem:
+            os.close(fd)
+            raise self._unsafe_path(problem)
+        return fd
+
+    def _unsafe_path(self, problem: str) -> "LockFileError":
+        return LockFileError(f"refusing the writer lock {self.path} of store {self.store_url}: "
+                             f"it {problem}, which a writer would truncate and overwrite; "
+                             "nothing was written. Remove it (streamsolve creates the lock "
+                             "file itself)")
 
     def _create_error(self, exc: OSError) -> "LockFileError":
         """The one-line error for a lock file that cannot be created (full disk or else)."""
         if is_disk_full(exc):
             return LockFileError(f"cannot create the writer lock {self.path} beside store "
                                  f"{self.store_url}: the disk is full; free space there and "
-                                 "run the same command again (nothing was written)")
+                                 f"run the same command again ({errno_name(exc)}; nothing was "
+                                 "written)")
         return LockFileError(f"cannot create the writer lock {self.path} beside store "
-                             f"{self.store_url}: {exc.strerror or exc}; the store's parent "
-                             "directory must be writable (and not full)")
+                             f"{self.store_url}: {exc.strerror or exc} ({errno_name(exc)}); "
+                             "the store's parent directory must be writable (and not full)")
 
     def _try_flock(self) -> bool | None:
         """True: locked; False: a live process holds it; None: retry (file was replaced)."""
@@ -293,7 +336,7 @@ class StoreLock:
     def _is_lock_file(self, fd: int) -> bool:
         """Whether ``fd`` is (still) the file at the lock's path."""
         try:
-            current = os.stat(self.path)
+            current = os.lstat(self.path)
         except FileNotFoundError:
             return False
         opened = os.fstat(fd)
@@ -307,6 +350,8 @@ class StoreLock:
                            "the kernel released it, so its lock is taken over",
                            self.store_url, describe(previous))
         try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != LOCK_FILE_MODE:
+                os.fchmod(fd, LOCK_FILE_MODE)  # left by an older version, or by hand
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(self._record()).encode("utf-8"), 0)
         except OSError as exc:  # e.g. a full disk: the flock alone is the lock

@@ -17,7 +17,11 @@ a later commit once they have been retired for longer than the grace period
 (`retire_seconds`: ``STREAMSOLVE_RETIRE_SECONDS``, default 600). A reader that resolves its
 snapshot and finishes within the grace period can therefore never lose its data; one that takes
 longer gets a clear error asking it to run again, never other data. Uncommitted generations
-(debris of a crashed writer) were never visible to readers and are removed at once.
+(debris of a crashed writer) were never visible to readers; the next commit retires them like
+replaced ones (nothing is deleted before a commit has proven the store's state).
+
+Attributes. Every open checks ``zarr.json``'s attributes against their digest and validates
+them (`streamsolve.store.attributes`); every write records the digest in the same atomic write.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import numpy as np
 
 from ..core.counting import CountConfig, Counts
 from .history import created_event, history_of
+from .attributes import check_attributes, validate_meta, with_digest
 from .integrity import VerifiedReads, block_digest, verify_store, write_checksummed_array
 from .layout import (DEFAULT_ROWS_PER_BLOCK, FORMAT, FORMAT_VERSION, STORE_ENTRIES,
-                     StoreConfigError, StoreError, StoreMismatchError, age_seconds,
-                     count_block_path, csr_of_rows, live_paths, retire_seconds, row_blocks,
-                     stack_row_blocks, utc_now, validate_meta)
+                     StoreConfigError, StoreCorruptError, StoreError, StoreMismatchError,
+                     age_seconds, count_block_path, csr_of_rows, live_paths, retire_seconds,
+                     row_blocks, stack_row_blocks, utc_now, write_failure)
 from .location import creatable_location, is_local, remove_entries, zarr_location
 from .locking import StoreLock
 from .manifest import manifest_entries
@@ -102,26 +107,34 @@ class ModelStore(VerifiedReads, WeightBlocks):
 
         Raises
         ------
-        StoreConfigError
-            If a streamsolve store is there but its attributes are invalid.
+        StoreConfigError, StoreCorruptError
+            If a streamsolve store is there but its attributes are invalid, or differ from
+            their digest.
         """
         try:
             return "counts" in self.meta
-        except StoreConfigError:
+        except (StoreConfigError, StoreCorruptError):
             raise
         except StoreError:
             return False
 
     @property
     def meta(self) -> dict:
-        """The store's attributes (``attrs["streamsolve"]``); a snapshot's are fixed."""
+        """The store's attributes, checked against their digest and validated
+        (`streamsolve.store.attributes`); a snapshot's are fixed."""
         if self._pinned_meta is not None:
             return self._pinned_meta
+        attrs = self.unchecked_meta()
+        check_attributes(attrs, self.url)
+        return attrs
+
+    def unchecked_meta(self) -> dict:
+        """The attributes as stored, re-read, not checked beyond being a streamsolve store's
+        (for `verify`, which reports what is wrong with them instead of stopping)."""
         self._group = None  # re-read: another process may have committed since
         attrs = dict(self.group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{self.url} is a Zarr group but not a streamsolve store")
-        validate_meta(attrs, self.url)
         return attrs
 
     @property
@@ -130,10 +143,21 @@ class ModelStore(VerifiedReads, WeightBlocks):
         return history_of(self.meta)
 
     def _set_meta(self, meta: dict):
-        """Replace the attributes in one write (zarr writes zarr.json atomically)."""
+        """Replace the attributes, with their digest, in one write (zarr writes zarr.json
+        atomically: a failed write leaves the previous attributes).
+
+        Raises
+        ------
+        StoreWriteError
+            One line naming the errno when the write fails (the store is unchanged).
+        """
         if self._pinned_meta is not None:
             raise StoreError(f"a snapshot of {self.url} is read-only; write through a ModelStore")
-        self.group.attrs.put(meta)
+        try:
+            self.group.attrs.put(with_digest(meta))
+        except OSError as exc:
+            raise write_failure(exc, f"writing the attributes of {self.url}",
+                                "The store is unchanged") from exc
 
     def snapshot(self) -> "ModelStore":
         """A read-only view of the store as it is now: its attributes are read once.
@@ -144,8 +168,12 @@ class ModelStore(VerifiedReads, WeightBlocks):
         """
         if self._pinned_meta is not None:
             return self
+        return self.snapshot_of(self.meta)
+
+    def snapshot_of(self, meta: dict) -> "ModelStore":
+        """A read-only view reading by ``meta`` (attributes read once by the caller)."""
         view = ModelStore(self.url, self.storage_options)
-        view._pinned_meta = self.meta
+        view._pinned_meta = meta
         view._group = self._group
         return view
 
@@ -187,6 +215,7 @@ class ModelStore(VerifiedReads, WeightBlocks):
             "history": [created],
         }
         validate_meta(attrs, url)
+        attrs = with_digest(attrs)
         store._created_here, store._created_root = True, location.kind == "absent"
         try:
             if location.kind == "store":  # debris of an interrupted creation
@@ -297,29 +326,23 @@ class ModelStore(VerifiedReads, WeightBlocks):
         return [name for name, _ in self.group[path].groups()]
 
     def discard_uncommitted(self):
-        """Remove counts generations that are not committed (after a failed write).
+        """After a failed first write: remove the store if this object created it and it
+        never got committed counts.
 
-        A store without committed counts is removed only if this object created it
-        (`create`), and then only its own entries (and its directory, if `create` made it
-        and it is left empty); anything else at the path is never touched.
+        Only what `create` wrote is removed (and its directory, if `create` made it and it
+        is left empty); anything else at the path is never touched. A store with committed
+        counts is left as it is: the failed `CountsTransaction` removed its own generation,
+        and nothing else is deleted on a failure path (hand-edited or damaged attributes
+        must never make real counts look like debris).
         """
         try:
-            meta = self.meta
-            previous = meta.get("counts")
+            previous = self.meta.get("counts")
         except StoreError:
             if self._created_here:
                 self._discard_created_store()
             return
         if previous is None:
             self._discard_created_store()
-            return
-        retired = meta.get("retired", {})
-        for name in self.group_names("counts"):
-            if name != f"g{previous['generation']}" and f"counts/{name}" not in retired:
-                try:
-                    del self.group[f"counts/{name}"]
-                except Exception:
-                    logger.warning("could not remove uncommitted %s/counts/%s", self.url, name)
 
     def _discard_created_store(self):
         if not self._created_here:
@@ -348,13 +371,14 @@ class ModelStore(VerifiedReads, WeightBlocks):
         Raises
         ------
         StoreCorruptError
-            If the block is missing, fails its checksum, or its digest differs from the one
-            recorded when it was written.
+            If the block is missing, fails its checksum, its digest differs from the one
+            recorded when it was written, or it lacks the digest its generation requires.
         """
         path = count_block_path(generation, r, k)
         node, (indptr, indices, data) = self._read_arrays(path, ("indptr", "indices", "data"))
         self._check_csr(path, indptr, indices, data)
-        self._check_digest(path, node.attrs.get("digest"), lambda: block_digest(indptr, indices, data))
+        self._check_count_digest(path, node, generation,
+                                 lambda: block_digest(indptr, indices, data))
         return indptr, indices, data
 
     def read_unigram(self, generation: int | None = None) -> np.ndarray:

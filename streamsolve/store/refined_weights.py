@@ -20,21 +20,22 @@ A later ``finalize`` commits explicit weights again in the same way.
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 
 from .history import with_event
 from .integrity import write_checksummed_array
 from .layout import REFINED, StoreError, is_refined, refined_arrays, utc_now
+from .weight_blocks import commit_weights_version
+
 
 def commit_refined(store, bias: np.ndarray, tables: list | None = None,
                    factors: list | None = None, provenance: dict | None = None) -> str:
     """Write refined weights as a new weights version of ``store`` and switch to it.
 
     Call it holding the store's writer lock. Nothing is visible to readers until the final
-    attribute write; a failure before it leaves the previous weights current (the written
-    arrays are debris a later commit retires).
+    attribute write; any failure before it leaves the previous weights current and removes
+    the arrays written (`commit_weights_version`; an ``OSError`` becomes one
+    `StoreWriteError` line naming its errno).
 
     Parameters
     ----------
@@ -54,36 +55,40 @@ def commit_refined(store, bias: np.ndarray, tables: list | None = None,
     """
     if (tables is None) == (factors is None):
         raise ValueError("give either dense tables or factors")
-    meta = dict(store.meta)
+    meta = store.meta
     V = int(meta["config"]["vocab_size"])
     rows = int(meta["rows_per_block"])
-    weights_id = uuid.uuid4().hex[:12]
-    root = store.group.require_group(f"weights/v{weights_id}")
-    write_checksummed_array(root, "bias", np.asarray(bias, dtype=np.float32))
     if tables is not None:
-        for b, table in enumerate(tables):
-            write_checksummed_array(root, f"table{b}", np.asarray(table, dtype=np.float32),
-                                    chunk_elements=rows * V)
         layout, rank, n_blocks = "dense", None, len(tables)
     else:
-        for b, (E, B, offsets) in enumerate(factors):
+        layout, rank, n_blocks = "factored", int(factors[0][0].shape[1]), len(factors)
+
+    def write_arrays(root):
+        write_checksummed_array(root, "bias", np.asarray(bias, dtype=np.float32))
+        for b, table in enumerate(tables or []):
+            write_checksummed_array(root, f"table{b}", np.asarray(table, dtype=np.float32),
+                                    chunk_elements=rows * V)
+        for b, (E, B, offsets) in enumerate(factors or []):
             write_checksummed_array(root, f"embedding{b}", np.asarray(E, dtype=np.float32))
             write_checksummed_array(root, f"output{b}", np.asarray(B, dtype=np.float32))
             write_checksummed_array(root, f"row_offsets{b}", np.asarray(offsets, np.float32))
-        layout, rank, n_blocks = "factored", int(factors[0][0].shape[1]), len(factors)
+
     provenance = dict(provenance or {})
-    previous = meta.get("weights") or {}
-    counts_id = meta["counts"]["id"]
-    meta["weights"] = {"id": weights_id, "counts_id": counts_id, "written": utc_now(),
-                       "blocks": [], "kind": REFINED, "layout": layout, "rank": rank,
-                       "n_blocks": n_blocks, "form": previous.get("form"),
-                       "smoothing": previous.get("smoothing"), "calibration": None,
-                       "refined": provenance}
-    meta = with_event(meta, {"event": "refined", "time": utc_now(), "weights_id": weights_id,
-                             "counts_id": counts_id, "layout": layout, "rank": rank,
-                             **{k: v for k, v in provenance.items() if k != "curve"}})
-    store.commit_attributes(meta)
-    return weights_id
+
+    def attributes(meta: dict, weights_id: str) -> dict:
+        previous = meta.get("weights") or {}
+        counts_id = meta["counts"]["id"]
+        meta["weights"] = {"id": weights_id, "counts_id": counts_id, "written": utc_now(),
+                           "blocks": [], "kind": REFINED, "layout": layout, "rank": rank,
+                           "n_blocks": n_blocks, "form": previous.get("form"),
+                           "smoothing": previous.get("smoothing"), "calibration": None,
+                           "refined": provenance}
+        return with_event(meta, {"event": "refined", "time": utc_now(),
+                                 "weights_id": weights_id, "counts_id": counts_id,
+                                 "layout": layout, "rank": rank,
+                                 **{k: v for k, v in provenance.items() if k != "curve"}})
+
+    return commit_weights_version(store, write_arrays, attributes)
 
 
 def read_refined(store, allow_stale: bool = False):

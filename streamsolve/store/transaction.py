@@ -8,11 +8,16 @@
         txn.commit(unigram, nnz, new_shards, totals)
 
 Entering requires the store's writer lock, held by the calling thread (`StoreLock`), and
-creates an empty generation that no reader sees. Row blocks are written one writer per
-block, from this process or from Dask workers (`write_count_block`, given
-``txn.generation``). `CountsTransaction.commit` writes the unigram and switches the store's
-attributes to the generation in one atomic write that also appends the ``ingest`` event to
-the store's history. Leaving without a commit (an exception, or no call) removes the
+creates an empty generation that no reader sees, numbered past every generation present,
+after proving that the committed one is there (`prove_generation`): a store whose recorded
+generation is missing is refused, and nothing is deleted on entering (generations left by
+crashed writers are retired by the next commit and removed after the grace period, like
+replaced ones). Row blocks are written one writer per block, from this process or from Dask
+workers (`write_count_block`, given ``txn.generation``). `CountsTransaction.commit` checks
+that every row block was written, writes the unigram and switches the store's attributes to
+the generation in one atomic write that also appends the ``ingest`` event to the store's
+history and records ``counts.digests`` (every block of the generation carries a digest, so
+one without is damage). Leaving without a commit (an exception, or no call) removes the
 generation: the store is as it was.
 """
 
@@ -82,27 +87,30 @@ class CountsTransaction:
             raise StoreError(f"refusing to write counts to {self.store.url} without holding "
                              "its writer lock: take `StoreLock(store)` first (the command line "
                              "and `streamsolve.count` do)")
-        self.generation = self._begin()
+        try:
+            self._begin()
+        except BaseException:  # e.g. a full disk while creating its groups
+            if self.generation is not None:
+                self.discard()
+            raise
         return self
 
-    def _begin(self) -> int:
-        """Create an empty, uncommitted generation (removing debris of crashed writers)."""
+    def _begin(self):
+        """Create an empty, uncommitted generation past every one present (deleting none),
+        once the committed one is proven there; sets `generation` before writing."""
         store = self.store
         meta = store.meta
         previous = meta.get("counts")
         current = previous["generation"] if previous else 0
+        if previous:
+            store.snapshot_of(meta).prove_generation(current)
         existing = [int(name[1:]) for name in store.group_names("counts") if name[1:].isdigit()]
-        generation = max([current, *existing]) + 1
-        retired = meta.get("retired", {})
-        for name in existing:
-            if name != current and f"counts/g{name}" not in retired:
-                del store.group[f"counts/g{name}"]  # debris of an interrupted ingest
+        self.generation = max([current, *existing]) + 1
         config = CountConfig(**meta["config"])
-        gen_group = store.group.require_group(f"counts/g{generation}")
+        gen_group = store.group.require_group(f"counts/g{self.generation}")
         for r in range(config.n_blocks):
             for k, _ in enumerate(row_blocks(config.vocab_size, meta["rows_per_block"])):
                 gen_group.require_group(f"r{r + 1}/b{k}")
-        return generation
 
     def write_block(self, r: int, k: int, indptr: np.ndarray, indices: np.ndarray,
                     data: np.ndarray):
@@ -125,13 +133,14 @@ class CountsTransaction:
             Reading totals of the whole store after this generation.
         """
         store = self.store
+        self._check_written()
         gen_group = store.group[f"counts/g{self.generation}"]
         write_checksummed_array(gen_group, "unigram", np.asarray(unigram, dtype=np.int64))
         meta = dict(store.meta)
         tokens = int(np.sum(unigram))
         meta["counts"] = {"generation": self.generation, "id": uuid.uuid4().hex,
                           "nnz": [int(n) for n in nnz], "tokens": tokens,
-                          "committed": utc_now()}
+                          "committed": utc_now(), "digests": True}
         meta = with_manifest_entries(meta, new_shards)
         meta["totals"] = totals
         event = ingest_event(self.generation, new_shards, totals, tokens, nnz)
@@ -140,6 +149,18 @@ class CountsTransaction:
         self.committed = True
         logger.info("committed counts generation %d to %s (%d tokens, nnz %s)",
                     self.generation, store.url, tokens, meta["counts"]["nnz"])
+
+    def _check_written(self):
+        """Refuse to commit a generation one of whose row blocks was not written."""
+        meta = self.store.meta
+        config = CountConfig(**meta["config"])
+        for r in range(config.n_blocks):
+            for k, _ in enumerate(row_blocks(config.vocab_size, meta["rows_per_block"])):
+                path = count_block_path(self.generation, r, k)
+                if "digest" not in self.store.group[path].attrs:
+                    raise StoreError(f"row block {path} of store {self.store.url} was not "
+                                     "written: nothing was committed; run the same command "
+                                     "again")
 
     def __exit__(self, exc_type, exc, traceback):
         if not self.committed and self.generation is not None:

@@ -13,16 +13,20 @@ weights (``streamsolve.engine.finalize.read_store_weights``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 
 import numpy as np
 
 from .history import calibrated_event, finalized_event, with_event
 from .integrity import array_digest, block_digest, write_checksummed_array
-from .layout import StoreError, count_block_path, live_paths, stack_row_blocks, utc_now
+from .layout import (StoreError, count_block_path, live_paths, stack_row_blocks, utc_now,
+                     write_failure)
+
+logger = logging.getLogger(__name__)
 
 #: Keys of ``attrs["weights"]`` that describe the version rather than its parameters.
-VERSION_KEYS = ("id", "counts_id", "written", "blocks", "reused_blocks")
+VERSION_KEYS = ("id", "counts_id", "written", "blocks", "reused_blocks", "digests")
 
 
 @dataclasses.dataclass
@@ -45,6 +49,57 @@ class StoredWeights:
     params: dict
 
 
+def commit_weights_version(store, write_arrays, attributes) -> str:
+    """Write a new weights version and make it the store's, or leave no trace of it.
+
+    Parameters
+    ----------
+    store : ModelStore
+        Held under its writer lock.
+    write_arrays : callable
+        ``write_arrays(group)`` writes the version's arrays into its (new) group.
+    attributes : callable
+        ``attributes(meta, weights_id)`` returns the store's attributes with the version
+        (and its history events); committed in one write (`ModelStore.commit_attributes`).
+
+    Returns
+    -------
+    str
+        The new version id.
+
+    Raises
+    ------
+    StoreWriteError
+        For an ``OSError`` (full disk, file-size limit, permissions, ...): one line naming
+        the errno. On any failure the version's group is removed unless the attribute write
+        switched to it, so the previous weights stay current and nothing half-written stays.
+    """
+    weights_id = uuid.uuid4().hex[:12]
+    path = f"weights/v{weights_id}"
+    try:
+        write_arrays(store.group.require_group(path))
+        store.commit_attributes(attributes(dict(store.meta), weights_id))
+    except BaseException as exc:
+        _discard_version(store, path, weights_id)
+        if isinstance(exc, OSError):
+            raise write_failure(exc, f"writing the weights to {store.url}",
+                                "The store is unchanged (its previous weights stay current)"
+                                ) from exc
+        raise
+    return weights_id
+
+
+def _discard_version(store, path: str, weights_id: str):
+    """Remove an uncommitted weights version (best effort; never the committed one)."""
+    try:
+        if (store.unchecked_meta().get("weights") or {}).get("id") == weights_id:
+            return  # the attribute write went through: it is the store's now
+        if path in store.group:
+            del store.group[path]
+    except Exception:  # the next commit retires it
+        logger.warning("could not remove the uncommitted weights version %s/%s", store.url, path)
+
+
 class WeightBlocks:
     """Weight blocks and versions of a store (mixed into `ModelStore`)."""
 
@@ -58,9 +113,13 @@ class WeightBlocks:
         return digest
 
     def has_weight_block(self, key: str) -> bool:
-        """Whether a complete weight row block ``key`` is stored."""
+        """Whether a complete weight row block ``key`` is stored, with its digest (a block
+        without one, written before digests, is recomputed rather than reused unchecked)."""
         path = f"weights/blocks/{key}"
-        return path in self.group and bool(self.group[path].attrs.get("complete"))
+        if path not in self.group:
+            return False
+        attrs = self.group[path].attrs
+        return bool(attrs.get("complete")) and "digest" in attrs
 
     def write_weight_block(self, key: str, indptr, indices, data, row_terms):
         """Write one weight row block (marked complete only after all its arrays)."""
@@ -106,9 +165,17 @@ class WeightBlocks:
         node, arrays = self._read_arrays(path, ("indptr", "indices", "data", "row_terms"))
         indptr, indices, data, row_terms = arrays
         self._check_csr(path, indptr, indices, data)
+        if "digest" not in node.attrs and self._weight_digest_required(key):
+            raise self._damaged(path, "digest missing (its weights version recorded one for "
+                                      "every block)")
         self._check_digest(path, node.attrs.get("digest"),
                            lambda: array_digest(indptr, indices, data, row_terms))
         return indptr, indices, data, row_terms
+
+    def _weight_digest_required(self, key: str) -> bool:
+        """Whether ``key`` is a block of the current weights, committed with block digests."""
+        info = self.meta.get("weights") or {}
+        return info.get("digests") is True and any(key in keys for keys in info["blocks"])
 
     def commit_weights(self, params: dict, block_keys: list[list[str]], col_terms: np.ndarray,
                        bias: np.ndarray, log_unigram: np.ndarray,
@@ -126,20 +193,22 @@ class WeightBlocks:
         str
             The new weights version id.
         """
-        weights_id = uuid.uuid4().hex[:12]
-        root = self.group.require_group(f"weights/v{weights_id}")
-        write_checksummed_array(root, "col_terms", np.asarray(col_terms, dtype=np.float64))
-        write_checksummed_array(root, "bias", np.asarray(bias, dtype=np.float64))
-        write_checksummed_array(root, "log_unigram", np.asarray(log_unigram, dtype=np.float64))
-        meta = dict(self.meta)
-        counts_id = counts_id or meta["counts"]["id"]
-        meta["weights"] = {"id": weights_id, "counts_id": counts_id,
-                           "written": utc_now(), "blocks": block_keys, **params}
-        meta = with_event(meta, finalized_event(weights_id, counts_id, params, reused_blocks))
-        if params.get("calibration"):
-            meta = with_event(meta, calibrated_event(weights_id, params["calibration"]))
-        self.commit_attributes(meta)
-        return weights_id
+        arrays = {"col_terms": np.asarray(col_terms, dtype=np.float64),
+                  "bias": np.asarray(bias, dtype=np.float64),
+                  "log_unigram": np.asarray(log_unigram, dtype=np.float64)}
+
+        def attributes(meta: dict, weights_id: str) -> dict:
+            used = counts_id or meta["counts"]["id"]
+            meta["weights"] = {"id": weights_id, "counts_id": used, "written": utc_now(),
+                               "blocks": block_keys, "digests": True, **params}
+            meta = with_event(meta, finalized_event(weights_id, used, params, reused_blocks))
+            if params.get("calibration"):
+                meta = with_event(meta, calibrated_event(weights_id, params["calibration"]))
+            return meta
+
+        return commit_weights_version(self, lambda root: [
+            write_checksummed_array(root, name, values) for name, values in arrays.items()],
+            attributes)
 
     def set_calibration(self, calibration: dict | None):
         """Record calibration scalars on the current weights (with a ``calibrated`` event)."""

@@ -3,7 +3,8 @@
 A *shard* is one file. Plain UTF-8 text and ``.gz``, ``.bz2``, ``.xz``, ``.zst``
 compressed text are read in blocks of whole lines, never whole; ``.jsonl`` files hold one
 document per record (the text under a configurable field). Invalid UTF-8 is replaced by
-U+FFFD and counted; a file whose first block contains NUL bytes is treated as binary.
+U+FFFD and counted; a shard with NUL bytes near its start, or mostly invalid UTF-8 or control
+bytes anywhere, is skipped whole (`streamsolve.text.text_likeness`).
 
 Document boundaries (they reset the language model's context):
 
@@ -44,11 +45,11 @@ import numpy as np
 
 from .shards import (BUILTIN_CORPUS, BinaryShardError, CorpusError,  # noqa: F401 (re-exported)
                      _hash_builtin, is_jsonl, open_binary)
+from .text_likeness import TextSniffer, invalid_utf8_bytes
 
 logger = logging.getLogger(__name__)
 
 DOCUMENT_MODES = ("blank-line", "line", "file")
-BINARY_SNIFF_BYTES = 8192
 DEFAULT_BLOCK_BYTES = 8 << 20
 #: Longest line (bytes, newline included) read whole when no memory budget sets it.
 DEFAULT_MAX_LINE_BYTES = 1 << 20
@@ -110,22 +111,14 @@ class ReadStats:
 
 
 def decode_counting(data: bytes) -> tuple[str, int]:
-    """Decode UTF-8, replacing invalid bytes by U+FFFD; return the text and the bad-byte count."""
+    """Decode UTF-8, replacing each invalid sequence by U+FFFD; return the text and the
+    number of invalid bytes (linear time, whatever the number of errors)."""
     try:
         return data.decode("utf-8"), 0
     except UnicodeDecodeError:
         pass
-    pieces, bad, pos = [], 0, 0
-    while True:
-        try:
-            pieces.append(data[pos:].decode("utf-8"))
-            break
-        except UnicodeDecodeError as exc:
-            pieces.append(data[pos:pos + exc.start].decode("utf-8"))
-            pieces.append("\ufffd")
-            bad += exc.end - exc.start
-            pos += exc.end
-    return "".join(pieces), bad
+    text = data.decode("utf-8", "replace")
+    return text, invalid_utf8_bytes(data, text)
 
 
 def cut_point(data: bytes, start: int, bound: int) -> int:
@@ -229,7 +222,8 @@ def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats,
     Raises
     ------
     BinaryShardError
-        If the first block contains NUL bytes.
+        If the shard starts with NUL bytes, or is not text (`NotTextShardError`, also
+        after some blocks were yielded: see `streamsolve.text.text_likeness`).
     """
     if path == BUILTIN_CORPUS:
         if hasher is not None:
@@ -238,18 +232,7 @@ def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats,
         return
     cutter = LineCutter(options.max_line_bytes, stats)
     with open_binary(path, options.storage_options, hasher) as stream:
-        first = True
-        while True:
-            try:
-                chunk = stream.read(options.block_bytes)
-            except (OSError, EOFError, ValueError) as exc:
-                raise CorpusError(f"shard not readable (corrupt or truncated?): {path}: {exc}") from exc
-            if first:
-                first = False
-                if b"\x00" in chunk[:BINARY_SNIFF_BYTES]:
-                    raise BinaryShardError(f"shard looks binary (NUL bytes), skipped: {path}")
-            if not chunk:
-                break
+        for chunk in TextSniffer(path).chunks(_read_chunks(stream, options.block_bytes, path)):
             stats.bytes += len(chunk)
             lines = _decode_segments(cutter.feed(chunk), stats)
             if lines:
@@ -261,6 +244,18 @@ def iter_line_blocks(path: str, options: ReadOptions, stats: ReadStats,
             raise CorpusError(f"shard not readable: {path}: {exc}") from exc
     if lines:
         yield lines
+
+
+def _read_chunks(stream, block_bytes: int, path: str) -> Iterator[bytes]:
+    """The stream's decompressed bytes, ``block_bytes`` at a time."""
+    while True:
+        try:
+            chunk = stream.read(block_bytes)
+        except (OSError, EOFError, ValueError) as exc:
+            raise CorpusError(f"shard not readable (corrupt or truncated?): {path}: {exc}") from exc
+        if not chunk:
+            return
+        yield chunk
 
 
 def _decode_segments(segments: list[bytes], stats: ReadStats) -> list[str]:
@@ -389,18 +384,22 @@ def _jsonl_pieces(path: str, options: ReadOptions, stats: ReadStats,
 def read_sample(paths: Sequence[str], total_bytes: int, options: ReadOptions) -> Iterator[str]:
     """Yield lines from the start of each shard, about ``total_bytes / len(paths)`` each.
 
-    Used to train a tokenizer on a bounded, deterministic sample of the corpus.
-    Binary shards are skipped.
+    Used to train a tokenizer on a bounded, deterministic sample of the corpus. A shard
+    found binary or not text within its sample gives none of its lines (each shard's
+    sample is held until it is read: at most ``total_bytes / len(paths)`` plus one block).
     """
     per_shard = max(1, total_bytes // max(1, len(paths)))
     small = dataclasses.replace(options, block_bytes=min(options.block_bytes, per_shard))
     for path in paths:
         stats = ReadStats()
+        sample: list[str] = []
         try:
             for block in iter_document_pieces(path, small, stats):
                 for lines, _ in block:
-                    yield from lines
+                    sample.extend(lines)
                 if stats.bytes >= per_shard:
                     break
-        except BinaryShardError:
+        except BinaryShardError as exc:
+            logger.info("tokenizer sample: %s", exc)
             continue
+        yield from sample

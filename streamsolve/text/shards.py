@@ -40,7 +40,10 @@ class CorpusError(ValueError):
 
 
 class BinaryShardError(CorpusError):
-    """The shard looks like a binary file (NUL bytes in its first block)."""
+    """The shard looks like a binary file (NUL bytes in its first block); `reason` is what
+    its manifest entry and ``skipped_reasons`` say."""
+
+    reason = "binary"
 
 
 def compression_of(path: str) -> str | None:

@@ -121,7 +121,7 @@ def test_refine_start_points_and_finalize_restores_explicit(digits_split):
     (X, y), _, _ = digits_split
     model = ExplicitSoftmaxClassifier().fit(X, y)
     explicit_coef = model.coef_.copy()
-    model.refine(X, y, passes=0)
+    model.refine(X, y, passes=0, init="current")
     np.testing.assert_array_equal(model.coef_, explicit_coef)
     model.refine(X, y, passes=2, init="random", random_state=0, l2=1e-3)
     assert not np.array_equal(model.coef_, explicit_coef)

@@ -53,3 +53,25 @@ def test_l2_is_one_over_c_n_of_logistic_regression(digits_split):
     assert ours["objective"] >= best
     np.testing.assert_allclose(model.coef_ - model.coef_.mean(axis=0),
                                reference.coef_ - reference.coef_.mean(axis=0), atol=1e-3)
+
+
+def test_default_refine_starts_fresh_weights_at_their_min_norm_point(digits_split):
+    """Issue 25: refine() on freshly fitted (or calibrated) weights starts from their
+    minimum-norm representative; on refined weights it continues from them."""
+    (X, y), (Xc, yc), (Xt, yt) = digits_split
+    for calibrate in (False, True):
+        def fresh():
+            model = ExplicitSoftmaxClassifier().fit(X, y)
+            return model.calibrate(Xc, yc) if calibrate else model
+
+        default, explicit, current = fresh(), fresh(), fresh()
+        default.refine(X, y, passes=5)
+        explicit.refine(X, y, passes=5, init="explicit")
+        current.refine(X, y, passes=5, init="current")
+        np.testing.assert_array_equal(default.coef_, explicit.coef_)
+        assert default.refine_history_ == explicit.refine_history_
+        # the raw start pays the L2 penalty for offsets that predict nothing
+        assert default.refine_history_[-1]["objective"] < current.refine_history_[-1]["objective"]
+    refined_coef = default.coef_.copy()
+    default.refine(X, y, passes=0)  # a second refine continues from the refined weights
+    np.testing.assert_array_equal(default.coef_, refined_coef)

@@ -13,10 +13,12 @@ import pytest
 from streamsolve.core import score_native
 from streamsolve.core.calibration import logsumexp
 from streamsolve.core.counting import CountConfig, count_sequences
+from streamsolve.core.positions import positions as core_positions
+from streamsolve.core.positions import sampled_positions
 from streamsolve.core.scoring import (CalibrationObjective, Scorer, ScoringParts,
                                       fit_calibration_scored)
 from streamsolve.core.weights import finalize
-from streamsolve.language_model import LanguageModel, contexts_and_targets
+from streamsolve.language_model import LanguageModel
 
 NATIVE = [False] + ([True] if score_native.available() else [])
 
@@ -35,8 +37,7 @@ def weights_of(docs, V, radius, aggregation="cat", form="row", smoothing="dirich
 
 
 def positions(docs, radius):
-    pairs = list(contexts_and_targets([np.asarray(d) for d in docs], radius, 0))
-    return np.concatenate([c for c, _ in pairs]), np.concatenate([t for _, t in pairs])
+    return core_positions(docs, radius, 0)
 
 
 def dense_log_probs(weights, ctx, tgt):
@@ -350,7 +351,7 @@ def test_start_loss_kept_from_the_raw_evaluation(monkeypatch, aggregation, radiu
     their mean is the fit's start loss (the loss-only pass it replaces, to 1e-12), and the
     calibrated model is the same with or without it (two coarse levels here)."""
     from streamsolve.core import newton
-    from streamsolve.language_model import calibration_keep, sample_positions
+    from streamsolve.language_model import calibration_keep
 
     monkeypatch.setattr(newton, "COARSE_POSITIONS", 200)
     monkeypatch.setattr(newton, "COARSE_FIRST_POSITIONS", 64)
@@ -361,7 +362,7 @@ def test_start_loss_kept_from_the_raw_evaluation(monkeypatch, aggregation, radiu
     model = LanguageModel(weights)
     index, kept = calibration_keep(heldout, 1000, seed=3)
     raw = model.evaluate_ids(heldout, keep=(index, kept))
-    ctx, tgt = sample_positions(heldout, radius, model.bos_id, 1000, seed=3)
+    ctx, tgt = sampled_positions(heldout, radius, model.bos_id, 1000, seed=3)
     np.testing.assert_allclose(kept, weights.target_log_probs(ctx, tgt), rtol=0, atol=1e-12)
     assert raw.tokens > 1000
     objective = CalibrationObjective(ScoringParts.from_weights(weights), ctx, tgt, native=True)

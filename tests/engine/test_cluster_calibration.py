@@ -17,6 +17,7 @@ from streamsolve.engine.finalize import (commit_store_weights, compute_store_wei
                                          read_store_weights)
 from streamsolve.language_model import LanguageModel
 
+from ..conftest import time_limit
 from .test_finalize_lazy import make_store, positions, random_docs
 
 pytest.importorskip("distributed")
@@ -31,7 +32,7 @@ def client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=":0", scheduler_port=0, silence_logs=40) as cluster:
         with Client(cluster) as c:
-            c.wait_for_workers(2, timeout=30)
+            c.wait_for_workers(2, timeout=time_limit(30))
             yield c
 
 

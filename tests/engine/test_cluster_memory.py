@@ -15,6 +15,8 @@ from streamsolve.engine.runtime import Runtime
 from streamsolve.ingest import count_corpus
 from streamsolve.text.reading import ReadOptions
 
+from ..conftest import time_limit
+
 pytest.importorskip("distributed")
 
 LIMIT = 300_000_000  # "300MB"
@@ -33,7 +35,7 @@ def client():
     with dask.config.set(no_memory_actions), LocalCluster(n_workers=2, threads_per_worker=1, processes=False, memory_limit="300MB",
                       dashboard_address=":0", scheduler_port=0, silence_logs=40) as cluster:
         with Client(cluster) as c:
-            c.wait_for_workers(2, timeout=30)
+            c.wait_for_workers(2, timeout=time_limit(30))
             yield c
 
 

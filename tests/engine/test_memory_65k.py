@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_text
+from tests.conftest import time_limit, write_text
 from tests.deploy_helpers import child_env
 
 BUDGET = 400 << 20
@@ -30,11 +30,11 @@ def anthropic_tokenizer() -> Path | None:
 
 def run_measured(args: list[str], timeout: float = 600) -> tuple[subprocess.CompletedProcess, int]:
     """``streamsolve ARGS`` in a child; its result and the kernel's high-water mark of its RSS
-    (killed above twice the budget)."""
+    (killed above twice the budget, or after the hang guard ``timeout``, see `time_limit`)."""
     proc = subprocess.Popen([sys.executable, "-m", "streamsolve", *map(str, args)],
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
-    peak, deadline = 0, time.monotonic() + timeout
+    peak, deadline = 0, time.monotonic() + time_limit(timeout)
     while proc.poll() is None:
         try:
             with open(f"/proc/{proc.pid}/status") as status:

@@ -25,7 +25,7 @@ def test_count_json_has_estimate_vs_measured(tmp_path, sharded_corpus, tokenizer
 
 def test_count_json_reports_what_spilled(tmp_path, sharded_corpus, tokenizer_file, capsys):
     code = main(["count", *sharded_corpus(3, ""), "--store", str(tmp_path / "m.zarr"),
-                 "--tokenizer", tokenizer_file, "--radius", "2", "--memory", "1MB",
+                 "--tokenizer", tokenizer_file, "--radius", "2", "--memory", "1MB", "--force-memory",
                  "--tmp", str(tmp_path), "--json"])
     memory = json.loads(capsys.readouterr().out)["memory"]
     assert code == 0 and memory["spill_written_bytes"] > 0

@@ -12,6 +12,8 @@ import pytest
 
 from streamsolve.engine.progress import PeakMemory, reset_peak_rss
 
+from ..conftest import time_limit
+
 pytestmark = pytest.mark.skipif(not reset_peak_rss(), reason="needs Linux /proc/PID/clear_refs")
 
 SPIKE = 200 << 20
@@ -27,14 +29,22 @@ def test_a_spike_between_two_samples_is_counted():
 
 
 def test_a_childs_spike_is_counted_after_it_freed_the_memory():
-    code = ("import numpy, sys, time; a = numpy.ones(%d); del a; "
-            "sys.stdout.write('x'); sys.stdout.flush(); time.sleep(1.5)" % (SPIKE // 8))
+    """The child allocates, frees, then lives on (until its stdin closes) while the monitor's
+    samples see its high-water mark."""
+    code = ("import numpy, sys; a = numpy.ones(%d); del a; "
+            "sys.stdout.write('x'); sys.stdout.flush(); sys.stdin.read()" % (SPIKE // 8))
     with PeakMemory(interval=0.05) as mem:
         before = mem.peak
-        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-        assert child.stdout.read(1) == b"x"  # allocated and freed
-        time.sleep(0.3)
-        child.wait()
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE)
+        try:
+            assert child.stdout.read(1) == b"x"  # allocated and freed
+            end = time.monotonic() + time_limit(30)
+            while mem.peak < before + SPIKE * 0.95 and time.monotonic() < end:
+                time.sleep(0.05)  # the sampler thread's next samples
+        finally:
+            child.stdin.close()
+            child.wait()
     assert mem.peak >= before + SPIKE * 0.95
 
 

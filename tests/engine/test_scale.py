@@ -21,6 +21,8 @@ from streamsolve.text.reading import ReadOptions
 from streamsolve.store.model_store import ModelStore
 from streamsolve.store.locking import StoreLock
 
+from ..conftest import time_limit
+
 
 def test_parse_memory_units_and_share():
     assert parse_memory("2GB") == 2 * 10**9
@@ -119,8 +121,9 @@ def test_api_count_with_tiny_budget_equals_unconstrained_and_incremental(tmp_pat
     spill.mkdir()
     ss.count(paths, str(tmp_path / "free.zarr"), tokenizer=tokenizer_file, radius=2)
     ss.count(paths[:2], str(tmp_path / "tight.zarr"), tokenizer=tokenizer_file, radius=2,
-             memory="1MB", tmp=str(spill), rows_per_block=50)
-    ss.count(paths[2:], str(tmp_path / "tight.zarr"), memory="1MB", tmp=str(spill))
+             memory="1MB", force_memory=True, tmp=str(spill), rows_per_block=50)
+    ss.count(paths[2:], str(tmp_path / "tight.zarr"), memory="1MB", force_memory=True,
+             tmp=str(spill))
     free = ModelStore(str(tmp_path / "free.zarr")).read_counts()
     tight = ModelStore(str(tmp_path / "tight.zarr")).read_counts()
     assert tight.equal_counts(free)
@@ -134,8 +137,8 @@ def test_cli_memory_and_tmp_flags(tmp_path, sharded_corpus, tokenizer_file):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run([sys.executable, "-m", "streamsolve", "count", *paths, "--store",
                           str(tmp_path / "m.zarr"), "--tokenizer", tokenizer_file, "--radius", "2",
-                          "--memory-budget", "1MB", "--tmp", str(spill), "--json"],
-                         capture_output=True, text=True, env=env, timeout=120)
+                          "--memory-budget", "1MB", "--force-memory", "--tmp", str(spill), "--json"],
+                         capture_output=True, text=True, env=env, timeout=time_limit(120))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["new_tokens"] > 0
     assert "memory budget" in out.stderr and "estimate" in out.stderr
@@ -143,7 +146,8 @@ def test_cli_memory_and_tmp_flags(tmp_path, sharded_corpus, tokenizer_file):
     assert os.listdir(spill) == []
     bad = subprocess.run([sys.executable, "-m", "streamsolve", "count", *paths, "--store",
                           str(tmp_path / "n.zarr"), "--tokenizer", tokenizer_file,
-                          "-S", "lots"], capture_output=True, text=True, env=env, timeout=60)
+                          "-S", "lots"], capture_output=True, text=True, env=env,
+                         timeout=time_limit(60))
     assert bad.returncode == 2 and "memory" in bad.stderr
 
 

@@ -19,6 +19,7 @@ from streamsolve.core.counting import CountConfig
 from streamsolve.ingest import count_corpus
 from streamsolve.text.reading import CorpusError, ReadOptions
 
+from ..conftest import time_limit
 from ..deploy_helpers import child_env, wait_for, write_shards
 
 
@@ -75,14 +76,14 @@ def test_no_spill_directory_left_after_a_run_or_an_error(tmp_path, documents, to
     root = tmp_path / "spill"
     paths = _shards(tmp_path, documents)
     ss.count(paths, str(tmp_path / "m.zarr"), tokenizer=tokenizer_file, memory="1MB",
-             tmp=str(root))
+             force_memory=True, tmp=str(root))
     assert os.listdir(root) == []
     broken = tmp_path / "corpus" / "truncated.txt.gz"
     whole = gzip.compress("\n\n".join(documents).encode())
     broken.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(CorpusError, match="truncated"):
         ss.count([*paths, str(broken)], str(tmp_path / "n.zarr"), tokenizer=tokenizer_file,
-                 memory="1MB", tmp=str(root))
+                 memory="1MB", force_memory=True, tmp=str(root))
     assert os.listdir(root) == []
 
 
@@ -96,7 +97,7 @@ def test_a_signalled_run_removes_its_spill_directory(tmp_path, tokenizer_file, s
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamsolve", "count", str(corpus), "--store",
          str(tmp_path / "m.zarr"), "--tokenizer", tokenizer_file, "--memory", "1MB",
-         "--tmp", str(root), "--workers", "2"],
+         "--force-memory", "--tmp", str(root), "--workers", "2"],
         env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
@@ -106,7 +107,7 @@ def test_a_signalled_run_removes_its_spill_directory(tmp_path, tokenizer_file, s
 
         wait_for(spilled, 60, "the first spilled run")
         proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=time_limit(120))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,7 +118,8 @@ def test_a_signalled_run_removes_its_spill_directory(tmp_path, tokenizer_file, s
 
 
 def _sleeper() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    """A process that lives until it is killed (however long the test takes)."""
+    return subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
 
 
 def test_next_run_removes_directories_of_dead_owners_only(tmp_path, documents, tokenizer_file):
@@ -160,7 +162,7 @@ def test_next_run_removes_directories_of_dead_owners_only(tmp_path, documents, t
         kept |= {legacy.name, link.name}
 
         ss.count(_shards(tmp_path, documents), str(tmp_path / "m.zarr"),
-                 tokenizer=tokenizer_file, memory="1MB", tmp=str(root))
+                 tokenizer=tokenizer_file, memory="1MB", force_memory=True, tmp=str(root))
         assert set(os.listdir(root)) == kept
         assert (victim / "thesis.tex").read_text() == "precious"
         assert not removed & set(os.listdir(root))

@@ -3,12 +3,16 @@ stacking, and attribute validation (the history included)."""
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
 
-from streamsolve.store.layout import (StoreConfigError, count_block_path, csr_of_rows,
-                                      live_paths, merge_csr_block, row_blocks,
-                                      stack_row_blocks, validate_meta)
+from streamsolve.store.attributes import validate_meta
+from streamsolve.store.layout import (DiskFullError, StoreConfigError, count_block_path,
+                                      csr_of_rows, live_paths, merge_csr_block, row_blocks,
+                                      stack_row_blocks, write_failure)
 
 
 def test_row_blocks_cover_the_vocabulary_once():
@@ -44,7 +48,7 @@ def test_live_paths_name_the_generation_weights_and_blocks():
 def _meta(**extra) -> dict:
     return {"format": "streamsolve", "format_version": 1, "rows_per_block": 4,
             "config": {"vocab_size": 10, "radius": 2, "aggregation": "cat", "bos_id": 0},
-            "tokenizer": {"vocab_size": 10, "sha256": "x"}, **extra}
+            "tokenizer": {"vocab_size": 10, "sha256": "0" * 64}, **extra}
 
 
 def test_validate_meta_accepts_with_and_without_history():
@@ -56,3 +60,63 @@ def test_validate_meta_accepts_with_and_without_history():
 def test_validate_meta_names_a_malformed_history(history):
     with pytest.raises(StoreConfigError, match="history is not a list of events"):
         validate_meta(_meta(history=history), "s.zarr")
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.ENOSPC, ("the disk is full (ENOSPC", "free space")),
+    (errno.EDQUOT, ("the disk is full (EDQUOT", "free space")),
+    (errno.EFBIG, ("file-size limit (EFBIG", "ulimit -f")),
+    (errno.EACCES, ("permission denied (EACCES", "fix the permissions")),
+    (errno.EROFS, ("read-only (EROFS", "remount")),
+    (errno.EIO, ("(EIO", "fix that")),
+])
+def test_a_failed_write_is_one_line_naming_its_errno(code, words):
+    exc = OSError(code, os.strerror(code), "/data/m.zarr/zarr.json")
+    error = write_failure(exc, "writing the counts to /data/m.zarr", "The store is unchanged")
+    message = str(error)
+    assert isinstance(error, DiskFullError) == (code in (errno.ENOSPC, errno.EDQUOT))
+    assert "\n" not in message and message.startswith("writing the counts to /data/m.zarr failed")
+    assert "on /data/m.zarr/zarr.json" in message and "The store is unchanged" in message
+    for word in words:
+        assert word in message, message
+    short = write_failure(OSError("17172 requested and 12784 written"), "spilling", "Nothing")
+    assert isinstance(short, DiskFullError) and "(ENOSPC)" in str(short)
+
+
+def _weights(**extra) -> dict:
+    weights = {"id": "abc", "counts_id": "c1", "blocks": [["k1", "k2", "k3"], ["k4", "k5", "k6"]],
+               "form": "row", "smoothing": "dirichlet", "mu": 10.0, "alpha": None,
+               "calibration": {"beta": [0.9, 0.8], "gamma": -0.5}}
+    return {**weights, **extra}
+
+
+def test_validate_meta_accepts_a_finalized_store():
+    validate_meta(_meta(counts={"generation": 1, "id": "c1", "tokens": 5, "nnz": [3, 4]},
+                        weights=_weights(), retired={"counts/g1": "2026-01-01T00:00:00+00:00"},
+                        calibration_source={"kind": "files", "paths": ["a.txt"]}), "s.zarr")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"weights": _weights(calibration={"beta": [float("nan"), 1.0], "gamma": 0.0})},
+     "weights.calibration.beta"),
+    ({"weights": _weights(calibration={"beta": [1.0], "gamma": 0.0})}, "not 2 finite numbers"),
+    ({"weights": _weights(calibration={"beta": [1.0, 1.0], "gamma": "x"})}, "gamma"),
+    ({"weights": _weights(blocks=[["k1", "k2", "k3"]])}, "weights.blocks is not 2 list(s)"),
+    ({"weights": _weights(mu=-1.0)}, "weights.mu"),
+    ({"weights": _weights(smoothing="magic")}, "weights.smoothing"),
+    ({"retired": {"counts/g1": "yesterday"}}, "retired time of counts/g1"),
+    ({"retired": {"counts": "2026-01-01T00:00:00+00:00"}}, "retired names 'counts'"),
+    ({"retired": ["counts/g1"]}, "retired is not an object"),
+    ({"shards": [{"path": "a", "sha256": "short"}]}, "shards is not a list of entries"),
+    ({"totals": {"tokens": -1}}, "totals is not an object of integers"),
+    ({"read_options": {"documents": 3}}, "read_options"),
+    ({"calibration_source": {"kind": "heldout", "fraction": 2}}, "calibration_source"),
+    ({"created": "monday"}, "created 'monday'"),
+])
+def test_validate_meta_names_every_bad_attribute(extra, message):
+    meta = _meta(counts={"generation": 1, "id": "c1", "tokens": 5, "nnz": [3, 4]},
+                 weights=_weights())
+    meta.update(extra)
+    with pytest.raises(StoreConfigError, match="s.zarr has invalid attributes") as info:
+        validate_meta(meta, "s.zarr")
+    assert message in str(info.value) and "\n" not in str(info.value)

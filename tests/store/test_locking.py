@@ -4,13 +4,18 @@ not block, waiting is bounded, and the object-store variant refuses, breaks and 
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import multiprocessing
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from streamsolve.store import locking
 from streamsolve.cli import build_parser
 from streamsolve.store.locking import StoreLock, StoreLockedError, lock_url
 
-from ..conftest import write_text
+from ..conftest import time_limit, write_text
 
 WORKTREE = str(Path(streamsolve.__file__).resolve().parents[1])  # for child processes
 
@@ -49,15 +54,16 @@ def lock_record(**holder) -> dict:
     return record
 
 
-def start_holder(store: str, command: str = "holder-job", seconds: float = 60,
+def start_holder(store: str, command: str = "holder-job",
                  storage_options: dict | None = None) -> subprocess.Popen:
-    """A separate process holding the store's lock for ``seconds`` (or until killed)."""
-    code = (f"import sys, time\nfrom streamsolve.store.locking import StoreLock\n"
+    """A separate process holding the store's lock until its stdin is closed (it then
+    releases the lock and exits) or it is killed; returned once it holds the lock."""
+    code = (f"import sys\nfrom streamsolve.store.locking import StoreLock\n"
             f"with StoreLock({store!r}, {storage_options!r}, command={command!r}):\n"
-            f"    print('held', flush=True)\n    time.sleep({seconds})\n")
+            f"    print('held', flush=True)\n    sys.stdin.read()\n")
     env = {**os.environ, "PYTHONPATH": WORKTREE}
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -65,19 +71,25 @@ def start_holder(store: str, command: str = "holder-job", seconds: float = 60,
 # -- atomic acquire ------------------------------------------------------------------------
 
 def _racer(store: str, results: str, barrier, crash_record: str | None):
-    """Take the lock once (retrying); while holding, check that nobody else holds it.
+    """Take the lock once (retrying until it is ours); while holding, check that nobody else
+    holds it.
+
+    The racers start together at a barrier; losers retry after a short random pause that
+    grows with each refusal (1 ms up to 50 ms), so the lock stays contended at every release
+    without 79 spinning processes starving its holder of CPU. There is no deadline here: the
+    test's hang guard (`time_limit`) stops racers that never get their turn.
 
     With ``crash_record``, the holder then ends without releasing, its lock file naming a
     dead (reaped) writer, as a SIGKILLed writer leaves it: the next racers find a stale lock.
     """
     lock = StoreLock(store, command="race")
+    pause = random.Random(os.getpid())
     barrier.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    for attempt in itertools.count():
         try:
             lock.acquire()
         except StoreLockedError:
-            time.sleep(0.002)
+            time.sleep(pause.uniform(0.001, min(0.05, 0.001 * 2 ** attempt)))
             continue
         holding = os.path.join(results, "holding")
         try:
@@ -110,10 +122,20 @@ def test_80_concurrent_acquires_never_see_two_holders(tmp_path):
               for i in range(80)]
     for racer in racers:
         racer.start()
-    for racer in racers:
-        racer.join(60)
+    limit = time_limit(120)  # a hang guard: ~10 s on a quiet 2-core machine
+    end = time.monotonic() + limit
+    try:
+        for racer in racers:
+            racer.join(max(0.0, end - time.monotonic()))
+    finally:
+        stuck = [racer for racer in racers if racer.is_alive()]
+        for racer in stuck:
+            racer.kill()
+            racer.join()
     names = sorted(p.name for p in results.iterdir())
     assert not [n for n in names if n.startswith("overlap")], "two processes held the lock"
+    assert not stuck, f"{len(stuck)} racers still waiting for the lock after {limit:.0f} s"
+    assert [racer.exitcode for racer in racers] == [0] * 80
     assert len([n for n in names if n.startswith("held")]) == 80, "every racer got its turn"
 
 
@@ -185,9 +207,9 @@ def test_holder_that_cannot_describe_itself_still_holds_the_lock(tmp_path, shard
             "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # every write fails: EFBIG\n")
     env = {**os.environ, "PYTHONPATH": WORKTREE}
     holder = subprocess.Popen(
-        [sys.executable, "-c", code + "import time\nfrom streamsolve.store.locking import StoreLock\n"
-         f"with StoreLock({store!r}):\n    print('held', flush=True)\n    time.sleep(60)\n"],
-        stdout=subprocess.PIPE, env=env, text=True)
+        [sys.executable, "-c", code + "import sys\nfrom streamsolve.store.locking import StoreLock\n"
+         f"with StoreLock({store!r}):\n    print('held', flush=True)\n    sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         assert Path(lock_url(store)).read_bytes() == b""
@@ -215,7 +237,8 @@ def fork_zombie_holder(store: str, storage_options: dict | None = None) -> int:
     assert os.read(read_end, 1) == b"x"
     os.close(read_end)
     os.kill(pid, signal.SIGKILL)
-    for _ in range(200):
+    end = time.monotonic() + time_limit(10)
+    while time.monotonic() < end:
         if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             return pid
         time.sleep(0.01)
@@ -240,7 +263,8 @@ def test_cli_wait_is_bounded_and_names_the_holder(tmp_path, shards):
         started = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "streamsolve", "count", shards[0],
                                "--store", store, "--wait", "1"], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": WORKTREE}, timeout=120)
+                              env={**os.environ, "PYTHONPATH": WORKTREE},
+                              timeout=time_limit(120))
         elapsed = time.monotonic() - started
     finally:
         holder.kill()
@@ -249,9 +273,16 @@ def test_cli_wait_is_bounded_and_names_the_holder(tmp_path, shards):
     assert done.returncode == 2, done.stderr
     assert len(errors) == 1, done.stderr
     assert f"pid {holder.pid}" in errors[0] and "(holder-job)" in errors[0]
-    assert "waited 1 s" in errors[0]
+    assert 1.0 <= waited_seconds(errors[0]) <= elapsed  # "waited 1 s" (1.2 s on a busy machine)
     assert "waiting for the lock" in done.stderr, "a progress line while waiting"
     assert elapsed >= 1.0
+
+
+def waited_seconds(message: str) -> float:
+    """The time a refusal says it waited (``waited 1 s``, ``waited 0.3 s``, rounded to 0.1)."""
+    match = re.search(r"waited (\d+(?:\.\d)?) s", message)
+    assert match, message
+    return float(match.group(1)) + 0.05  # its rounding, at most
 
 
 def test_wait_option_keeps_plain_wait_before_positionals():
@@ -268,22 +299,44 @@ def test_wait_option_keeps_plain_wait_before_positionals():
         parser.parse_args(["finalize", "S", "--wait", "-1"])
 
 
-def test_api_waits_for_a_holder_then_proceeds_or_gives_up(tmp_path, shards, tokenizer_file):
+def test_api_waits_for_a_holder_then_proceeds_or_gives_up(tmp_path, shards, tokenizer_file,
+                                                          caplog):
     store = str(tmp_path / "m.zarr")
     api.count(shards[:1], store, tokenizer=tokenizer_file)
-    holder = start_holder(store, seconds=1.5)
+    holder = start_holder(store)
     try:
         with pytest.raises(StoreLockedError, match=rf"pid {holder.pid}, since .*--wait"):
             api.count(shards[1:2], store)
         with pytest.raises(StoreLockedError):
             api.finalize(store)
         started = time.monotonic()
-        with pytest.raises(StoreLockedError, match=r"waited 0.3 s"):
+        with pytest.raises(StoreLockedError, match=r"waited 0\.\d s") as refused:
             api.count(shards[1:2], store, wait=0.3)
-        assert time.monotonic() - started >= 0.3
-        # wait=True proceeds once the holder releases the lock
-        assert api.count(shards[1:2], store, wait=True).new_tokens > 0
-        assert time.monotonic() - started >= 1.0
+        assert 0.3 <= waited_seconds(str(refused.value)) <= time.monotonic() - started + 0.05
+        # wait=True proceeds once the holder releases the lock: release it while a count waits
+        caplog.set_level(logging.INFO, logger=locking.__name__)
+        caplog.clear()
+        outcome: dict = {}
+
+        def count_waiting():
+            try:
+                outcome["result"] = api.count(shards[1:2], store, wait=True)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                outcome["error"] = exc
+
+        waiter = threading.Thread(target=count_waiting)
+        waiter.start()
+        end = time.monotonic() + time_limit(60)
+        while "waiting for the lock" not in caplog.text and waiter.is_alive():
+            assert time.monotonic() < end, "the count did not start waiting for the lock"
+            time.sleep(0.01)
+        assert "error" not in outcome and "result" not in outcome, "it did not wait"
+        holder.stdin.close()  # the holder releases the lock and exits
+        assert holder.wait(time_limit(60)) == 0
+        waiter.join(time_limit(120))
+        assert not waiter.is_alive(), "the waiting count did not proceed after the release"
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["result"].new_tokens > 0
     finally:
         holder.kill()
         holder.wait()
@@ -341,10 +394,12 @@ def test_object_store_stale_zombie_other_host_and_debris(memory_store, tmp_path,
     with StoreLock(memory_store, break_lock=True):
         pass
     # an empty lock object is refused while it may still be being written, then is debris
-    monkeypatch.setattr(locking, "DEBRIS_SECONDS", 0.3)
+    # (the refusal must come before it is DEBRIS_SECONDS old: allow for a busy machine)
+    debris_seconds = time_limit(0.5)
+    monkeypatch.setattr(locking, "DEBRIS_SECONDS", debris_seconds)
     write_memory_lock(memory_store, b"")
     with pytest.raises(StoreLockedError, match="details are unknown"):
         StoreLock(memory_store).acquire()
-    with StoreLock(memory_store, wait=5):
+    with StoreLock(memory_store, wait=10 * debris_seconds):
         pass
     assert "removing the debris lock" in caplog.text

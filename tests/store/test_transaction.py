@@ -116,3 +116,31 @@ def test_writing_counts_outside_a_locked_section_is_refused(tmp_path, sharded_co
         write_counts(model_store, model_store.read_counts(), [], {}, add=True,
                      lock=None, scheduler="sync", progress=False)
     assert state(model_store) == before
+
+
+def test_a_commit_with_a_row_block_missing_is_refused(store):
+    """Every row block of the generation must have been written before the switch."""
+    before = state(store)
+    new = small_counts(seed=2)
+    with StoreLock(store.url) as lock, pytest.raises(StoreError, match="was not written"):
+        with store.counts_transaction(lock) as txn:
+            write_all(txn, new, 4)
+            generation = txn.generation
+            block = store.group[f"counts/g{generation}/r2/b1"]
+            block.attrs.put({})  # as if its task had died before finishing it
+            txn.commit(new.unigram, new.nnz, [], {})
+    assert state(store) == before
+
+
+def test_leftover_generations_are_retired_by_the_next_commit_not_deleted_before(store):
+    """A generation left by a crashed writer is not deleted when the next one begins (its
+    store's state is not proven yet), but retired with the commit like replaced data."""
+    leftover = store.group.require_group("counts/g7")
+    leftover.require_group("r1/b0")
+    new = small_counts(seed=3)
+    with StoreLock(store.url) as lock:
+        with store.counts_transaction(lock) as txn:
+            assert "counts/g7" in store.group and txn.generation == 8
+            write_all(txn, new, 4)
+            txn.commit(new.unigram, new.nnz, [], {})
+    assert {"counts/g1", "counts/g7"} == set(store.meta["retired"])

@@ -28,7 +28,7 @@ from streamsolve.text.reading import (CorpusError, ReadOptions, ReadStats, iter_
                                  iter_line_blocks, read_sample)
 from streamsolve.store.model_store import ModelStore, StoreError
 
-from ..conftest import write_text
+from ..conftest import time_limit, write_text
 from ..core.test_counting import as_dict, brute_force
 
 PACKAGE_ROOT = str(Path(streamsolve.__file__).resolve().parents[1])
@@ -61,7 +61,7 @@ LONG_LINES = [
 def run_cli(*args, timeout=120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     return subprocess.run([sys.executable, "-m", "streamsolve", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=time_limit(timeout), env=env)
 
 
 # -- lines longer than the bound ----------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_jsonl_record_longer_than_the_bound_is_one_bad_record(tmp_path):
 
 @pytest.mark.slow
 def test_fifty_megabyte_line_stays_within_a_256mb_budget(tmp_path):
-    """A 50 MB line without a newline under --memory 256MB: the child's peak RSS (training a
+    """A 50 MB line without a newline under --memory 256MiB: the child's peak RSS (training a
     tokenizer on a sample of it, then counting it) stays under the budget."""
     budget = 256 * 10**6
     unit = "expression" * 20 + " value function pattern "
@@ -155,7 +155,7 @@ def test_fifty_megabyte_line_stays_within_a_256mb_budget(tmp_path):
     env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     child = subprocess.Popen(
         [sys.executable, "-m", "streamsolve", "count", str(corpus), "--store",
-         str(tmp_path / "m.zarr"), "--vocab-size", "300", "--memory", "256MB", "--workers", "1",
+         str(tmp_path / "m.zarr"), "--vocab-size", "300", "--memory", "256MiB", "--workers", "1",
          "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     peak = _watch_peak_rss(child.pid, kill_above=2 * budget, timeout=300)
     out, err = child.communicate()
@@ -175,9 +175,10 @@ def test_line_bound_is_fixed_when_the_store_is_created(tmp_path, documents, toke
         parse_memory(roomy), 1)
     together = str(tmp_path / "together.zarr")
     api.count([str(first), str(second)], together, tokenizer=tokenizer_file, memory=tight,
-              workers=1)
+              force_memory=True, workers=1)
     added = str(tmp_path / "added.zarr")
-    api.count([str(first)], added, tokenizer=tokenizer_file, memory=tight, workers=1)
+    api.count([str(first)], added, tokenizer=tokenizer_file, memory=tight, force_memory=True,
+              workers=1)
     result = api.count([str(second)], added, memory=roomy, workers=1)
     assert result.split_lines >= 1  # cut at the store's bound, not at this run's
     assert ModelStore(added).read_counts().equal_counts(ModelStore(together).read_counts())
@@ -195,7 +196,7 @@ def _watch_peak_rss(pid: int, kill_above: int, timeout: float) -> int:
     import signal
     import time
 
-    peak, deadline = 0, time.monotonic() + timeout
+    peak, deadline = 0, time.monotonic() + time_limit(timeout)
     while True:
         try:
             with open(f"/proc/{pid}/status") as status:
@@ -275,7 +276,10 @@ def test_special_file_named_on_the_command_line_is_refused(tmp_path, tokenizer_f
 
 @contextlib.contextmanager
 def deadline(seconds: int):
-    """Raise TimeoutError in this thread after ``seconds`` (interrupts a blocking open)."""
+    """Raise TimeoutError in this thread after ``seconds`` (interrupts a blocking open); a
+    hang guard, scaled by `time_limit`."""
+    seconds = max(1, round(time_limit(seconds)))
+
     def expire(signum, frame):
         raise TimeoutError(f"still blocked after {seconds} s")
 
