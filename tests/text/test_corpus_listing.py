@@ -19,6 +19,7 @@ from streamsolve.cli import main
 from streamsolve.engine import spill
 from streamsolve.store import layout, locking
 from streamsolve.store.locking import StoreLock
+from streamsolve.store.model_store import ModelStore
 from streamsolve.text import corpus_listing
 from streamsolve.text.shards import expand_corpus, expand_shards
 
@@ -57,6 +58,33 @@ def test_a_store_inside_its_corpus_folder_does_not_count_its_lock(folder, tokeni
     assert sorted(again["already_ingested"]) == ["./a.txt", "./sub/b.txt"]
     assert again["skipped_reasons"] == {"./model.zarr": "the store being written",
                                         "./model.zarr.lock": "the lock of the store being written"}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_solve_with_its_store_inside_the_corpus_folder(folder, tokenizer_file, monkeypatch,
+                                                       capsys, overwrite):
+    """Issue 21.3 as reported: ``cd c && streamsolve solve . --store model.zarr`` counts the
+    two text files only (not ``./model.zarr.lock``), and the next ``count .`` is a no-op;
+    with ``--overwrite`` over an earlier store, neither the old store, its lock nor the
+    replacement being built beside it is a shard."""
+    monkeypatch.chdir(folder)
+    solve = ["solve", ".", "--store", "model.zarr", "--tokenizer", tokenizer_file,
+             "--radius", "2", "--quiet"]
+    if overwrite:
+        assert main(solve) == 0
+        solve.append("--overwrite")
+    code = main(solve)
+    assert code == 0, capsys.readouterr().err
+    manifest = ModelStore("model.zarr").meta["shards"]
+    assert sorted(entry["path"] for entry in manifest) == ["./a.txt", "./sub/b.txt"], manifest
+    capsys.readouterr()
+    code = main(["count", ".", "--store", "model.zarr", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["new_tokens"] == 0
+    assert sorted(again["already_ingested"]) == ["./a.txt", "./sub/b.txt"]
+    assert sorted(os.listdir(".")) == ["a.txt", "model.zarr", "sub"]
 
 
 def test_other_stores_their_locks_and_spill_directories_are_skipped(folder, tmp_path,
