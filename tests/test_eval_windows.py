@@ -131,8 +131,9 @@ def tree_peak(args: list[str]) -> tuple[dict, int]:
 
 @pytest.mark.slow
 def test_one_long_document_is_scored_in_bounded_memory(store, tmp_path):
-    """A 24 MB file of one document under ``--memory 256MB``: the tree's peak stays well
-    under what holding the document costs (about 20 bytes a byte: ids, contexts, lines)."""
+    """A 24 MB file of one document under ``--memory 400MB`` (budgets below one process's
+    268 MB base are refused): the tree's peak stays within it, where holding the document
+    cost 1.2 GB (``score``, before windows)."""
     topics = [line for t in pydoc_documents() for line in t.split("\n") if line.strip()]
     text = "\n".join(topics) + "\n"
     path = tmp_path / "one.txt"
@@ -140,9 +141,9 @@ def test_one_long_document_is_scored_in_bounded_memory(store, tmp_path):
         for _ in range(24_000_000 // len(text.encode()) + 1):
             handle.write(text)
     size = path.stat().st_size
-    result, peak = tree_peak(["eval", store, str(path), "--memory", "256MB", "--json"])
+    result, peak = tree_peak(["eval", store, str(path), "--memory", "400MB", "--json"])
     assert result["bytes"] == size
-    assert peak < 256 << 20, f"eval peaked at {peak >> 20} MB"
-    scored, peak = tree_peak(["score", store, str(path), "--memory", "256MB", "--quiet"])
+    assert peak < 400 * 10**6, f"eval peaked at {peak >> 20} MB"
+    scored, peak = tree_peak(["score", store, str(path), "--memory", "400MB", "--quiet"])
     assert scored["summary"] and scored["documents"] == 1 and scored["bytes"] == size
-    assert peak < 256 << 20, f"score peaked at {peak >> 20} MB"
+    assert peak < 400 * 10**6, f"score peaked at {peak >> 20} MB"
