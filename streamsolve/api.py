@@ -43,7 +43,8 @@ from .text.reading import CorpusError, ReadStats
 from .text.shards import expand_corpus
 from .text.tokenizer import tokenizer_from_json
 
-from .documents import check_readable, iter_token_documents, read_documents  # noqa: F401
+from .documents import (check_readable, heap_limit, iter_token_documents,  # noqa: F401
+                        iter_token_pieces, read_documents, window_bytes)
 from .export import dense_export_bytes, export_counts  # noqa: F401  (public here)
 
 logger = logging.getLogger(__name__)
@@ -350,16 +351,18 @@ def calibrate_checked(model: LanguageModel, docs, n_bytes: int,
 def evaluate(store: str, texts: Sequence[str], storage_options: dict | None = None,
              uncalibrated: bool = False, memory: str | int | None = None) -> Evaluation:
     """Streaming held-out cross-entropy of a finalized store on text files (``memory``
-    bounds the cache of weight row blocks, see `LanguageModel.open`)."""
+    bounds the cache of weight row blocks, see `LanguageModel.open`, and the window of text
+    read at a time, see `streamsolve.documents.window_bytes`)."""
     model_store = ModelStore(store, storage_options).snapshot()  # one weights version
     model = LanguageModel.open(model_store, memory=memory)
     if uncalibrated:
         model = LanguageModel(model.weights.uncalibrated(), model.tokenizer)
     read_meta = model_store.meta.get("read_options", {})
     stats = ReadStats()
-    docs = iter_token_documents(texts, model, read_meta.get("documents", "blank-line"),
-                                read_meta.get("text_field", "text"), storage_options, stats,
-                                read_meta.get("max_line_bytes"))
+    docs = iter_token_pieces(texts, model, read_meta.get("documents", "blank-line"),
+                             read_meta.get("text_field", "text"), storage_options, stats,
+                             read_meta.get("max_line_bytes"), window_bytes(memory),
+                             heap_limit(memory))
     from .engine.progress import Stage
 
     with Stage("eval") as stage:
@@ -395,7 +398,9 @@ def score(store: str, texts: Sequence[str] = ("-",), *, per_token: bool = False,
     or with ``per_token`` one per token ``{"document", "token", "text", "log_prob"}``, then a
     summary ``{"summary": True, "tokens", "cross_entropy", "perplexity", "bits_per_byte",
     ...}``. ``texts`` are files (or globs); ``"-"`` reads ``stdin`` (default
-    ``sys.stdin.buffer``). Documents are split as the store's counting split them.
+    ``sys.stdin.buffer``). Documents are split as the store's counting split them, and read
+    a window of text at a time (`streamsolve.documents.window_bytes` of ``memory``): a
+    document's record sums its windows.
 
     Raises
     ------
@@ -415,12 +420,14 @@ def score(store: str, texts: Sequence[str] = ("-",), *, per_token: bool = False,
     texts = list(texts) or ["-"]
     if "-" in texts and texts != ["-"]:
         raise ValueError("read either files or stdin (-), not both")
+    window = window_bytes(memory)  # text read at a time: a long document comes in pieces
     if texts == ["-"]:
-        documents = stream_documents(stdin if stdin is not None else sys.stdin.buffer, mode)
+        documents = stream_documents(stdin if stdin is not None else sys.stdin.buffer, mode,
+                                     window)
     else:
         documents = file_documents(check_readable(texts, storage_options), mode, field,
-                                   storage_options)
-    return score_documents(model, documents, per_token)
+                                   storage_options, window)
+    return score_documents(model, documents, per_token, heap_limit(memory))
 
 
 def info(store: str, storage_options: dict | None = None) -> dict:

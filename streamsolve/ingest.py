@@ -39,10 +39,11 @@ from .engine.spill import PartialCounts
 from .engine.tasks import ShardResult, count_graph, write_graph
 from .store.layout import MAX_RADIUS, StoreCorruptError, StoreError, write_failure
 from .store.location import creatable_location
+from .store.manifest import IngestPlan, manifest_entries, plan_ingest, record_aliases  # noqa: F401
 from .store.model_store import ModelStore
 from .text.holdout import HoldOut
 from .text.reading import DEFAULT_MAX_LINE_BYTES, CorpusError, ReadOptions, read_sample
-from .text.shards import expand_shards, file_digest
+from .text.shards import expand_shards, file_digests, hash_batches, shard_sizes
 from .text.tokenizer import (check_vocab_size, find_bos, load_tokenizer, tokenizer_from_json,
                              tokenizer_hash, tokenizer_json, vocab_size_of)
 from .text.training_process import train_bpe_in_subprocess
@@ -150,15 +151,18 @@ def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: R
     store = setup.store.url
     with PeakMemory(interval=0.5) as run_peak:
         runtime.reset_worker_peaks()
-        to_count, digests, already, changed = hash_shards(setup, runtime, options.allow_changed)
-        if not to_count:
+        plan, digests = hash_shards(setup, runtime, options.allow_changed)
+        already, changed = plan.already, plan.changed
+        if not plan.to_count:
             logger.info("nothing new to count: every shard was already ingested")
+            if plan.aliases:
+                record_aliases(setup.store, plan.aliases, lock)
             meta = setup.store.meta
             return CountResult(store, [], meta["counts"]["tokens"], 0, meta["counts"]["nnz"],
-                               time.perf_counter() - started, already=already,
+                               time.perf_counter() - started, already=already, changed=changed,
                                skipped=[e["path"] for e in setup.special],
                                skipped_reasons={e["path"]: e["skipped"] for e in setup.special})
-        result = count_corpus(to_count, setup.tokenizer_text, setup.config, setup.read_options,
+        result = count_corpus(plan.to_count, setup.tokenizer_text, setup.config, setup.read_options,
                               HoldOut(options.heldout_fraction, group_bytes=options.heldout_group_bytes), runtime=runtime,
                               memory=options.memory, tmp=options.tmp, keep_partial=True,
                               rows_per_block=setup.rows_per_block)
@@ -169,7 +173,7 @@ def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: R
             _remove_spill(new)
             raise CorpusError("no text found in the corpus (all shards empty, binary or not text): "
                               + ", ".join(setup.paths))
-        model_store = _write_generation(setup, new, lock, runtime)
+        model_store = _write_generation(setup, new, plan.aliases, lock, runtime)
         worker_peaks = runtime.worker_peaks()
     memory = measured_memory(result.memory, run_peak.peak, worker_peaks)
     meta = model_store.meta
@@ -219,7 +223,7 @@ def configure(corpus, store: str, options: IngestOptions, worker_limits: Sequenc
     (`check_vocab_fits`, also for a tokenizer file once loaded).
     """
     storage_options = options.storage_options
-    paths, special = expand_shards(corpus, storage_options)
+    paths, special = expand_shards(corpus, storage_options, exclude=[store])
     model_store = ModelStore(store, storage_options)
     existing = model_store.exists()
     radius, aggregation = options.radius, options.aggregation
@@ -305,7 +309,7 @@ def resolve_tokenizer(paths: Sequence[str], store: ModelStore | None, tokenizer:
 # -- 2/5 hash --------------------------------------------------------------------------------
 
 def hash_shards(setup: IngestSetup, runtime: Runtime, allow_changed: bool = False):
-    """Stage 2/5: hash every shard; returns ``(to_count, digests, already, changed)``.
+    """Stage 2/5: hash every shard; returns ``(plan, digests)`` (an `IngestPlan`).
 
     Raises
     ------
@@ -314,49 +318,42 @@ def hash_shards(setup: IngestSetup, runtime: Runtime, allow_changed: bool = Fals
     """
     with Stage("hash shards", 2, STAGES) as stage:
         digests = shard_digests(setup.paths, setup.read_options.storage_options, runtime)
-        manifest = setup.store.meta.get("shards", []) if setup.existing else []
-        to_count, already, changed = plan_ingest(setup.paths, digests, manifest, allow_changed)
-        stage.detail = f"{len(setup.paths)} shard(s), {len(to_count)} to count"
-    for entry in already:
+        manifest = manifest_entries(setup.store.meta) if setup.existing else []
+        plan = plan_ingest(setup.paths, digests, manifest, allow_changed)
+        stage.detail = f"{len(setup.paths)} shard(s), {len(plan.to_count)} to count"
+    for entry in plan.already:
         logger.info("skipping %s: already ingested (same bytes as %s)", entry["path"],
                     entry["same_as"])
-    if changed and not allow_changed:
+    if plan.changed and not allow_changed:
         raise StoreError(
             "shard(s) already ingested with different content: "
             + ", ".join(f"{c['path']} (was sha256 {c['old_sha256'][:12]}..., now "
-                        f"{c['sha256'][:12]}...)" for c in changed)
+                        f"{c['sha256'][:12]}...)" for c in plan.changed)
             + ". Nothing was added. Pass --allow-changed to add the new content as well "
               "(the old content's counts stay), or use a new store.")
-    return to_count, digests, already, changed
+    return plan, digests
+
+
+#: Shards a hashing task takes at most this many bytes of (see `hash_batches`).
+HASH_BATCH_BYTES = 256 << 20
+#: The size assumed for a shard whose size cannot be known before it is read.
+HASH_UNKNOWN_BYTES = 8 << 20
 
 
 def shard_digests(paths: Sequence[str], storage_options, runtime: Runtime) -> list[str]:
-    """SHA-256 of every shard's bytes, computed where the shards are read (Dask tasks)."""
-    return runtime.compute([delayed(file_digest)(p, storage_options) for p in paths],
-                           progress=False)
-
-
-def plan_ingest(paths: Sequence[str], digests: Sequence[str], manifest: list[dict],
-                allow_changed: bool = False) -> tuple[list[str], list[dict], list[dict]]:
-    """Decide which shards to count: ``(to_count, already_ingested, changed)``.
-
-    A shard whose bytes (SHA-256) are in the manifest, or earlier in this run, is skipped.
-    A path in the manifest with other bytes is "changed": counted only with ``allow_changed``.
-    """
-    known = {entry.get("sha256"): entry["path"] for entry in manifest if entry.get("sha256")}
-    by_path = {entry["path"]: entry.get("sha256") for entry in manifest}
-    to_count, already, changed = [], [], []
-    for path, digest in zip(paths, digests):
-        if digest in known:
-            already.append({"path": path, "sha256": digest, "same_as": known[digest]})
-            continue
-        if path in by_path and by_path[path] != digest:
-            changed.append({"path": path, "old_sha256": by_path[path], "sha256": digest})
-            if not allow_changed:
-                continue
-        known[digest] = path
-        to_count.append(path)
-    return to_count, already, changed
+    """SHA-256 of every shard's bytes, computed where the shards are read: one Dask task per
+    batch of shards (`hash_batches`; at least four batches per worker thread when there are
+    enough shards), so many small files cost one task per batch, not one each."""
+    sizes = shard_sizes(paths, storage_options, unknown=HASH_UNKNOWN_BYTES)
+    share = max(1, sum(sizes) // (4 * max(1, runtime.worker_threads)))
+    batches = hash_batches(sizes, min(HASH_BATCH_BYTES, share))
+    results = runtime.compute([delayed(file_digests)([paths[i] for i in batch], storage_options)
+                               for batch in batches], progress=False)
+    digests = [""] * len(paths)
+    for batch, batch_digests in zip(batches, results):
+        for i, digest in zip(batch, batch_digests):
+            digests[i] = digest
+    return digests
 
 
 # -- 3/5 read + tokenize + count + tree merge ----------------------------------------------------
@@ -482,8 +479,10 @@ def _remove_spill(counts) -> None:
 
 # -- 4/5 k-way merge + row-block writes, 5/5 commit ----------------------------------------------
 
-def _write_generation(setup: IngestSetup, new, lock, runtime: Runtime) -> ModelStore:
-    """Stages 4 and 5 into the store (created now if new); a failed write leaves it unchanged."""
+def _write_generation(setup: IngestSetup, new, aliases: list, lock,
+                      runtime: Runtime) -> ModelStore:
+    """Stages 4 and 5 into the store (created now if new), the counted shards and the
+    ``aliases`` added to its manifest; a failed write leaves it unchanged."""
     model_store = setup.store
     new_stats = {k: int(v) for k, v in new.stats.items()}
     try:
@@ -497,8 +496,8 @@ def _write_generation(setup: IngestSetup, new, lock, runtime: Runtime) -> ModelS
                 model_store.url, setup.config, setup.tokenizer_text, setup.tokenizer_sha256,
                 setup.bos, setup.read_meta, setup.read_options.storage_options,
                 **({"rows_per_block": setup.rows_per_block} if setup.rows_per_block else {}))
-        write_counts(model_store, new, new.shards, totals, add=setup.existing, lock=lock,
-                     runtime=runtime)
+        write_counts(model_store, new, new.shards + aliases, totals, add=setup.existing,
+                     lock=lock, runtime=runtime)
     except StoreCorruptError:
         model_store.discard_uncommitted()  # damaged counts: nothing is built on top of them
         raise

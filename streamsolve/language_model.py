@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from .core.calibration import logsumexp  # noqa: F401 (logsumexp: public here too)
-from .core.positions import grouped_positions, sample_index, sampled_positions
+from .core.positions import as_piece, grouped_piece_positions, sample_index, sampled_positions
 from .core.scoring import fit_calibration_scored
 from .core.weights import ExplicitWeights
 from .text.tokenizer import is_tokenizer_panic, panic_error
@@ -38,10 +38,13 @@ CALIBRATION_POSITIONS = 1 << 15
 def _batches(documents, radius, bos_id, batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(contexts, targets)`` of consecutive positions of the documents, ``batch`` at a time
     (the last one shorter); the positions of a group of about ``batch`` tokens are built at
-    once (`streamsolve.core.positions.grouped_positions`), not document by document."""
+    once (`streamsolve.core.positions.grouped_piece_positions`), not document by document.
+    An item is a document's ids, or a piece ``(ids, starts)`` of one: a piece that does not
+    start a document continues the one before, so a long document streamed in pieces
+    gives the positions of the whole."""
     carry_ctx = np.zeros((0, radius), dtype=np.int64)
     carry_tgt = np.zeros(0, dtype=np.int64)
-    for ctx, tgt in grouped_positions(documents, radius, bos_id, batch):
+    for ctx, tgt in grouped_piece_positions(documents, radius, bos_id, batch):
         ctx, tgt = np.concatenate([carry_ctx, ctx]), np.concatenate([carry_tgt, tgt])
         full = tgt.size - tgt.size % batch
         for start in range(0, full, batch):
@@ -75,7 +78,7 @@ def prefetched(documents: Iterable, tokens: int = SPARSE_EVAL_BATCH,
             group, size = [], 0
             for doc in documents:
                 group.append(doc)
-                size += len(doc)
+                size += len(as_piece(doc)[0])
                 if size >= tokens:
                     if not put(group):
                         return

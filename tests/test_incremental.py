@@ -58,7 +58,10 @@ def test_readding_a_shard_is_a_noop(tmp_path, shards, tokenizer_file):
     # one shard listed twice in one run is counted once
     twice = api.count([shards[3], shards[3]], store)
     assert len(twice.shards) == 1 and len(twice.already) == 1
-    assert len(ModelStore(store).meta["shards"]) == 4
+    manifest = ModelStore(store).meta["shards"]
+    assert sorted(e["path"] for e in manifest if not e.get("alias_of")) == sorted(shards)
+    assert [(e["path"], e["alias_of"]) for e in manifest if e.get("alias_of")] == \
+        [(str(copy), shards[0])], "the copy's path is recorded, its content counted once"
 
 
 def test_changed_content_is_refused_unless_allowed(tmp_path, documents, tokenizer_file):
@@ -74,6 +77,53 @@ def test_changed_content_is_refused_unless_allowed(tmp_path, documents, tokenize
     assert added.changed and added.new_tokens > before.tokens
     entries = [s for s in ModelStore(store).meta["shards"] if s["path"] == str(path)]
     assert len(entries) == 2 and entries[0]["sha256"] != entries[1]["sha256"]
+
+
+@pytest.mark.parametrize("same_run", [False, True])
+def test_an_edited_copy_of_an_ingested_file_is_a_change(tmp_path, documents, tokenizer_file,
+                                                       same_run):
+    """Issue 21.5: a copy (content counted once) that is then edited is refused as changed,
+    not counted whole a second time; with --allow-changed its new content is added as for
+    any changed shard."""
+    store = str(tmp_path / "m.zarr")
+    original = write_text(tmp_path / "day.txt", "\n\n".join(documents[:5]) + "\n")
+    copy = tmp_path / "copy.txt"
+    if same_run:
+        copy.write_bytes(original.read_bytes())
+        api.count([str(original), str(copy)], store, tokenizer=tokenizer_file)
+    else:
+        api.count([str(original)], store, tokenizer=tokenizer_file)
+        copy.write_bytes(original.read_bytes())
+        before = counts_id(store)
+        again = api.count([str(original), str(copy)], store)
+        assert again.new_tokens == 0 and counts_id(store) == before, "no new generation"
+        assert {a["path"]: a["same_as"] for a in again.already}[str(copy)] == str(original)
+    counted = ModelStore(store).read_counts()
+    write_text(copy, "\n\n".join(documents[:6]) + "\n")  # the copy is edited
+    with pytest.raises(StoreError, match=r"different content: .*copy.txt.*--allow-changed"):
+        api.count([str(tmp_path)], store)
+    assert ModelStore(store).read_counts().equal_counts(counted)
+    added = api.count([str(tmp_path)], store, allow_changed=True)
+    assert [c["path"] for c in added.changed] == [str(copy)]
+    alone = api.count([str(copy)], str(tmp_path / "alone.zarr"), tokenizer=tokenizer_file)
+    assert added.new_tokens == alone.new_tokens, "the changed copy's content, added whole"
+    assert api.count([str(tmp_path)], store).new_tokens == 0
+
+
+def test_a_known_path_whose_content_is_now_another_shards_is_changed(tmp_path, documents,
+                                                                    tokenizer_file):
+    store = str(tmp_path / "m.zarr")
+    a = write_text(tmp_path / "a.txt", documents[0] + "\n")
+    b = write_text(tmp_path / "b.txt", documents[1] + "\n")
+    api.count([str(a), str(b)], store, tokenizer=tokenizer_file)
+    b.write_bytes(a.read_bytes())
+    with pytest.raises(StoreError, match=r"different content: .*b.txt"):
+        api.count([str(a), str(b)], store)
+    again = api.count([str(a), str(b)], store, allow_changed=True)
+    assert again.new_tokens == 0 and [c["path"] for c in again.changed] == [str(b)]
+    manifest = ModelStore(store).meta["shards"]
+    assert manifest[-1] == {"path": str(b), "sha256": manifest[0]["sha256"], "alias_of": str(a)}
+    assert api.count([str(a), str(b)], store).new_tokens == 0
 
 
 def test_unreadable_shard_commits_nothing(tmp_path, shards, tokenizer_file):

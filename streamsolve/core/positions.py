@@ -90,3 +90,71 @@ def grouped_positions(documents: Iterable, radius: int, bos_id: int,
             group, size = [], 0
     if group:
         yield positions(group, radius, bos_id)
+
+
+def piece_positions(pieces: Sequence, starts: Sequence[bool], radius: int, bos_id: int,
+                    history: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`positions` of pieces of documents, and the last ``radius`` tokens of the last
+    piece's document (the ``history`` of the next call).
+
+    A piece whose ``starts`` is False continues the document of the piece before it (its
+    first positions see that document's last tokens); the first piece then continues the
+    document whose last tokens are ``history`` (at most ``radius`` of them, none from an
+    earlier document). A long document streamed in pieces so gives the positions of the
+    whole.
+
+    Examples
+    --------
+    >>> ctx, tgt, tail = piece_positions([[5, 6], [7]], [True, False], 2, 0)
+    >>> ctx.tolist(), tgt.tolist(), tail.tolist()
+    ([[0, 0], [5, 0], [6, 5]], [5, 6, 7], [6, 7])
+    >>> piece_positions([[8]], [False], 2, 0, tail)[0].tolist()
+    [[7, 6]]
+    """
+    pieces = [np.asarray(p, dtype=np.int64) for p in pieces]
+    targets = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    history = np.zeros(0, dtype=np.int64) if history is None else history
+    known = np.concatenate([history, targets]) if history.size else targets
+    lengths = np.fromiter((p.size for p in pieces), dtype=np.int64, count=len(pieces))
+    piece_start = np.cumsum(lengths) - lengths + history.size
+    document_start = np.maximum.accumulate(np.where(starts, piece_start, 0))
+    position = np.arange(history.size, known.size)
+    within = position - np.repeat(document_start, lengths)  # the position in its document
+    contexts = np.empty((targets.size, radius), dtype=np.int64)
+    for r in range(1, radius + 1):
+        contexts[:, r - 1] = np.where(within >= r, known[np.maximum(position - r, 0)], bos_id)
+    last_start = int(document_start[-1]) if len(pieces) else known.size
+    return contexts, targets, known[max(last_start, known.size - radius):]
+
+
+def as_piece(item) -> tuple[np.ndarray, bool]:
+    """``(ids, starts)`` of a stream item: a document's ids, or a piece ``(ids, starts)``."""
+    if isinstance(item, tuple):
+        return np.asarray(item[0], dtype=np.int64), bool(item[1])
+    return np.asarray(item, dtype=np.int64), True
+
+
+def grouped_piece_positions(items: Iterable, radius: int, bos_id: int,
+                            group_tokens: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`grouped_positions` of a stream whose items are documents or pieces ``(ids, starts)``
+    of them (`piece_positions`): the positions of the whole documents, one group of about
+    ``group_tokens`` tokens at a time (a longer piece is cut into groups)."""
+    group, starts, size = [], [], 0
+    history = np.zeros(0, dtype=np.int64)  # the last tokens of the document a group continues
+    begin = True  # the next non-empty piece starts a document (an empty one may have started it)
+    for item in items:
+        ids, piece_starts = as_piece(item)
+        begin = begin or piece_starts
+        for at in range(0, ids.size, group_tokens):
+            group.append(ids[at:at + group_tokens])
+            starts.append(begin and at == 0)
+            size += group[-1].size
+            if size >= group_tokens:
+                contexts, targets, history = piece_positions(group, starts, radius, bos_id,
+                                                             history)
+                yield contexts, targets
+                group, starts, size = [], [], 0
+        begin = begin and ids.size == 0
+    if group:
+        yield piece_positions(group, starts, radius, bos_id, history)[:2]

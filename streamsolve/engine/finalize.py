@@ -25,6 +25,7 @@ from ..core.weights import ExplicitWeights
 from ..core.blocked_scoring import LazyScoringParts, LazySparseRankOne, RowBlockCache
 from ..core.dense_lm import RefinedWeights
 from ..store.layout import StoreCorruptError, row_blocks, write_failure
+from ..store.manifest import manifest_entries
 from ..store.refined_weights import is_refined, read_refined
 from .progress import TaskProgress
 
@@ -445,7 +446,7 @@ def recorded_heldout(store, source: dict, storage_options: dict | None = None):
     read_options = ReadOptions(storage_options=storage_options, **read_meta)
     holdout = HoldOut(source["fraction"], source["group_lines"], source["group_bytes"],
                       source["max_tokens_per_shard"])
-    counted = {s["path"]: s.get("sha256") for s in meta.get("shards", [])}
+    counted = {s["path"]: s.get("sha256") for s in manifest_entries(meta)}
     logger.info("re-calibrating on the hold-out recorded by solve: %s of %d shard(s)",
                 holdout.describe(), len(source["shards"]))
     docs, n_bytes = [], 0

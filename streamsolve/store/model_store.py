@@ -43,6 +43,7 @@ from .layout import (DEFAULT_ROWS_PER_BLOCK, FORMAT, FORMAT_VERSION, STORE_ENTRI
                      row_blocks, stack_row_blocks, utc_now, write_failure)
 from .location import creatable_location, is_local, remove_entries, zarr_location
 from .locking import StoreLock
+from .manifest import manifest_entries
 from .transaction import CountsTransaction
 from .weight_blocks import WeightBlocks
 
@@ -416,7 +417,7 @@ class ModelStore(VerifiedReads, WeightBlocks):
             values.append(csr.data.astype(np.int64))
         meta = view.meta
         return Counts(config, keys, values, view.read_unigram(), dict(meta.get("totals", {})),
-                      list(meta.get("shards", [])))
+                      manifest_entries(meta))
 
     def verify(self) -> dict:
         """Check every committed block and the current weights (see

@@ -33,6 +33,7 @@ from .history import ingest_event, with_event
 from .integrity import block_digest, write_checksummed_array
 from .layout import StoreError, count_block_path, row_blocks, utc_now
 from .locking import StoreLock
+from .manifest import with_manifest_entries
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class CountsTransaction:
         meta["counts"] = {"generation": self.generation, "id": uuid.uuid4().hex,
                           "nnz": [int(n) for n in nnz], "tokens": tokens,
                           "committed": utc_now(), "digests": True}
-        meta["shards"] = list(meta.get("shards", [])) + list(new_shards)
+        meta = with_manifest_entries(meta, new_shards)
         meta["totals"] = totals
         event = ingest_event(self.generation, new_shards, totals, tokens, nnz)
         meta["versions"] = event["versions"]

@@ -3,14 +3,15 @@
 A corpus is a list of files, directories (recursively, hidden files skipped), globs and fsspec
 URLs; each regular file is a shard. FIFOs, sockets, devices and symlinks to them are skipped
 (logged and reported) inside directories and globs, and refused when named explicitly, so a
-corpus can never hang the run. A shard is identified by the SHA-256 of its stored bytes, taken
-while they are read for counting (`open_binary` with a hasher), so the recorded hash is that of
-exactly the bytes counted.
+corpus can never hang the run. Directories and ``**`` globs are walked loop-free, and
+streamsolve's own files met there (stores, their locks, spill directories) are skipped and
+reported too (`streamsolve.text.corpus_listing`). A shard is identified by the SHA-256 of its
+stored bytes, taken while they are read for counting (`open_binary` with a hasher), so the
+recorded hash is that of exactly the bytes counted.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import logging
@@ -20,6 +21,9 @@ from collections.abc import Sequence
 
 import fsspec
 
+from .corpus_listing import (LOCK_SUFFIX, glob_files, is_lock_record, is_store_metadata,
+                             walk_files)
+
 logger = logging.getLogger(__name__)
 
 BUILTIN_CORPUS = "builtin://pydoc-topics"
@@ -27,6 +31,8 @@ BUILTIN_CORPUS = "builtin://pydoc-topics"
 #: Compressions a shard may have (fsspec's names), read as a stream: not ``zip`` (an
 #: archive of files, read by seeking).
 STREAM_COMPRESSIONS = ("gzip", "bz2", "xz", "zstd", "lz4", "snappy")
+#: Shards one hashing task takes at most (`hash_batches`).
+HASH_BATCH_SHARDS = 512
 
 
 class CorpusError(ValueError):
@@ -63,8 +69,8 @@ def is_jsonl(path: str) -> bool:
 def expand_corpus(paths: Sequence[str], storage_options: dict | None = None) -> list[str]:
     """Expand files, directories, globs and fsspec URLs into a sorted list of shard URLs.
 
-    Non-regular files found in directories or globs are skipped (and logged); see
-    `expand_shards` to get them with the reason.
+    Non-regular files found in directories or globs, and streamsolve's own files, are
+    skipped (and logged); see `expand_shards` to get them with the reason.
 
     Raises
     ------
@@ -74,12 +80,16 @@ def expand_corpus(paths: Sequence[str], storage_options: dict | None = None) -> 
     return expand_shards(paths, storage_options)[0]
 
 
-def expand_shards(paths: Sequence[str],
-                  storage_options: dict | None = None) -> tuple[list[str], list[dict]]:
+def expand_shards(paths: Sequence[str], storage_options: dict | None = None,
+                  exclude: Sequence[str] = ()) -> tuple[list[str], list[dict]]:
     """`expand_corpus`, plus the entries it skipped: ``(shards, skipped)``.
 
     ``skipped`` holds ``{"path": ..., "skipped": reason}`` for every FIFO, socket, device,
-    dangling symlink or symlink to one of those found in a directory or glob.
+    dangling symlink or symlink to one of those found in a directory or glob; every
+    unreadable directory and directory symlink not followed (a loop, or a directory already
+    listed); and every streamsolve store, store lock file and spill directory met there
+    (a store is known by its ``zarr.json``, whatever its name). ``exclude`` names stores
+    being written (they and their ``.lock`` are skipped even before they exist).
 
     Raises
     ------
@@ -91,11 +101,12 @@ def expand_shards(paths: Sequence[str],
     shards: list[str] = []
     skipped: list[dict] = []
     missing: list[str] = []
+    being_written = _being_written(exclude)
     for path in paths:
         if path == BUILTIN_CORPUS:
             shards.append(path)
             continue
-        found = _expand_one(str(path), storage_options or {}, skipped)
+        found = _expand_one(str(path), storage_options or {}, skipped, being_written)
         if not found:
             missing.append(str(path))
         shards.extend(found)
@@ -149,36 +160,72 @@ def _local_path(path: str) -> str | None:
     return None if "://" in path else os.path.expanduser(path)
 
 
-def _expand_one(path: str, storage_options: dict, skipped: list[dict]) -> list[str]:
+def _being_written(stores: Sequence[str]) -> frozenset[str]:
+    """The real local paths of local stores a run writes, and the URLs of remote ones."""
+    out = set()
+    for store in stores:
+        local = _local_path(str(store))
+        out.add(os.path.realpath(local) if local is not None else str(store))
+    return frozenset(out)
+
+
+def _expand_one(path: str, storage_options: dict, skipped: list[dict],
+                exclude: frozenset[str]) -> list[str]:
     local = _local_path(path)
     if local is not None:
-        found = _expand_local(local, skipped)
+        found = _expand_local(local, skipped, exclude)
         return [f"file://{p}" for p in found] if path.startswith("file://") else found
     fs, _, roots = fsspec.get_fs_token_paths(path, storage_options=storage_options)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+    def url(p: str) -> str:
+        return p if "://" in p else f"{protocol}://{p}"
+
     found = []
     for root in roots:
         if fs.isdir(root):
-            found.extend(sorted(p for p in fs.find(root)))
+            found.extend(_outside_remote_stores(fs, sorted(fs.find(root)), skipped, exclude, url))
         elif fs.exists(root):
             found.append(root)
-    return [p if "://" in p else f"{protocol}://{p}" for p in found]
+    return [url(p) for p in found]
 
 
-def _expand_local(local: str, skipped: list[dict]) -> list[str]:
+def _outside_remote_stores(fs, files: list[str], skipped: list[dict], exclude: frozenset[str],
+                           url) -> list[str]:
+    """The files of a remote folder outside streamsolve stores (known by their
+    ``zarr.json``) and the stores being written (``exclude``), store lock files left out."""
+    from fsspec.core import strip_protocol
+
+    stores = {strip_protocol(s).rstrip("/") for s in exclude if "://" in s}
+    before = len(skipped)
+    for folder in sorted({f.rsplit("/", 1)[0] for f in files if f.endswith("/zarr.json")},
+                         key=len):
+        if not any(folder.startswith(s + "/") for s in stores) and \
+                is_store_metadata(fs.cat_file(folder + "/zarr.json")):
+            stores.add(folder)
+            skipped.append({"path": url(folder), "skipped": "a streamsolve store"})
+    kept = []
+    for path in files:
+        if any(path.startswith(s + "/") for s in stores):
+            continue
+        if path.endswith(LOCK_SUFFIX) and (path[:-len(LOCK_SUFFIX)] in stores or (
+                fs.size(path) < 1 << 16 and is_lock_record(fs.cat_file(path)))):
+            skipped.append({"path": url(path), "skipped": "a streamsolve lock file"})
+            continue
+        kept.append(path)
+    for entry in skipped[before:]:
+        logger.warning("skipping %s: %s", entry["path"], entry["skipped"])
+    return kept
+
+
+def _expand_local(local: str, skipped: list[dict], exclude: frozenset[str]) -> list[str]:
     if os.path.isdir(local):
-        candidates = []
-        for root, dirs, files in os.walk(local):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            candidates.extend(os.path.join(root, f) for f in sorted(files)
-                              if not f.startswith("."))
-        return _keep_regular(sorted(candidates), skipped)
+        return _keep_regular(sorted(walk_files(local, skipped, exclude)), skipped)
     if os.path.lexists(local):
         _require_regular(local)
         return [local]
     if any(ch in local for ch in "*?["):
-        matches = sorted(p for p in glob.glob(local, recursive=True) if not os.path.isdir(p))
-        return _keep_regular(matches, skipped)
+        return _keep_regular(sorted(glob_files(local, skipped, exclude)), skipped)
     return []
 
 
@@ -190,6 +237,38 @@ def _require_regular(local: str) -> None:
     if kind is not None:
         raise CorpusError(f"not a regular file: {local} is a {kind}; name regular files, "
                           "or directories and globs of them")
+
+
+def shard_sizes(paths: Sequence[str], storage_options: dict | None = None,
+                unknown: int = 0) -> list[int]:
+    """Stored bytes of each shard (``unknown`` where they cannot be known from here: the
+    built-in corpus, a missing file, a remote file system without sizes); reads nothing.
+
+    Local files are stat-ed; remote ones asked in one `fsspec` ``sizes`` call per file
+    system (concurrent on object stores).
+    """
+    sizes = [unknown] * len(paths)
+    remote: dict[str, list[int]] = {}
+    for i, path in enumerate(paths):
+        local = _local_path(path)
+        if path == BUILTIN_CORPUS:
+            continue
+        if local is None:
+            remote.setdefault(path.split("://", 1)[0], []).append(i)
+            continue
+        try:
+            sizes[i] = os.stat(local).st_size
+        except OSError:
+            pass
+    for indices in remote.values():
+        try:
+            fs, _ = fsspec.core.url_to_fs(paths[indices[0]], **(storage_options or {}))
+            found = fs.sizes([paths[i] for i in indices])
+        except Exception:  # noqa: BLE001 - sizes only balance the hashing work
+            continue
+        for i, size in zip(indices, found):
+            sizes[i] = unknown if size is None else int(size)
+    return sizes
 
 
 def file_digest(path: str, storage_options: dict | None = None, chunk: int = 8 << 20) -> str:
@@ -209,6 +288,30 @@ def file_digest(path: str, storage_options: dict | None = None, chunk: int = 8 <
     return hasher.hexdigest()
 
 
+def file_digests(paths: Sequence[str], storage_options: dict | None = None) -> list[str]:
+    """`file_digest` of each shard of a batch (one hashing task: see `hash_batches`)."""
+    return [file_digest(path, storage_options) for path in paths]
+
+
+def hash_batches(sizes: Sequence[int], max_bytes: int,
+                 max_shards: int = HASH_BATCH_SHARDS) -> list[list[int]]:
+    """Consecutive shard indices in batches of at most ``max_bytes`` (a larger shard is a
+    batch of its own) and at most ``max_shards`` shards: one task hashes a batch, since a
+    task per small file costs more than hashing it (100,000 tasks took over 600 s)."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    held = 0
+    for i, size in enumerate(sizes):
+        if batch and (held + size > max_bytes or len(batch) >= max_shards):
+            batches.append(batch)
+            batch, held = [], 0
+        batch.append(i)
+        held += size
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 def _hash_builtin(hasher) -> None:
     from pydoc_data.topics import topics
 
@@ -222,6 +325,8 @@ def _open_raw(path: str, storage_options: dict | None):
     if local is not None:
         _require_regular(local)
     try:
+        if local is not None:  # directly: fsspec's per-call URL parsing costs more than
+            return open(local, "rb")  # hashing a small file
         return fsspec.open(path, "rb", **(storage_options or {})).open()
     except FileNotFoundError as exc:
         raise CorpusError(f"shard not found: {path}") from exc
