@@ -86,7 +86,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           rows_per_block: int | None = None, allow_changed: bool = False,
           wait: bool | float = False, break_lock: bool = False, memory: str | int | None = None,
           tmp: str | None = None, force_memory: bool = False,
-          mode: int | str | None = None) -> CountResult:
+          mode: int | str | None = None, ngram: int | None = None) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
     The ingest is all or nothing: the store's counts change in one atomic step at the end,
@@ -131,6 +131,9 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     mode : int or str, optional
         Mode of the store's files on a local disk (e.g. ``0o600`` or ``"0600"``); default
         the umask, never looser than an existing store's (`streamsolve.store.permissions`).
+    ngram : int, optional
+        Also count suffix n-gram blocks of orders 2..``ngram`` (2..6; default: the store's,
+        or none for a new store). An existing store's value must be kept.
 
     Returns
     -------
@@ -146,7 +149,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         heldout_fraction=heldout_fraction, heldout_group_bytes=heldout_group_bytes,
         scheduler=scheduler, workers=workers,
         storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
-        allow_changed=allow_changed, memory=memory, tmp=tmp, force_memory=force_memory)
+        allow_changed=allow_changed, memory=memory, tmp=tmp, force_memory=force_memory,
+        ngram=ngram)  # issue 24 hook
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
                       command="count", mode=mode) as lock:
         return ingest.run(corpus, store, options, lock)
