@@ -25,8 +25,10 @@ from collections.abc import Iterator, Sequence
 
 from . import ingest
 from .core.positions import sampled_positions
+from .core.counting import CountConfig  # issue 24 hook
 from .core.smoothing import check_smoothing, default_smoothing, smoothing_values  # noqa: F401
 from .engine.finalize import commit_store_weights, compute_store_weights
+from .engine.ngram_finalize import attach_ngram  # issue 24 hook
 from .engine.memory import check_memory
 from .engine.runtime import is_address
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
@@ -140,6 +142,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     CountResult
     """
     check_memory(memory, force_memory, remote=is_address(scheduler))  # before any work
+    if ngram is not None:  # issue 24 hook: checked before any work
+        CountConfig(2, ngram=ngram)
     if tmp is not None and "://" not in str(tmp) and os.path.exists(tmp) and not os.path.isdir(tmp):
         raise ValueError(f"--tmp {tmp} is a file, not a directory: give a directory for spill "
                          "files (created if missing)")
@@ -270,6 +274,7 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
     with Stage("finalize (explicit weights, row block by row block)") as stage:
         pending = compute_store_weights(model_store, form, smoothing, mu, alpha,
                                         discount=discount, search_positions=positions)
+        pending.weights = attach_ngram(model_store, pending.weights)  # issue 24 hook
         blocks = sum(len(keys) for keys in pending.block_keys)
         stage.tokens = model_store.meta.get("totals", {}).get("tokens")
         stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
