@@ -24,15 +24,60 @@ import logging
 import numpy as np
 
 from .ngram_kneser_ney import NgramKneserNey, back_off_entries
-from .ngram_scoring import NgramCalibration, NgramScorer, NgramScoringParts
+from .ngram_scoring import NgramScorer, NgramScoringParts
 from .positions import sampled_positions
-from .scoring import ScoringParts
+from . import score_native
+from .scoring import PRODUCT_EXPONENT_BOUND, Scorer, ScoringParts, fit_calibration_scored
 
 logger = logging.getLogger(__name__)
 
-#: Most held-out positions the n-gram calibration fits on (its L-BFGS passes merge the
-#: n-gram union with the offsets' rows in NumPy: ~1 ms per position and pass at V = 8192).
-NGRAM_CALIBRATION_POSITIONS = 4096
+#: Most held-out positions the n-gram calibration fits on (its joined parts hold every
+#: sampled context's union: ~1-2k entries per context at V = 8192, N - 1 floats each).
+NGRAM_CALIBRATION_POSITIONS = 8192
+#: Positions scored per joined-parts batch (bounds the union arrays).
+JOINED_POSITIONS = 4096
+
+
+def joined_parts(ngram: NgramScoringParts, offsets: ScoringParts | None, contexts: np.ndarray,
+                 weights: np.ndarray | None = None):
+    """The n-gram blocks of a batch of contexts as virtual CSR blocks beside the offsets',
+    so the offsets' scoring kernel (`streamsolve.core.scoring.Scorer`, C) scores both.
+
+    Row i of the virtual block of order k holds ``C_k`` of the batch's i-th distinct n-gram
+    context on its union (`NgramScoringParts.union`), its column part ``log P_1`` and its
+    row term 0 (the per-context constants cancel); the offsets' blocks follow unchanged.
+    With ``weights`` (one per order 2..N) the orders are one virtual block instead, holding
+    ``sum_k weights_k C_k`` with column part ``sum_k weights_k log P_1`` (to be scored with
+    scalar 1): what scoring at fixed scalars needs, at a fraction of the cost.
+
+    Returns
+    -------
+    (ScoringParts, ndarray)
+        The parts and the kernel's contexts: each position's virtual row in the first N - 1
+        columns, its offset ids after them.
+    """
+    rows = ngram.rows(contexts)
+    _, first, inverse = np.unique(ngram.signatures(rows), return_index=True,
+                                  return_inverse=True)
+    union = ngram.union(rows[first], weights)
+    k, n = first.size, ngram.n_blocks if weights is None else 1
+    indptr = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(np.bincount(union.owner, minlength=k), out=indptr[1:])
+    indices = union.targets.astype(np.int32)
+    data = [np.ascontiguousarray(union.corrections[:, j]) for j in range(n)]
+    columns = [inverse.reshape(-1)] * n
+    column = ngram.log_unigram if weights is None else float(np.sum(weights)) * ngram.log_unigram
+    blocks = ([indptr] * n, [indices] * n, data, [np.zeros(k)] * n, [column] * n)
+    block_of = list(range(n))
+    prior = ngram.log_unigram
+    if offsets is not None:
+        blocks = tuple(a + list(b) for a, b in zip(blocks, (
+            offsets.indptr, offsets.indices, offsets.data, offsets.row_terms, offsets.col_terms)))
+        block_of += [n + int(b) for b in offsets.block_of]
+        columns += [contexts[:, r] for r in range(offsets.radius)]
+        prior = offsets.log_unigram
+    parts = ScoringParts(*blocks, prior, np.asarray(block_of, dtype=np.int32))
+    return parts, np.ascontiguousarray(np.column_stack(columns), dtype=np.int64)
 
 
 def derive(model: NgramKneserNey) -> NgramKneserNey:
@@ -186,8 +231,21 @@ class NgramWeights:
         return self._shared["scorer"]
 
     def target_log_probs(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """``log p(t | c)`` per position, O(|union|) per distinct context."""
-        return self.scorer().log_probs(contexts, targets)
+        """``log p(t | c)`` per position, O(|union|) per distinct context: the n-gram
+        scorer alone while the offsets are unused, else the offsets' C kernel on the joined
+        parts (`joined_parts`) of each batch."""
+        offsets = self.offset_parts()
+        if offsets is None:
+            return self.scorer().log_probs(contexts, targets)
+        contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
+        targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+        out = np.empty(targets.size)
+        for s in range(0, targets.size, JOINED_POSITIONS):
+            parts, joined = joined_parts(self.ngram_parts(), offsets,
+                                         contexts[s:s + JOINED_POSITIONS], self.ngram_beta)
+            scorer = self._joined_scorer(parts)
+            out[s:s + JOINED_POSITIONS] = scorer.log_probs(joined, targets[s:s + JOINED_POSITIONS])
+        return out
 
     def logits(self, contexts: np.ndarray) -> np.ndarray:
         """Logits (up to a constant per context) of contexts ``(B, max(R, N - 1))``."""
@@ -199,6 +257,26 @@ class NgramWeights:
         np.add.at(out, (owner, targets), values)
         return out
 
+    def _joined_scorer(self, parts: ScoringParts) -> Scorer:
+        """A `Scorer` of one batch's joined parts that reuses the offsets' product factors
+        ``exp(beta_b S^(b))`` across batches (O(nnz) of the offsets, once per theta) and
+        skips the dense long rows (built per batch they would cost more than they save)."""
+        scorer = Scorer(parts, np.r_[1.0, self.beta], self.gamma, cache_size=0)
+        scorer._dense_rows = False
+        beta, n = scorer.beta, 1
+        bound = sum(max(0.0, beta[b] * parts.data_range[b][0], beta[b] * parts.data_range[b][1])
+                    for b in parts.block_of)
+        if bound > PRODUCT_EXPONENT_BOUND or scorer.lib is None:
+            return scorer
+        cached = self._shared.get("exp_offsets")
+        if cached is None or cached[0] != self.theta.tobytes():
+            cached = (self.theta.tobytes(), [np.exp(beta[b] * parts.data[b])
+                                             for b in range(n, parts.n_blocks)])
+            self._shared["exp_offsets"] = cached
+        arrays = [np.exp(beta[b] * parts.data[b]) for b in range(n)] + cached[1]
+        scorer._exp_data = (arrays, score_native.BlockPointers(arrays, arrays, arrays).data)
+        return scorer
+
     def fit_calibration(self, documents, sample_size: int, seed: int = 0) -> "NgramWeights":
         """Fit every block's scalar and gamma on up to ``sample_size`` held-out positions."""
         contexts, targets = sampled_positions(documents, self.config.radius,
@@ -207,11 +285,11 @@ class NgramWeights:
                                               seed)
         offsets = self._shared.get("offsets") or eager_parts(self.offsets)
         self._shared["offsets"] = offsets
-        objective = NgramCalibration(self.ngram_parts(), contexts, targets, offsets)
-        fit = objective.fit(self.theta, max_iter=50)
-        logger.info("n-gram calibration on %d positions (%d evaluations): %.4f -> %.4f "
+        parts, joined = joined_parts(self.ngram_parts(), offsets, contexts)
+        fit = fit_calibration_scored(parts, joined, targets, theta0=self.theta)
+        logger.info("n-gram calibration on %d positions: %.4f -> %.4f "
                     "nats/token (n-gram beta=%s, offset beta=%s, gamma=%.3f)", targets.size,
-                    objective.evaluations, fit.loss_before, fit.loss_after,
+                    fit.loss_before, fit.loss_after,
                     np.round(fit.theta[:self.n_ngram], 3).tolist(),
                     np.round(fit.theta[self.n_ngram:-1], 3).tolist(), fit.theta[-1])
         return self.with_theta(fit.theta, calibrated=True)
