@@ -181,7 +181,7 @@ def _export(args, so) -> dict:
         raise ValueError("--memory applies to --counts and --weights only")
     result = {}
     if args.arpa:  # issue 24 hook
-        from .arpa_export import export_arpa
+        from .ngram_export import export_arpa
 
         result = export_arpa(args.store, args.out, so, force=args.force)
     if args.counts:

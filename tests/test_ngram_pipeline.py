@@ -196,3 +196,24 @@ def test_cli_refuses_an_ngram_order_out_of_range(tmp_path, sharded_corpus, capsy
     err = capsys.readouterr().err
     assert "--ngram must be an integer in 2..6, got 7" in err and err.count("\n") == 1
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_export_weights_includes_the_ngram_blocks(finalized, tmp_path):
+    from streamsolve.cli import main
+    from streamsolve.export import read_export
+    from streamsolve.language_model import LanguageModel
+
+    store, _, _ = finalized
+    out = tmp_path / "w.safetensors"
+    assert main(["export", store, str(out), "--weights", "-q"]) == 0
+    arrays, metadata = read_export(str(out))
+    model = LanguageModel.open(store).weights.model
+    assert metadata["ngram"]["order"] == 3 and metadata["ngram"]["beta"] == [0.0, 1.0]
+    for level in model.levels:
+        np.testing.assert_array_equal(arrays[f"ngram{level.order}.probs"], level.probs)
+        np.testing.assert_array_equal(arrays[f"ngram{level.order}.indptr"], level.indptr)
+    np.testing.assert_array_equal(arrays["ngram.unigram"], model.unigram)
+    assert "block0.data" in arrays and "block1.data" in arrays
+    with pytest.raises(ValueError, match="n-gram blocks"):
+        import streamsolve.torch as bridge
+        bridge.load(store)
