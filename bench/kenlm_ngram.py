@@ -170,3 +170,55 @@ def run_part(kenlm: Path, split: dict, models: dict, stores: dict, scratch: Path
     tables.append(cost_table(kenlm, split, models, stores, scratch, n_rounds))
     tables.append(f"- part n took {time.perf_counter() - started:.0f} s wall\n")
     return tables
+
+
+def _token_documents(path: Path) -> list:
+    """Documents of a KenLM token file (`kenlm_tools.write_token_lines`: ids of one document
+    a line)."""
+    import numpy as np
+
+    with open(path) as handle:
+        return [np.array(line.split(), dtype=np.int64) for line in handle if line.strip()]
+
+
+def from_files(folder: str) -> str:
+    """Table n1 (plus today's R = 4 without n-grams) from the files part c leaves in its
+    ``bpe/`` folder (``train.tokens``, ``evaluation.tokens``, ``calibration.txt``,
+    ``evaluation.txt``, ``o3.binary``, ``o5.binary``): for a full-size run whose KenLM
+    models and token files exist already (``python -c "from bench.kenlm_ngram import
+    from_files; print(from_files('DIR'))"``, KenLM's ``query`` from ``$KENLM_BIN``)."""
+    from streamsolve.core.counting import CountConfig, count_token_documents
+    from streamsolve.core.weights import finalize
+    from streamsolve.language_model import LanguageModel
+
+    from .kenlm import V, encode, token_source
+
+    folder = Path(folder)
+    kenlm = kt.find_kenlm()
+    source = token_source(common.bench_tokenizer(V).read_text(encoding="utf-8"))
+    evaluation = encode([folder / "evaluation.txt"], source)
+    split = {"bos_id": source.bos_id, "eval": evaluation,
+             "calib": encode([folder / "calibration.txt"], source),
+             "train": {"docs": _token_documents(folder / "train.tokens")}}
+    if sum(int(d.size) for d in evaluation["docs"]) != sum(
+            int(d.size) for d in _token_documents(folder / "evaluation.tokens")):
+        raise RuntimeError("evaluation.tokens does not hold evaluation.txt's tokens")
+    scores = {}
+    for order in sorted({*ORDERS, 5}):
+        out = folder / f"query-words{order}.out"
+        kt.run_measured([str(kenlm / "query"), "-v", "word", "-v", "sentence",
+                         str(folder / f"o{order}.binary")], folder / "query.log",
+                        stdin=folder / "evaluation.tokens", stdout=out)
+        with open(out) as handle:
+            scores[order] = kt.parse_query_words(handle)
+    counts = count_token_documents(split["train"]["docs"], CountConfig(V, SKIPS, "cat",
+                                                                       source.bos_id))
+    plain = LanguageModel(finalize(counts, smoothing="kneser-ney"), bos_id=source.bos_id)
+    today = plain.calibrate(split["calib"]["docs"]).evaluate_ids(evaluation["docs"])
+    ours = ngram_rows(split, counts, V)
+    n_bytes = evaluation["bytes"]
+    tokens = sum(int(d.size) for d in split["train"]["docs"])
+    line = (f"- today (no n-gram blocks): R = {SKIPS} Kneser-Ney calibrated "
+            f"{kt.bits_per_byte(kt.streamsolve_bits(today.cross_entropy, today.tokens), n_bytes):.4f}"
+            f" bits per byte; training tokens {tokens:,} ({folder}/train.tokens)\n")
+    return quality_table(split, scores, ours) + line

@@ -28,7 +28,7 @@ from .core.positions import sampled_positions
 from .core.counting import CountConfig  # issue 24 hook
 from .core.smoothing import check_smoothing, default_smoothing, smoothing_values  # noqa: F401
 from .engine.finalize import commit_store_weights, compute_store_weights
-from .engine.ngram_finalize import attach_ngram  # issue 24 hook
+from .engine.ngram_finalize import attach_ngram, ngram_info  # issue 24 hooks
 from .engine.memory import check_memory
 from .engine.runtime import is_address
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
@@ -460,6 +460,7 @@ def info(store: str, storage_options: dict | None = None) -> dict:
             **{k: v for k, v in weights.items() if k != "counts_id"},
             "stale": weights["counts_id"] != meta["counts"]["id"]},
         "history": model_store.history,
+        **ngram_info(model_store),  # issue 24 hook: orders, distinct contexts and entries
     }
 
 

@@ -41,8 +41,9 @@ def test_store_ngram_counts_equal_brute_force(tmp_path, sharded_corpus, document
     for k in range(2, 6):
         assert got[k] == dict(expected[k]), f"order {k}"
     np.testing.assert_array_equal(counts.unigram, ModelStore(store).read_unigram())
-    summary = ngram_blocks.ngram_summary(ModelStore(store), ModelStore(store).committed_generation())
+    summary = api.info(store)["ngram"]
     assert summary["contexts"] == [o.rows for o in counts.orders]
+    assert summary["entries"] == [o.nnz for o in counts.orders] and summary["order"] == 5
 
 
 def test_incremental_and_resharded_ngram_counts_are_identical(tmp_path, sharded_corpus,

@@ -50,6 +50,14 @@ def ngram_writer(weights):
     return lambda root: ngram_blocks.write_ngram_weights(root, weights.model)
 
 
+def ngram_info(view) -> dict:
+    """``{"ngram": {order, contexts, entries}}`` of the committed generation for ``info``
+    (empty for a store without n-gram blocks)."""
+    if not view.config.ngram or "counts" not in view.meta:
+        return {}
+    return {"ngram": ngram_blocks.ngram_summary(view, view.committed_generation())}
+
+
 def with_stored_ngram(view, weights):
     """The store's weights joined to the n-gram model of their version (unchanged when the
     version has none)."""
