@@ -489,7 +489,7 @@ def run(full: bool) -> str:
         parts.append(text)
 
     wanted = kt.parts()
-    if {"b", "c"} & wanted:
+    if {"b", "c", "n"} & wanted:
         split = prepare_split(full, scratch)
         models = build_kenlm_models(kenlm, split, scratch)
         stores = build_streamsolve_stores(split, scratch)
@@ -498,6 +498,11 @@ def run(full: bool) -> str:
         if "c" in wanted:
             keep("c-quality", quality(kenlm, split, models, stores, scratch))
             keep("c-sizes", sizes_table(models, stores))
+        if "n" in wanted:  # issue 24: suffix n-gram blocks beside KenLM
+            from .kenlm_ngram import run_part
+
+            keep("n-ngram", "\n".join(run_part(kenlm, split, models, stores, scratch,
+                                                 n_rounds)))
         del split
     if "a" in wanted:
         keep("a-build", build_cost(kenlm, full, scratch, n_rounds,

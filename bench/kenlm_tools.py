@@ -252,12 +252,12 @@ def rounds(full: bool) -> int:
 
 
 def parts() -> set[str]:
-    """The parts to run: ``$STREAMSOLVE_BENCH_KENLM_PARTS`` (comma-separated of a, b, c),
-    else all three."""
-    wanted = {p.strip() for p in os.environ.get("STREAMSOLVE_BENCH_KENLM_PARTS", "a,b,c")
+    """The parts to run: ``$STREAMSOLVE_BENCH_KENLM_PARTS`` (comma-separated of a, b, c, n),
+    else all four."""
+    wanted = {p.strip() for p in os.environ.get("STREAMSOLVE_BENCH_KENLM_PARTS", "a,b,c,n")
               .split(",") if p.strip()}
-    unknown = wanted - {"a", "b", "c"}
+    unknown = wanted - {"a", "b", "c", "n"}
     if unknown:
         raise common.Skip(f"STREAMSOLVE_BENCH_KENLM_PARTS names {', '.join(sorted(unknown))}: "
-                          "use a comma-separated subset of a, b, c")
+                          "use a comma-separated subset of a, b, c, n")
     return wanted

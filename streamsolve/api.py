@@ -25,8 +25,10 @@ from collections.abc import Iterator, Sequence
 
 from . import ingest
 from .core.positions import sampled_positions
+from .core.counting import CountConfig  # issue 24 hook
 from .core.smoothing import check_smoothing, default_smoothing, smoothing_values  # noqa: F401
 from .engine.finalize import commit_store_weights, compute_store_weights
+from .engine.ngram_finalize import attach_ngram, ngram_info  # issue 24 hooks
 from .engine.memory import check_memory
 from .engine.runtime import is_address
 from .ingest import DEFAULT_RADIUS, DEFAULT_VOCAB_SIZE, CountResult, IngestOptions  # noqa: F401
@@ -87,7 +89,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
           rows_per_block: int | None = None, allow_changed: bool = False,
           wait: bool | float = False, break_lock: bool = False, memory: str | int | None = None,
           tmp: str | None = None, force_memory: bool = False,
-          mode: int | str | None = None) -> CountResult:
+          mode: int | str | None = None, ngram: int | None = None) -> CountResult:
     """Stream a corpus into sparse counts and add them to a store (created if absent).
 
     The ingest is all or nothing: the store's counts change in one atomic step at the end,
@@ -132,12 +134,17 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     mode : int or str, optional
         Mode of the store's files on a local disk (e.g. ``0o600`` or ``"0600"``); default
         the umask, never looser than an existing store's (`streamsolve.store.permissions`).
+    ngram : int, optional
+        Also count suffix n-gram blocks of orders 2..``ngram`` (2..6; default: the store's,
+        or none for a new store). An existing store's value must be kept.
 
     Returns
     -------
     CountResult
     """
     check_memory(memory, force_memory, remote=is_address(scheduler))  # before any work
+    if ngram is not None:  # issue 24 hook: checked before any work
+        CountConfig(2, ngram=ngram)
     if tmp is not None and "://" not in str(tmp) and os.path.exists(tmp) and not os.path.isdir(tmp):
         raise ValueError(f"--tmp {tmp} is a file, not a directory: give a directory for spill "
                          "files (created if missing)")
@@ -147,7 +154,8 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
         heldout_fraction=heldout_fraction, heldout_group_bytes=heldout_group_bytes,
         scheduler=scheduler, workers=workers,
         storage_options=storage_options, block_bytes=block_bytes, rows_per_block=rows_per_block,
-        allow_changed=allow_changed, memory=memory, tmp=tmp, force_memory=force_memory)
+        allow_changed=allow_changed, memory=memory, tmp=tmp, force_memory=force_memory,
+        ngram=ngram)  # issue 24 hook
     with _writer_lock(store, storage_options, wait=wait, break_lock=break_lock,
                       command="count", mode=mode) as lock:
         return ingest.run(corpus, store, options, lock)
@@ -267,6 +275,7 @@ def _finalize_locked(model_store, form, smoothing, mu, alpha, calibrate, storage
     with Stage("finalize (explicit weights, row block by row block)") as stage:
         pending = compute_store_weights(model_store, form, smoothing, mu, alpha,
                                         discount=discount, search_positions=positions)
+        pending.weights = attach_ngram(model_store, pending.weights)  # issue 24 hook
         blocks = sum(len(keys) for keys in pending.block_keys)
         stage.tokens = model_store.meta.get("totals", {}).get("tokens")
         stage.detail = f"{blocks} weight row blocks ({pending.reused_blocks} reused)"
@@ -458,6 +467,7 @@ def info(store: str, storage_options: dict | None = None) -> dict:
             **{k: v for k, v in weights.items() if k != "counts_id"},
             "stale": weights["counts_id"] != meta["counts"]["id"]},
         "history": model_store.history,
+        **ngram_info(model_store),  # issue 24 hook: orders, distinct contexts and entries
     }
 
 

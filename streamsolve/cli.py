@@ -74,7 +74,7 @@ def _count_kwargs(args, storage_options) -> dict:
                 memory=args.memory, tmp=args.tmp,
                 storage_options=storage_options, allow_changed=args.allow_changed,
                 wait=args.wait, break_lock=args.break_lock, force_memory=args.force_memory,
-                mode=args.mode)
+                mode=args.mode, ngram=args.ngram)  # ngram: issue 24 hook
 
 
 def run(args) -> dict:
@@ -164,10 +164,12 @@ def _export(args, so) -> dict:
     from . import api, export
     from .engine.memory import parse_memory
 
-    if not (args.counts or args.weights or args.tokenizer_out):
-        raise ValueError("nothing to export: pass --counts, --weights or --tokenizer OUT.json")
-    if (args.counts or args.weights) and not args.out:
-        raise ValueError(f"--{'counts' if args.counts else 'weights'} needs an OUT path")
+    if not (args.counts or args.weights or args.arpa or args.tokenizer_out):
+        raise ValueError("nothing to export: pass --counts, --weights, --arpa or --tokenizer "
+                         "OUT.json")
+    if (args.counts or args.weights or args.arpa) and not args.out:
+        what = "counts" if args.counts else "weights" if args.weights else "arpa"
+        raise ValueError(f"--{what} needs an OUT path")
     outs = [out for out in (args.out, args.tokenizer_out) if out]
     if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
         raise ValueError(f"{outs[0]} is given twice: write the tokenizer to another file")
@@ -178,6 +180,10 @@ def _export(args, so) -> dict:
     if args.memory and not (args.counts or args.weights):
         raise ValueError("--memory applies to --counts and --weights only")
     result = {}
+    if args.arpa:  # issue 24 hook
+        from .ngram_export import export_arpa
+
+        result = export_arpa(args.store, args.out, so, force=args.force)
     if args.counts:
         result = api.export_counts(args.store, args.out, so, args.memory, force=args.force)
     if args.weights:

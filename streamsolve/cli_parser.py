@@ -80,6 +80,9 @@ def _add_counting(parser: argparse.ArgumentParser, corpus_required: bool = True)
                         help=f"context offsets R (default {api.DEFAULT_RADIUS}, or the store's)")
     parser.add_argument("--aggregation", choices=("cat", "sum"), default=None,
                         help="cat: one block per offset (default); sum: bag of context")
+    parser.add_argument("--ngram", type=int, default=None, metavar="N",  # issue 24 hook
+                        help="also count suffix n-gram blocks of orders 2..N (2..6), smoothed "
+                             "by interpolated modified Kneser-Ney (default: the store's, or none)")
     parser.add_argument("--documents", choices=DOCUMENT_MODES, default="blank-line",
                         help="document boundaries that reset the context (default %(default)s)")
     parser.add_argument("--text-field", default="text", help="text field of .jsonl records")
@@ -276,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="export counts_1..counts_R (V x V) and unigram to OUT.npz")
     what.add_argument("--weights", action="store_true",
                       help="export the weights: sparse + rank-one parts (any V) by default")
+    what.add_argument("--arpa", action="store_true",  # issue 24 hook
+                      help="export the pure n-gram part (a store counted with --ngram) as "
+                           "an ARPA file OUT, readable by KenLM")
     p.add_argument("--format", choices=("safetensors", "npz"),
                    help="weights file format (default: from OUT's suffix, else safetensors)")
     p.add_argument("--rank", type=_positive_int, metavar="D",

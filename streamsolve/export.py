@@ -231,6 +231,11 @@ def weight_arrays(weights, layout: str = "sparse-rank-one", rank: int | None = N
     """The arrays and metadata of one export layout of `ExplicitWeights` (see module doc)."""
     if isinstance(weights, RefinedWeights):
         return refined_weight_arrays(weights, layout)
+    if hasattr(weights, "ngram_parts"):  # issue 24 hook: n-gram blocks beside the offsets
+        from .ngram_export import ngram_weight_arrays
+
+        return ngram_weight_arrays(weights, layout, lambda offsets, form: weight_arrays(
+            offsets, form, rank, max_bytes, n_iter))
     config = weights.config
     offset_blocks = [weights.block_of_offset(r) for r in range(config.radius)]
     metadata = {"format": LAYOUT_VERSION, "layout": layout,

@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 
 from .core.counting import CountConfig
+from .engine.ngram_tasks import write_ngram_generation  # issue 24 hook
 from .engine.memory import (PLAN_SHARE, check_memory, check_vocab_fits, format_bytes,
                              line_bytes_for,
                              make_plan, run_budget, tune_allocator)
@@ -78,6 +79,7 @@ class IngestOptions:
     memory: str | int | None = None
     tmp: str | None = None
     force_memory: bool = False  # accept a budget above the machines' memory or below a process's
+    ngram: int | None = None  # issue 24: largest suffix n-gram order (None: the store's, or 0)
 
 
 @dataclasses.dataclass
@@ -173,7 +175,7 @@ def _run_configured(setup: IngestSetup, options: IngestOptions, lock, runtime: R
             _remove_spill(new)
             raise CorpusError("no text found in the corpus (all shards empty, binary or not text): "
                               + ", ".join(setup.paths))
-        model_store = _write_generation(setup, new, plan.aliases, lock, runtime)
+        model_store = _write_generation(setup, new, plan.aliases, lock, runtime, ngram=result.ngram)
         worker_peaks = runtime.worker_peaks()
     memory = measured_memory(result.memory, run_peak.peak, worker_peaks)
     meta = model_store.meta
@@ -262,7 +264,9 @@ def configure(corpus, store: str, options: IngestOptions, worker_limits: Sequenc
                 else model_store.tokenizer_text())
         sha = tokenizer_hash(text)
         # a BOS reserved past the vocabulary (bos None) is one more id: V + 1
-        config = CountConfig(V + (bos is None), radius, aggregation, bos_id)
+        ngram = options.ngram if options.ngram is not None else (  # issue 24 hook
+            model_store.config.ngram if existing else 0)
+        config = CountConfig(V + (bos is None), radius, aggregation, bos_id, ngram)
         if existing:
             model_store.check_compatible(config, sha, read_meta)
         rows = model_store.meta["rows_per_block"] if existing else options.rows_per_block
@@ -441,7 +445,7 @@ def count_corpus(paths: Sequence[str], tokenizer_text: str, config: CountConfig,
             if not keep_partial:
                 counts = result.counts.to_counts(plan.task_bytes, plan.spill_dir)
                 result = ShardResult(counts, result.heldout, result.heldout_bytes,
-                                     result.memory)
+                                     result.memory, ngram=result.ngram)
     except BaseException:
         if spill is not None:
             spill.cleanup()
@@ -480,7 +484,7 @@ def _remove_spill(counts) -> None:
 # -- 4/5 k-way merge + row-block writes, 5/5 commit ----------------------------------------------
 
 def _write_generation(setup: IngestSetup, new, aliases: list, lock,
-                      runtime: Runtime) -> ModelStore:
+                      runtime: Runtime, ngram=None) -> ModelStore:
     """Stages 4 and 5 into the store (created now if new), the counted shards and the
     ``aliases`` added to its manifest; a failed write leaves it unchanged."""
     model_store = setup.store
@@ -497,7 +501,7 @@ def _write_generation(setup: IngestSetup, new, aliases: list, lock,
                 setup.bos, setup.read_meta, setup.read_options.storage_options,
                 **({"rows_per_block": setup.rows_per_block} if setup.rows_per_block else {}))
         write_counts(model_store, new, new.shards + aliases, totals, add=setup.existing,
-                     lock=lock, runtime=runtime)
+                     lock=lock, runtime=runtime, ngram=ngram)
     except StoreCorruptError:
         model_store.discard_uncommitted()  # damaged counts: nothing is built on top of them
         raise
@@ -511,7 +515,8 @@ def _write_generation(setup: IngestSetup, new, aliases: list, lock,
 
 def write_counts(store: ModelStore, counts, new_shards: list, totals: dict, *, add: bool,
                  lock, runtime: Runtime | None = None, scheduler: str | None = None,
-                 workers: int | None = None, client=None, progress: bool = True) -> list[int]:
+                 workers: int | None = None, client=None, progress: bool = True,
+                 ngram=None) -> list[int]:
     """Stages 4 and 5: write counts into a store as a new generation (adding the committed
     one if ``add``) in one counts transaction under ``lock`` (the store's held `StoreLock`).
 
@@ -523,7 +528,7 @@ def write_counts(store: ModelStore, counts, new_shards: list, totals: dict, *, a
         with Runtime(scheduler, workers, client=client, progress=progress,
                      worker_setup=tune_allocator) as own:
             return write_counts(store, counts, new_shards, totals, add=add, lock=lock,
-                                runtime=own)
+                                runtime=own, ngram=ngram)
     partial = counts if isinstance(counts, PartialCounts) else PartialCounts.of(
         counts, store.meta["rows_per_block"])
     try:
@@ -536,6 +541,7 @@ def write_counts(store: ModelStore, counts, new_shards: list, totals: dict, *, a
         base = store.meta["counts"]["generation"] if add else None
         with store.counts_transaction(lock) as transaction:
             nnz = write_row_blocks(transaction, partial, base, runtime)
+            write_ngram_generation(store, transaction.generation, base, ngram)  # issue 24
             commit(transaction, partial, base, nnz, new_shards, totals)
             return nnz
     finally:

@@ -373,6 +373,9 @@ class LanguageModel:
         LanguageModel
             A model with calibrated weights.
         """
+        if hasattr(self.weights, "fit_calibration"):  # issue 24 hook: n-gram blocks
+            return LanguageModel(self.weights.uncalibrated().fit_calibration(
+                documents, sample_size, seed), self.tokenizer, self.bos_id)
         weights = self.weights.uncalibrated()
         ctx, tgt = sampled_positions(documents, self.config.radius, self.bos_id, sample_size,
                                      seed)

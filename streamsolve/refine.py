@@ -449,6 +449,9 @@ def refine_store(store: str, train: Sequence[str], heldout: Sequence[str], *,
     heldout = check_readable(heldout, storage_options)
     view = ModelStore(store, storage_options).snapshot()
     model = LanguageModel.open(view)
+    if hasattr(model.weights, "ngram_parts"):  # issue 24 hook
+        raise ValueError(f"{store} has n-gram blocks (--ngram): refine does not train them "
+                         "yet; refine a store counted without --ngram")
     if isinstance(model.weights, RefinedWeights):
         raise ValueError(f"the weights of {store} are already refined: run `streamsolve "
                          f"finalize {store}` first to refine from explicit weights")

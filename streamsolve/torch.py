@@ -135,6 +135,9 @@ def load_weights(store, storage_options: dict | None = None, allow_stale: bool =
         return store
     weights = store.weights if isinstance(store, LanguageModel) else \
         LanguageModel.open(store, storage_options, allow_stale=allow_stale).weights
+    if hasattr(weights, "ngram_parts"):  # issue 24 hook
+        raise ValueError("the store has n-gram blocks (--ngram): streamsolve.torch does not "
+                         "build them yet; `streamsolve export --weights` writes them (sparse)")
     if not isinstance(weights, ExplicitWeights):  # refined by `streamsolve refine`
         raise ValueError("the store holds refined weights (streamsolve refine), not explicit "
                          "ones: run `streamsolve finalize` to load the explicit model")

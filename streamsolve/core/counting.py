@@ -22,6 +22,8 @@ from . import native
 logger = logging.getLogger(__name__)
 
 AGGREGATIONS = ("cat", "sum")
+#: Largest order of the suffix n-gram blocks (``CountConfig.ngram``).
+MAX_NGRAM = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +40,16 @@ class CountConfig:
         ``cat``: one V x V block per offset; ``sum``: one V x V block, the bag of context.
     bos_id : int
         Id padding the context before a document's first tokens.
+    ngram : int
+        Largest order N of the suffix n-gram blocks counted beside the offsets
+        (`streamsolve.core.ngram_counts`; 0: none).
     """
 
     vocab_size: int
     radius: int = 3
     aggregation: str = "cat"
     bos_id: int = 0
+    ngram: int = 0
 
     def __post_init__(self):
         if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
@@ -57,6 +63,9 @@ class CountConfig:
             raise ValueError("vocab_size too large for int64 pair keys")
         if not 0 <= self.bos_id < self.vocab_size:
             raise ValueError(f"bos_id {self.bos_id} outside the vocabulary 0..{self.vocab_size - 1}")
+        if not (isinstance(self.ngram, (int, np.integer))
+                and (self.ngram == 0 or 2 <= self.ngram <= MAX_NGRAM)):
+            raise ValueError(f"--ngram must be an integer in 2..{MAX_NGRAM}, got {self.ngram!r}")
 
     @property
     def n_blocks(self) -> int:
@@ -64,7 +73,10 @@ class CountConfig:
         return self.radius if self.aggregation == "cat" else 1
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.ngram:  # stores without n-gram blocks keep their attributes as before
+            del out["ngram"]
+        return out
 
 
 def sum_duplicates(keys: np.ndarray, values: np.ndarray | None = None,

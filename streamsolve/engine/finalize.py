@@ -28,6 +28,7 @@ from ..store.layout import StoreCorruptError, row_blocks, write_failure
 from ..store.manifest import manifest_entries
 from ..store.refined_weights import is_refined, read_refined
 from .progress import TaskProgress
+from .ngram_finalize import ngram_writer, with_stored_ngram  # issue 24
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def commit_store_weights(store, pending: PendingWeights,
         return store.commit_weights(weights.params(), pending.block_keys, pending.col_terms,
                                     pending.weights.bias, pending.weights.log_unigram,
                                     counts_id=pending.counts_id,
-                                    reused_blocks=pending.reused_blocks)
+                                    reused_blocks=pending.reused_blocks,
+                                    write_extra=ngram_writer(weights))  # issue 24
     except BaseException as exc:  # the version removed itself; remove the new row blocks
         if pending.present is not None:
             _write_failed(store, pending.present, exc)
@@ -122,13 +124,13 @@ def read_store_weights(store, allow_stale: bool = False, lazy: bool = True,
         stored = view.read_weights(allow_stale=allow_stale)
         blocks = [SparseRankOne(sparse, row_terms, col_terms)
                   for sparse, row_terms, col_terms in stored.blocks]
-        return ExplicitWeights.from_params(blocks, stored.bias, stored.log_unigram, view.config,
-                                           stored.params)
+        return with_stored_ngram(view, ExplicitWeights.from_params(  # issue 24 hook
+            blocks, stored.bias, stored.log_unigram, view.config, stored.params))
     index = view.read_weights_index(allow_stale=allow_stale)
     keys = [block[0] for block in index.blocks]
     weights = lazy_weights(view, keys, [block[2] for block in index.blocks],
                            index.log_unigram, view.config, index.params, cache_bytes)
-    return weights
+    return with_stored_ngram(view, weights)  # issue 24 hook
 
 
 def refined_store_weights(view, allow_stale: bool = False) -> RefinedWeights:

@@ -28,6 +28,7 @@ from ..text.holdout import HoldOut, RunSplitter
 from ..text.reading import BinaryShardError, CorpusError, ReadOptions, ReadStats, iter_document_pieces
 from ..text.tokenizer import TokenizerError
 from .memory import PENDING_BLOCKS, MemoryPlan
+from .ngram_tasks import ShardNgrams, merge_ngrams  # n-gram blocks (issue 24)
 from .runtime import delayed, tokenize_key, tree_reduce
 from .spill import PartialCounts, collect, merge_partials, merge_sources
 
@@ -41,6 +42,7 @@ class ShardResult:
     heldout: list  # list of np.ndarray (int32 token ids), one per held-out document
     heldout_bytes: int = 0  # UTF-8 bytes of the returned held-out documents
     memory: dict | None = None  # the run's memory plan, estimate and measured figures
+    ngram: object = None  # NgramCounts with --ngram (issue 24), else None
 
 
 class _BlockCounts:
@@ -150,6 +152,7 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
     counts = _BlockCounts(config, plan)
     held = _HeldOutDocuments(holdout.max_tokens_per_shard)
     carry = ContextCarry(config)
+    ngrams = ShardNgrams(config)  # issue 24: n-gram blocks beside the offsets (no-op without)
     stats, hasher = ReadStats(), hashlib.sha256()
     skipped = None
     try:
@@ -157,15 +160,18 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
             train, held_pieces, ends_held = splitter.split(pieces)
             if train:
                 flat, lengths = encoder.encode_pieces(train)
+                ngrams.add(flat, lengths, not train[0][1])
                 counts.add(count_flat(flat, lengths, not train[0][1], config, carry))
             if held_pieces and not held.full:
                 held.add(held_pieces, encoder.encode_documents(held_pieces))
             if ends_held:
                 carry.reset()
+                ngrams.reset()
     except BinaryShardError as exc:  # also late in the shard: nothing of it is counted
         logger.warning("%s", exc)
         skipped = exc.reason
         counts.discard()
+        ngrams.discard()
         held = _HeldOutDocuments(holdout.max_tokens_per_shard)
         stats = ReadStats()
     except UnicodeDecodeError as exc:  # pragma: no cover - decode_counting replaces
@@ -181,7 +187,8 @@ def count_shard(path: str, tokenizer_text: str, config: CountConfig,
                     time.perf_counter() - started)
     logger.debug("counted %s: %d tokens (%d runs spilled)", path, merged.tokens,
                  merged.spilled_runs)
-    return ShardResult(merged.to_counts() if plan is None else merged, held.documents, held.bytes)
+    return ShardResult(merged.to_counts() if plan is None else merged, held.documents, held.bytes,
+                       ngram=ngrams.flush())
 
 
 def heldout_of_shard(path: str, tokenizer_text: str, config: CountConfig,
@@ -237,7 +244,7 @@ def merge_results(*results: ShardResult, plan: MemoryPlan | None = None) -> Shar
                                 plan.spill_dir if plan is not None else None)
     else:
         counts = merge_counts(*(r.counts for r in results))
-    return ShardResult(counts, heldout, heldout_bytes)
+    return ShardResult(counts, heldout, heldout_bytes, ngram=merge_ngrams(results))
 
 
 def count_graph(paths: Sequence[str], tokenizer_text: str, config: CountConfig,

@@ -131,6 +131,8 @@ def _config_problems(meta: dict) -> list[str]:
                         f"1..{MAX_RADIUS}")
     if config.get("aggregation") not in ("cat", "sum"):
         problems.append(f"config.aggregation {config.get('aggregation')!r} is not 'cat' or 'sum'")
+    if "ngram" in config and not _is_int(config["ngram"], 0, 6):  # issue 24
+        problems.append(f"config.ngram {config['ngram']!r} is not an integer in 0..6")
     if _is_int(vocab_size, 2) and not _is_int(config.get("bos_id"), 0, vocab_size - 1):
         problems.append(f"config.bos_id {config.get('bos_id')!r} is outside 0..{vocab_size - 1}")
     tokenizer = meta.get("tokenizer")

@@ -263,6 +263,9 @@ class ModelStore(VerifiedReads, WeightBlocks):
             if stored[name] != getattr(config, name):
                 problems.append(f"{name}: store has {stored[name]!r}, this run has "
                                 f"{getattr(config, name)!r}")
+        if stored.get("ngram", 0) != config.ngram:  # issue 24: n-gram blocks of every shard
+            problems.append(f"ngram: store has {stored.get('ngram', 0)!r}, this run has "
+                            f"{config.ngram!r} (--ngram must match the store's)")
         stored_read = meta.get("read_options", {})
         for name in ("documents", "text_field") if read_options else ():
             if name in stored_read and stored_read[name] != read_options.get(name):

@@ -179,14 +179,16 @@ class WeightBlocks:
 
     def commit_weights(self, params: dict, block_keys: list[list[str]], col_terms: np.ndarray,
                        bias: np.ndarray, log_unigram: np.ndarray,
-                       counts_id: str | None = None, reused_blocks: int | None = None) -> str:
+                       counts_id: str | None = None, reused_blocks: int | None = None,
+                       write_extra=None) -> str:
         """Make written weight blocks plus the rank-one vectors the store's weights.
 
         One attribute write switches to them and appends a ``finalized`` event (and a
         ``calibrated`` one when ``params`` holds calibration scalars) to the history; the
         replaced version is retired, not deleted. ``counts_id`` names the counts they were
         computed from (default: the committed ones); ``reused_blocks`` (how many row
-        blocks a re-finalize kept) goes into the event.
+        blocks a re-finalize kept) goes into the event. ``write_extra(group)`` writes more
+        arrays into the version's group (the n-gram blocks, issue 24).
 
         Returns
         -------
@@ -206,9 +208,13 @@ class WeightBlocks:
                 meta = with_event(meta, calibrated_event(weights_id, params["calibration"]))
             return meta
 
-        return commit_weights_version(self, lambda root: [
-            write_checksummed_array(root, name, values) for name, values in arrays.items()],
-            attributes)
+        def write(root):
+            for name, values in arrays.items():
+                write_checksummed_array(root, name, values)
+            if write_extra is not None:  # issue 24: the n-gram blocks
+                write_extra(root)
+
+        return commit_weights_version(self, write, attributes)
 
     def set_calibration(self, calibration: dict | None):
         """Record calibration scalars on the current weights (with a ``calibrated`` event)."""
