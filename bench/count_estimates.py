@@ -16,6 +16,7 @@ The target (issue 22) is a ratio within [1/1.5, 1.5] for both.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -86,19 +87,27 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default=",".join(BUDGETS))
     parser.add_argument("--all", action="store_true", help="the whole bench corpus (33 shards)")
+    parser.add_argument("--shards", help="comma-separated shard names of the bench corpus "
+                        "(default: the 8 of SUBSET)")
     parser.add_argument("--code", help="checkout whose streamsolve to run (default: this one)")
     parser.add_argument("--work", help="scratch directory (default: a temporary one)")
     args = parser.parse_args(argv)
-    paths = common.shards() if args.all else common.shards(SUBSET)
+    try:
+        names = args.shards.split(",") if args.shards else SUBSET
+        paths = common.shards() if args.all else common.shards(names)
+    except common.Skip as exc:
+        print(f"bench.count_estimates: {exc}", file=sys.stderr)
+        return 2
     tokenizer = str(common.bench_tokenizer(8192))
     work = args.work or tempfile.mkdtemp(prefix="count-estimates-")
     print(f"corpus: {len(paths)} shard(s) of {common.CORPUS}"
-          + ("" if args.all else f" ({', '.join(SUBSET)})"), flush=True)
+          + ("" if args.all else f" ({', '.join(map(os.path.basename, paths))})"), flush=True)
     print(f"code: {args.code or common.REPO}; machine: {common.machine()}", flush=True)
     rows = []
     for budget in args.budgets.split(","):
         rows.append(measure(paths, budget, tokenizer, work, args.code))
-        print(f"  {budget}: done (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+        print(f"  {budget}: {json.dumps(rows[-1])} (load {os.getloadavg()[0]:.1f})",
+              file=sys.stderr, flush=True)
     print(table(rows))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

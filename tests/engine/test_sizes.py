@@ -93,3 +93,37 @@ def test_spill_estimate_when_the_merged_counts_outgrow_one_tasks_cap():
         plan = MemoryPlan.build(budget, 2, 3, 4096, "/tmp/x", 4, 8 << 20, 1)
         spill = plan.estimate(text_bytes, 3, 1.0, 8193)["spill_bytes"]
         assert 0.75 * spilled < spill < 1.25 * spilled
+
+
+def _count_json(args: list) -> dict:
+    """``streamsolve count ARGS --json`` in a fresh process (its own memory); the summary."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import time_limit
+    from tests.deploy_helpers import child_env
+
+    done = subprocess.run([sys.executable, "-m", "streamsolve", "count", *map(str, args),
+                           "--json"], env=child_env(), capture_output=True, text=True,
+                          timeout=time_limit(600))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("budget", ["1GB", "300MB"])
+def test_estimates_are_within_1_5x_of_a_measured_run(tmp_path, kjv_path, sharded_corpus,
+                                                     tokenizer_file, budget):
+    """Issue 22: the plan's peak and spill estimates within 1.5x of what the run measured
+    (peak of the process tree; sorted runs written), with and without spill (a 300MB budget
+    spills through the shard tasks and the tree merge)."""
+    shards = [kjv_path, *sharded_corpus(4, "")]
+    memory = _count_json([*shards, "--store", tmp_path / "m.zarr", "--tokenizer", tokenizer_file,
+                          "--radius", 3, "--workers", 2, "--memory", budget, "--force-memory",
+                          "--tmp", tmp_path])["memory"]
+    peak, estimated = memory["peak_measured_bytes"], memory["peak_estimated_bytes"]
+    assert peak / 1.5 <= estimated <= 1.5 * peak, (peak, estimated)
+    written, estimated = memory["spill_written_bytes"], memory["spill_estimated_bytes"]
+    assert written / 1.5 <= estimated <= 1.5 * written, (written, estimated)
+    if budget == "300MB":
+        assert written > 0
