@@ -56,12 +56,13 @@ HEAPS_EXPONENT = 0.7
 #: above them; tested against measured spill (issue 22): the whole bench corpus at 2 and
 #: 4 GB, six shards at 1 GB and 8x the corpus at 2 GB.
 HEAPS_PAIRS_TYPICAL = 14.0
-#: Share of the read term (read blocks x (12 + 8 x blocks) bytes per byte) the peak
-#: estimate counts: both workers are rarely at the top of their working sets at once.
-READ_SHARE = 1.0
-#: Counts memory of each other worker at the run's peak, as a multiple of the largest
-#: merge (a shard task's counts and pending blocks, or a finished result held).
-COUNTS_HELD_PER_WORKER = 1.0
+#: Share of the largest merge's counts (`simulate_counts`: its inputs and result) the peak
+#: estimate adds to the process base and the read blocks. Fitted (issue 22) on five runs
+#: (R = 3, 2 workers, tree peak measured): the 3 quick Bible shards at 1 and 2 GB (339, 359
+#: MB), six gcide/wordnet shards at 1 GB (384 MB), the whole bench corpus at 2 and 4 GB (572,
+#: 790 MB): estimates 1.01-1.30x of them (the old term, twice all counts up to every task's
+#: cap, gave 1.6-1.9x at 1-4 GB).
+COUNTS_HELD_SHARE = 0.5
 #: Default budget when none is given.
 DEFAULT_MEMORY = "50%"
 #: Resident bytes the tokenizer holds per byte of one input while it encodes it (its
@@ -364,7 +365,7 @@ class MemoryPlan:
         with `HEAPS_PAIRS_TYPICAL`). Spill is what `simulate_counts` finds the shard tasks
         and the tree merge write (they spill when their inputs together pass `task_bytes`).
         Memory is the process base, the read blocks being tokenized (no larger than a
-        shard) and the counts held at once (`counts_held`).
+        shard) and `COUNTS_HELD_SHARE` of the largest merge's counts.
         """
         text = input_bytes * compressed_ratio
         shard_text = [float(b) for b in shard_bytes] if shard_bytes else [float(text)]
@@ -374,9 +375,8 @@ class MemoryPlan:
         cap = self.task_bytes if self.spill_dir else math.inf
         counted = simulate_counts([b / 3.5 for b in shard_text], n_blocks, cap,
                                   self.block_bytes / 3.5, split_every, vocab_size)
-        reading = (self.workers * min(self.block_bytes, max(shard_text) / 1.0)
-                   * (12 + 8 * n_blocks))
-        peak = PROCESS_BASE_BYTES + READ_SHARE * reading + counts_held(counted, self.workers)
+        reading = self.workers * min(self.block_bytes, max(shard_text)) * (12 + 8 * n_blocks)
+        peak = PROCESS_BASE_BYTES + reading + COUNTS_HELD_SHARE * counted["largest_bytes"]
         return {"text_bytes": int(text), "tokens": int(tokens), "counts_bytes": int(counts),
                 "peak_bytes": int(peak), "spill_bytes": int(counted["spill_bytes"])}
 
@@ -430,13 +430,6 @@ def simulate_counts(shard_tokens: Sequence[float], n_blocks: int, task_bytes: fl
         nodes = [merge((0.0, 0.0), nodes[i:i + split_every])
                  for i in range(0, len(nodes), split_every)]
     return {"spill_bytes": spill, "largest_bytes": largest}
-
-
-def counts_held(counted: dict, workers: int) -> float:
-    """Counts memory at the peak of a run `simulate_counts` followed: the largest merge
-    (its inputs and result), and `COUNTS_HELD_PER_WORKER` times it for each other worker."""
-    largest = counted["largest_bytes"]
-    return largest * (1 + COUNTS_HELD_PER_WORKER * (max(1, int(workers)) - 1))
 
 
 def distinct_pairs(tokens: float, vocab_size: int | None = None,
