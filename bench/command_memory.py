@@ -13,7 +13,7 @@ mark of the child, what ``/usr/bin/time -v`` prints)::
     streamsolve eval S HELDOUT --memory B --json
     streamsolve score S HELDOUT --memory B --json
     streamsolve export S OUT.safetensors --weights --memory B --json
-    streamsolve refine S TRAIN --heldout HELDOUT --steps 20 --memory B --json
+    streamsolve refine S TRAIN --heldout HELDOUT --steps 20 --rank 64 --memory B --json
 
 (the last four on a finalized copy). A command without ``--memory`` (argparse refuses it) is
 run without it, and the table says so. A run is killed above ``--kill-above`` (default 4x the
@@ -87,7 +87,7 @@ def command_args(name: str, store: Path, train: list[Path], heldout: Path, out: 
             "export --weights": ["export", store, out / "weights.safetensors", "--weights",
                                  "--force", "--json"],
             "refine": ["refine", store, *train, "--heldout", heldout, "--steps", 20,
-                       "--json"]}[name]
+                       "--rank", 64, "--json"]}[name]
 
 
 def measure_command(args: list, memory: str, force: bool, code: str | None,
@@ -103,7 +103,8 @@ def measure_command(args: list, memory: str, force: bool, code: str | None,
 
 def measure_all(memory: str, budget: int, work: Path, tokenizer: Path, code: str | None,
                 force: bool, kill_above: int, timeout: float,
-                text: tuple[list[Path], Path] | None = None) -> list[dict]:
+                text: tuple[list[Path], Path] | None = None,
+                commands: list[str] = COMMANDS) -> list[dict]:
     """Every command of `COMMANDS` on copies of the counted store; one row each.
     ``text``: training files and a held-out file (default: `write_corpus`'s)."""
     if text is None:
@@ -117,6 +118,8 @@ def measure_all(memory: str, budget: int, work: Path, tokenizer: Path, code: str
     rows = []
     try:
         for name in COMMANDS:
+            if name != "finalize" and name not in commands:
+                continue
             store = scratch / "store.zarr"
             shutil.rmtree(store, ignore_errors=True)
             source = counted if name == "finalize" or not finalized.exists() else finalized
@@ -125,6 +128,8 @@ def measure_all(memory: str, budget: int, work: Path, tokenizer: Path, code: str
                                         memory, force, code, kill_above, timeout)
             if name == "finalize" and run.returncode == 0:
                 shutil.copytree(store, finalized)
+            if name not in commands:
+                continue
             if run.returncode < 0:
                 note = (note + "; " if note else "") + (
                     f"killed above {mib(kill_above)}" if run.peak > kill_above else "timed out")
@@ -167,6 +172,8 @@ def main(argv=None) -> int:
                         help="training text (default: the even pydoc topics)")
     parser.add_argument("--heldout", type=Path, help="held-out text (default: the odd "
                         "pydoc topics; required with --train)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(COMMANDS)} "
+                        "(finalize runs anyway: the others need its weights)")
     parser.add_argument("--kill-above", type=float, default=4.0,
                         help="kill a command above this multiple of the budget (default 4)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per command")
@@ -194,7 +201,8 @@ def main(argv=None) -> int:
         return 2
     text = ([p.resolve() for p in args.train], args.heldout.resolve()) if args.train else None
     rows = measure_all(args.memory, budget, work, tokenizer, code, args.force_memory,
-                       int(args.kill_above * budget), args.timeout, text)
+                       int(args.kill_above * budget), args.timeout, text,
+                       args.only.split(",") if args.only else COMMANDS)
     print(table(rows))
     for row in rows:
         print(f"- {row['command']}: `{row['args']}`")

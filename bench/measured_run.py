@@ -24,6 +24,9 @@ import time
 
 import psutil
 
+#: Seconds between two listings of the child's process tree (its sizes are read every sample).
+LIST_EVERY = 1.0
+
 
 @dataclasses.dataclass
 class Measured:
@@ -44,10 +47,11 @@ class Measured:
         return max(self.tree_peak, self.maxrss)
 
 
-def tree_rss(root: psutil.Process) -> int:
-    """Resident bytes of ``root`` and all its descendants (0 once it is gone)."""
+def tree_rss(root: psutil.Process, procs: list | None = None) -> int:
+    """Resident bytes of ``root`` and all its descendants (0 once it is gone); ``procs``:
+    the tree as listed earlier (listing it scans all of /proc: costly every 50 ms)."""
     try:
-        procs = [root] + root.children(recursive=True)
+        procs = procs if procs is not None else [root] + root.children(recursive=True)
     except psutil.Error:
         return 0
     total = 0
@@ -80,15 +84,20 @@ def run_measured(args: list, *, env: dict | None = None, pythonpath: str | None 
         name, getattr(proc, name).read()), daemon=True) for name in ("stdout", "stderr")]
     for reader in readers:
         reader.start()
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak, procs, listed = psutil.Process(proc.pid), 0, None, 0.0
     while True:
+        if time.perf_counter() - listed > LIST_EVERY:  # new children are seen within this
+            try:
+                procs, listed = [root] + root.children(recursive=True), time.perf_counter()
+            except psutil.Error:
+                procs = None
         try:  # a zombie child is not reaped yet: wait4 below gives its rusage
             done = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             done = True
         if done is not None:
             break
-        peak = max(peak, tree_rss(root))
+        peak = max(peak, tree_rss(root, procs))
         if (kill_above and peak > kill_above) or (
                 timeout and time.perf_counter() - started > timeout):
             proc.kill()

@@ -60,9 +60,13 @@ HEAPS_PAIRS_TYPICAL = 14.0
 #: estimate adds to the process base and the read blocks. Fitted (issue 22) on five runs
 #: (R = 3, 2 workers, tree peak measured): the 3 quick Bible shards at 1 and 2 GB (339, 359
 #: MB), six gcide/wordnet shards at 1 GB (384 MB), the whole bench corpus at 2 and 4 GB (572,
-#: 790 MB): estimates 1.01-1.30x of them (the old term, twice all counts up to every task's
-#: cap, gave 1.6-1.9x at 1-4 GB).
+#: 790 MB) (the old term, twice all counts up to every task's cap, gave 1.6-1.9x at 1-4 GB).
 COUNTS_HELD_SHARE = 0.5
+#: Resident memory of a count process before its blocks and counts, as the peak estimate
+#: takes it: measured 130-250 MB (the plan reserves `PROCESS_BASE_BYTES`, with a margin);
+#: this value keeps the seven measured runs of tests/engine/test_sizes.py (141 MB to 790
+#: MB) within 1.25x.
+PROCESS_BASE_TYPICAL = 160 << 20
 #: Default budget when none is given.
 DEFAULT_MEMORY = "50%"
 #: Resident bytes the tokenizer holds per byte of one input while it encodes it (its
@@ -364,8 +368,9 @@ class MemoryPlan:
         the counts of T tokens as ``16 * n_blocks * distinct_pairs(T)`` bytes (Heaps' law
         with `HEAPS_PAIRS_TYPICAL`). Spill is what `simulate_counts` finds the shard tasks
         and the tree merge write (they spill when their inputs together pass `task_bytes`).
-        Memory is the process base, the read blocks being tokenized (no larger than a
-        shard) and `COUNTS_HELD_SHARE` of the largest merge's counts.
+        Memory is the process base (`PROCESS_BASE_TYPICAL`), the read blocks being
+        tokenized (no larger than a shard) and `COUNTS_HELD_SHARE` of the largest merge's
+        counts.
         """
         text = input_bytes * compressed_ratio
         shard_text = [float(b) for b in shard_bytes] if shard_bytes else [float(text)]
@@ -376,7 +381,7 @@ class MemoryPlan:
         counted = simulate_counts([b / 3.5 for b in shard_text], n_blocks, cap,
                                   self.block_bytes / 3.5, split_every, vocab_size)
         reading = self.workers * min(self.block_bytes, max(shard_text)) * (12 + 8 * n_blocks)
-        peak = PROCESS_BASE_BYTES + reading + COUNTS_HELD_SHARE * counted["largest_bytes"]
+        peak = PROCESS_BASE_TYPICAL + reading + COUNTS_HELD_SHARE * counted["largest_bytes"]
         return {"text_bytes": int(text), "tokens": int(tokens), "counts_bytes": int(counts),
                 "peak_bytes": int(peak), "spill_bytes": int(counted["spill_bytes"])}
 

@@ -69,11 +69,12 @@ def test_distinct_pairs_follow_a_heaps_bound_fitted_on_the_bench_shards():
 def test_peak_estimate_of_the_quick_bench_run_is_near_its_measured_peak():
     """The bench quick run (3 Bible shards, 959 kB on disk, R = 3, 2 workers, 1 GB): the
     process tree peaked at 335.0 MB (1x) and 393.9 MB (8 copies); estimated 413 / 515 MB
-    (it was 481 / 850 MB with one pair per token)."""
+    (it was 481 / 850 MB with one pair per token). Since issue 22 the estimate aims at the
+    measured peak (within 1.5x), not above it."""
     plan = MemoryPlan.build(10**9, 2, 3, 4096, None, 4, 8 << 20, 1)
     for copies, peak in ((1, 335.0e6), (8, 393.9e6)):
         estimate = plan.estimate(959_332 * copies, 3, 3.5, 8193)["peak_bytes"]
-        assert peak < estimate < 1.35 * peak
+        assert peak / 1.35 < estimate < 1.35 * peak
 
 
 def test_spill_estimate_counts_the_sorted_runs():
