@@ -538,7 +538,8 @@ def shard_text_bytes(paths: Sequence[str], storage_options: dict | None) -> list
                 size = os.path.getsize(path)
         except Exception:  # noqa: BLE001 - only an estimate
             size = 0
-        sizes.append((int(size or 0), 3.5 if path.endswith((".gz", ".bz2", ".xz", ".zst")) else 1.0))
+        compressed = path.endswith((".gz", ".bz2", ".xz", ".zst"))
+        sizes.append((int(size or 0), 3.5 if compressed else 1.0))
     return sizes
 
 

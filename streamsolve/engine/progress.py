@@ -8,8 +8,9 @@
 on the ``streamsolve`` logger (stderr), so a long run says where it is, how fast it goes and
 which stage sets its memory peak (resident memory of this process and its children, sampled
 by `PeakMemory`, which keeps each stage's maximum itself: the kernel's high-water mark is
-only read, never reset, so ``/usr/bin/time -v`` reports the same peak as the run's JSON). `TaskProgress` reports the share of Dask tasks done: a progress bar on a
-terminal, a log line every half minute otherwise (batch jobs' log files stay readable).
+only read, never reset, so ``/usr/bin/time -v`` reports the same peak as the run's JSON).
+`TaskProgress` reports the share of Dask tasks done: a progress bar on a terminal, a log
+line every half minute otherwise (batch jobs' log files stay readable).
 """
 
 from __future__ import annotations
