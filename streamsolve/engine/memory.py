@@ -51,6 +51,22 @@ MAX_BLOCK_BYTES = 8 << 20
 #: none. 16 is the largest of them, so the bound is rarely below the truth.
 HEAPS_PAIRS = 16.0
 HEAPS_EXPONENT = 0.7
+#: The factor of `HEAPS_PAIRS` the up-front estimate takes: a central value of the fits
+#: (11.5-16.2), not their largest, so the estimate is near the measured figures rather than
+#: above them; tested against measured spill (issue 22): the whole bench corpus at 2 and
+#: 4 GB, six shards at 1 GB and 8x the corpus at 2 GB.
+HEAPS_PAIRS_TYPICAL = 14.0
+#: Share of the largest merge's counts (`simulate_counts`: its inputs and result) the peak
+#: estimate adds to the process base and the read blocks. Fitted (issue 22) on five runs
+#: (R = 3, 2 workers, tree peak measured): the 3 quick Bible shards at 1 and 2 GB (339, 359
+#: MB), six gcide/wordnet shards at 1 GB (384 MB), the whole bench corpus at 2 and 4 GB (572,
+#: 790 MB) (the old term, twice all counts up to every task's cap, gave 1.6-1.9x at 1-4 GB).
+COUNTS_HELD_SHARE = 0.5
+#: Resident memory of a count process before its blocks and counts, as the peak estimate
+#: takes it: measured 130-250 MB (the plan reserves `PROCESS_BASE_BYTES`, with a margin);
+#: this value keeps the seven measured runs of tests/engine/test_sizes.py (141 MB to 790
+#: MB) within 1.25x.
+PROCESS_BASE_TYPICAL = 160 << 20
 #: Default budget when none is given.
 DEFAULT_MEMORY = "50%"
 #: Resident bytes the tokenizer holds per byte of one input while it encodes it (its
@@ -342,42 +358,91 @@ class MemoryPlan:
         return release_free_memory(self.trim_above)
 
     def estimate(self, input_bytes: int, n_blocks: int, compressed_ratio: float = 1.0,
-                 vocab_size: int | None = None) -> dict:
+                 vocab_size: int | None = None, shard_bytes: Sequence[float] | None = None,
+                 split_every: int = 4) -> dict:
         """Up-front estimate of peak memory and spill disk from the corpus, V and R.
 
         ``input_bytes`` are the shards' sizes on disk, ``compressed_ratio`` their expected
-        expansion (about 3.5 for gzip text). Tokens are taken as 1 per 3.5 bytes of text;
-        the counts hold `distinct_pairs` per block at 16 bytes each, twice over while
-        merging. Memory is the process base, the read blocks being
-        tokenized (no larger than the text) and those counts up to the plan's in-memory cap;
-        spill disk is the sorted runs written once the counts outgrow one task's cap
-        (`task_bytes`: a tree merge above it spills), 0 when they never do.
+        expansion (about 3.5 for gzip text), ``shard_bytes`` each shard's text in bytes
+        (default: one shard of all of it). Tokens are taken as 1 per 3.5 bytes of text, and
+        the counts of T tokens as ``16 * n_blocks * distinct_pairs(T)`` bytes (Heaps' law
+        with `HEAPS_PAIRS_TYPICAL`). Spill is what `simulate_counts` finds the shard tasks
+        and the tree merge write (they spill when their inputs together pass `task_bytes`).
+        Memory is the process base (`PROCESS_BASE_TYPICAL`), the read blocks being
+        tokenized (no larger than a shard) and `COUNTS_HELD_SHARE` of the largest merge's
+        counts.
         """
         text = input_bytes * compressed_ratio
+        shard_text = [float(b) for b in shard_bytes] if shard_bytes else [float(text)]
         tokens = text / 3.5
-        per_byte = 12 + 8 * n_blocks
-        pairs = distinct_pairs(tokens, vocab_size)
+        pairs = distinct_pairs(tokens, vocab_size, HEAPS_PAIRS_TYPICAL)
         counts = 16.0 * n_blocks * pairs
-        reading = self.workers * min(self.block_bytes, text / self.workers) * per_byte
-        in_memory_cap = self.task_bytes * (self.workers * 6 + 1)
-        peak = PROCESS_BASE_BYTES + reading + min(2 * counts, in_memory_cap)
-        spill = 0.0
-        if self.spill_dir and counts > self.task_bytes:  # a merge over the cap spills
-            # sorted runs of at most task_bytes, each the distinct pairs of the tokens it
-            # covers: about tokens / run_tokens runs (measured: 2.2 GB spilled at 8x the
-            # bench corpus, 2 GB budget; this gives 2.23 GB)
-            per_offset = self.task_bytes / (16.0 * n_blocks)
-            run_tokens = max(per_offset, (per_offset / HEAPS_PAIRS) ** (1 / HEAPS_EXPONENT))
-            spill = self.task_bytes * tokens / run_tokens
+        cap = self.task_bytes if self.spill_dir else math.inf
+        counted = simulate_counts([b / 3.5 for b in shard_text], n_blocks, cap,
+                                  self.block_bytes / 3.5, split_every, vocab_size)
+        reading = self.workers * min(self.block_bytes, max(shard_text)) * (12 + 8 * n_blocks)
+        peak = PROCESS_BASE_TYPICAL + reading + COUNTS_HELD_SHARE * counted["largest_bytes"]
         return {"text_bytes": int(text), "tokens": int(tokens), "counts_bytes": int(counts),
-                "peak_bytes": int(peak), "spill_bytes": int(spill)}
+                "peak_bytes": int(peak), "spill_bytes": int(counted["spill_bytes"])}
 
 
-def distinct_pairs(tokens: float, vocab_size: int | None = None) -> float:
+def simulate_counts(shard_tokens: Sequence[float], n_blocks: int, task_bytes: float,
+                    block_tokens: float, split_every: int = 4,
+                    vocab_size: int | None = None) -> dict:
+    """Follow a count run's in-memory counts and spills on estimated sizes (no data).
+
+    Each shard task counts blocks of ``block_tokens`` tokens, merges every `PENDING_BLOCKS`
+    (or at half of ``task_bytes``) into its counts, and spills both to sorted runs when
+    together they pass ``task_bytes``; the tree merge (``split_every`` inputs a node) spills
+    a node's inputs when together they pass it, as `streamsolve.engine.spill.merge_partials`
+    does. Counts of T tokens: ``16 * n_blocks * distinct_pairs(T)`` bytes.
+
+    Returns ``{"spill_bytes", "largest_bytes"}``: the bytes of sorted runs written, and the
+    most counts one task held in memory at once (a merge's inputs, and its result).
+    """
+    def size(tokens: float) -> float:
+        return 16.0 * n_blocks * distinct_pairs(tokens, vocab_size, HEAPS_PAIRS_TYPICAL)
+
+    spill, largest = 0.0, 0.0
+
+    def merge(held: tuple[float, float], parts: list[tuple[float, float]]):
+        nonlocal spill, largest
+        together = held[1] + sum(b for _, b in parts)
+        if together > task_bytes:  # every input spilled as it is
+            largest = max(largest, together)
+            spill += together
+            return 0.0, 0.0
+        tokens = held[0] + sum(t for t, _ in parts)
+        merged = min(together, size(tokens))
+        largest = max(largest, together + merged)  # the inputs and their sum
+        if merged > task_bytes:
+            spill += merged
+            return 0.0, 0.0
+        return tokens, merged
+
+    nodes = []
+    for total in shard_tokens:
+        held, left = (0.0, 0.0), float(total)
+        while left > 0:
+            pending, pending_bytes, n = 0.0, 0.0, 0
+            while left > 0 and n < PENDING_BLOCKS and pending_bytes <= task_bytes / 2:
+                block = min(block_tokens, left)
+                left, pending, n = left - block, pending + block, n + 1
+                pending_bytes += size(block)
+            held = merge(held, [(pending, min(pending_bytes, size(pending)))])
+        nodes.append(held)
+    while len(nodes) > 1:
+        nodes = [merge((0.0, 0.0), nodes[i:i + split_every])
+                 for i in range(0, len(nodes), split_every)]
+    return {"spill_bytes": spill, "largest_bytes": largest}
+
+
+def distinct_pairs(tokens: float, vocab_size: int | None = None,
+                   factor: float = HEAPS_PAIRS) -> float:
     """Estimated distinct pairs of one offset after ``tokens`` tokens:
-    ``min(T, HEAPS_PAIRS * T ** HEAPS_EXPONENT, V**2)`` (see `HEAPS_PAIRS`)."""
+    ``min(T, factor * T ** HEAPS_EXPONENT, V**2)`` (default: the bound, `HEAPS_PAIRS`)."""
     tokens = float(tokens)
-    pairs = min(tokens, HEAPS_PAIRS * tokens ** HEAPS_EXPONENT)
+    pairs = min(tokens, factor * tokens ** HEAPS_EXPONENT)
     return min(pairs, float(vocab_size) ** 2) if vocab_size else pairs
 
 
@@ -459,11 +524,11 @@ def _resident_bytes() -> int:
         return 0
 
 
-def input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[int, float]:
-    """Bytes of the shards on disk and their expected expansion (for the up-front estimate)."""
+def shard_text_bytes(paths: Sequence[str], storage_options: dict | None) -> list[tuple[int, float]]:
+    """Each shard's bytes on disk and expected expansion (for the up-front estimate)."""
     import fsspec
 
-    total, expanded = 0, 0.0
+    sizes = []
     for path in paths:
         try:
             if "://" in path and not path.startswith("file://"):
@@ -473,9 +538,16 @@ def input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[int
                 size = os.path.getsize(path)
         except Exception:  # noqa: BLE001 - only an estimate
             size = 0
-        ratio = 3.5 if path.endswith((".gz", ".bz2", ".xz", ".zst")) else 1.0
-        total += size or 0
-        expanded += (size or 0) * ratio
+        compressed = path.endswith((".gz", ".bz2", ".xz", ".zst"))
+        sizes.append((int(size or 0), 3.5 if compressed else 1.0))
+    return sizes
+
+
+def input_bytes(paths: Sequence[str], storage_options: dict | None) -> tuple[int, float]:
+    """Bytes of the shards on disk and their expected expansion (for the up-front estimate)."""
+    sizes = shard_text_bytes(paths, storage_options)
+    total = sum(size for size, _ in sizes)
+    expanded = sum(size * ratio for size, ratio in sizes)
     return total, (expanded / total if total else 1.0)
 
 
@@ -498,8 +570,11 @@ def make_plan(paths: Sequence[str], n_blocks: int, read_block_bytes: int,
     spill = SpillDirectory(default_spill_root(tmp))
     plan = MemoryPlan.build(budget, workers, n_blocks, rows_per_block or DEFAULT_ROWS_PER_BLOCK,
                             spill.path, split_every, read_block_bytes, processes)
-    size, ratio = input_bytes(paths, storage_options)
-    estimate = plan.estimate(size, n_blocks, ratio, vocab_size)
+    shards = shard_text_bytes(paths, storage_options)
+    size = sum(disk for disk, _ in shards)
+    ratio = sum(disk * r for disk, r in shards) / size if size else 1.0
+    estimate = plan.estimate(size, n_blocks, ratio, vocab_size,
+                             [disk * r for disk, r in shards], split_every)
     plan = dataclasses.replace(plan, estimated_peak_bytes=estimate["peak_bytes"],
                                estimated_spill_bytes=estimate["spill_bytes"],
                                budget_source=source)

@@ -6,10 +6,11 @@
     --- 1/4 read + tokenize + count: 12.3 s, 3,456,789 tokens, 281,000 tokens/s, peak RSS 1.10 GB
 
 on the ``streamsolve`` logger (stderr), so a long run says where it is, how fast it goes and
-which stage sets its memory peak (resident memory of this process and its children: sampled
-twice a second, and on Linux also each process's own high-water mark, reset when the stage
-starts, so a spike between two samples is not missed). `TaskProgress` reports the share of Dask tasks done: a progress bar on a
-terminal, a log line every half minute otherwise (batch jobs' log files stay readable).
+which stage sets its memory peak (resident memory of this process and its children, sampled
+by `PeakMemory`, which keeps each stage's maximum itself: the kernel's high-water mark is
+only read, never reset, so ``/usr/bin/time -v`` reports the same peak as the run's JSON).
+`TaskProgress` reports the share of Dask tasks done: a progress bar on a terminal, a log
+line every half minute otherwise (batch jobs' log files stay readable).
 """
 
 from __future__ import annotations
@@ -69,39 +70,32 @@ class Stage:
 
 def tree_rss(pid: int | None = None) -> int:
     """Resident memory (bytes) of a process and all its descendants."""
+    return sum(_tree_rss(pid).values())
+
+
+def _tree_rss(pid: int | None) -> dict[int, int]:
+    """Resident bytes of each process of the tree rooted at ``pid`` (default: this one)."""
     import psutil
 
     try:
         root = psutil.Process(pid or os.getpid())
         procs = [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return {}
+    sizes = {}
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            sizes[proc.pid] = proc.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return total
-
-
-def reset_peak_rss(pid: int | None = None) -> bool:
-    """Reset the high-water mark of a process's resident memory (Linux: ``5`` written to
-    ``/proc/PID/clear_refs``); whether it could. Running `PeakMemory` monitors take their
-    marks first (e.g. a cluster's workers in this process)."""
-    with PeakMemory._active_lock:
-        for monitor in PeakMemory._active:
-            monitor._sample()
-    try:
-        with open(f"/proc/{pid or os.getpid()}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return sizes
 
 
 def peak_rss(pid: int | None = None) -> int:
-    """High-water mark of a process's resident memory in bytes (Linux ``VmHWM``; 0 unknown)."""
+    """High-water mark of a process's resident memory in bytes (Linux ``VmHWM``; 0 unknown).
+
+    Read only: streamsolve never resets it, so ``/usr/bin/time -v`` and other getrusage-based
+    tools report the same peak as streamsolve's own figures."""
     try:
         with open(f"/proc/{pid or os.getpid()}/status", "rb") as f:
             for line in f:
@@ -112,67 +106,55 @@ def peak_rss(pid: int | None = None) -> int:
     return 0
 
 
-def _tree_pids(pid: int | None) -> list[int]:
-    import psutil
-
-    try:
-        root = psutil.Process(pid or os.getpid())
-        return [root.pid] + [p.pid for p in root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 class PeakMemory:
     """Peak resident memory of a process tree while the block runs; ``peak`` in bytes.
 
-    Two measures, the larger is ``peak``: the tree's total resident memory sampled every
-    ``interval`` seconds in a thread (misses what lives between two samples: measured
-    3-7% under the real peak), and on Linux the sum over the processes of the tree of each
-    one's high-water mark (``VmHWM``), reset on entry (`reset_peak_rss`) or born since: exact
-    for one process, an upper bound for several (their peaks need not coincide). A process
-    whose mark could not be reset (it would carry an earlier peak) counts by its samples only.
+    A thread samples each process of the tree every ``interval`` seconds and keeps the
+    largest total (``sampled_peak``; it misses what lives between two samples). The
+    kernel's high-water mark of each process (Linux ``VmHWM``, read, never reset) adds what
+    the samples miss: a process whose mark rose while the block ran (or that was born in
+    it) peaked at its new mark inside the block, exactly; one whose mark did not rise counts
+    by its samples. ``peak`` is the larger of ``sampled_peak`` and the sum over the
+    processes: exact for one process whose peak is its lifetime's, an upper bound for
+    several (their peaks need not coincide).
 
     >>> with PeakMemory() as mem:
     ...     work()
     >>> mem.peak  # bytes
 
-    Nested monitors (a run's, around its stages') each see the whole peak: a monitor takes
-    the marks of the others before it resets them.
+    Monitors nest freely (a run's, around its stages'): none changes what another sees.
     """
-
-    _active: list["PeakMemory"] = []
-    _active_lock = threading.RLock()
 
     def __init__(self, pid: int | None = None, interval: float = 0.05):
         self.pid = pid
         self.interval = interval
         self.peak = 0
         self.sampled_peak = 0
-        self._marks: dict[int, int] = {}
-        self._untrusted: set[int] = set()
+        self._marks_at_entry: dict[int, int] = {}
+        self._sampled: dict[int, int] = {}  # largest sample of each process
+        self._marks: dict[int, int] = {}  # each process's high-water mark, last read
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        with self._lock:  # the sampler thread and a nested monitor's entry
-            self.sampled_peak = max(self.sampled_peak, tree_rss(self.pid))
-            for pid in _tree_pids(self.pid):
-                if pid not in self._untrusted:
-                    self._marks[pid] = max(self._marks.get(pid, 0), peak_rss(pid))
-            self.peak = max(self.sampled_peak, sum(self._marks.values()))
+        sizes = _tree_rss(self.pid)
+        marks = {pid: peak_rss(pid) for pid in sizes}
+        with self._lock:  # the sampler thread and the exit's last sample
+            self.sampled_peak = max(self.sampled_peak, sum(sizes.values()))
+            for pid, size in sizes.items():
+                self._sampled[pid] = max(self._sampled.get(pid, 0), size)
+                self._marks[pid] = max(self._marks.get(pid, 0), marks[pid])
+            self.peak = max(self.sampled_peak, sum(
+                self._marks[pid] if self._marks[pid] > self._marks_at_entry.get(pid, 0)
+                else self._sampled[pid] for pid in self._sampled))
 
     def _run(self):
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval):
             self._sample()
-            self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
-        with PeakMemory._active_lock:  # the others take their marks before the reset
-            for pid in _tree_pids(self.pid):
-                if not reset_peak_rss(pid):
-                    self._untrusted.add(pid)
-            PeakMemory._active.append(self)
+        self._marks_at_entry = {pid: peak_rss(pid) for pid in _tree_rss(self.pid)}
         self._sample()
         self._thread.start()
         return self
@@ -181,9 +163,32 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
-        with PeakMemory._active_lock:
-            PeakMemory._active.remove(self)
         return False
+
+
+#: `PeakMemory` monitors started in this process by `start_process_monitor`, by key; a
+#: stopped one leaves its peak (workers sharing a process, ``processes=False``, each ask).
+_PROCESS_MONITORS: dict[str, "PeakMemory | int"] = {}
+_PROCESS_MONITORS_LOCK = threading.Lock()
+
+
+def start_process_monitor(key: str, interval: float = 0.5) -> bool:
+    """Start a `PeakMemory` of this process's tree under ``key``, unless one runs already (run
+    on each Dask worker by `streamsolve.engine.runtime.Runtime.reset_worker_peaks`); True."""
+    with _PROCESS_MONITORS_LOCK:
+        if key not in _PROCESS_MONITORS:
+            _PROCESS_MONITORS[key] = PeakMemory(os.getpid(), interval).__enter__()
+    return True
+
+
+def stop_process_monitor(key: str) -> int:
+    """Stop the monitor ``key`` of this process; its peak in bytes (0: none ran)."""
+    with _PROCESS_MONITORS_LOCK:
+        monitor = _PROCESS_MONITORS.get(key, 0)
+        if isinstance(monitor, PeakMemory):
+            monitor.__exit__(None, None, None)
+            _PROCESS_MONITORS[key] = monitor = monitor.peak
+    return int(monitor)
 
 
 class TaskProgress:

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ class Runtime:
         self.progress = progress
         self.worker_setup = worker_setup
         self._owns_client = False
+        self._worker_peaks_key: str | None = None  # the workers' samplers, when running
         if client is None:
             check_scheduler(scheduler)
         if client is None and is_address(scheduler):
@@ -278,26 +280,35 @@ class Runtime:
             return []
 
     def reset_worker_peaks(self) -> None:
-        """Reset the resident-memory high-water mark of every worker of the cluster (Linux;
-        see `streamsolve.engine.progress.reset_peak_rss`); nothing locally."""
+        """Start measuring each cluster worker's peak resident memory afresh: a sampler in
+        every worker (`streamsolve.engine.progress.start_process_monitor`; the kernel's
+        high-water mark is read, never reset); nothing locally."""
         if self.client is None:
             return
-        from .progress import reset_peak_rss
+        from .progress import start_process_monitor
 
+        self.stop_worker_peaks()
+        key = f"runtime-{id(self)}-{time.monotonic_ns()}"
         try:
-            self.client.run(reset_peak_rss)
+            self.client.run(start_process_monitor, key)
+            self._worker_peaks_key = key
         except Exception:  # noqa: BLE001 - only a measurement
-            logger.debug("could not reset the workers' peak memory", exc_info=True)
+            logger.debug("could not start the workers' memory samplers", exc_info=True)
 
     def worker_peaks(self) -> list[int]:
-        """Each cluster worker's resident-memory high-water mark in bytes since
-        `reset_worker_peaks` (0: unknown); empty locally."""
-        if self.client is None:
+        """Each cluster worker's peak resident memory in bytes since `reset_worker_peaks`
+        (0: unknown), which stops measuring; empty locally."""
+        return self.stop_worker_peaks()
+
+    def stop_worker_peaks(self) -> list[int]:
+        """Stop the workers' samplers of `reset_worker_peaks`; their peaks (empty: none ran)."""
+        key, self._worker_peaks_key = self._worker_peaks_key, None
+        if self.client is None or key is None:
             return []
-        from .progress import peak_rss
+        from .progress import stop_process_monitor
 
         try:
-            return [int(v) for v in self.client.run(peak_rss).values()]
+            return [int(v) for v in self.client.run(stop_process_monitor, key).values()]
         except Exception:  # noqa: BLE001 - only a measurement
             return []
 
@@ -345,6 +356,8 @@ class Runtime:
 
     def close(self) -> None:
         """Close the client this runtime connected (a client given to it stays open)."""
+        if self.client is not None:
+            self.stop_worker_peaks()
         if self._owns_client and self.client is not None:
             self.client.close()
             self.client = None
