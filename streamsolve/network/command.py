@@ -292,7 +292,7 @@ def add_arguments(parser) -> None:
     net.add_argument("--baselines", action="store_true",
                      help="also train random-init and no-explicit on the same batches")
     run_args = parser.add_argument_group("training")
-    run_args.add_argument("--batch", type=int, default=256)
+    run_args.add_argument("--batch", type=int, default=256, help="positions per minibatch")
     run_args.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     run_args.add_argument("--steps", type=int, help="stop after this many steps")
     run_args.add_argument("--max-tokens", type=int, help="stop after this many tokens")
@@ -310,7 +310,8 @@ def add_arguments(parser) -> None:
     run_args.add_argument("--threads", type=int, default=1,
                           help="PyTorch CPU threads (default 1: on 2 shared cores one thread "
                                "took a tenth of the CPU-seconds of two for this small network)")
-    run_args.add_argument("--seed", type=int, default=0)
+    run_args.add_argument("--seed", type=int, default=0,
+                          help="seed of the initialisation and the shuffle")
     parser.add_argument("--out", help="folder of the network files (default STORE.networks)")
     parser.add_argument("--log", help="write the runs' curves (JSON) here")
 
