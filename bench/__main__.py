@@ -13,7 +13,7 @@ import time
 import traceback
 
 BENCHES = ["throughput", "kernels", "memory", "quality", "backprop", "scoring", "smoothing",
-           "refine", "kenlm"]
+           "refine", "kenlm", "residual"]
 #: Benchmarks whose module is not named after them.
 MODULES = {"smoothing": "quality_kn", "refine": "refine_step"}
 

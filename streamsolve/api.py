@@ -398,6 +398,16 @@ def refine(store: str, train: Sequence[str] | str, heldout: Sequence[str] | str,
                         [heldout] if isinstance(heldout, str) else list(heldout), **options)
 
 
+def train(store: str, train: Sequence[str] | str, heldout: Sequence[str] | str, **options):
+    """Train the explicit model plus a neural residual (``streamsolve train``, issue 25;
+    needs ``[torch]``): `streamsolve.network.command.run` with its ``Options`` (``arch``,
+    ``context``, ``baselines``, ``max_tokens``, ...). Returns its ``Result``."""
+    from .network import command
+
+    return command.run(None, command.Options(store=store, train=train, heldout=heldout,
+                                             **options))
+
+
 def score(store: str, texts: Sequence[str] = ("-",), *, per_token: bool = False,
           storage_options: dict | None = None, uncalibrated: bool = False,
           memory: str | int | None = None, stdin=None) -> Iterator[dict]:

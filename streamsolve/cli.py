@@ -136,6 +136,10 @@ def run(args) -> dict:
                             seed=args.seed, storage_options=so, wait=args.wait,
                             break_lock=args.break_lock, heldout_tokens=args.heldout_tokens,
                             updates="dense" if args.dense_updates else "auto", mode=args.mode)
+    if args.command == "train":  # issue 25: streamsolve.network.command
+        from .network import command as train_command
+
+        return train_command.run(None, train_command.options_from_args(args, so)).to_json()
     if args.command == "solve":
         import logging
 

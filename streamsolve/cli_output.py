@@ -40,6 +40,10 @@ def print_human(command: str, result: dict):
         print_info(result)
     elif command == "score":
         print(json.dumps(result))
+    elif command == "train":  # issue 25
+        from .network.command import Result
+
+        print("\n".join(Result(**result).lines()))
     elif command == "refine":
         print(f"refined weights {result['weights_id']} of {result['store']}: held-out CE "
               f"{result['start_ce']:.5f} -> {result['best_ce']:.5f} nats/token (best at step "

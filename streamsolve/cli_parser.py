@@ -315,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_locking(p)
     _add_common(p)
 
+    # -- train (issue 25): the command module owns its arguments (streamsolve.network.command)
+    from .network import command as train_command
+    p = sub.add_parser("train", help="train the explicit model plus a neural residual "
+                                     "(PyTorch), early-stopped on held-out text")
+    train_command.add_arguments(p)
+    _add_common(p)
+    # -- end train
+
     p = sub.add_parser("solve", help="count + finalize + calibrate + evaluate on a held-out part")
     _add_counting(p, corpus_required=False)
     _add_finalizing(p)

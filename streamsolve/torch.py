@@ -201,3 +201,11 @@ def load(store, device=None, rank: int | None = None, max_bytes: int | None = No
                    for block in warm.blocks]
         module = FactoredLM(warm, factors, dtype)
     return module.to(resolved)
+
+
+def load_network(path, store=None, device=None, storage_options: dict | None = None):
+    """The whole network ``streamsolve train`` wrote (explicit branch + residual) as an
+    ``nn.Module``: `streamsolve.network.files.load` (issue 25)."""
+    from .network.files import load as load_file
+
+    return load_file(path, store=store, device=device, storage_options=storage_options)
