@@ -1,5 +1,4 @@
-"""The Python API behind the command line: count, finalize, evaluate, info, verify, export,
-solve.
+"""The Python API behind the command line: count, finalize, evaluate, score, export, solve.
 
 Each function does one stage and returns plain results (and writes the store), so a Python
 user can run stages separately, add shards later, and re-finalize::
@@ -21,7 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-
 
 from . import ingest
 from .core.positions import sampled_positions
@@ -143,8 +141,7 @@ def count(corpus: Sequence[str] | str, store: str, *, tokenizer: str | None = No
     CountResult
     """
     check_memory(memory, force_memory, remote=is_address(scheduler))  # before any work
-    if ngram is not None:  # issue 24 hook: checked before any work
-        CountConfig(2, ngram=ngram)
+    CountConfig(2, ngram=0 if ngram is None else ngram)  # issue 24 hook: checked before any work
     if tmp is not None and "://" not in str(tmp) and os.path.exists(tmp) and not os.path.isdir(tmp):
         raise ValueError(f"--tmp {tmp} is a file, not a directory: give a directory for spill "
                          "files (created if missing)")
@@ -399,13 +396,10 @@ def refine(store: str, train: Sequence[str] | str, heldout: Sequence[str] | str,
 
 
 def train(store: str, train: Sequence[str] | str, heldout: Sequence[str] | str, **options):
-    """Train the explicit model plus a neural residual (``streamsolve train``, issue 25;
-    needs ``[torch]``): `streamsolve.network.command.run` with its ``Options`` (``arch``,
-    ``context``, ``baselines``, ``max_tokens``, ...). Returns its ``Result``."""
+    """``streamsolve train`` (issue 25; needs ``[torch]``): `streamsolve.network.command`."""
     from .network import command
 
-    return command.run(None, command.Options(store=store, train=train, heldout=heldout,
-                                             **options))
+    return command.run(None, command.Options(store=store, train=train, heldout=heldout, **options))
 
 
 def score(store: str, texts: Sequence[str] = ("-",), *, per_token: bool = False,

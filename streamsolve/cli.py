@@ -185,7 +185,7 @@ def _export(args, so) -> dict:
         raise ValueError("--memory applies to --counts and --weights only")
     result = {}
     if args.arpa:  # issue 24 hook
-        from .ngram_export import export_arpa
+        from .export import export_arpa
 
         result = export_arpa(args.store, args.out, so, force=args.force)
     if args.counts:

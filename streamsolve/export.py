@@ -42,7 +42,7 @@ from .core.dense_lm import RefinedWeights
 from .core.warm_start import check_dense_fits, min_norm_weights
 from .extras import TORCH_HINT
 from .engine.memory import parse_memory
-from .store.layout import is_disk_full
+from .store.layout import StoreError, is_disk_full
 from .store.location import is_inside_store, is_local, zarr_location
 from .store.model_store import ModelStore
 
@@ -416,3 +416,38 @@ def export_counts(store: str, out: str, storage_options: dict | None = None,
                 np.lib.format.write_array(entry, array, allow_pickle=False)
             del array
     return {"out": out, "arrays": sorted(names), "vocab_size": V}
+
+
+def export_arpa(store: str, out: str, storage_options: dict | None = None,
+                force: bool = False) -> dict:
+    """Write the store's n-gram model to ``out`` (ARPA text).
+
+    Raises
+    ------
+    StoreError
+        When the store has no n-gram weights (counted without ``--ngram``, or weights
+        finalized before).
+    OutputError, ValueError
+        As `check_output`.
+    """
+    from .core.arpa import arpa_text
+    from .core.ngram_weights import NgramWeights
+    from .engine.finalize import read_store_weights  # noqa: here to keep imports lazy
+
+    check_output(out, store, storage_options, force)
+    view = ModelStore(store, storage_options).snapshot()
+    weights = read_store_weights(view)
+    if not isinstance(weights, NgramWeights):
+        raise StoreError(f"store {store} has no n-gram blocks to export as ARPA: count a store "
+                         "with --ngram N (then finalize it) first")
+    written = 0
+    with replacing_output(out, storage_options, force) as handle:
+        for piece in arpa_text(weights.model):
+            data = piece.encode("utf-8")
+            handle.write(data)
+            written += len(data)
+    model = weights.model
+    sizes = [model.config.vocab_size] + [level.nnz for level in model.levels]
+    logger.info("exported the order-%d n-gram model to %s: %s n-grams per order, %d bytes",
+                model.config.order, out, sizes, written)
+    return {"arpa": out, "order": model.config.order, "ngrams": sizes, "bytes": written}
