@@ -75,7 +75,7 @@ def _racer(store: str, results: str, barrier, crash_record: str | None):
     holds it.
 
     The racers start together at a barrier; losers retry after a short random pause that
-    grows with each refusal (1 ms up to 50 ms), so the lock stays contended at every release
+    grows with each refusal (1 ms up to 64 ms), so the lock stays contended at every release
     without 79 spinning processes starving its holder of CPU. There is no deadline here: the
     test's hang guard (`time_limit`) stops racers that never get their turn.
 
@@ -89,7 +89,7 @@ def _racer(store: str, results: str, barrier, crash_record: str | None):
         try:
             lock.acquire()
         except StoreLockedError:
-            time.sleep(pause.uniform(0.001, min(0.05, 0.001 * 2 ** attempt)))
+            time.sleep(pause.uniform(0.001, 0.001 * 2 ** min(attempt, 6)))  # <= 64 ms; no overflow
             continue
         holding = os.path.join(results, "holding")
         try:
