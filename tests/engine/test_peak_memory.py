@@ -104,7 +104,8 @@ def test_count_json_peak_agrees_with_the_kernels_high_water_mark(tmp_path, kjv_p
     maxrss = usage.ru_maxrss * 1024
     measured = json.loads(out_path.read_text().strip().splitlines()[-1])["memory"][
         "peak_measured_bytes"]
-    assert measured > 200 << 20, "the count should dominate the start-up's memory"
+    # start-up alone (imports, a refused command) holds about 100 MiB; this count ~185 MiB
+    assert measured > 150 << 20, "the count should dominate the start-up's memory"
     assert abs(measured - maxrss) <= 0.1 * maxrss, (
         f"JSON peak {measured / 2**20:.0f} MiB, kernel's high-water mark "
         f"{maxrss / 2**20:.0f} MiB")
