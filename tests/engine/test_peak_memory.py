@@ -90,18 +90,25 @@ def test_count_json_peak_agrees_with_the_kernels_high_water_mark(tmp_path, kjv_p
     high-water mark (the old code wrote ``/proc/PID/clear_refs`` at each stage, so the
     kernel's figure was the peak since the last stage began: about half the real one)."""
     out_path, err_path = tmp_path / "out.json", tmp_path / "err.txt"
+    usage_path = tmp_path / "usage.json"
+    # The count is started by a small launcher, not by pytest: Linux carries a process's
+    # high-water mark across fork + exec, so a child forked from a large pytest would report
+    # pytest's RSS. The launcher reads getrusage of its one child (and that child's reaped
+    # children) with wait4, as /usr/bin/time -v does.
+    launcher = ("import json, os, subprocess, sys\n"
+                "p = subprocess.Popen(sys.argv[2:])\n"
+                "_, status, usage = os.wait4(p.pid, 0)\n"
+                "json.dump({'code': os.waitstatus_to_exitcode(status), 'maxrss': usage.ru_maxrss},"
+                " open(sys.argv[1], 'w'))\n")
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "streamsolve", "count", str(kjv_path), "--store",
-             str(tmp_path / "m.zarr"), "--tokenizer", tokenizer_file, "--radius", "3",
-             "--workers", "2", "--memory", "1GB", "--json"],
-            env=child_env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        # getrusage(RUSAGE_CHILDREN) of this one child (and its reaped children), as
-        # /usr/bin/time -v reads it
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == 0, err_path.read_text()[-3000:]
-    maxrss = usage.ru_maxrss * 1024
+        subprocess.run(
+            [sys.executable, "-c", launcher, str(usage_path), sys.executable, "-m", "streamsolve",
+             "count", str(kjv_path), "--store", str(tmp_path / "m.zarr"), "--tokenizer",
+             tokenizer_file, "--radius", "3", "--workers", "2", "--memory", "1GB", "--json"],
+            env=child_env(), stdout=out, stderr=err, stdin=subprocess.DEVNULL, check=False)
+    usage = json.loads(usage_path.read_text())
+    assert usage["code"] == 0, err_path.read_text()[-3000:]
+    maxrss = usage["maxrss"] * 1024
     measured = json.loads(out_path.read_text().strip().splitlines()[-1])["memory"][
         "peak_measured_bytes"]
     # start-up alone (imports, a refused command) holds about 100 MiB; this count ~185 MiB
