@@ -10,6 +10,7 @@ guarded region, and a Ctrl-C during start-up is one line, not a traceback.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -61,15 +62,24 @@ def run_guarded(body: Callable[[Command], int]) -> int:
             return body(command)
     except KeyboardInterrupt:
         _say(f"{command.label}: interrupted")
+        _quiet_shutdown()
         return 130
     except Terminated as exc:
         _say(f"{command.label}: terminated")
+        _quiet_shutdown()
         return exc.code
     except BrokenPipeError:
         if not stdout_is_closed():
             raise
         silence_stdout()
         return 0
+
+
+def _quiet_shutdown():
+    """After an interruption the one line is the last: the event loop of Zarr's I/O thread
+    would otherwise log its cancelled tasks ("Task was destroyed but it is pending!") as
+    the interpreter exits."""
+    logging.getLogger("asyncio").disabled = True
 
 
 def _say(line: str):
