@@ -37,6 +37,7 @@ import numpy as np
 
 from .calibration import CalibrationFit, minimize_kept
 from .ngram_kneser_ney import NgramKneserNey, find_in_rows
+from .positions import calibration_sample
 from .scoring import DEFAULT_CACHE_SIZE, CANCELLATION_RATIO, ContextCache, Scorer, ScoringParts, \
     _ranges
 
@@ -391,10 +392,7 @@ class NgramCalibration:
 
     def __init__(self, parts: NgramScoringParts, contexts: np.ndarray, targets: np.ndarray,
                  offsets: ScoringParts | None = None):
-        contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
-        targets = np.asarray(targets, dtype=np.int64).reshape(-1)
-        if targets.size == 0:
-            raise ValueError("no positions to calibrate on")
+        contexts, targets = calibration_sample(contexts, targets)
         self.parts, self.offsets, self.n = parts, offsets, targets.size
         probe = self.scorer(np.ones(self.width))
         rows = parts.rows(contexts)

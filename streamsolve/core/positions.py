@@ -158,3 +158,13 @@ def grouped_piece_positions(items: Iterable, radius: int, bos_id: int,
         begin = begin and ids.size == 0
     if group:
         yield piece_positions(group, starts, radius, bos_id, history)[:2]
+
+
+def calibration_sample(contexts, targets) -> tuple[np.ndarray, np.ndarray]:
+    """``(contexts (n, R) int64, targets (n,) int64)`` of a calibration sample; a one-line
+    ValueError when it has no positions."""
+    contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if targets.size == 0:
+        raise ValueError("no positions to calibrate on")
+    return contexts, targets

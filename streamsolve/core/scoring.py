@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from . import newton, score_native
 from .calibration import CalibrationFit, minimize_kept
+from .positions import calibration_sample
 
 logger = logging.getLogger(__name__)
 
@@ -532,10 +533,7 @@ class CalibrationObjective:
 
     def __init__(self, parts: ScoringParts, contexts: np.ndarray, targets: np.ndarray,
                  native: bool | None = None):
-        contexts = np.atleast_2d(np.asarray(contexts, dtype=np.int64))
-        targets = np.asarray(targets, dtype=np.int64).reshape(-1)
-        if targets.size == 0:
-            raise ValueError("no positions to calibrate on")
+        contexts, targets = calibration_sample(contexts, targets)
         self.parts, self.native, self.n = parts, native, targets.size
         self.unique, inverse = unique_contexts(contexts, parts.vocab_size)
         self.unique = np.ascontiguousarray(self.unique, dtype=np.int64)
